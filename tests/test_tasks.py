@@ -91,7 +91,8 @@ def test_string_and_regression_labels() -> None:
     assert label_of(TASKS["scitail"], {"label": "entails"}) == 0
     assert label_of(TASKS["scitail"], {"label": "neutral"}) == 1
     assert label_of(TASKS["stsb"], {"label": 3.6}) == pytest.approx(3.6)
-    assert [target_id(TASKS["stsb"], score) for score in (0.0, 0.49, 0.5, 2.5, 4.8, 5.0)] == [0, 0, 1, 3, 5, 5]
+    scores = (0.0, 0.49, 0.5, 2.5, 4.8, 5.0)
+    assert [target_id(TASKS["stsb"], score) for score in scores] == [0, 0, 1, 3, 5, 5]
     with pytest.raises(UserError, match="not a valid label"):
         label_of(TASKS["scitail"], {"label": "contradiction"})
 

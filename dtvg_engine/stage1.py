@@ -1,0 +1,62 @@
+"""Stage 1: tune one soft prompt for one task from the shared P_init and save its task prompt vector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from dtvg_engine import tasks, tpv
+from dtvg_engine.backbones import load_backbone
+from dtvg_engine.data import default_data_dir, load_splits
+from dtvg_engine.events import EventWriter
+from dtvg_engine.export import export_adapter
+from dtvg_engine.prompts import shared_init
+from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, write_json_atomic
+from dtvg_engine.scoring import LabelScorer
+from dtvg_engine.training import Outcome, SoftPrompt, fit
+
+
+def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
+    """The task's seeded splits; the split actually made is recorded in config.json."""
+    data_dir = config.get("data_dir") or default_data_dir()
+    splits = load_splits(
+        task_name, data_dir, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"]
+    )
+    write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": splits.split_info})
+    sizes = splits.split_info["sizes"]
+    events.emit("log", level="info", message=f"{task_name}: {sizes} ({splits.split_info['rule']})")
+    return splits
+
+
+def run(run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]) -> Outcome:
+    backbone = load_backbone(config["model"], config["device"])
+    task = tasks.get_task(config["task"])
+    splits = load_task_data(run_dir, config, events, task.name)
+    p_init, init_id = shared_init(Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"])
+    tuner = SoftPrompt(p_init)
+    scorer = LabelScorer(backbone, task, config["max_input_tokens"])
+    outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
+    if outcome.status != "completed":
+        return outcome
+
+    tuned = tuner.prompt().cpu()
+    save_file({"prompt": tuned}, run_dir / PROMPT, metadata={"init_id": init_id, "task": task.name})
+    events.emit("artifact", kind="prompt", path=PROMPT)
+    metadata = {
+        "task": task.name,
+        "model": config["model"],
+        "prompt_length": config["prompt_length"],
+        "init_id": init_id,
+        "best_metric": outcome.best_metric,
+        "metric_name": task.primary,
+        "step": outcome.best_step,
+        "run_id": config["run_id"],
+    }
+    tpv.save_tpv(run_dir / TPV, tpv.task_prompt_vector(tuned, p_init), metadata)
+    events.emit("artifact", kind="tpv", path=TPV)
+    export_adapter(backbone, tuned, run_dir / ADAPTER)
+    events.emit("artifact", kind="adapter", path=ADAPTER)
+    return outcome

@@ -1,0 +1,191 @@
+"""The training loop shared by every stage and method, readable in one sitting (nanoGPT style).
+
+What is trained is a `Tuner`: a module that produces the soft prompt for each step (a plain prompt in
+stage 1; a merged prompt with a freshly selected source group in stage 2). The loop owns the rest:
+AdamW with linear warmup and decay, gradient clipping, evaluation every E steps by label-word ranking,
+best checkpoint by the task's primary metric, resumable checkpoints, a graceful stop, and the events.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dtvg_engine import metrics
+from dtvg_engine.data import Splits
+from dtvg_engine.events import EventWriter
+from dtvg_engine.runfolder import CHECKPOINT
+from dtvg_engine.scoring import LabelScorer
+
+
+class RunFailed(Exception):
+    """The run cannot go on (e.g. the loss became NaN); the message is shown to the user as is."""
+
+
+class Tuner(nn.Module):
+    """What the loop trains. Subclasses define the prompt of each step and their parameter groups."""
+
+    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any] | None]:
+        """The soft prompt [r, d] to train at `step`, and the fields of a `group` event (or None)."""
+        raise NotImplementedError
+
+    def prompt(self) -> Tensor:
+        """The prompt as it stands now, without side effects (used for evaluation and export)."""
+        raise NotImplementedError
+
+    def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": config["lr"], "name": "prompt"}]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to restore this tuner exactly (the best checkpoint keeps one)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.load_state_dict(snapshot)
+
+
+class SoftPrompt(Tuner):
+    """Stage 1 and plain prompt tuning: one trainable prompt, started from a given tensor."""
+
+    def __init__(self, init: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(init.detach().clone().float())
+
+    def step_prompt(self, step: int) -> tuple[Tensor, None]:
+        return self.weight, None
+
+    def prompt(self) -> Tensor:
+        return self.weight.detach()
+
+
+@dataclass
+class Outcome:
+    """How a call to `fit` ended."""
+
+    status: str
+    """"completed" or "stopped"."""
+    step: int
+    best_metric: float | None
+    best_step: int | None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup to the full rate over `warmup` steps, then linear decay to zero at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Rows of training batch `step` (1-based): epochs of seeded shuffles, so a resumed run continues
+    exactly where it stopped without saving any sampler state."""
+    out: list[int] = []
+    start = (step - 1) * batch_size
+    for pos in range(start, start + batch_size):
+        epoch, offset = divmod(pos, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(order[offset]))
+    return out
+
+
+def evaluate(scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int) -> dict[str, float]:
+    """The task's metrics for `prompt` on encoded examples."""
+    preds: list[float] = []
+    golds: list[float] = []
+    for start in range(0, len(items), batch_size):
+        batch = scorer.collate(items[start : start + batch_size])
+        preds += scorer.predict(prompt, batch)
+        golds += batch.golds
+    return metrics.compute(scorer.task, preds, golds)
+
+
+def fit(
+    run_dir: Path,
+    config: dict[str, Any],
+    tuner: Tuner,
+    scorer: LabelScorer,
+    splits: Splits,
+    events: EventWriter,
+    stop_requested: Callable[[], bool],
+) -> Outcome:
+    """Train `tuner` for `config["steps"]` steps (resuming from the run's checkpoint if there is one)."""
+    steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
+    primary = scorer.task.primary
+    torch.manual_seed(seed)
+    train_items = scorer.encode(splits.train)
+    val_items = scorer.encode(splits.validation)
+    tuner.to(scorer.backbone.device)
+
+    groups = tuner.param_groups(config)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config["weight_decay"])
+    warmup = max(1, round(config["warmup_ratio"] * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, steps))
+    params = [p for g in groups for p in g["params"]]
+
+    state = {"step": 0, "best_metric": None, "best_step": None, "best": tuner.snapshot()}
+    checkpoint = run_dir / CHECKPOINT / "state.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        tuner.restore(saved["tuner"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        state = saved["state"]
+        events.emit("log", level="info", message=f"resumed from checkpoint at step {state['step']}")
+
+    def save_checkpoint(step: int) -> None:
+        state["step"] = step
+        checkpoint.parent.mkdir(exist_ok=True)
+        tmp = checkpoint.with_suffix(".tmp")
+        payload = {"tuner": tuner.snapshot(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        torch.save({**payload, "state": state}, tmp)
+        os.replace(tmp, checkpoint)
+        events.emit("checkpoint", step=step, path=str(checkpoint.relative_to(run_dir)))
+
+    step = state["step"]
+    while step < steps:
+        if stop_requested():
+            save_checkpoint(step)
+            return Outcome("stopped", step, state["best_metric"], state["best_step"])
+        step += 1
+        started = time.perf_counter()
+        batch = scorer.collate([train_items[i] for i in batch_indices(len(train_items), batch_size, step, seed)])
+        prompt, group = tuner.step_prompt(step)
+        loss = scorer.loss(prompt, batch)
+        if not math.isfinite(loss.item()):
+            raise RunFailed(f"loss became {loss.item()} at step {step}; lower --lr (now {config['lr']})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])
+        optimizer.step()
+        schedule.step()
+        speed = batch_size / (time.perf_counter() - started)
+        if group is not None:
+            events.emit("group", step=step, **group)
+        rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+        events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
+
+        if step % config["eval_every"] == 0 or step == steps:
+            scores = evaluate(scorer, tuner.prompt(), val_items, config["eval_batch_size"])
+            best = state["best_metric"] is None or scores[primary] > state["best_metric"]
+            if best:
+                state.update(best_metric=scores[primary], best_step=step, best=tuner.snapshot())
+            events.emit("eval", step=step, split="validation", metrics=scores, primary=scores[primary], best=best)
+            save_checkpoint(step)
+
+    tuner.restore(state["best"])
+    test = evaluate(scorer, tuner.prompt(), scorer.encode(splits.test), config["eval_batch_size"])
+    events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=test[primary], best=False)
+    return Outcome("completed", step, state["best_metric"], state["best_step"], test)

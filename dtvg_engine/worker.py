@@ -1,0 +1,98 @@
+"""`python -m dtvg_engine.worker RUN_DIR`: run one configured run to its end.
+
+This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It reads
+`config.json`, writes the event stream, keeps the history index current at start and end, and on
+SIGTERM (or Ctrl-C) checkpoints and finishes with status `stopped`, so `dtvg run resume` can go on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.events import EventWriter
+from dtvg_engine.history import History
+from dtvg_engine.runfolder import EVENTS, read_config
+
+
+def _stage_runner(stage: str):
+    """The stage's run function, imported late so a bad config fails before torch loads."""
+    if stage == "stage1":
+        from dtvg_engine import stage1
+
+        return stage1.run
+    if stage == "stage2":
+        from dtvg_engine import stage2
+
+        return stage2.run
+    raise UserError(f"unknown stage {stage!r} in config.json; expected stage1 or stage2")
+
+
+def run_worker(run_dir: Path) -> int:
+    config = read_config(run_dir)
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    history = History(Path(config.get("runs_dir") or run_dir.parent))
+    label_key = "task" if config["stage"] == "stage1" else "target"
+    started = time.time()
+    with EventWriter(run_dir / EVENTS) as events:
+        events.emit(
+            "run_started",
+            run_id=config["run_id"],
+            stage=config["stage"],
+            method=config["method"],
+            pid=os.getpid(),
+            config=config,
+            **{label_key: config[label_key]},
+        )
+        history.upsert(run_dir)
+        error = None
+        outcome = None
+        try:
+            from dtvg_engine.training import RunFailed
+
+            try:
+                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: stop["requested"])
+            except (UserError, RunFailed) as exc:
+                error = str(exc)
+        except Exception as exc:  # a bug or an unexpected library error: keep the run readable
+            traceback.print_exc()
+            error = f"{type(exc).__name__}: {exc}"
+        status = "failed" if error else outcome.status
+        if error:
+            events.emit("log", level="error", message=error)
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        summary = {
+            "best_metric": outcome.best_metric if outcome else None,
+            "best_step": outcome.best_step if outcome else None,
+            "steps": outcome.step if outcome else None,
+            "test": outcome.test_metrics if outcome else {},
+            "seconds": time.time() - started,
+        }
+        events.emit("run_finished", status=status, summary=summary, error=error)
+    history.upsert(run_dir)
+    return 1 if status == "failed" else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dtvg_engine.worker RUN_DIR", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return run_worker(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,12 +205,8 @@ def _tiny_t5() -> PreTrainedModel:
 
 def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Any causal or seq2seq LM by local path or hub id (the hub only when online)."""
+    check_model_name(name)
     local = Path(name).expanduser()
-    if not local.exists() and ("/" not in name or name.startswith((".", "/"))):
-        raise UserError(
-            f"unknown model {name!r}; use one of {', '.join(BUILTIN_MODELS)}, a local model folder, "
-            "or a Hugging Face id like org/name"
-        )
     source = str(local) if local.exists() else name
     try:
         config = AutoConfig.from_pretrained(source)
@@ -219,3 +215,15 @@ def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {name!r} ({first}); check the path or id, or go online") from exc
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that is neither built in, nor a local folder, nor shaped like a hub id."""
+    if name in BUILTIN_MODELS or Path(name).expanduser().exists():
+        return
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return
+    raise UserError(
+        f"unknown model {name!r}; use one of {', '.join(BUILTIN_MODELS)}, a local model folder, "
+        "or a Hugging Face id like org/name"
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import load_dataset
+from datasets import disable_progress_bars, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from dtvg_engine.errors import UserError
@@ -34,6 +34,8 @@ HOLD_OUT_FRACTION = 0.2
 UNLABELLED = -1  # Hugging Face marks rows without a gold label (SNLI "-") this way
 
 Row = dict[str, Any]
+
+disable_progress_bars()  # a worker.log and a CLI progress view have no use for per-file bars
 
 
 @dataclass

@@ -160,8 +160,8 @@ def pid_alive(pid: int | None) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc (macOS) or it exited just now; os.kill said it was there
-    # The state follows the parenthesised command name, which may itself contain ")".
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] != "Z"
+    fields = stat.rpartition(")")[2].split()  # the state follows the command name, which may hold ")"
+    return not fields or fields[0] != "Z"
 
 
 def read_pid(run_dir: str | os.PathLike[str]) -> int | None:

@@ -1,0 +1,281 @@
+"""`dtvg`: the headless command line (DESIGN §6).
+
+Exit codes: 0 ok, 1 a run failed, 2 bad input. Bad input is a `UserError`, printed as one line.
+Heavy imports (torch, transformers) happen inside the commands that need them, so listing runs is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dtvg_engine import config as configs
+from dtvg_engine import launcher
+from dtvg_engine.errors import UserError
+from dtvg_engine.history import History
+from dtvg_engine.runfolder import (
+    TPV,
+    create_run,
+    default_runs_dir,
+    find_run,
+    read_config,
+    summarize,
+    tail_log,
+    update_meta,
+)
+
+app = typer.Typer(help="DTVG Studio: multi-task soft-prompt transfer, headless.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+run_app = typer.Typer(help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True)
+runs_app = typer.Typer(help="The history of runs: list, show, compare, export, stop, rm, tag.", no_args_is_help=True)
+tpv_app = typer.Typer(help="Task prompt vectors: show, similarity, arithmetic.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(runs_app, name="runs")
+app.add_typer(tpv_app, name="tpv")
+
+out = Console()
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", envvar="DTVG_RUNS_DIR", help="Where run folders live.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _runs_dir(path: Path | None) -> Path:
+    path = Path(path or default_runs_dir())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --- dtvg run -----------------------------------------------------------------------------------------
+
+
+@run_app.command("stage1")
+def run_stage1(
+    tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
+    model: Annotated[str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")] = "smollm2-135m",
+    prompt_length: Annotated[int, typer.Option(help="Soft prompt tokens r.")] = 100,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 0.3,
+    k_shot: Annotated[int | None, typer.Option(help="Train on K examples (class-stratified).")] = None,
+    eval_every: Annotated[int, typer.Option(help="Validate every E steps.")] = 25,
+    max_eval: Annotated[int, typer.Option(help="Cap validation/test examples.")] = 200,
+    max_input_tokens: Annotated[int, typer.Option(help="Truncate inputs (from the left) to this.")] = 64,
+    seed: Annotated[int, typer.Option(help="Data split, sampling and batch-order seed.")] = 0,
+    init_seed: Annotated[int, typer.Option(help="Seed of the shared prompt initialization.")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    runs_dir: RunsDir = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start workers in the background and return.")] = False,
+    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+) -> None:
+    """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
+    from dtvg_engine.backbones import check_model_name
+    from dtvg_engine.data import default_data_dir, load_splits
+
+    root = _runs_dir(runs_dir)
+    check_model_name(model)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    settings = dict(
+        model=model, prompt_length=prompt_length, steps=steps, batch_size=batch_size, lr=lr, k_shot=k_shot,
+        eval_every=eval_every, max_eval=max_eval, max_input_tokens=max_input_tokens, seed=seed,
+        init_seed=init_seed, data_dir=str(data.resolve()), device=device,
+    )
+    planned = [configs.stage1_config(task, root, **settings) for task in tasks]
+    for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
+        load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
+    _start(run_dirs, detach, jobs)
+
+
+def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
+    """Launch created runs in the background, or follow them here until they end."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    if detach:
+        for run_dir in run_dirs:
+            launcher.launch_worker(run_dir)
+            print(run_dir.name)
+        return
+    from dtvg_engine.watch import run_foreground
+
+    statuses = run_foreground(run_dirs, jobs)
+    _show_table([summarize(d).to_dict() for d in run_dirs])
+    if any(s != "completed" for s in statuses):
+        for run_dir, status in zip(run_dirs, statuses, strict=True):
+            if status == "failed":
+                out.print(f"[red]{run_dir.name} failed:[/red] {summarize(run_dir).error}")
+        raise typer.Exit(1)
+
+
+@run_app.command("resume")
+def run_resume(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],
+    runs_dir: RunsDir = None,
+    detach: Annotated[bool, typer.Option("--detach")] = False,
+) -> None:
+    """Continue a stopped or killed run from its last checkpoint."""
+    run_dir = find_run(_runs_dir(runs_dir), run)
+    status = summarize(run_dir).status
+    if status not in ("stopped", "killed", "failed"):
+        raise UserError(f"run {run_dir.name} is {status}; only stopped, killed or failed runs can be resumed")
+    _start([run_dir], detach, 1)
+
+
+# --- dtvg runs ----------------------------------------------------------------------------------------
+
+COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "best_metric", "step", "tags")
+
+
+def _show_table(docs: list[dict[str, Any]]) -> None:
+    table = Table()
+    for key in COLUMNS:
+        table.add_column(key, no_wrap=key in ("run_id", "status", "step"))
+    for doc in docs:
+        cells = []
+        for key in COLUMNS:
+            value = doc.get(key)
+            if key == "best_metric" and value is not None:
+                value = f"{value:.4f}"
+            elif key == "tags":
+                value = ",".join(value or [])
+            elif key == "step":
+                value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+            cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(
+    runs_dir: RunsDir = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every run in the history index (rebuilt from the run folders when needed)."""
+    docs = History(_runs_dir(runs_dir)).all()
+    if status:
+        docs = [d for d in docs if d["status"] == status]
+    _print_json(docs) if as_json else _show_table(docs)
+
+
+@runs_app.command("show")
+def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> None:
+    """One run: its summary, config and, if it failed, the end of its log."""
+    run_dir = find_run(_runs_dir(runs_dir), run)
+    doc = summarize(run_dir).to_dict()
+    doc["config"] = read_config(run_dir)
+    if as_json:
+        _print_json(doc)
+        return
+    for key, value in doc.items():
+        if key != "config":
+            out.print(f"[bold]{key}[/bold]: {value}")
+    out.print_json(data=doc["config"])
+    if doc["status"] in ("failed", "killed"):
+        out.print("[bold]worker.log (last lines)[/bold]")
+        for line in tail_log(run_dir):
+            out.print(line, markup=False, highlight=False)
+
+
+@runs_app.command("stop")
+def runs_stop(run: str, runs_dir: RunsDir = None, kill: Annotated[bool, typer.Option("--kill")] = False) -> None:
+    """Stop a detached run: it checkpoints and ends as `stopped` (--kill ends its whole process group now)."""
+    run_dir = find_run(_runs_dir(runs_dir), run)
+    sent = launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)
+    if not sent:
+        raise UserError(f"run {run_dir.name} is not running ({summarize(run_dir).status})")
+    print(f"{'killed' if kill else 'stopping'} {run_dir.name}")
+
+
+@runs_app.command("rm")
+def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
+    """Delete a finished run's folder and its history entry."""
+    root = _runs_dir(runs_dir)
+    run_dir = find_run(root, run)
+    status = summarize(run_dir).status
+    if status in ("running", "pending"):
+        raise UserError(f"run {run_dir.name} is {status}; stop it first with `dtvg runs stop {run_dir.name}`")
+    shutil.rmtree(run_dir)
+    History(root).remove(run_dir.name)
+    print(f"removed {run_dir.name}")
+
+
+@runs_app.command("tag")
+def runs_tag(
+    run: str,
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (prefix with - to remove).")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Add or remove tags of a run."""
+    from dtvg_engine.runfolder import read_meta
+
+    root = _runs_dir(runs_dir)
+    run_dir = find_run(root, run)
+    current = list(read_meta(run_dir).get("tags", []))
+    for tag in tags:
+        if tag.startswith("-"):
+            current = [t for t in current if t != tag[1:]]
+        elif tag not in current:
+            current.append(tag)
+    update_meta(run_dir, tags=current)
+    History(root).upsert(run_dir)
+    print(" ".join(current))
+
+
+@runs_app.command("note")
+def runs_note(run: str, note: str, runs_dir: RunsDir = None) -> None:
+    """Set the free-text note of a run."""
+    root = _runs_dir(runs_dir)
+    run_dir = find_run(root, run)
+    update_meta(run_dir, note=note)
+    History(root).upsert(run_dir)
+
+
+# --- dtvg tpv -----------------------------------------------------------------------------------------
+
+
+@tpv_app.command("show")
+def tpv_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> None:
+    """A task prompt vector's metadata and norms."""
+    from dtvg_engine.tpv import load_tpv
+
+    run_dir = find_run(_runs_dir(runs_dir), run)
+    if not (run_dir / TPV).is_file():
+        raise UserError(f"run {run_dir.name} has no {TPV}; only completed stage-1 runs have a TPV")
+    vector, meta = load_tpv(run_dir / TPV)
+    info = {
+        **meta,
+        "shape": list(vector.shape),
+        "norm": float(vector.norm()),
+        "mean_token_norm": float(vector.norm(dim=1).mean()),
+        "max_token_norm": float(vector.norm(dim=1).max()),
+    }
+    if as_json:
+        _print_json(info)
+        return
+    for key, value in info.items():
+        out.print(f"[bold]{key}[/bold]: {value}")
+
+
+def main() -> None:
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

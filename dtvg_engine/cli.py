@@ -31,10 +31,18 @@ from dtvg_engine.runfolder import (
     update_meta,
 )
 
-app = typer.Typer(help="DTVG Studio: multi-task soft-prompt transfer, headless.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-run_app = typer.Typer(help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True)
-runs_app = typer.Typer(help="The history of runs: list, show, compare, export, stop, rm, tag.", no_args_is_help=True)
+app = typer.Typer(
+    help="DTVG Studio: multi-task soft-prompt transfer, headless.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+run_app = typer.Typer(
+    help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True
+)
+runs_app = typer.Typer(
+    help="The history of runs: list, show, compare, export, stop, rm, tag.", no_args_is_help=True
+)
 tpv_app = typer.Typer(help="Task prompt vectors: show, similarity, arithmetic.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(runs_app, name="runs")
@@ -62,7 +70,9 @@ def _print_json(obj: Any) -> None:
 @run_app.command("stage1")
 def run_stage1(
     tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
-    model: Annotated[str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")] = "smollm2-135m",
+    model: Annotated[
+        str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")
+    ] = "smollm2-135m",
     prompt_length: Annotated[int, typer.Option(help="Soft prompt tokens r.")] = 100,
     steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
     batch_size: Annotated[int, typer.Option()] = 8,
@@ -73,10 +83,14 @@ def run_stage1(
     max_input_tokens: Annotated[int, typer.Option(help="Truncate inputs (from the left) to this.")] = 64,
     seed: Annotated[int, typer.Option(help="Data split, sampling and batch-order seed.")] = 0,
     init_seed: Annotated[int, typer.Option(help="Seed of the shared prompt initialization.")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     runs_dir: RunsDir = None,
-    detach: Annotated[bool, typer.Option("--detach", help="Start workers in the background and return.")] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Start workers in the background and return.")
+    ] = False,
     jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
@@ -87,9 +101,19 @@ def run_stage1(
     check_model_name(model)
     data = Path(data_dir) if data_dir else default_data_dir()
     settings = dict(
-        model=model, prompt_length=prompt_length, steps=steps, batch_size=batch_size, lr=lr, k_shot=k_shot,
-        eval_every=eval_every, max_eval=max_eval, max_input_tokens=max_input_tokens, seed=seed,
-        init_seed=init_seed, data_dir=str(data.resolve()), device=device,
+        model=model,
+        prompt_length=prompt_length,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        k_shot=k_shot,
+        eval_every=eval_every,
+        max_eval=max_eval,
+        max_input_tokens=max_input_tokens,
+        seed=seed,
+        init_seed=init_seed,
+        data_dir=str(data.resolve()),
+        device=device,
     )
     planned = [configs.stage1_config(task, root, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
@@ -189,7 +213,9 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
 
 
 @runs_app.command("stop")
-def runs_stop(run: str, runs_dir: RunsDir = None, kill: Annotated[bool, typer.Option("--kill")] = False) -> None:
+def runs_stop(
+    run: str, runs_dir: RunsDir = None, kill: Annotated[bool, typer.Option("--kill")] = False
+) -> None:
     """Stop a detached run: it checkpoints and ends as `stopped` (--kill ends its whole process group now)."""
     run_dir = find_run(_runs_dir(runs_dir), run)
     sent = launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)

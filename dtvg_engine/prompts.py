@@ -35,12 +35,16 @@ def sample_init(backbone: Backbone, prompt_length: int, init_seed: int) -> torch
     candidates = torch.tensor([i for i in range(TOP_VOCAB + len(special)) if i not in special][:TOP_VOCAB])
     generator = torch.Generator().manual_seed(init_seed)
     replace = prompt_length > len(candidates)
-    picks = torch.multinomial(torch.ones(len(candidates)), prompt_length, replacement=replace, generator=generator)
+    picks = torch.multinomial(
+        torch.ones(len(candidates)), prompt_length, replacement=replace, generator=generator
+    )
     weight = backbone.model.get_input_embeddings().weight
     return weight[candidates[picks].to(weight.device)].detach().float().cpu().clone()
 
 
-def shared_init(runs_dir: Path, backbone: Backbone, prompt_length: int, init_seed: int) -> tuple[torch.Tensor, str]:
+def shared_init(
+    runs_dir: Path, backbone: Backbone, prompt_length: int, init_seed: int
+) -> tuple[torch.Tensor, str]:
     """Load P_init for these settings, creating it on first use; returns (P_init [r, d], init id)."""
     ident = init_id(backbone, prompt_length, init_seed)
     path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"

@@ -47,7 +47,9 @@ class LabelScorer:
         self.task = task
         self.max_input_tokens = max_input_tokens
         tok = backbone.tokenizer
-        self.word_ids = torch.tensor([tok(w, add_special_tokens=False).input_ids[0] for w in task.label_words])
+        self.word_ids = torch.tensor(
+            [tok(w, add_special_tokens=False).input_ids[0] for w in task.label_words]
+        )
         """First-token id of every label word, in label-id order."""
 
     # --- encoding -----------------------------------------------------------------------------------
@@ -113,7 +115,9 @@ class LabelScorer:
         answer = hidden[torch.arange(size, device=hidden.device), answer_index]
         return model.get_output_embeddings()(answer)
 
-    def _seq2seq_logits(self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _seq2seq_logits(
+        self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         model = self.backbone.model
         size = input_ids.shape[0]
         embeds = torch.cat([prompt[None].expand(size, -1, -1), self.backbone.embed(input_ids)], dim=1)

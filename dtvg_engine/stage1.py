@@ -31,11 +31,15 @@ def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, t
     return splits
 
 
-def run(run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]) -> Outcome:
+def run(
+    run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
+) -> Outcome:
     backbone = load_backbone(config["model"], config["device"])
     task = tasks.get_task(config["task"])
     splits = load_task_data(run_dir, config, events, task.name)
-    p_init, init_id = shared_init(Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"])
+    p_init, init_id = shared_init(
+        Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"]
+    )
     tuner = SoftPrompt(p_init)
     scorer = LabelScorer(backbone, task, config["max_input_tokens"])
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)

@@ -42,7 +42,13 @@ class Tuner(nn.Module):
         raise NotImplementedError
 
     def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": config["lr"], "name": "prompt"}]
+        return [
+            {
+                "params": [p for p in self.parameters() if p.requires_grad],
+                "lr": config["lr"],
+                "name": "prompt",
+            }
+        ]
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to restore this tuner exactly (the best checkpoint keeps one)."""
@@ -149,7 +155,11 @@ def fit(
         state["step"] = step
         checkpoint.parent.mkdir(exist_ok=True)
         tmp = checkpoint.with_suffix(".tmp")
-        payload = {"tuner": tuner.snapshot(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        payload = {
+            "tuner": tuner.snapshot(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+        }
         torch.save({**payload, "state": state}, tmp)
         os.replace(tmp, checkpoint)
         events.emit("checkpoint", step=step, path=str(checkpoint.relative_to(run_dir)))
@@ -161,7 +171,9 @@ def fit(
             return Outcome("stopped", step, state["best_metric"], state["best_step"])
         step += 1
         started = time.perf_counter()
-        batch = scorer.collate([train_items[i] for i in batch_indices(len(train_items), batch_size, step, seed)])
+        batch = scorer.collate(
+            [train_items[i] for i in batch_indices(len(train_items), batch_size, step, seed)]
+        )
         prompt, group = tuner.step_prompt(step)
         loss = scorer.loss(prompt, batch)
         if not math.isfinite(loss.item()):
@@ -182,10 +194,14 @@ def fit(
             best = state["best_metric"] is None or scores[primary] > state["best_metric"]
             if best:
                 state.update(best_metric=scores[primary], best_step=step, best=tuner.snapshot())
-            events.emit("eval", step=step, split="validation", metrics=scores, primary=scores[primary], best=best)
+            events.emit(
+                "eval", step=step, split="validation", metrics=scores, primary=scores[primary], best=best
+            )
             save_checkpoint(step)
 
     tuner.restore(state["best"])
     test = evaluate(scorer, tuner.prompt(), scorer.encode(splits.test), config["eval_batch_size"])
-    events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=test[primary], best=False)
+    events.emit(
+        "eval", step=state["best_step"], split="test", metrics=test, primary=test[primary], best=False
+    )
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

@@ -142,6 +142,67 @@ def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
         raise typer.Exit(1)
 
 
+@run_app.command("stage2")
+def run_stage2(
+    target: Annotated[str, typer.Option(help="The low-resource target task.")],
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(configs.METHODS)}.")] = "dtvg",
+    sources: Annotated[str, typer.Option(help="Source tasks, comma-separated.")] = "",
+    tpv: Annotated[
+        list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
+    ] = None,
+    grouping: Annotated[
+        str, typer.Option(help="dtvg grouping: greedy (Algorithm 2), prefix, exhaustive.")
+    ] = "greedy",
+    lam: Annotated[float, typer.Option("--lambda", help="λ of TS + λ·KC (exhaustive grouping).")] = 1.0,
+    source_scale_lr: Annotated[float, typer.Option(help="Learning rate of the source scales.")] = 0.4,
+    model: Annotated[str, typer.Option(help="Must match the stage-1 runs.")] = "smollm2-135m",
+    prompt_length: Annotated[int, typer.Option()] = 100,
+    steps: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate of the target prompt and its scale.")] = 0.3,
+    k_shot: Annotated[int | None, typer.Option(help="Train on K target examples.")] = None,
+    eval_every: Annotated[int, typer.Option()] = 25,
+    max_eval: Annotated[int, typer.Option()] = 200,
+    max_input_tokens: Annotated[int, typer.Option()] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    init_seed: Annotated[int, typer.Option()] = 0,
+    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    runs_dir: RunsDir = None,
+    detach: Annotated[bool, typer.Option("--detach")] = False,
+) -> None:
+    """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
+    from dtvg_engine.data import default_data_dir, load_splits
+
+    root = _runs_dir(runs_dir)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    config = configs.stage2_config(
+        target,
+        [s.strip() for s in sources.split(",") if s.strip()],
+        method,
+        root,
+        tpv_runs=tpv,
+        grouping=grouping,
+        source_scale_lr=source_scale_lr,
+        model=model,
+        prompt_length=prompt_length,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        k_shot=k_shot,
+        eval_every=eval_every,
+        max_eval=max_eval,
+        max_input_tokens=max_input_tokens,
+        seed=seed,
+        init_seed=init_seed,
+        data_dir=str(data.resolve()),
+        device=device,
+        **{"lambda": lam},
+    )
+    load_splits(target, data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    _start([create_run(root, "stage2", f"{target}-{method}", config)], detach, 1)
+
+
 @run_app.command("resume")
 def run_resume(
     run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],

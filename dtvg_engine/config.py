@@ -90,3 +90,116 @@ def stage1_config(task: str, runs_dir: str | Path, **overrides: Any) -> dict[str
         "created": time.time(),
         **settings,
     }
+
+
+NEEDS_SOURCES = frozenset(METHODS) - {"pt", "only-target"}
+"""Methods that transfer from source tasks and so refuse an empty source list."""
+
+NEEDS_TARGET_TPV = frozenset(METHODS) - {"pt", "tpv-sum", "mix"}
+"""Methods that compare sources with the target's stage-1 vector (or start from it)."""
+
+GROUPINGS = ("greedy", "prefix", "exhaustive")
+"""`--grouping` variants of the `dtvg` method (DESIGN §7)."""
+
+
+def _stage1_matches(config: dict[str, Any], settings: dict[str, Any]) -> bool:
+    return all(config.get(key) == settings[key] for key in ("model", "prompt_length", "init_seed"))
+
+
+def find_stage1_run(runs_dir: str | Path, task: str, settings: dict[str, Any]) -> Path:
+    """The newest completed stage-1 run of `task` sharing model, prompt length and init seed."""
+    from dtvg_engine.runfolder import TPV, list_run_dirs, read_config, summarize
+
+    for run_dir in reversed(list_run_dirs(runs_dir)):
+        config = read_config(run_dir)
+        if (
+            config.get("stage") != "stage1"
+            or config.get("task") != task
+            or not _stage1_matches(config, settings)
+        ):
+            continue
+        if (run_dir / TPV).is_file() and summarize(run_dir).status == "completed":
+            return run_dir
+    raise UserError(
+        f"no finished stage-1 run of {task!r} with model {settings['model']}, prompt length "
+        f"{settings['prompt_length']} and init seed {settings['init_seed']} in {runs_dir}; run "
+        f"`dtvg run stage1 {task} --model {settings['model']} --prompt-length {settings['prompt_length']} "
+        f"--init-seed {settings['init_seed']}` first, or pass --tpv RUN"
+    )
+
+
+def _runs_by_task(runs_dir: str | Path, refs: list[str], settings: dict[str, Any]) -> dict[str, Path]:
+    """Explicit `--tpv RUN` choices, keyed by their task; refuses runs of another init."""
+    from dtvg_engine.runfolder import TPV, find_run, read_config
+
+    chosen: dict[str, Path] = {}
+    for ref in refs:
+        run_dir = find_run(runs_dir, ref)
+        config = read_config(run_dir)
+        if config.get("stage") != "stage1" or not (run_dir / TPV).is_file():
+            raise UserError(f"--tpv {ref}: run {run_dir.name} is not a completed stage-1 run with a TPV")
+        if not _stage1_matches(config, settings):
+            raise UserError(
+                f"--tpv {ref}: run {run_dir.name} was tuned with model {config.get('model')}, prompt length "
+                f"{config.get('prompt_length')}, init seed {config.get('init_seed')}, but this run uses "
+                f"{settings['model']}, {settings['prompt_length']}, {settings['init_seed']}; "
+                "TPVs of different initializations cannot be mixed"
+            )
+        chosen[config["task"]] = run_dir
+    return chosen
+
+
+def stage2_config(
+    target: str,
+    sources: list[str],
+    method: str,
+    runs_dir: str | Path,
+    tpv_runs: list[str] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The resolved config of a stage-2 run: the method, and the stage-1 runs it transfers from."""
+    stage2_keys = set(STAGE2_DEFAULTS) - {"method"}
+    unknown = set(overrides) - set(TRAINING_DEFAULTS) - stage2_keys
+    if unknown:
+        raise UserError(f"unknown stage-2 setting(s): {', '.join(sorted(unknown))}")
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = tasks.get_task(target)
+    if not spec.has_train:
+        raise UserError(
+            f"target {target!r} has no train split (evaluation-only); pick a task with training data"
+        )
+    for source in sources:
+        tasks.get_task(source)
+    if target in sources:
+        raise UserError(f"target {target!r} is also listed among its sources; remove it from --sources")
+    if len(set(sources)) != len(sources):
+        raise UserError(f"--sources lists a task twice: {','.join(sources)}")
+    if method in NEEDS_SOURCES and not sources and not tpv_runs:
+        raise UserError(f"method {method!r} transfers from source tasks; give them with --sources A,B,...")
+    settings = {
+        **TRAINING_DEFAULTS,
+        **STAGE2_DEFAULTS,
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
+    check_training(settings)
+    if settings["grouping"] not in GROUPINGS:
+        raise UserError(f"unknown --grouping {settings['grouping']!r}; choose one of {', '.join(GROUPINGS)}")
+
+    explicit = _runs_by_task(runs_dir, tpv_runs or [], settings)
+    sources = sources or [task for task in explicit if task != target]
+    needed = list(sources) + ([target] if method in NEEDS_TARGET_TPV else [])
+    if method == "pt":
+        needed = []
+    stage1_runs = {task: explicit.get(task) or find_stage1_run(runs_dir, task, settings) for task in needed}
+    return {
+        "stage": "stage2",
+        "target": target,
+        "sources": list(sources) if method != "pt" else [],
+        "stage1_runs": {task: str(path.resolve()) for task, path in stage1_runs.items()},
+        "primary_metric": spec.primary,
+        "runs_dir": str(Path(runs_dir).resolve()),
+        "created": time.time(),
+        **settings,
+        "method": method,
+    }

@@ -115,7 +115,9 @@ def load_keymap(path: Path | None) -> dict[str, str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise UserError(f"cannot read keymap {path} ({e.strerror}); fix $DTVG_KEYMAP or remove the file") from e
+        raise UserError(
+            f"cannot read keymap {path} ({e.strerror}); fix $DTVG_KEYMAP or remove the file"
+        ) from e
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -131,7 +133,9 @@ def load_keymap(path: Path | None) -> dict[str, str]:
     if isinstance(data, dict) and isinstance(data.get("keymap"), dict):
         data = data["keymap"]
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise UserError(f"keymap {path} must map binding ids to key strings, e.g. \"dtvg.runs.stop\" = \"ctrl+s\"")
+        raise UserError(
+            f'keymap {path} must map binding ids to key strings, e.g. "dtvg.runs.stop" = "ctrl+s"'
+        )
     unknown = sorted(set(data) - BINDING_IDS)
     if unknown:
         raise UserError(f"keymap {path}: unknown binding id(s) {', '.join(unknown)}; press ? to see them")

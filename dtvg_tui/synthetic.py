@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine.runfolder import CONFIG, EVENTS, LOG
+from dtvg_engine.runfolder import CONFIG, EVENTS, LOG, TPV
 
 T0 = 1_750_000_000.0
 """2025-06-15 15:06:40 UTC: the start of every synthetic timeline."""
@@ -150,6 +150,18 @@ def training_events(
     return events
 
 
+def write_tpv(run_dir: Path, seed: int, shape: tuple[int, int] = (8, 16)) -> Path:
+    """A made-up `[r, d]` task prompt vector as tpv.safetensors (numpy, no torch)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    common = np.random.default_rng(99).normal(size=shape)
+    path = Path(run_dir) / TPV
+    save_file({"tpv": (common + rng.normal(size=shape)).astype(np.float32)}, str(path))
+    return path
+
+
 def make_demo_runs(runs_dir: Path) -> list[Path]:
     """Five finished runs: three stage-1 runs, a failed one and a stage-2 DTVG run with group events."""
     runs_dir = Path(runs_dir)
@@ -161,6 +173,7 @@ def make_demo_runs(runs_dir: Path) -> list[Path]:
         made.append(
             write_run(runs_dir, run_id, config, training_events(run_id, config, 60, T0 + 100 * i, seed=i))
         )
+        write_tpv(made[-1], seed=i)
     run_id = "20250615-150300-stage1-rte"
     config = stage1_config("rte")
     events = training_events(
@@ -174,6 +187,7 @@ def make_demo_runs(runs_dir: Path) -> list[Path]:
     made.append(failed)
     run_id = "20250615-150400-stage2-rte-dtvg"
     config = stage2_config("rte", ["mnli", "qnli", "sst2"])
+    config["stage1_runs"] = {run.name.rsplit("-", 1)[1]: str(run.resolve()) for run in made[:3]}
     made.append(
         write_run(
             runs_dir,

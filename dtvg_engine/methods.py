@@ -1,0 +1,124 @@
+"""Stage-2 methods (DESIGN §7): how each one builds the prompt it tunes from the stage-1 vectors.
+
+Two families:
+- grouped methods (`dtvg` and its ablations) tune P_mix = P_init + α_t⊙T_t + Σ_{s∈S'} α_s⊙T_s (eq. 6),
+  re-selecting the source group S' every step from the rescaled vectors (`GroupedPrompt`);
+- baselines tune a plain soft prompt from an initialization chosen by the method (`SoftPrompt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dtvg_engine import grouping
+from dtvg_engine.merge import ScaledTaskVectors
+from dtvg_engine.training import SoftPrompt, Tuner
+
+GROUPED = ("dtvg", "fixed-group", "only-target", "ts-only", "kc-only", "all-sources")
+"""Methods that merge task vectors with learnable scales and log a group every step."""
+
+Chooser = Callable[[Tensor, dict[str, Tensor]], list[str]]
+
+
+class GroupedPrompt(Tuner):
+    """DTVG's prompt: eq. 6 over a source group chosen anew at every step (Algorithm 1)."""
+
+    def __init__(self, vectors: ScaledTaskVectors, choose: Chooser, fixed: bool = False) -> None:
+        super().__init__()
+        self.vectors = vectors
+        self.choose = choose
+        """Picks the group from the rescaled, detached target and source vectors."""
+        self.fixed = fixed
+        """`fixed-group`: keep the group chosen at the first step."""
+        self.group: list[str] | None = None
+        """The current source group, in ranking order."""
+
+    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any]]:
+        target, sources = self.vectors.rescaled_target(), self.vectors.rescaled_sources()
+        ranked = grouping.select_group(target, sources, variant="ts-only").ranked if sources else []
+        if self.group is None or not self.fixed:
+            self.group = self.choose(target, sources)
+        members = [sources[name] for name in self.group]
+        event = {
+            "ranked": [{"task": name, "sim": sim} for name, sim in ranked],
+            "selected": list(self.group),
+            "ts": grouping.target_similarity(members, target),
+            "kc": grouping.knowledge_consistency(members),
+            "scales": self.vectors.mean_scales(),
+        }
+        return self.vectors(self.group), event
+
+    def prompt(self) -> Tensor:
+        with torch.no_grad():
+            return self.vectors(self.group or []).detach()
+
+    def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.vectors.param_groups(config["lr"], config["source_scale_lr"], config["weight_decay"])
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": super().snapshot(), "group": list(self.group or [])}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        super().restore(snapshot["state"])
+        self.group = list(snapshot["group"])
+
+
+def chooser(method: str, config: dict[str, Any]) -> Chooser:
+    """The group rule of a grouped method."""
+    if method == "all-sources":
+        return lambda target, sources: [
+            name for name, _ in grouping.select_group(target, sources, "ts-only").ranked
+        ]
+    if method == "only-target":
+        return lambda target, sources: []
+    variant = {"dtvg": config["grouping"], "fixed-group": config["grouping"]}.get(method, method)
+    lam = config["lambda"]
+    return lambda target, sources: grouping.select_group(target, sources, variant, lam=lam).selected
+
+
+def grouped_tuner(
+    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+) -> GroupedPrompt:
+    """A grouped method's tuner: the target starts from its stage-1 vector T_t, every scale from one."""
+    target = config["target"]
+    sources = {} if method == "only-target" else {name: tpvs[name] for name in config["sources"]}
+    vectors = ScaledTaskVectors(p_init, sources, target, target_init=tpvs[target])
+    return GroupedPrompt(vectors, chooser(method, config), fixed=method == "fixed-group")
+
+
+def baseline_init(
+    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+) -> tuple[Tensor, str]:
+    """The starting prompt of a single-prompt baseline, and a line saying how it was chosen."""
+    sources = config["sources"]
+    if method == "pt":
+        return p_init, "pt: prompt tuning from the shared initialization"
+    if method == "tpv-sum":
+        return p_init + sum(tpvs[s] for s in sources), f"tpv-sum: P_init + Σ TPV of {', '.join(sources)}"
+    target = tpvs[config["target"]]
+    if method == "spot":  # SPoT: cosine of mean-pooled prompts P* = P_init + T
+        scores = {
+            s: float(torch.cosine_similarity((p_init + tpvs[s]).mean(0), (p_init + target).mean(0), dim=0))
+            for s in sources
+        }
+    else:  # tpv-top1: eq. 2 on the task prompt vectors
+        scores = {s: grouping.sim(tpvs[s], target) for s in sources}
+    best = max(scores, key=lambda s: (scores[s], s))
+    ranking = ", ".join(f"{s} {v:.4g}" for s, v in sorted(scores.items(), key=lambda kv: -kv[1]))
+    return p_init + tpvs[best], f"{method}: initialised from {best}'s prompt (similarities: {ranking})"
+
+
+def build_tuner(
+    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+) -> tuple[Tuner, str]:
+    """The tuner of any stage-2 method except `mix` (which first trains on source data, see stage2)."""
+    if method in GROUPED:
+        return grouped_tuner(
+            method, config, p_init, tpvs
+        ), f"{method}: grouping every step over {config['sources']}"
+    init, note = baseline_init(method, config, p_init, tpvs)
+    return SoftPrompt(init), note

@@ -1,0 +1,129 @@
+"""The dashboard application and the `dtvg-tui [--runs-dir DIR]` entry point."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import default_runs_dir
+from dtvg_tui import keys
+from dtvg_tui.runindex import RunIndex
+from dtvg_tui.screens.runs import RunsScreen
+
+
+class DtvgApp(App[None]):
+    """DTVG Studio's dashboard: runs, live run detail, grouping inspector, compare, new run."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "DTVG Studio"
+    BINDINGS = keys.APP_BINDINGS
+
+    def __init__(
+        self,
+        runs_dir: str | Path | None = None,
+        keymap: dict[str, str] | None = None,
+        refresh_interval: float = 1.0,
+        follow_interval: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
+        """The runs directory shown and written to."""
+        self.index = RunIndex(self.runs_dir)
+        """Summaries of every run, kept fresh by the Runs screen."""
+        self.user_keymap = dict(keymap or {})
+        """Binding id → keys overrides from the user keymap file."""
+        self.refresh_interval = refresh_interval
+        """Seconds between two scans of the runs directory."""
+        self.follow_interval = follow_interval
+        """Seconds between two reads of a followed run's events."""
+        self.sub_title = str(self.runs_dir)
+
+    def on_mount(self) -> None:
+        if self.user_keymap:
+            self.set_keymap(self.user_keymap)
+        self.push_screen(RunsScreen())
+
+    @property
+    def runs_screen(self) -> RunsScreen:
+        return next(s for s in self.screen_stack if isinstance(s, RunsScreen))
+
+    def action_show_runs(self) -> None:
+        """Back to the Runs screen (closing every screen above it)."""
+        while len(self.screen_stack) > 2 and not isinstance(self.screen, RunsScreen):
+            self.pop_screen()
+
+    def action_new_run(self) -> None:
+        from dtvg_tui.screens.new_run import NewRunScreen
+
+        if not isinstance(self.screen, NewRunScreen):
+            self.push_screen(NewRunScreen())
+
+    def action_help(self) -> None:
+        from dtvg_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def open_detail(self, run_dir: Path) -> None:
+        from dtvg_tui.screens.detail import RunDetailScreen
+
+        self.push_screen(RunDetailScreen(run_dir))
+
+    def open_inspector(self, run_dir: Path) -> None:
+        from dtvg_tui.screens.inspector import InspectorScreen
+
+        self.push_screen(InspectorScreen(run_dir))
+
+    def open_compare(self, run_dirs: list[Path]) -> None:
+        from dtvg_tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(run_dirs))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Runs", "Show every run", self.action_show_runs)
+        yield SystemCommand("New run", "Launch a stage-1, stage-2 or pipeline run", self.action_new_run)
+        yield SystemCommand("Keys", "Every key binding and its id", self.action_help)
+        runs = self.runs_screen if any(isinstance(s, RunsScreen) for s in self.screen_stack) else None
+        if runs is not None and isinstance(screen, RunsScreen):
+            yield SystemCommand(
+                "Open run detail", "Live curves and group of the highlighted run", runs.action_open_detail
+            )
+            yield SystemCommand(
+                "Grouping inspector", "Groups step by step, similarity heatmap", runs.action_inspect
+            )
+            yield SystemCommand(
+                "Compare selected runs", "Curves, metrics and config diff", runs.action_compare
+            )
+            yield SystemCommand("Stop run", "Graceful stop (checkpoint, then finish)", runs.action_stop)
+            yield SystemCommand("Kill run", "Kill the worker's whole process group", runs.action_kill)
+            yield SystemCommand(
+                "Resume run", "Continue a stopped run from its checkpoint", runs.action_resume
+            )
+            yield SystemCommand("Tag run", "Add tags to the highlighted run", runs.action_tag)
+            yield SystemCommand("Note on run", "Write a note on the highlighted run", runs.action_note)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`dtvg-tui [--runs-dir DIR]`."""
+    parser = argparse.ArgumentParser(prog="dtvg-tui", description="DTVG Studio dashboard")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="runs directory (default: $DTVG_RUNS_DIR or ./runs)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        keymap = keys.load_keymap(keys.keymap_path())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    DtvgApp(args.runs_dir, keymap=keymap).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The Runs table as plain data: its columns, how a run fills them, sorting and filtering (no Textual).
+
+Filter syntax: words match anywhere (id, stage, method, task, model, status, tags, note), all of them
+must match; `status:failed`, `tag:best`, `stage:stage2`, `method:dtvg`, `task:rte` match one field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from dtvg_engine.runfolder import STATUSES, RunSummary
+from dtvg_tui.fmt import fmt_duration, fmt_metric, fmt_progress, fmt_time
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the Runs table."""
+
+    key: str
+    """Column key (also the sort name)."""
+    label: str
+    """Header text."""
+    cell: Callable[[RunSummary], str]
+    """The run's text in this column."""
+    sort: Callable[[RunSummary], Any]
+    """Sort key (None-safe)."""
+
+
+def _none_last(value: Any) -> tuple[bool, Any]:
+    return (value is None, value if value is not None else 0)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run_id", "Run", lambda s: s.run_id, lambda s: s.run_id),
+    Column("stage", "Stage", lambda s: s.stage, lambda s: s.stage),
+    Column("method", "Method", lambda s: s.method, lambda s: s.method),
+    Column("task", "Task/target", lambda s: s.task, lambda s: s.task),
+    Column("model", "Model", lambda s: s.model, lambda s: s.model),
+    Column(
+        "status",
+        "Status",
+        lambda s: s.status,
+        lambda s: STATUSES.index(s.status) if s.status in STATUSES else 9,
+    ),
+    Column("step", "Step", lambda s: fmt_progress(s.step, s.total_steps), lambda s: s.step),
+    Column("best_metric", "Best", lambda s: fmt_metric(s.best_metric), lambda s: _none_last(s.best_metric)),
+    Column("started", "Started", lambda s: fmt_time(s.started), lambda s: _none_last(s.started)),
+    Column("duration", "Duration", lambda s: fmt_duration(s.duration), lambda s: _none_last(s.duration)),
+    Column("tags", "Tags", lambda s: ",".join(s.tags), lambda s: ",".join(s.tags)),
+)
+"""The table's columns, left to right."""
+
+COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+_BY_KEY = {c.key: c for c in COLUMNS}
+
+_FIELDS = {"status": "status", "stage": "stage", "method": "method", "task": "task", "model": "model"}
+
+
+def row_cells(summary: RunSummary) -> tuple[str, ...]:
+    """The run's text in every column."""
+    return tuple(c.cell(summary) for c in COLUMNS)
+
+
+def matches(summary: RunSummary, query: str, status: str | None = None) -> bool:
+    """Whether the run passes the filter text `query` and the status filter (None: any status)."""
+    if status and summary.status != status:
+        return False
+    for word in query.lower().split():
+        name, sep, value = word.partition(":")
+        if sep and name in _FIELDS:
+            if value not in str(getattr(summary, _FIELDS[name])).lower():
+                return False
+        elif sep and name == "tag":
+            if not any(value in tag.lower() for tag in summary.tags):
+                return False
+        else:
+            haystack = " ".join(
+                (
+                    summary.run_id,
+                    summary.stage,
+                    summary.method,
+                    summary.task,
+                    summary.model,
+                    summary.status,
+                    *summary.tags,
+                    summary.note,
+                )
+            ).lower()
+            if word not in haystack:
+                return False
+    return True
+
+
+def view(
+    summaries: Iterable[RunSummary],
+    query: str = "",
+    status: str | None = None,
+    sort: str = "run_id",
+    reverse: bool = True,
+) -> list[RunSummary]:
+    """The runs shown: filtered, then sorted by column `sort` (ties by run id)."""
+    column = _BY_KEY[sort]
+    shown = [s for s in summaries if matches(s, query, status)]
+    shown.sort(key=lambda s: s.run_id, reverse=reverse)
+    shown.sort(key=column.sort, reverse=reverse)
+    return shown

@@ -1,0 +1,255 @@
+"""Run detail: live loss and validation curves, step and speed, and for stage 2 the group panel and timeline.
+
+A worker thread follows events.jsonl from its last byte offset (`EventFollower`), folds new events into
+a `RunSeries` under a lock and asks the UI to redraw; no file is read on the UI thread. Follow mode keeps
+the newest step in view; stepping back (←, page up, scrolling the timeline) pauses it, `f` resumes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+from textual.worker import get_current_worker
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, read_config, summarize
+from dtvg_tui import keys
+from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
+from dtvg_tui.follow import EventFollower
+from dtvg_tui.series import RunSeries
+from dtvg_tui.widgets.curves import CurvesPlot
+from dtvg_tui.widgets.group_panel import GroupPanel
+from dtvg_tui.widgets.group_timeline import GroupTimeline
+
+
+class RunFollowingScreen(Screen[None]):
+    """Base of the screens that follow one run's events: the loader thread and the step cursor."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        """The run folder shown."""
+        self.series = RunSeries()
+        """Everything read from the events so far (mutated by the loader thread under `lock`)."""
+        self.lock = threading.Lock()
+        """Held while the series is folded or read."""
+        self.follow = True
+        """Keep the newest step in view."""
+        self.cursor = 0
+        """Index of the group event shown when not following."""
+        self.reading = True
+        """Still reading the part of the file that existed when the screen opened."""
+        self.loaded_bytes = 0
+        self.total_bytes = 0
+        self.loaded_at: float | None = None
+        """`time.perf_counter()` when the initial load finished (for the benchmark)."""
+        try:
+            self.config = read_config(self.run_dir)
+        except UserError:
+            self.config = {}
+
+    def on_mount(self) -> None:
+        # Textual calls on_mount of every class in the MRO: subclasses must not call this one again.
+        self._follow_events()
+
+    @work(thread=True, group="follow", exit_on_error=False)
+    def _follow_events(self) -> None:
+        worker = get_current_worker()
+        follower = EventFollower(self.run_dir / EVENTS)
+        interval = getattr(self.app, "follow_interval", 0.5)
+        while not worker.is_cancelled:
+            events = follower.read()
+            if events:
+                with self.lock:
+                    self.series.feed(events)
+            self.loaded_bytes, self.total_bytes = follower.offset, follower.size
+            was_reading = self.reading
+            if follower.at_end and self.reading:
+                self.reading = False
+                self.loaded_at = time.perf_counter()
+            if events or was_reading:
+                self.app.call_from_thread(self.update_view)
+            if follower.at_end:
+                time.sleep(interval)
+
+    def update_view(self) -> None:
+        """Redraw from the series (UI thread)."""
+
+    # ----- step cursor -----
+
+    def _group_len(self) -> int:
+        return len(self.series.group)
+
+    def current_index(self) -> int:
+        """The group event shown: the newest while following."""
+        n = self._group_len()
+        return max(0, n - 1) if self.follow else min(self.cursor, max(0, n - 1))
+
+    def action_step(self, delta: int) -> None:
+        n = self._group_len()
+        if n == 0:
+            return
+        index = min(max(0, self.current_index() + delta), n - 1)
+        self.cursor = index
+        self.follow = index == n - 1 and delta > 0 and self.follow
+        self.update_view()
+
+    def action_toggle_follow(self) -> None:
+        self.follow = not self.follow
+        if not self.follow:
+            self.cursor = self.current_index()
+        self.notify("Following the newest step." if self.follow else "Follow paused.", timeout=2)
+        self.update_view()
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def run_summary(self) -> RunSummary | None:
+        summary = self.app.index.summary(self.run_dir.name)
+        if summary is None:
+            try:
+                summary = summarize(self.run_dir)
+            except UserError:
+                return None
+        return summary
+
+    def status(self) -> str:
+        summary = self.app.index.summary(self.run_dir.name)
+        if summary is not None:
+            return summary.status
+        status = self.series.status
+        if status == "running" and not pid_alive(self.series.pid):
+            return "killed"
+        return status
+
+    def action_stop(self) -> None:
+        from dtvg_tui.screens.runs import control_run
+
+        control_run(self, self.run_summary(), "stop")
+
+    def action_kill(self) -> None:
+        from dtvg_tui.screens.runs import control_run
+
+        control_run(self, self.run_summary(), "kill")
+
+    def action_resume(self) -> None:
+        from dtvg_tui.screens.runs import control_run
+
+        control_run(self, self.run_summary(), "resume")
+
+
+class RunDetailScreen(RunFollowingScreen):
+    """One run, live."""
+
+    BINDINGS = keys.DETAIL_BINDINGS
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="detail-stats")
+        with Horizontal(id="detail-body"):
+            with Vertical(id="detail-curves"):
+                yield CurvesPlot("training loss", id="detail-loss", classes="plot")
+                yield CurvesPlot("validation", id="detail-eval", classes="plot")
+            with Vertical(id="detail-side"):
+                if self.config.get("stage") == "stage2":
+                    yield GroupPanel(id="detail-group")
+                    yield GroupTimeline(id="detail-timeline")
+                yield Static(id="detail-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.run_dir.name
+        self.query_one("#detail-log", Static).border_title = "Events"
+        self.update_view()
+
+    def update_view(self) -> None:
+        series = self.series
+        with self.lock:
+            stats = self._stats()
+            loss = [("loss", list(series.loss.xs), list(series.loss.ys))]
+            evals = [(split, list(c.xs), list(c.ys)) for split, c in series.evals.items()]
+            index = self.current_index()
+            has_group = len(series.group) > 0
+            state = series.group.state(index) if has_group else None
+            log = self._log_text()
+        marker = state.step if state is not None and not self.follow else None
+        self.query_one("#detail-stats", Static).update(stats)
+        self.query_one("#detail-loss", CurvesPlot).show(loss, marker)
+        self.query_one("#detail-eval", CurvesPlot).show(evals, marker, ylabel=series.primary_metric)
+        self.query_one("#detail-log", Static).update(log)
+        if self.query("#detail-group"):
+            self.query_one("#detail-group", GroupPanel).show(state, series.task)
+            timeline = self.query_one("#detail-timeline", GroupTimeline)
+            timeline.lock = self.lock
+            timeline.show(series.group, index if has_group else None)
+
+    def _stats(self) -> Text:
+        s = self.series
+        status = self.status()
+        text = Text(no_wrap=False)
+        stage = s.stage or self.config.get("stage", "")
+        method = s.method or self.config.get("method", "")
+        task = s.task or self.config.get("target") or self.config.get("task") or ""
+        text.append(
+            f"{stage} {method} → {task}  " if stage == "stage2" else f"{stage} {task}  ", style="bold"
+        )
+        text.append(f"● {status}", style=STATUS_STYLES.get(status, ""))
+        total = s.total_steps or self.config.get("steps")
+        text.append(f"   step {fmt_progress(s.step, total)}")
+        if s.samples_per_s is not None:
+            text.append(f"   {fmt_number(s.samples_per_s)} samples/s")
+        if s.loss.last is not None:
+            text.append(f"   loss {fmt_number(s.loss.last)}")
+        if s.lr:
+            text.append("   lr " + " ".join(f"{k} {fmt_number(v)}" for k, v in s.lr.items()))
+        if s.best is not None:
+            text.append(
+                f"   best {s.primary_metric} {fmt_metric(s.best.primary)} @{s.best.step}", style="green"
+            )
+        text.append(f"\nstarted {fmt_time(s.first_time)}   ran {fmt_duration(s.duration)}", style="dim")
+        if s.segments > 1:
+            text.append(f"   resumed {s.segments - 1}×", style="dim")
+        if s.error:
+            text.append(f"\nerror: {s.error}", style="red")
+        if self.reading and self.total_bytes:
+            text.append(f"   loading {100 * self.loaded_bytes // max(1, self.total_bytes)}%", style="yellow")
+        text.append(
+            "   FOLLOW" if self.follow else "   PAUSED (f: follow)",
+            style="bold cyan" if self.follow else "yellow",
+        )
+        return text
+
+    def _log_text(self) -> Text:
+        s = self.series
+        text = Text()
+        for split, point in sorted(s.last_eval.items()):
+            metrics = "  ".join(
+                f"{k} {fmt_metric(v)}" for k, v in point.metrics.items() if isinstance(v, float)
+            )
+            text.append(f"eval {split} @{point.step}: {metrics}\n", style="green")
+        for _, level, message in list(s.logs)[-8:]:
+            style = "red" if level in ("error", "warning") else "dim"
+            text.append(f"[{level}] {message}\n", style=style)
+        if s.checkpoints:
+            text.append(f"checkpoint @{s.checkpoints[-1]}\n", style="dim")
+        for kind, path in s.artifacts.items():
+            text.append(f"{kind}: {Path(path).name}\n", style="dim")
+        return text
+
+    @on(GroupTimeline.Scrolled)
+    def _timeline_scrolled(self, event: GroupTimeline.Scrolled) -> None:
+        self.action_step(event.delta)
+
+    def action_inspect(self) -> None:
+        if self.config.get("stage") != "stage2":
+            self.notify("The grouping inspector shows stage-2 runs.", severity="warning")
+            return
+        self.app.open_inspector(self.run_dir)

@@ -1,0 +1,371 @@
+"""New run: forms for stage 1, stage 2 and pipeline files, validated in place, launching detached workers.
+
+Configs are built by the engine's own `dtvg_engine.config` (the same checks as `dtvg run`), the run
+folder by `runfolder.create_run`, and the worker started by `launcher.launch_worker` in its own process
+group, exactly as `dtvg run … --detach` does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.validation import Integer, Number
+from textual.widgets import (
+    Button,
+    Footer,
+    Header,
+    Input,
+    Label,
+    Select,
+    SelectionList,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from dtvg_engine import config as configs
+from dtvg_engine import tasks
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import TPV, create_run
+from dtvg_tui import keys
+
+INIT_KEYS = ("model", "prompt_length", "init_seed")
+"""What makes two stage-1 runs share an initialization (and so their TPVs combinable)."""
+
+
+def finished_stage1_runs(summaries: list[Any]) -> dict[tuple[str, int, int], dict[str, str]]:
+    """Completed stage-1 runs with a TPV, by init (model, prompt length, init seed): task → newest run dir."""
+    from dtvg_engine.runfolder import read_config
+
+    by_init: dict[tuple[str, int, int], dict[str, str]] = {}
+    for summary in sorted(summaries, key=lambda s: s.run_id):
+        if summary.stage != "stage1" or summary.status != "completed":
+            continue
+        run_dir = Path(summary.run_dir)
+        if not (run_dir / TPV).is_file():
+            continue
+        try:
+            config = read_config(run_dir)
+        except UserError:
+            continue
+        init = (
+            str(config.get("model")),
+            int(config.get("prompt_length") or 0),
+            int(config.get("init_seed") or 0),
+        )
+        by_init.setdefault(init, {})[summary.task] = summary.run_dir
+    return by_init
+
+
+def _row(label: str, widget: Any) -> Horizontal:
+    return Horizontal(Label(label), widget, classes="form-row")
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.strip() else None
+
+
+def _float(value: str) -> float | None:
+    return float(value) if value.strip() else None
+
+
+class NewRunScreen(Screen[None]):
+    """Launch stage-1 runs (one per task), a stage-2 run, or a pipeline file."""
+
+    BINDINGS = keys.NEW_RUN_BINDINGS
+
+    def __init__(self) -> None:
+        super().__init__()
+        summaries = list(self.app.index.all()) if self.app else []
+        self.inits = finished_stage1_runs(summaries)
+        """Finished stage-1 runs by shared init."""
+
+    def compose(self) -> ComposeResult:
+        d = configs.TRAINING_DEFAULTS
+        trainable = tasks.trainable_tasks()
+        yield Header()
+        yield Static(id="new-run-error")
+        with TabbedContent(id="new-run-tabs"):
+            with TabPane("Stage 1", id="tab-stage1"), VerticalScroll(classes="form"):
+                yield Label("Tasks (space to pick; one run each):")
+                yield SelectionList[str](*[(t, t) for t in trainable], id="s1-tasks")
+                yield from self._training_rows("s1", d)
+                yield Button("Launch stage 1 (ctrl+l)", variant="success", id="s1-launch")
+            with TabPane("Stage 2", id="tab-stage2"), VerticalScroll(classes="form"):
+                inits = [
+                    (f"{m}  r={r}  seed={s}  ({len(t)} tasks)", (m, r, s))
+                    for (m, r, s), t in self.inits.items()
+                ]
+                yield _row(
+                    "Initialization", Select(inits, id="s2-init", prompt="finished stage-1 runs by init")
+                )
+                yield _row(
+                    "Method",
+                    Select(
+                        [(m, m) for m in configs.METHODS], value="dtvg", id="s2-method", allow_blank=False
+                    ),
+                )
+                yield _row(
+                    "Target", Select([(t, t) for t in trainable], id="s2-target", prompt="target task")
+                )
+                yield Label("Sources (finished stage-1 runs of this init):")
+                yield SelectionList[str](id="s2-sources")
+                yield _row(
+                    "Grouping",
+                    Select(
+                        [(g, g) for g in configs.GROUPINGS],
+                        value="greedy",
+                        id="s2-grouping",
+                        allow_blank=False,
+                    ),
+                )
+                yield _row("Source scale lr", Input("0.4", id="s2-source_scale_lr", validators=[Number(0)]))
+                yield from self._training_rows("s2", d, init_fields=False)
+                yield Button("Launch stage 2 (ctrl+l)", variant="success", id="s2-launch")
+            with TabPane("Pipeline", id="tab-pipeline"), VerticalScroll(classes="form"):
+                yield Label(
+                    "A pipeline TOML file (`dtvg run pipeline FILE`): stage 1 for every task needed, "
+                    "reusing finished runs, then stage 2."
+                )
+                yield _row("Pipeline file", Input(placeholder="path/to/experiment.toml", id="pl-file"))
+                yield Button("Launch pipeline (ctrl+l)", variant="success", id="pl-launch")
+        yield Footer()
+
+    def _training_rows(self, prefix: str, d: dict[str, Any], init_fields: bool = True) -> ComposeResult:
+        if init_fields:
+            yield _row("Model", Input(str(d["model"]), id=f"{prefix}-model", compact=True))
+            yield _row(
+                "Prompt length",
+                Input(
+                    str(d["prompt_length"]),
+                    id=f"{prefix}-prompt_length",
+                    compact=True,
+                    validators=[Integer(1)],
+                ),
+            )
+            yield _row(
+                "Init seed",
+                Input(str(d["init_seed"]), id=f"{prefix}-init_seed", compact=True, validators=[Integer(0)]),
+            )
+        yield _row(
+            "Steps", Input(str(d["steps"]), id=f"{prefix}-steps", compact=True, validators=[Integer(1)])
+        )
+        yield _row(
+            "Batch size",
+            Input(str(d["batch_size"]), id=f"{prefix}-batch_size", compact=True, validators=[Integer(1)]),
+        )
+        yield _row(
+            "Learning rate", Input(str(d["lr"]), id=f"{prefix}-lr", compact=True, validators=[Number(0)])
+        )
+        yield _row(
+            "K-shot",
+            Input("", placeholder="all", id=f"{prefix}-k_shot", compact=True, validators=[Integer(1)]),
+        )
+        yield _row(
+            "Eval every",
+            Input(str(d["eval_every"]), id=f"{prefix}-eval_every", compact=True, validators=[Integer(1)]),
+        )
+        yield _row(
+            "Max eval",
+            Input(str(d["max_eval"]), id=f"{prefix}-max_eval", compact=True, validators=[Integer(1)]),
+        )
+        yield _row("Seed", Input(str(d["seed"]), id=f"{prefix}-seed", compact=True, validators=[Integer(0)]))
+        yield _row(
+            "Data dir",
+            Input(
+                os.environ.get("DTVG_DATA_DIR", ""), placeholder="bundled demo data", id=f"{prefix}-data_dir"
+            ),
+        )
+        yield _row(
+            "Device",
+            Select(
+                [(x, x) for x in ("auto", "cpu", "cuda")],
+                value="auto",
+                id=f"{prefix}-device",
+                allow_blank=False,
+            ),
+        )
+
+    def on_mount(self) -> None:
+        self.sub_title = f"New run in {self.app.runs_dir}"
+        if len(self.inits) == 1:
+            self.query_one("#s2-init", Select).value = next(iter(self.inits))
+
+    # ----- reading the form -----
+
+    def _value(self, widget_id: str) -> str:
+        widget = self.query_one(f"#{widget_id}")
+        if isinstance(widget, Select):
+            return "" if widget.is_blank() else str(widget.value)
+        assert isinstance(widget, Input)
+        if widget.validators and widget.value.strip():
+            result = widget.validate(widget.value)
+            if result is not None and not result.is_valid:
+                label = widget_id.split("-", 1)[1].replace("_", " ")
+                raise UserError(f"{label}: {'; '.join(result.failure_descriptions)}")
+        return widget.value.strip()
+
+    def _settings(self, prefix: str) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "steps": _int(self._value(f"{prefix}-steps")),
+            "batch_size": _int(self._value(f"{prefix}-batch_size")),
+            "lr": _float(self._value(f"{prefix}-lr")),
+            "k_shot": _int(self._value(f"{prefix}-k_shot")),
+            "eval_every": _int(self._value(f"{prefix}-eval_every")),
+            "max_eval": _int(self._value(f"{prefix}-max_eval")),
+            "seed": _int(self._value(f"{prefix}-seed")),
+            "data_dir": self._value(f"{prefix}-data_dir") or None,
+            "device": self._value(f"{prefix}-device") or "auto",
+        }
+        if prefix == "s1":
+            settings["model"] = self._value("s1-model") or None
+            settings["prompt_length"] = _int(self._value("s1-prompt_length"))
+            settings["init_seed"] = _int(self._value("s1-init_seed"))
+        if settings["data_dir"]:
+            settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
+        return settings
+
+    def stage1_configs(self) -> list[dict[str, Any]]:
+        """The configs the Stage 1 tab describes (UserError when it is incomplete or invalid)."""
+        chosen = list(self.query_one("#s1-tasks", SelectionList).selected)
+        if not chosen:
+            raise UserError("pick at least one task (space in the task list)")
+        settings = self._settings("s1")
+        return [configs.stage1_config(task, self.app.runs_dir, **settings) for task in chosen]
+
+    def stage2_config(self) -> dict[str, Any]:
+        """The config the Stage 2 tab describes (UserError when it is incomplete or invalid)."""
+        init = self.query_one("#s2-init", Select)
+        if init.is_blank():
+            raise UserError(
+                "pick an initialization: stage 2 needs finished stage-1 runs (launch stage 1 first)"
+            )
+        model, prompt_length, init_seed = init.value  # type: ignore[misc]
+        target = self._value("s2-target")
+        if not target:
+            raise UserError("pick a target task")
+        method = self._value("s2-method")
+        sources = list(self.query_one("#s2-sources", SelectionList).selected)
+        tpv_runs = [self.inits[init.value][s] for s in sources]  # type: ignore[index]
+        settings = self._settings("s2")
+        return configs.stage2_config(
+            target,
+            sources,
+            method,
+            self.app.runs_dir,
+            tpv_runs=tpv_runs,
+            model=model,
+            prompt_length=prompt_length,
+            init_seed=init_seed,
+            grouping=self._value("s2-grouping"),
+            source_scale_lr=_float(self._value("s2-source_scale_lr")),
+            **settings,
+        )
+
+    # ----- reacting -----
+
+    @on(Select.Changed, "#s2-init")
+    @on(Select.Changed, "#s2-target")
+    def _refresh_sources(self) -> None:
+        init = self.query_one("#s2-init", Select)
+        sources = self.query_one("#s2-sources", SelectionList)
+        target = self._value("s2-target")
+        keep = set(sources.selected)
+        sources.clear_options()
+        if not init.is_blank():
+            for task in sorted(self.inits[init.value]):  # type: ignore[index]
+                if task != target:
+                    sources.add_option((task, task, task in keep))
+        self._validate()
+
+    @on(Input.Changed)
+    @on(SelectionList.SelectedChanged)
+    @on(Select.Changed)
+    def _validate(self) -> None:
+        """Show the first problem of the visible form (or nothing)."""
+        error = self.query_one("#new-run-error", Static)
+        tab = self.query_one("#new-run-tabs", TabbedContent).active
+        try:
+            if tab == "tab-stage1" and self.query_one("#s1-tasks", SelectionList).selected:
+                self.stage1_configs()
+            elif tab == "tab-stage2" and not self.query_one("#s2-init", Select).is_blank():
+                if self._value("s2-target"):
+                    self.stage2_config()
+        except (UserError, ValueError) as e:
+            error.update(f"✗ {e}")
+            return
+        error.update("")
+
+    @on(Button.Pressed, "#s1-launch")
+    @on(Button.Pressed, "#s2-launch")
+    @on(Button.Pressed, "#pl-launch")
+    def action_launch(self) -> None:
+        """Validate the visible tab and launch it."""
+        from dtvg_engine import launcher
+
+        tab = self.query_one("#new-run-tabs", TabbedContent).active
+        error = self.query_one("#new-run-error", Static)
+        try:
+            if tab == "tab-pipeline":
+                self._launch_pipeline()
+                return
+            if tab == "tab-stage1":
+                planned = [(c["task"], c) for c in self.stage1_configs()]
+                stage = "stage1"
+            else:
+                config = self.stage2_config()
+                planned = [(f"{config['target']}-{config['method']}", config)]
+                stage = "stage2"
+            launched = []
+            for label, config in planned:
+                run_dir = create_run(self.app.runs_dir, stage, label, config)
+                launcher.launch_worker(run_dir)
+                launched.append(run_dir.name)
+        except (UserError, ValueError, OSError) as e:
+            error.update(f"✗ {e}")
+            return
+        error.update("")
+        self.notify("Launched " + ", ".join(launched))
+        self.app.runs_screen.refresh_runs()
+        self.dismiss()
+
+    def _launch_pipeline(self) -> None:
+        path = Path(self._value("pl-file")).expanduser()
+        if not path.is_file():
+            raise UserError(f"pipeline file not found: {path}")
+        logs = Path(self.app.runs_dir) / "_pipelines"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{path.stem}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "dtvg_engine.cli",
+            "run",
+            "pipeline",
+            str(path.resolve()),
+            "--runs-dir",
+            str(Path(self.app.runs_dir).resolve()),
+        ]
+        with open(log_path, "ab") as log:
+            subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.notify(f"Pipeline started; its runs appear here as they start (log: {log_path})")
+        self.dismiss()
+
+    def action_back(self) -> None:
+        self.dismiss()

@@ -1,0 +1,91 @@
+"""The shared soft-prompt initialization P_init (DESIGN §3): one file per (model, length, seed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dtvg_engine.backbones import load_backbone
+from dtvg_engine.prompts import TOP_VOCAB, init_id, sample_init, shared_init
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_backbone("tiny-llama", "cpu")
+
+
+@pytest.fixture(scope="module")
+def t5():
+    return load_backbone("tiny-t5", "cpu")
+
+
+def _token_ids(backbone, prompt: torch.Tensor) -> list[int]:
+    """The vocabulary id whose embedding row equals each prompt row (-1 when none does)."""
+    weight = backbone.model.get_input_embeddings().weight.detach()
+    ids = []
+    for row in prompt:
+        hits = (weight == row).all(dim=1).nonzero().flatten().tolist()
+        ids.append(hits[0] if hits else -1)
+    return ids
+
+
+def test_shared_init_is_created_once_under_inits(runs_dir, llama):
+    prompt, ident = shared_init(runs_dir, llama, 8, 0)
+    path = runs_dir / "_inits" / "tiny-llama-r8-s0.safetensors"
+    assert ident == "tiny-llama-r8-s0" == init_id(llama, 8, 0)
+    assert path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
+    assert prompt.shape == (8, llama.hidden_size) and prompt.dtype == torch.float32
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"model": "tiny-llama", "prompt_length": "8", "init_seed": "0"}
+    mtime = path.stat().st_mtime_ns
+
+    again, ident2 = shared_init(runs_dir, llama, 8, 0)
+    assert ident2 == ident
+    assert torch.equal(again, prompt)
+    assert path.stat().st_mtime_ns == mtime  # not rewritten
+
+
+def test_shared_init_reads_the_existing_file(runs_dir, llama):
+    """Once the file exists it is THE init: a later call loads it rather than sampling anew."""
+    shared_init(runs_dir, llama, 4, 0)
+    path = runs_dir / "_inits" / "tiny-llama-r4-s0.safetensors"
+    marker = torch.full((4, llama.hidden_size), 0.25)
+    save_file({"prompt": marker}, str(path))
+    loaded, _ = shared_init(runs_dir, llama, 4, 0)
+    assert torch.equal(loaded, marker)
+
+
+@pytest.mark.parametrize("model", ["llama", "t5"])
+def test_init_rows_are_embeddings_of_frequent_non_special_tokens(model, request, runs_dir):
+    backbone = request.getfixturevalue(model)
+    prompt, _ = shared_init(runs_dir, backbone, 16, 3)
+    ids = _token_ids(backbone, prompt)
+    special = set(backbone.tokenizer.all_special_ids)
+    assert -1 not in ids, "every row must be a row of the embedding matrix"
+    assert all(i < TOP_VOCAB + len(special) for i in ids)
+    assert not special & set(ids)
+    assert len(set(ids)) == len(ids)  # distinct tokens
+
+
+def test_init_seeds_differ_and_are_reproducible(tmp_path, llama):
+    a, id_a = shared_init(tmp_path / "a", llama, 6, 0)
+    b, id_b = shared_init(tmp_path / "a", llama, 6, 1)
+    assert id_a != id_b
+    assert not torch.equal(a, b)
+    again, _ = shared_init(tmp_path / "elsewhere", llama, 6, 0)  # a fresh runs dir samples the same
+    assert torch.equal(a, again)
+    assert torch.equal(sample_init(llama, 6, 1), b)
+
+
+def test_init_depends_on_prompt_length_and_model(runs_dir, llama, t5):
+    short, id_short = shared_init(runs_dir, llama, 4, 0)
+    long, id_long = shared_init(runs_dir, llama, 8, 0)
+    other, id_other = shared_init(runs_dir, t5, 4, 0)
+    assert len({id_short, id_long, id_other}) == 3
+    assert short.shape[0] == 4 and long.shape[0] == 8
+    assert id_other == "tiny-t5-r4-s0"
+    names = sorted(p.name for p in (runs_dir / "_inits").iterdir())
+    assert names == [f"{i}.safetensors" for i in sorted([id_short, id_long, id_other])]

@@ -355,6 +355,175 @@ def tpv_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> N
         out.print(f"[bold]{key}[/bold]: {value}")
 
 
+def _vectors(root: Path, refs: list[str]) -> dict[str, tuple[Path, Any, dict[str, Any]]]:
+    """Stage-1 TPVs by label (their task, or the run id when a task appears twice)."""
+    from dtvg_engine.tpv import check_compatible, load_tpv
+
+    loaded = []
+    for ref in refs:
+        run_dir = find_run(root, _newest_stage1(root, ref))
+        if not (run_dir / TPV).is_file():
+            raise UserError(f"run {run_dir.name} has no {TPV}; pass completed stage-1 runs")
+        loaded.append((run_dir, *load_tpv(run_dir / TPV)))
+    check_compatible([meta for _, _, meta in loaded])
+    tasks_seen = [meta["task"] for _, _, meta in loaded]
+    return {
+        (meta["task"] if tasks_seen.count(meta["task"]) == 1 else run_dir.name): (run_dir, vector, meta)
+        for run_dir, vector, meta in loaded
+    }
+
+
+@tpv_app.command("sim")
+def tpv_sim(
+    runs: Annotated[list[str], typer.Argument(help="Stage-1 runs: ids, unique parts, or task names.")],
+    metric: Annotated[str, typer.Option(help="dot (DTVG eq. 2) or cosine (of mean-pooled vectors).")] = "dot",
+    runs_dir: RunsDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The task-similarity matrix of stage-1 task prompt vectors (the papers' Figures 10-11)."""
+    from dtvg_engine.grouping import similarity_matrix
+
+    if metric not in ("dot", "cosine"):
+        raise UserError(f"unknown --metric {metric!r}; use dot or cosine")
+    vectors = _vectors(_runs_dir(runs_dir), runs)
+    names, matrix = similarity_matrix({name: v for name, (_, v, _) in vectors.items()}, metric)
+    if as_json:
+        _print_json({"metric": metric, "tasks": names, "matrix": matrix})
+        return
+    table = Table("", *names, title=f"TPV similarity ({metric})")
+    for name, row in zip(names, matrix, strict=True):
+        table.add_row(name, *(f"{v:.4g}" for v in row))
+    out.print(table)
+
+
+@tpv_app.command("combine")
+def tpv_combine(
+    expression: Annotated[
+        str, typer.Argument(help='TPV arithmetic, e.g. "mnli + qnli - sst2" or "0.5*mnli".')
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the new prompt.")],
+    scale: Annotated[float, typer.Option(help="Multiply the combined vector by this.")] = 1.0,
+    runs_dir: RunsDir = None,
+) -> None:
+    """Write P_init + scale·(combination of TPVs) as a prompt usable with `run stage1 --init-prompt`.
+
+    Names are tasks (their newest completed stage-1 run) or run ids.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from dtvg_engine.tpv import combine, parse_expression
+
+    root = _runs_dir(runs_dir)
+    terms = parse_expression(expression)
+    vectors = _vectors(root, [name for _, name in terms])
+    by_run = {run_dir.name: (vector, meta) for run_dir, vector, meta in vectors.values()}
+    picked = [by_run[find_run(root, _newest_stage1(root, name)).name] for _, name in terms]
+    meta = picked[0][1]
+    init_file = root / "_inits" / f"{meta['init_id']}.safetensors"
+    if not init_file.is_file():
+        raise UserError(f"the shared init {init_file} is missing; it is written by stage-1 runs")
+    p_init = load_file(init_file)["prompt"]
+    prompt = p_init + combine(
+        [(coef, vector) for (coef, _), (vector, _) in zip(terms, picked, strict=True)], scale
+    )
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"prompt": prompt.contiguous()},
+        out_file,
+        metadata={"init_id": str(meta["init_id"]), "expression": expression, "scale": str(scale)},
+    )
+    print(f"wrote {out_file} = P_init + {scale} * ({expression})")
+
+
+def _newest_stage1(root: Path, name: str) -> str:
+    """A run id for an expression term: the name itself if it is a run, else the task's newest stage-1 run."""
+    from dtvg_engine.runfolder import list_run_dirs
+
+    for run_dir in reversed(list_run_dirs(root)):
+        config = read_config(run_dir)
+        if config.get("stage") == "stage1" and config.get("task") == name and (run_dir / TPV).is_file():
+            return run_dir.name
+    return name
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more runs.")],
+    runs_dir: RunsDir = None,
+    all_keys: Annotated[
+        bool, typer.Option("--all", help="Show every config key, not only differing ones.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: best validation and test metrics, and the config keys that differ."""
+    root = _runs_dir(runs_dir)
+    if len(runs) < 2:
+        raise UserError("give at least two runs to compare")
+    dirs = [find_run(root, ref) for ref in runs]
+    configs_ = [read_config(d) for d in dirs]
+    summaries = [summarize(d).to_dict() for d in dirs]
+    tests = [_test_metrics(d) for d in dirs]
+    keys = sorted({k for c in configs_ for k in c} - {"run_id", "created"})
+    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs_}) > 1]
+    shown = keys if all_keys else differing
+    if as_json:
+        _print_json(
+            [
+                {"run_id": d.name, "summary": s, "test": t, "config": {k: c.get(k) for k in shown}}
+                for d, s, t, c in zip(dirs, summaries, tests, configs_, strict=True)
+            ]
+        )
+        return
+    table = Table("", *(d.name for d in dirs))
+    table.add_row("status", *(s["status"] for s in summaries))
+    table.add_row("best validation", *(_fmt(s["best_metric"]) for s in summaries))
+    for metric in sorted({m for t in tests for m in t}):
+        table.add_row(f"test {metric}", *(_fmt(t.get(metric)) for t in tests))
+    for key in shown:
+        table.add_row(key, *(json.dumps(c.get(key)) for c in configs_))
+    out.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _test_metrics(run_dir: Path) -> dict[str, float]:
+    """The test-split metrics a completed run reported last."""
+    from dtvg_engine.events import read_events
+    from dtvg_engine.runfolder import EVENTS
+
+    events, _ = read_events(run_dir / EVENTS)
+    tests = [e["metrics"] for e in events if e["type"] == "eval" and e.get("split") == "test"]
+    return tests[-1] if tests else {}
+
+
+@runs_app.command("export")
+def runs_export(
+    out_file: Annotated[Path, typer.Option("--out", help="A .json or .csv file.")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Write the history index, with each run's test metrics, to JSON or CSV."""
+    import csv
+
+    root = _runs_dir(runs_dir)
+    docs = History(root).all()
+    rows = [{**doc, "test": _test_metrics(Path(doc["run_dir"]))} for doc in docs]
+    if out_file.suffix == ".json":
+        out_file.write_text(json.dumps(rows, indent=2, default=str))
+    elif out_file.suffix == ".csv":
+        with open(out_file, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["run_id"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+                )
+    else:
+        raise UserError(f"--out {out_file}: use a .json or .csv file name")
+    print(f"wrote {len(rows)} runs to {out_file}")
+
+
 def main() -> None:
     """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
     try:

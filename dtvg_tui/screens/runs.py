@@ -127,7 +127,7 @@ class RunsScreen(Screen[None]):
                     self._cells[summary.run_id] = cells
                     row = self._row(summary)
                     for key, value in zip(("mark", *runtable.COLUMN_KEYS), row, strict=True):
-                        table.update_cell(summary.run_id, key, value)
+                        table.update_cell(summary.run_id, key, value, update_width=True)
         else:
             current = self.current_id
             table.clear()

@@ -23,3 +23,15 @@ def screen_text(app: App) -> str:
     )
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+def sync(test):  # noqa: ANN001, ANN201
+    """Run an async test function with asyncio (no pytest async plugin needed)."""
+    import asyncio
+    import functools
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper

@@ -1,0 +1,116 @@
+"""Backbones (DESIGN §8): built-in tiny models, models by local path, names, devices and the cache dir."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtvg_engine import backbones
+from dtvg_engine.backbones import cache_dir, check_model_name, load_backbone, resolve_device
+from dtvg_engine.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_backbone("tiny-llama", "cpu")
+
+
+@pytest.fixture(scope="module")
+def t5():
+    return load_backbone("tiny-t5", "cpu")
+
+
+def test_tiny_llama_is_a_frozen_causal_lm(llama):
+    assert not llama.is_seq2seq
+    assert llama.hidden_size == 64
+    assert llama.device == torch.device("cpu")
+    assert not llama.model.training
+    assert not any(p.requires_grad for p in llama.model.parameters())
+    assert llama.model.get_input_embeddings().weight.shape[0] == backbones.TINY_VOCAB
+    assert llama.tokenizer.pad_token_id is not None
+    assert llama.slug == "tiny-llama" and llama.source == "tiny-llama"
+    ids = torch.tensor([[5, 17, 300]])
+    assert torch.equal(llama.embed(ids), llama.model.get_input_embeddings().weight[ids])
+
+
+def test_tiny_t5_is_a_frozen_seq2seq_lm_sharing_the_tokenizer(t5, llama):
+    assert t5.is_seq2seq
+    assert t5.hidden_size == 64
+    assert not any(p.requires_grad for p in t5.model.parameters())
+    assert t5.model.config.decoder_start_token_id == t5.tokenizer.pad_token_id
+    assert t5.tokenizer("Answer: yes").input_ids == llama.tokenizer("Answer: yes").input_ids
+
+
+def test_tiny_models_are_the_same_on_every_load(llama, t5):
+    """Seeded weights: a run's worker and a test loading the model later see the same network."""
+    for backbone in (llama, t5):
+        again = load_backbone(backbone.name, "cpu")
+        for (name, a), (_, b) in zip(
+            backbone.model.state_dict().items(), again.model.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), name
+    before = torch.random.get_rng_state()
+    load_backbone("tiny-llama", "cpu")
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
+
+
+def test_model_from_a_local_folder(tmp_path, llama):
+    folder = tmp_path / "my-model"
+    llama.model.save_pretrained(folder)
+    llama.tokenizer.save_pretrained(folder)
+    loaded = load_backbone(str(folder), "cpu")
+    assert not loaded.is_seq2seq
+    assert loaded.source == str(folder)
+    assert loaded.slug == "".join(c if c.isalnum() or c in "-." else "-" for c in str(folder).lower()).strip(
+        "-"
+    )
+    ids = torch.tensor([[1, 20, 300, 4000]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, llama.model(ids).logits)
+
+
+def test_a_local_folder_that_is_not_a_model_is_a_user_error(tmp_path):
+    """A folder without a model config must give a one-line UserError, not a library ValueError."""
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="not-a-model"):
+        load_backbone(str(folder), "cpu")
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5", "smollm2-135m", "HuggingFaceTB/SmolLM2-135M"])
+def test_accepted_model_names(name):
+    check_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["nosuchmodel", "./missing/folder", "/no/such/model", "~/nope"])
+def test_refused_model_names(name):
+    with pytest.raises(UserError, match="unknown model"):
+        check_model_name(name)
+
+
+def test_existing_local_folder_is_an_accepted_name(tmp_path):
+    check_model_name(str(tmp_path))
+
+
+def test_slug_is_filesystem_safe(llama):
+    llama_like = backbones.Backbone("Org/My Model_v2", llama.model, llama.tokenizer, False, llama.device, "x")
+    assert llama_like.slug == "org-my-model-v2"
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == torch.device(expected)
+    with pytest.raises(UserError, match="unknown device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no GPU"):
+            resolve_device("cuda")
+
+
+def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DTVG_CACHE_DIR", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("DTVG_CACHE_DIR")
+    assert cache_dir().name == "dtvg-studio"

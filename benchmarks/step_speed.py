@@ -24,12 +24,14 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from transformers.utils import logging as hf_logging
 
 from dtvg_engine.backbones import DEFAULT_MODEL, Backbone, load_backbone
 from dtvg_engine.config import TRAINING_DEFAULTS
@@ -121,8 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-length", type=int, default=100)
     parser.add_argument("--task", default="rte")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps of each (default 8)")
-    parser.add_argument("--block", type=int, default=2, help="steps per timed block (default 2)")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps of each (default 6)")
+    parser.add_argument("--block", type=int, default=1, help="steps per timed block (default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first (default 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -140,6 +142,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # peft asks a deprecated transformers API
     say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -87,6 +87,9 @@ def run_stage1(
         Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    init_prompt: Annotated[
+        Path | None, typer.Option(help="Start from a prompt written by `dtvg tpv combine`.")
+    ] = None,
     runs_dir: RunsDir = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Start workers in the background and return.")
@@ -114,7 +117,10 @@ def run_stage1(
         init_seed=init_seed,
         data_dir=str(data.resolve()),
         device=device,
+        init_prompt=str(init_prompt.resolve()) if init_prompt else None,
     )
+    if init_prompt and not init_prompt.is_file():
+        raise UserError(f"--init-prompt {init_prompt} does not exist; write one with `dtvg tpv combine`")
     planned = [configs.stage1_config(task, root, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)

@@ -31,6 +31,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "init_seed": 0,
     "device": "auto",
     "data_dir": None,
+    "init_prompt": None,
 }
 """Stage-1 settings and their defaults (lr 0.3 and weight decay 1e-5 as in the papers)."""
 

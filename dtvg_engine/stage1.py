@@ -6,11 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dtvg_engine import tasks, tpv
 from dtvg_engine.backbones import load_backbone
 from dtvg_engine.data import default_data_dir, load_splits
+from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.prompts import shared_init
@@ -31,6 +34,26 @@ def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, t
     return splits
 
 
+def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> torch.Tensor:
+    """P_init, or a prompt from `dtvg tpv combine` made on the same init (`--init-prompt`).
+
+    The TPV is still measured from P_init, so it stays comparable with every other task's vector.
+    """
+    path = config.get("init_prompt")
+    if not path:
+        return p_init
+    try:
+        with safe_open(path, framework="pt") as f:
+            prompt, made_from = f.get_tensor("prompt"), (f.metadata() or {}).get("init_id")
+    except (OSError, KeyError, SafetensorError) as exc:
+        raise UserError(
+            f"--init-prompt {path}: not a prompt file written by `dtvg tpv combine` ({exc})"
+        ) from exc
+    if made_from != init_id or prompt.shape != p_init.shape:
+        raise UserError(f"--init-prompt {path} was made on init {made_from}, this run uses {init_id}")
+    return prompt
+
+
 def run(
     run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
 ) -> Outcome:
@@ -40,7 +63,7 @@ def run(
     p_init, init_id = shared_init(
         Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"]
     )
-    tuner = SoftPrompt(p_init)
+    tuner = SoftPrompt(start_prompt(config, p_init, init_id))
     scorer = LabelScorer(backbone, task, config["max_input_tokens"])
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":

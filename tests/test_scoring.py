@@ -154,7 +154,8 @@ def test_truncation_keeps_the_answer_cue(model, request, rte_rows):
     scorer = LabelScorer(backbone, task, max_input_tokens=limit)
     full = LabelScorer(backbone, task, max_input_tokens=10_000)
     cue = tok(" True or false? Answer:", add_special_tokens=False).input_ids
-    for (ids, gold), (full_ids, _), row in zip(scorer.encode(rte_rows), full.encode(rte_rows), rte_rows):
+    encoded = zip(scorer.encode(rte_rows), full.encode(rte_rows), rte_rows, strict=True)
+    for (ids, gold), (full_ids, _), row in encoded:
         assert len(ids) == limit
         assert gold == row["label"]
         text_ids = ids[:-1] if backbone.is_seq2seq else ids

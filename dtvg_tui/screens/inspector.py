@@ -140,8 +140,7 @@ class InspectorScreen(RunFollowingScreen):
             self.update_view()
 
     @on(OptionList.OptionSelected, "#inspector-changes")
-    @on(OptionList.OptionHighlighted, "#inspector-changes")
-    def _change_chosen(self, event: OptionList.OptionSelected | OptionList.OptionHighlighted) -> None:
+    def _change_chosen(self, event: OptionList.OptionSelected) -> None:
         if event.option.id is not None:
             self.jump_to(int(event.option.id))
 

@@ -299,15 +299,22 @@ async def test_new_run_stage2_form(demo_runs: Path, monkeypatch: pytest.MonkeyPa
         await pilot.pause()
         sources = form.query_one("#s2-sources")
         assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "sst2"]
-        sources.select("mnli")
+        sources.select("qnli")
+        await pilot.press("ctrl+l")  # dtvg needs the target's own stage-1 vector: rte's run failed
+        assert not launched and "no finished stage-1 run of 'rte'" in str(
+            form.query_one("#new-run-error").render()
+        )
+        form.query_one("#s2-target").value = "mnli"
+        await pilot.pause()
+        assert sorted(o.value for o in sources.options) == ["qnli", "sst2"]
         sources.select("sst2")
         await pilot.pause()
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert len(launched) == 1, form.query_one("#new-run-error").render()
         config = json.loads((launched[0] / "config.json").read_text())
-        assert config["stage"] == "stage2" and config["sources"] == ["mnli", "sst2"]
-        assert set(config["stage1_runs"]) == {"mnli", "sst2"}
+        assert config["stage"] == "stage2" and config["sources"] == ["qnli", "sst2"]
+        assert set(config["stage1_runs"]) == {"mnli", "qnli", "sst2"}
 
 
 @sync

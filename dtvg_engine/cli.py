@@ -209,6 +209,41 @@ def run_stage2(
     _start([create_run(root, "stage2", f"{target}-{method}", config)], detach, 1)
 
 
+@run_app.command("pipeline")
+def run_pipeline(
+    experiment: Annotated[Path, typer.Argument(help="An experiment TOML file.")],
+    runs_dir: RunsDir = None,
+    jobs: Annotated[int | None, typer.Option(help="Runs at once (overrides the file).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+) -> None:
+    """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed."""
+    from dtvg_engine.pipeline import markdown, run_pipeline
+
+    root = _runs_dir(runs_dir)
+    results = run_pipeline(experiment, root, jobs, str(data_dir.resolve()) if data_dir else None)
+    for line in results["report"]:
+        out.print(line, markup=False, highlight=False)
+    out.print(markdown(results), markup=False, highlight=False)
+    out.print(f"results: {root / (results['name'] + '-results.md')} and .json")
+
+
+@app.command("demo")
+def demo(
+    runs_dir: RunsDir = None,
+    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+) -> None:
+    """A complete small experiment on the bundled model and data: 3 sources, target rte, pt vs dtvg."""
+    from importlib.resources import files
+
+    from dtvg_engine.data import BUNDLED_DATA_DIR
+
+    experiment = Path(str(files("dtvg_engine") / "experiments" / "demo.toml"))
+    run_pipeline(experiment, runs_dir, jobs, BUNDLED_DATA_DIR)
+    out.print(
+        "open the dashboard to look at the runs: dtvg-tui" + (f" --runs-dir {runs_dir}" if runs_dir else "")
+    )
+
+
 @run_app.command("resume")
 def run_resume(
     run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],

@@ -1,0 +1,241 @@
+"""`dtvg run pipeline experiment.toml`: a whole study in one file, resumable across sessions.
+
+Stage 1 runs for every task the study needs (sources at the `[stage1]` settings, targets also with the
+target k-shot), reusing any finished run with the same settings; then stage 2 for every
+target × method × seed, again reusing finished runs and resuming stopped or killed ones. It ends with a
+results table: test primary metric, mean ± std over seeds per target and method, best method marked.
+
+```toml
+name = "fewshot"                 # results go to <runs_dir>/<name>-results.{md,json}
+model = "smollm2-135m"
+prompt_length = 20
+sources = ["mnli", "qnli"]
+targets = ["rte"]
+methods = ["pt", "dtvg"]
+seeds = [0, 1, 2]
+jobs = 1
+[stage1]                         # any training setting: steps, batch_size, lr, eval_every, ...
+steps = 200
+[stage2]                         # training settings, k_shot, grouping, lambda, source_scale_lr
+steps = 100
+k_shot = 32
+```
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from dtvg_engine import config as configs
+from dtvg_engine import tasks
+from dtvg_engine.errors import UserError
+from dtvg_engine.events import read_events
+from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, summarize
+
+TOP_KEYS = {
+    "name",
+    "model",
+    "prompt_length",
+    "init_seed",
+    "data_dir",
+    "device",
+    "sources",
+    "targets",
+    "methods",
+    "seeds",
+    "jobs",
+    "stage1",
+    "stage2",
+}
+SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device")
+"""Top-level settings that apply to every run of the study."""
+IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "stage1_runs"}
+"""Config keys that differ between otherwise identical runs."""
+
+
+def load_experiment(path: Path) -> dict[str, Any]:
+    """Read and check an experiment file; every mistake is a one-line UserError naming the key."""
+    try:
+        spec = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"experiment file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(spec) - TOP_KEYS
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
+        )
+    for key in ("sources", "targets", "methods"):
+        if not isinstance(spec.get(key), list) or not spec[key]:
+            raise UserError(f"{path}: '{key}' must be a non-empty list")
+    for task in spec["sources"] + spec["targets"]:
+        tasks.get_task(task)
+    for method in spec["methods"]:
+        if method not in configs.METHODS:
+            raise UserError(f"{path}: unknown method {method!r}; choose from {', '.join(configs.METHODS)}")
+    overlap = set(spec["sources"]) & set(spec["targets"])
+    if overlap:
+        raise UserError(f"{path}: {', '.join(sorted(overlap))} listed as both source and target")
+    stage1_keys = set(configs.TRAINING_DEFAULTS) - set(SHARED_KEYS)
+    stage2_keys = stage1_keys | set(configs.STAGE2_DEFAULTS) - {"method"}
+    for table, allowed in (("stage1", stage1_keys), ("stage2", stage2_keys)):
+        bad = set(spec.get(table, {})) - allowed
+        if bad:
+            raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(bad))}")
+    spec.setdefault("name", path.stem)
+    spec.setdefault("seeds", [0])
+    spec.setdefault("jobs", 1)
+    return spec
+
+
+def _shared(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: spec[key] for key in SHARED_KEYS if key in spec}
+
+
+def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    keys = (set(existing) | set(wanted)) - IGNORED_WHEN_MATCHING
+    return all(existing.get(k) == wanted.get(k) for k in keys)
+
+
+def _reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:
+    """An existing run with these settings (and its status), or a new run folder ("new")."""
+    for run_dir in reversed(list_run_dirs(runs_dir)):
+        if _same_settings(read_config(run_dir), wanted):
+            return run_dir, summarize(run_dir).status
+    return create_run(runs_dir, stage, label, wanted), "new"
+
+
+def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str]) -> None:
+    """Run what is new, resume what was stopped, killed or failed; leave completed and live runs alone."""
+    from dtvg_engine.watch import run_foreground
+
+    todo = [run_dir for run_dir, status in plan if status in ("new", "stopped", "killed", "failed")]
+    for run_dir, status in plan:
+        if status == "completed":
+            report.append(f"reused {run_dir.name}")
+        elif status in ("stopped", "killed", "failed"):
+            report.append(f"resuming {run_dir.name} ({status})")
+        elif status in ("running", "pending"):
+            report.append(f"{run_dir.name} is {status} in another process; not started twice")
+    if todo:
+        for run_dir, status in zip(todo, run_foreground(todo, jobs), strict=True):
+            if status != "completed":
+                report.append(
+                    f"{run_dir.name} ended {status}: {summarize(run_dir).error or 'see worker.log'}"
+                )
+
+
+def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: str | None = None) -> dict:
+    """Run (or resume) the whole study and write its results table; return the results."""
+    spec = load_experiment(path)
+    if data_dir:
+        spec["data_dir"] = data_dir
+    jobs = jobs or spec["jobs"]
+    shared = _shared(spec)
+    stage1 = spec.get("stage1", {})
+    stage2 = spec.get("stage2", {})
+    report: list[str] = []
+
+    plan1 = []
+    for task in spec["sources"]:
+        plan1.append(
+            _reuse_or_create(
+                runs_dir, "stage1", task, configs.stage1_config(task, runs_dir, **shared, **stage1)
+            )
+        )
+    target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
+    if any(m in configs.NEEDS_TARGET_TPV for m in spec["methods"]):
+        for task in spec["targets"]:
+            config = configs.stage1_config(task, runs_dir, **shared, **target_stage1)
+            plan1.append(_reuse_or_create(runs_dir, "stage1", task, config))
+    _execute(plan1, jobs, report)
+
+    finished = [run_dir.name for run_dir, _ in plan1 if summarize(run_dir).status == "completed"]
+    plan2 = []
+    for target in spec["targets"]:
+        for method in spec["methods"]:
+            for seed in spec["seeds"]:
+                try:
+                    wanted = configs.stage2_config(
+                        target,
+                        spec["sources"],
+                        method,
+                        runs_dir,
+                        finished,
+                        **shared,
+                        **{**stage2, "seed": seed},
+                    )
+                except UserError as exc:  # a stage-1 run it needs failed: report, carry on
+                    report.append(f"skipped {target}/{method}/seed {seed}: {exc}")
+                    continue
+                plan2.append(_reuse_or_create(runs_dir, "stage2", f"{target}-{method}-s{seed}", wanted))
+    _execute(plan2, jobs, report)
+
+    results = results_table(spec, [run_dir for run_dir, _ in plan2])
+    results["report"] = report
+    write_results(runs_dir / f"{spec['name']}-results", results)
+    return results
+
+
+def test_primary(run_dir: Path) -> float | None:
+    """The test-split primary metric of a completed run (at its best validation checkpoint)."""
+    events, _ = read_events(run_dir / EVENTS)
+    tests = [e for e in events if e["type"] == "eval" and e.get("split") == "test"]
+    return tests[-1]["primary"] if tests and summarize(run_dir).status == "completed" else None
+
+
+def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
+    """Mean ± std over seeds of the test primary metric, per target and method."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    for run_dir in run_dirs:
+        config = read_config(run_dir)
+        value = test_primary(run_dir)
+        if value is not None:
+            scores.setdefault((config["target"], config["method"]), []).append(value)
+    rows = []
+    for target in spec["targets"]:
+        for method in spec["methods"]:
+            values = scores.get((target, method), [])
+            rows.append(
+                {
+                    "target": target,
+                    "method": method,
+                    "metric": tasks.get_task(target).primary,
+                    "mean": statistics.fmean(values) if values else None,
+                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
+                    "seeds": len(values),
+                }
+            )
+    for target in spec["targets"]:
+        ranked = [r for r in rows if r["target"] == target and r["mean"] is not None]
+        if ranked:
+            max(ranked, key=lambda r: r["mean"])["best"] = True
+    return {"name": spec["name"], "rows": rows}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# {results['name']}: test score (mean ± std over seeds; **best** per target)",
+        "",
+        "| target | method | metric | score | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        if row["mean"] is None:
+            score = "—"
+        else:
+            score = f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
+            score = f"**{score}**" if row.get("best") else score
+        lines.append(f"| {row['target']} | {row['method']} | {row['metric']} | {score} | {row['seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(stem: Path, results: dict[str, Any]) -> None:
+    stem.with_suffix(".md").write_text(markdown(results))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))

@@ -21,7 +21,7 @@ from dtvg_engine.training import SoftPrompt, Tuner
 GROUPED = ("dtvg", "fixed-group", "only-target", "ts-only", "kc-only", "all-sources")
 """Methods that merge task vectors with learnable scales and log a group every step."""
 
-Chooser = Callable[[Tensor, dict[str, Tensor]], list[str]]
+Chooser = Callable[[Tensor, dict[str, Tensor]], grouping.GroupResult]
 
 
 class GroupedPrompt(Tuner):
@@ -37,17 +37,20 @@ class GroupedPrompt(Tuner):
         self.group: list[str] | None = None
         """The current source group, in ranking order."""
 
-    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any]]:
+    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any] | None]:
+        if not self.vectors.source_names:  # only-target: nothing to group
+            self.group = []
+            return self.vectors([]), None
         target, sources = self.vectors.rescaled_target(), self.vectors.rescaled_sources()
-        ranked = grouping.select_group(target, sources, variant="ts-only").ranked if sources else []
-        if self.group is None or not self.fixed:
-            self.group = self.choose(target, sources)
-        members = [sources[name] for name in self.group]
+        result = self.choose(target, sources)
+        if self.fixed and self.group is not None:
+            result = fixed_group(target, sources, result, self.group)
+        self.group = result.selected
         event = {
-            "ranked": [{"task": name, "sim": sim} for name, sim in ranked],
-            "selected": list(self.group),
-            "ts": grouping.target_similarity(members, target),
-            "kc": grouping.knowledge_consistency(members),
+            "ranked": [{"task": name, "sim": sim} for name, sim in result.ranked],
+            "selected": list(result.selected),
+            "ts": result.ts,
+            "kc": result.kc,
             "scales": self.vectors.mean_scales(),
         }
         return self.vectors(self.group), event
@@ -67,17 +70,24 @@ class GroupedPrompt(Tuner):
         self.group = list(snapshot["group"])
 
 
+def fixed_group(
+    target: Tensor, sources: dict[str, Tensor], now: grouping.GroupResult, group: list[str]
+) -> grouping.GroupResult:
+    """This step's ranking, with the group kept from step one and its TS/KC measured now."""
+    members = [sources[name] for name in group]
+    ts, kc = grouping.target_similarity(members, target), grouping.knowledge_consistency(members)
+    return grouping.GroupResult(list(group), now.ranked, ts, kc)
+
+
 def chooser(method: str, config: dict[str, Any]) -> Chooser:
-    """The group rule of a grouped method."""
+    """The group rule of a grouped method, as a call to `grouping.select_group`."""
     if method == "all-sources":
-        return lambda target, sources: [
-            name for name, _ in grouping.select_group(target, sources, "ts-only").ranked
-        ]
-    if method == "only-target":
-        return lambda target, sources: []
+        return lambda target, sources: fixed_group(
+            target, sources, grouping.select_group(target, sources, "ts-only"), list(sources)
+        )
     variant = {"dtvg": config["grouping"], "fixed-group": config["grouping"]}.get(method, method)
     lam = config["lambda"]
-    return lambda target, sources: grouping.select_group(target, sources, variant, lam=lam).selected
+    return lambda target, sources: grouping.select_group(target, sources, variant, lam=lam)
 
 
 def grouped_tuner(

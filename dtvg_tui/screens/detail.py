@@ -49,6 +49,7 @@ class RunFollowingScreen(Screen[None]):
         """Still reading the part of the file that existed when the screen opened."""
         self.loaded_bytes = 0
         self.total_bytes = 0
+        self._stop_following = threading.Event()
         self.loaded_at: float | None = None
         """`time.perf_counter()` when the initial load finished (for the benchmark)."""
         try:
@@ -65,7 +66,7 @@ class RunFollowingScreen(Screen[None]):
         worker = get_current_worker()
         follower = EventFollower(self.run_dir / EVENTS)
         interval = getattr(self.app, "follow_interval", 0.5)
-        while not worker.is_cancelled:
+        while not worker.is_cancelled and not self._stop_following.is_set():
             events = follower.read()
             if events:
                 with self.lock:
@@ -78,7 +79,10 @@ class RunFollowingScreen(Screen[None]):
             if events or was_reading:
                 self.app.call_from_thread(self.update_view)
             if follower.at_end:
-                time.sleep(interval)
+                self._stop_following.wait(interval)
+
+    def on_unmount(self) -> None:
+        self._stop_following.set()  # wake the follower so that it ends now
 
     def update_view(self) -> None:
         """Redraw from the series (UI thread)."""

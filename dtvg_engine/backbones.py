@@ -95,7 +95,7 @@ def load_backbone(name: str = DEFAULT_MODEL, device: str = "auto") -> Backbone:
     dev = resolve_device(device)
     model.to(dev).eval()
     model.requires_grad_(False)
-    model.config._name_or_path = source  # exported adapters name their base model
+    model.name_or_path = source  # exported adapters name it as their base model
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(name, model, tokenizer, bool(model.config.is_encoder_decoder), dev, source)

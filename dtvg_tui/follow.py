@@ -17,7 +17,7 @@ from dtvg_engine.events import parse_lines
 class EventFollower:
     """Incremental reader of one events file."""
 
-    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int = 4 << 20) -> None:
+    def __init__(self, path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> None:
         self.path = Path(path)
         """The events.jsonl followed."""
         self.chunk_bytes = chunk_bytes

@@ -123,6 +123,8 @@ class GroupTrack:
         """Per source, its mean scale at each event (NaN when none was given)."""
         self.changes: list[int] = []
         """Indices of the events whose selection differs from the previous event's (the first included)."""
+        self.cumulative: list[array[int]] = []
+        """Per source, how many of the first k events selected it (length events + 1): O(1) bucket counts."""
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -134,6 +136,7 @@ class GroupTrack:
             self.sources.append(name)
             self.sims.append(array("f", [NAN]) * len(self.steps))
             self.scales.append(array("f", [NAN]) * len(self.steps))
+            self.cumulative.append(array("l", [0]) * (len(self.steps) + 1))
         return index
 
     def _truncate(self, keep: int) -> None:
@@ -143,6 +146,8 @@ class GroupTrack:
         del self.kc[keep:]
         for column in (*self.sims, *self.scales):
             del column[keep:]
+        for column in self.cumulative:
+            del column[keep + 1 :]
         while self.changes and self.changes[-1] >= keep:
             self.changes.pop()
 
@@ -174,6 +179,7 @@ class GroupTrack:
         for i in range(len(self.sources)):
             self.sims[i].append(sims.get(i, NAN))
             self.scales[i].append(scales.get(i, NAN))
+            self.cumulative[i].append(self.cumulative[i][-1] + (mask >> i & 1))
 
     def index_at_step(self, step: int) -> int:
         """Index of the last event at or before `step` (0 when before the first)."""
@@ -221,22 +227,14 @@ class GroupTrack:
         if n <= 0 or width <= 0:
             return [[] for _ in self.sources]
         buckets = min(width, n)
-        rows = [[0.0] * buckets for _ in self.sources]
-        masks = self.masks
-        for b in range(buckets):
-            lo = start + b * n // buckets
-            hi = start + (b + 1) * n // buckets
-            counts = [0] * len(self.sources)
-            for m in masks[lo:hi]:
-                i = 0
-                while m:
-                    if m & 1:
-                        counts[i] += 1
-                    m >>= 1
-                    i += 1
-            size = hi - lo
-            for i, count in enumerate(counts):
-                rows[i][b] = count / size
+        rows = []
+        for cum in self.cumulative:
+            row = []
+            for b in range(buckets):
+                lo = start + b * n // buckets
+                hi = start + (b + 1) * n // buckets
+                row.append((cum[hi] - cum[lo]) / (hi - lo))
+            rows.append(row)
         return rows
 
 

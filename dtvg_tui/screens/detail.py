@@ -20,6 +20,7 @@ from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.events import parse_lines
 from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, read_config, summarize
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
@@ -28,6 +29,21 @@ from dtvg_tui.series import RunSeries
 from dtvg_tui.widgets.curves import CurvesPlot
 from dtvg_tui.widgets.group_panel import GroupPanel
 from dtvg_tui.widgets.group_timeline import GroupTimeline
+
+TAIL_BYTES = 1 << 20
+"""How much of a long events file is read first, to show the newest state at once."""
+
+
+def read_tail(path: Path, size: int) -> list[dict]:
+    """The events of the complete lines in the last `size` bytes of a file."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        end = f.tell()
+        f.seek(max(0, end - size))
+        chunk = f.read()
+    if end > size:
+        chunk = chunk[chunk.find(b"\n") + 1 :]
+    return parse_lines(chunk)[0]
 
 
 class RunFollowingScreen(Screen[None]):
@@ -64,9 +80,36 @@ class RunFollowingScreen(Screen[None]):
     @work(thread=True, group="follow", exit_on_error=False)
     def _follow_events(self) -> None:
         worker = get_current_worker()
-        follower = EventFollower(self.run_dir / EVENTS)
+        path = self.run_dir / EVENTS
+        follower = EventFollower(path)
         interval = getattr(self.app, "follow_interval", 0.5)
-        while not worker.is_cancelled and not self._stop_following.is_set():
+        stop = self._stop_following
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if size > 2 * TAIL_BYTES:
+            # A long run: show its newest state from the file's tail at once, then fold the whole history
+            # into a second series off screen (only a progress figure is redrawn meanwhile) and swap it in.
+            preview = RunSeries()
+            preview.feed(read_tail(path, TAIL_BYTES))
+            with self.lock:
+                self.series = preview
+            self.total_bytes = size
+            self.app.call_from_thread(self.update_view)
+            full = RunSeries()
+            while not follower.at_end or follower.offset == 0:
+                if worker.is_cancelled or stop.is_set():
+                    return
+                events = follower.read()
+                if not events:
+                    break
+                full.feed(events)
+                self.loaded_bytes, self.total_bytes = follower.offset, follower.size
+                self.app.call_from_thread(self.update_progress)
+            with self.lock:
+                self.series = full
+        while not worker.is_cancelled and not stop.is_set():
             events = follower.read()
             if events:
                 with self.lock:
@@ -79,7 +122,10 @@ class RunFollowingScreen(Screen[None]):
             if events or was_reading:
                 self.app.call_from_thread(self.update_view)
             if follower.at_end:
-                self._stop_following.wait(interval)
+                stop.wait(interval)
+
+    def update_progress(self) -> None:
+        """Redraw only what shows the loading progress (UI thread)."""
 
     def on_unmount(self) -> None:
         self._stop_following.set()  # wake the follower so that it ends now
@@ -195,6 +241,11 @@ class RunDetailScreen(RunFollowingScreen):
             timeline.lock = self.lock
             timeline.show(series.group, index if has_group else None)
 
+    def update_progress(self) -> None:
+        with self.lock:
+            stats = self._stats()
+        self.query_one("#detail-stats", Static).update(stats)
+
     def _stats(self) -> Text:
         s = self.series
         status = self.status()
@@ -224,7 +275,8 @@ class RunDetailScreen(RunFollowingScreen):
         if s.error:
             text.append(f"\nerror: {s.error}", style="red")
         if self.reading and self.total_bytes:
-            text.append(f"   loading {100 * self.loaded_bytes // max(1, self.total_bytes)}%", style="yellow")
+            done = 100 * self.loaded_bytes // max(1, self.total_bytes)
+            text.append(f"   loading history {done}% (newest steps shown)", style="yellow")
         text.append(
             "   FOLLOW" if self.follow else "   PAUSED (f: follow)",
             style="bold cyan" if self.follow else "yellow",

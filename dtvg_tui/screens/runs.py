@@ -64,7 +64,7 @@ class RunsScreen(Screen[None]):
             self.summaries[summary.run_id] = summary
         self.render_table()
         table.focus()
-        self.refresh_runs()
+        self.call_after_refresh(self.refresh_runs)  # first paint from the index, then scan the folders
         self.set_interval(self.app.refresh_interval, self.refresh_runs)
 
     # ----- data -----

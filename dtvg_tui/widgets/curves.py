@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
@@ -20,6 +21,11 @@ class CurvesPlot(PlotextPlot):
         self.title = title
         """The plot's title."""
         self._key: object = None
+        self._drawn_at = 0.0
+        self._pending: tuple | None = None
+
+    MIN_INTERVAL = 1.0
+    """Seconds between two rebuilds of a live plot (plotext is slow; later calls within it are deferred)."""
 
     def show(
         self,
@@ -28,6 +34,15 @@ class CurvesPlot(PlotextPlot):
         ylabel: str = "",
     ) -> None:
         """Plot `(label, steps, values)` series, with a vertical line at step `marker`."""
+        now = time.monotonic()
+        wait = self._drawn_at + self.MIN_INTERVAL - now
+        if wait > 0 and self._key is not None:
+            if self._pending is None:
+                self.set_timer(wait, self._draw_pending)
+            self._pending = (series, marker, ylabel)
+            return
+        self._pending = None
+        self._drawn_at = now
         width = max(self.size.width, 40)
         points = []
         for label, xs, ys in series:
@@ -64,3 +79,10 @@ class CurvesPlot(PlotextPlot):
         if marker is not None and plotted:
             plt.vline(marker, "gray")
         self.refresh()
+
+    def _draw_pending(self) -> None:
+        if self._pending is not None:
+            series, marker, ylabel = self._pending
+            self._pending = None
+            self._drawn_at = 0.0
+            self.show(series, marker, ylabel)

@@ -59,7 +59,9 @@ async def settle(pilot, timeout: float = 10.0) -> None:
         if isinstance(screen, RunFollowingScreen):
             ready = ready and not screen.reading
         if ready:
-            await pilot.pause(0.1)
+            await pilot.pause(0.2)
+            await pilot.wait_for_scheduled_animations()
+            await pilot.pause(0.2)
             return
     raise AssertionError("the dashboard did not settle in time")
 

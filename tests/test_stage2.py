@@ -1,0 +1,173 @@
+"""Stage 2 on the tiny model: every method runs, grouped ones log a group per step, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dtvg_engine import config as configs
+from dtvg_engine.events import read_events
+from dtvg_engine.runfolder import EVENTS, PROMPT, create_run, summarize
+from dtvg_engine.worker import run_worker
+
+TINY = {"model": "tiny-llama", "prompt_length": 4, "k_shot": 16, "max_eval": 16, "eval_every": 3}
+SOURCES = ["mnli", "qnli", "sst2"]
+
+
+@pytest.fixture(scope="module")
+def stage1_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """Finished stage-1 runs of three sources and the target, shared by this module's tests."""
+    runs = tmp_path_factory.mktemp("runs")
+    for task in [*SOURCES, "rte"]:
+        config = configs.stage1_config(task, runs, steps=4, data_dir=str(data_dir), **TINY)
+        assert run_worker(create_run(runs, "stage1", task, config)) == 0
+    return runs
+
+
+def run_stage2(runs: Path, data_dir: Path, method: str, **extra) -> tuple[Path, list[dict]]:
+    settings = {"steps": 4, "data_dir": str(data_dir), **TINY, **extra}
+    config = configs.stage2_config("rte", SOURCES, method, runs, **settings)
+    run_dir = create_run(runs, "stage2", f"rte-{method}", config)
+    assert run_worker(run_dir) == 0, (run_dir / EVENTS).read_text()[-2000:]
+    return run_dir, read_events(run_dir / EVENTS)[0]
+
+
+def groups(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["type"] == "group"]
+
+
+@pytest.mark.parametrize("method", configs.METHODS)
+def test_every_method_completes_and_exports_its_prompt(
+    stage1_runs: Path, data_dir: Path, method: str
+) -> None:
+    run_dir, events = run_stage2(stage1_runs, data_dir, method)
+    assert summarize(run_dir).status == "completed"
+    assert load_file(run_dir / PROMPT)["prompt"].shape == (4, 64)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert steps == [1, 2, 3, 4]
+    grouped = method in ("dtvg", "fixed-group", "ts-only", "kc-only", "all-sources")
+    assert [g["step"] for g in groups(events)] == (steps if grouped else [])
+
+
+def test_dtvg_group_events_follow_the_schema(stage1_runs: Path, data_dir: Path) -> None:
+    _, events = run_stage2(stage1_runs, data_dir, "dtvg")
+    for group in groups(events):
+        sims = [r["sim"] for r in group["ranked"]]
+        assert sims == sorted(sims, reverse=True)
+        assert sorted(r["task"] for r in group["ranked"]) == sorted(SOURCES)
+        ranked = {r["task"]: r["sim"] for r in group["ranked"]}
+        assert all(ranked[name] >= 0 for name in group["selected"])
+        assert set(group["scales"]) == {"rte", *SOURCES}
+        assert isinstance(group["ts"], float) and isinstance(group["kc"], float)
+
+
+def test_fixed_group_keeps_the_first_group_and_all_sources_takes_all(
+    stage1_runs: Path, data_dir: Path
+) -> None:
+    _, fixed = run_stage2(stage1_runs, data_dir, "fixed-group")
+    chosen = [tuple(g["selected"]) for g in groups(fixed)]
+    assert len(set(chosen)) == 1
+    _, everything = run_stage2(stage1_runs, data_dir, "all-sources")
+    assert all(sorted(g["selected"]) == sorted(SOURCES) for g in groups(everything))
+
+
+def test_source_scales_train_at_their_own_rate(stage1_runs: Path, data_dir: Path) -> None:
+    _, events = run_stage2(stage1_runs, data_dir, "all-sources", source_scale_lr=0.0)
+    assert all(set(g["scales"][s] for s in SOURCES) == {1.0} for g in groups(events))
+    first = next(e for e in events if e["type"] == "step")
+    assert first["lr"]["source_scales"] == 0.0 and first["lr"]["target"] > 0
+
+
+def test_tpv_baselines_start_from_a_source_prompt(stage1_runs: Path, data_dir: Path) -> None:
+    _, events = run_stage2(stage1_runs, data_dir, "tpv-top1")
+    note = next(e["message"] for e in events if e["type"] == "log" and e["message"].startswith("tpv-top1"))
+    assert any(f"from {s}'s prompt" in note for s in SOURCES)
+
+
+def dtvg_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dtvg_engine.cli", *args], capture_output=True, text=True)
+
+
+def assert_refused(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--sources", "mnli,rte"], "also listed among its sources"),
+        (["--sources", ""], "transfers from source tasks"),
+        (["--sources", "mnli,cola"], "no finished stage-1 run of 'cola'"),
+        (["--sources", "mnli", "--method", "magic"], "unknown method"),
+        (["--sources", "mnli", "--prompt-length", "8"], "no finished stage-1 run"),
+    ],
+)
+def test_stage2_bad_input_is_refused(stage1_runs: Path, data_dir: Path, args: list[str], words: str) -> None:
+    before = sorted(p.name for p in stage1_runs.iterdir())
+    common = ["--model", "tiny-llama", "--prompt-length", "4", "--data-dir", str(data_dir)]
+    result = dtvg_cli("run", "stage2", "--target", "rte", *common, *args, "--runs-dir", str(stage1_runs))
+    assert_refused(result, words)
+    assert sorted(p.name for p in stage1_runs.iterdir()) == before
+
+
+def test_tpv_of_another_init_is_refused(stage1_runs: Path, data_dir: Path, tmp_path: Path) -> None:
+    other = configs.stage1_config(
+        "cola", stage1_runs, steps=2, data_dir=str(data_dir), **{**TINY, "prompt_length": 2}
+    )
+    run_dir = create_run(stage1_runs, "stage1", "cola", other)
+    assert run_worker(run_dir) == 0
+    result = dtvg_cli(
+        "run",
+        "stage2",
+        "--target",
+        "rte",
+        "--sources",
+        "mnli",
+        "--tpv",
+        run_dir.name,
+        "--model",
+        "tiny-llama",
+        "--prompt-length",
+        "4",
+        "--runs-dir",
+        str(stage1_runs),
+    )
+    assert_refused(result, "cannot be mixed")
+    result = dtvg_cli("tpv", "sim", "mnli", run_dir.name, "--runs-dir", str(stage1_runs))
+    assert_refused(result, "different initializations")
+
+
+def test_tpv_sim_matrix_and_combine(stage1_runs: Path, tmp_path: Path) -> None:
+    result = dtvg_cli("tpv", "sim", *SOURCES, "--json", "--runs-dir", str(stage1_runs))
+    assert result.returncode == 0, result.stderr
+    sim = json.loads(result.stdout)
+    assert sim["tasks"] == SOURCES
+    matrix = torch.tensor(sim["matrix"])
+    assert torch.allclose(matrix, matrix.T) and bool((matrix.diagonal() > 0).all())
+    out = tmp_path / "combo.safetensors"
+    result = dtvg_cli(
+        "tpv",
+        "combine",
+        "mnli + qnli - sst2",
+        "--scale",
+        "0.5",
+        "--out",
+        str(out),
+        "--runs-dir",
+        str(stage1_runs),
+    )
+    assert result.returncode == 0, result.stderr
+    init = load_file(stage1_runs / "_inits" / "tiny-llama-r4-s0.safetensors")["prompt"]
+    tpv = {s: load_file(next(stage1_runs.glob(f"*stage1-{s}")) / "tpv.safetensors")["tpv"] for s in SOURCES}
+    expected = init + 0.5 * (tpv["mnli"] + tpv["qnli"] - tpv["sst2"])
+    assert torch.allclose(load_file(out)["prompt"], expected, atol=1e-6)

@@ -63,10 +63,9 @@ async def main():
         while not isinstance(app.screen, RunDetailScreen) or not app.screen.is_mounted:
             await asyncio.sleep(0.002)
         screen = app.screen
-        while screen.series.step == 0:
+        while screen.first_view_at is None:
             await asyncio.sleep(0.002)
-        await pilot.pause()
-        out["detail_shown_s"] = time.perf_counter() - t0
+        out["detail_shown_s"] = screen.first_view_at - t0
         out["detail_shown_step"] = screen.series.step
         while screen.reading:
             await asyncio.sleep(0.01)

@@ -67,6 +67,8 @@ class RunFollowingScreen(Screen[None]):
         self.total_bytes = 0
         self._stop_following = threading.Event()
         self.loaded_at: float | None = None
+        self.first_view_at: float | None = None
+        """`time.perf_counter()` when the newest step was first drawn (for the benchmark)."""
         """`time.perf_counter()` when the initial load finished (for the benchmark)."""
         try:
             self.config = read_config(self.run_dir)
@@ -235,6 +237,8 @@ class RunDetailScreen(RunFollowingScreen):
         self.query_one("#detail-loss", CurvesPlot).show(loss, marker)
         self.query_one("#detail-eval", CurvesPlot).show(evals, marker, ylabel=series.primary_metric)
         self.query_one("#detail-log", Static).update(log)
+        if self.first_view_at is None and series.step:
+            self.first_view_at = time.perf_counter()
         if self.query("#detail-group"):
             self.query_one("#detail-group", GroupPanel).show(state, series.task)
             timeline = self.query_one("#detail-timeline", GroupTimeline)

@@ -199,6 +199,7 @@ class NewRunScreen(Screen[None]):
         self.sub_title = f"New run in {self.app.runs_dir}"
         if len(self.inits) == 1:
             self.query_one("#s2-init", Select).value = next(iter(self.inits))
+        self.query_one("#s1-tasks", SelectionList).focus()
 
     # ----- reading the form -----
 

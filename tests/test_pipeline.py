@@ -1,0 +1,110 @@
+"""`dtvg run pipeline`: a small study end to end, reuse on a second run, a killed worker, bad files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.pipeline import load_experiment
+from dtvg_engine.launcher import wait_for_exit
+from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, summarize
+
+STUDY = """
+name = "tiny"
+model = "tiny-llama"
+prompt_length = 4
+sources = ["mnli", "sst2"]
+targets = ["rte"]
+methods = ["pt", "dtvg"]
+seeds = [0, 1]
+jobs = 2
+[stage1]
+steps = 3
+max_eval = 16
+eval_every = 3
+k_shot = 16
+[stage2]
+steps = 3
+max_eval = 16
+eval_every = 3
+k_shot = 16
+"""
+
+
+def pipeline(experiment: Path, runs: Path, data_dir: Path) -> subprocess.CompletedProcess:
+    args = ["run", "pipeline", str(experiment), "--runs-dir", str(runs), "--data-dir", str(data_dir)]
+    return subprocess.run([sys.executable, "-m", "dtvg_engine.cli", *args], capture_output=True, text=True)
+
+
+def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(STUDY)
+    result = pipeline(experiment, runs_dir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list_run_dirs(runs_dir)
+    stages = sorted(read_config(r)["stage"] for r in runs)
+    assert stages == ["stage1"] * 3 + ["stage2"] * 4  # mnli, sst2, rte; 2 methods x 2 seeds
+    assert all(summarize(r).status == "completed" for r in runs)
+    results = json.loads((runs_dir / "tiny-results.json").read_text())
+    rows = {(r["target"], r["method"]): r for r in results["rows"]}
+    assert set(rows) == {("rte", "pt"), ("rte", "dtvg")}
+    assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
+    assert sum(bool(r.get("best")) for r in rows.values()) == 1
+    assert "| rte | dtvg | accuracy |" in (runs_dir / "tiny-results.md").read_text()
+
+    again = pipeline(experiment, runs_dir, data_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list_run_dirs(runs_dir) == runs  # nothing retrained
+    assert again.stdout.count("reused") == 7
+
+
+def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(
+        STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
+    )
+    assert pipeline(experiment, runs_dir, data_dir).returncode == 0
+    (killed,) = [r for r in list_run_dirs(runs_dir) if read_config(r)["stage"] == "stage2"]
+    assert wait_for_exit(read_pid(killed), timeout=30)  # the worker may still be exiting after its last event
+    # Make it look like a worker that died mid-run: its last start has no finish and its pid is gone.
+    events = (killed / "events.jsonl").read_text().splitlines()
+    finish = max(i for i, line in enumerate(events) if '"run_finished"' in line)
+    (killed / "events.jsonl").write_text("\n".join(events[:finish]) + "\n")
+    assert summarize(killed).status == "killed"
+    result = pipeline(experiment, runs_dir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming {killed.name} (killed)" in result.stdout
+    assert summarize(killed).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda s: 'colour = "blue"\n' + s, "unknown key(s) colour"),
+        (lambda s: s.replace('"rte"', '"nosuchtask"'), "unknown task 'nosuchtask'"),
+        (lambda s: s.replace('"pt", "dtvg"', '"pt", "magic"'), "unknown method 'magic'"),
+        (lambda s: s.replace('targets = ["rte"]', 'targets = ["mnli"]'), "both source and target"),
+        (lambda s: s.replace("steps = 3\nmax_eval", "stepz = 3\nmax_eval", 1), "unknown key(s) in [stage1]"),
+        (lambda s: s.replace("[stage1]", "[stage1"), "not valid TOML"),
+    ],
+)
+def test_bad_experiment_files_are_refused(tmp_path: Path, change, words: str) -> None:
+    experiment = tmp_path / "bad.toml"
+    experiment.write_text(change(STUDY))
+    with pytest.raises(UserError, match=re.escape(words)):
+        load_experiment(experiment)
+
+
+def test_bad_experiment_file_exits_2_without_runs(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
+    experiment = tmp_path / "bad.toml"
+    experiment.write_text("colour = 1\n" + STUDY)
+    result = pipeline(experiment, runs_dir, data_dir)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    assert list_run_dirs(runs_dir) == []

@@ -57,6 +57,8 @@ TPV_STD = 0.5
 TPV_SHARED = 0.3
 """Share of the TPVs' variance in a common direction: token-sum cosines of about 0.3, as between real TPVs."""
 PHASES = ("prompt", "forward", "backward", "update", "events")
+LIGHT_PHASES = ("prompt", "update", "events")
+"""The phases that do no model work: their dtvg - pt difference is the grouping and merging overhead."""
 
 
 def default_data_dir() -> Path:
@@ -157,9 +159,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sources", type=int, default=len(SOURCES), help=f"1..{len(SOURCES)} (default 6)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=48, help="timed steps of each (default 48)")
+    parser.add_argument("--steps", type=int, default=16, help="timed steps of each (default 16)")
     parser.add_argument("--block", type=int, default=2, help="steps per timed block (default 2)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each first (default 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first (default 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -271,6 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = 1000 * statistics.mean(pt.phases[phase])
         b = 1000 * statistics.mean(dtvg.phases[phase])
         say(f"  {phase:<9}{a:10.3f}{b:10.3f}{b - a:+10.3f}")
+    extra = sum(statistics.mean(dtvg.phases[p]) - statistics.mean(pt.phases[p]) for p in LIGHT_PHASES)
+    pt_step = sum(statistics.mean(pt.phases[p]) for p in PHASES)
+    say(
+        f"dtvg-only work ({' + '.join(LIGHT_PHASES)} phases): {1000 * extra:+.3f} ms/step = "
+        f"{extra / pt_step:+.2%} of a pt step ({1000 * pt_step:.1f} ms); forward/backward do the same "
+        "model work in both, so this is the noise-free part of the slowdown"
+    )
     result = {
         "model": args.model,
         "sources": len(sources),

@@ -30,19 +30,33 @@ def similarity_matrix(vectors: list[Any]) -> list[list[float]]:
     return ((sums @ sums.T) / (r * r)).tolist()
 
 
-def stage1_tpvs(config: dict[str, Any]) -> dict[str, Path]:
-    """Task → tpv.safetensors of the stage-1 runs a stage-2 config names (target first when it has one)."""
+def stage1_tpvs(config: dict[str, Any], runs_dir: Path | None = None) -> dict[str, Path]:
+    """Task → tpv.safetensors of the stage-1 runs a stage-2 config names (target first when it has one).
+
+    A recorded path that no longer exists (a runs directory moved or copied) is looked up by run id in
+    `runs_dir`.
+    """
     runs = config.get("stage1_runs") or {}
     target = config.get("target")
     ordered = sorted(runs, key=lambda task: (task != target, task))
-    return {task: Path(runs[task]) / TPV for task in ordered}
+    paths = {}
+    for task in ordered:
+        path = Path(runs[task]) / TPV
+        if (
+            not path.is_file()
+            and runs_dir is not None
+            and (Path(runs_dir) / path.parent.name / TPV).is_file()
+        ):
+            path = Path(runs_dir) / path.parent.name / TPV
+        paths[task] = path
+    return paths
 
 
-def load_matrix(config: dict[str, Any]) -> tuple[list[str], list[list[float]]]:
+def load_matrix(config: dict[str, Any], runs_dir: Path | None = None) -> tuple[list[str], list[list[float]]]:
     """Names and similarity matrix of the run's stage-1 vectors (UserError when a file is missing)."""
     from dtvg_engine.tpv_numpy import load_tpv_numpy
 
-    paths = stage1_tpvs(config)
+    paths = stage1_tpvs(config, runs_dir)
     if not paths:
         raise UserError("this run's config names no stage-1 runs (stage1_runs): no vectors to compare")
     vectors = [load_tpv_numpy(path)[0] for path in paths.values()]

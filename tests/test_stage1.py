@@ -134,6 +134,18 @@ def test_runs_share_one_init_and_tpv_is_prompt_minus_init(pair):
     assert init_ids == {"tiny-llama-r4-s0"}
 
 
+REQUIRED_FIELDS = {
+    "run_started": {"run_id", "stage", "method", "task", "pid", "config"},
+    "step": {"step", "loss", "lr", "samples_per_s"},
+    "eval": {"step", "split", "metrics", "primary", "best"},
+    "checkpoint": {"step", "path"},
+    "artifact": {"kind", "path"},
+    "log": {"level", "message"},
+    "run_finished": {"status", "summary", "error"},
+}
+"""DESIGN §4: the fields every event of a stage-1 run carries besides v, type and time."""
+
+
 def test_event_stream_follows_the_contract(pair):
     _, _, runs = pair
     for task, run_dir in runs.items():
@@ -142,6 +154,9 @@ def test_event_stream_follows_the_contract(pair):
         assert events == events_of(run_dir)
         for e in events:
             assert e["v"] == 1 and e["type"] in EVENT_TYPES and isinstance(e["time"], float)
+            assert e["type"] != "group"  # stage 1 has no grouping
+            missing = REQUIRED_FIELDS[e["type"]] - set(e)
+            assert not missing, (e["type"], missing)
         assert [e["time"] for e in events] == sorted(e["time"] for e in events)
 
         first, last = events[0], events[-1]
@@ -182,6 +197,7 @@ def test_event_stream_follows_the_contract(pair):
         assert last["type"] == "run_finished" and of_type(events, "run_finished") == [last]
         assert last["status"] == "completed" and last["error"] is None
         summary = last["summary"]
+        assert {"best_metric", "steps", "seconds"} <= set(summary)
         assert summary["best_metric"] == best["primary"]
         assert summary["steps"] == PAIR_STEPS
         assert 0 < summary["seconds"] < 600

@@ -79,7 +79,7 @@ class InspectorScreen(RunFollowingScreen):
         from dtvg_tui.similarity import load_matrix
 
         try:
-            names, matrix = load_matrix(self.config)
+            names, matrix = load_matrix(self.config, self.run_dir.parent)
         except (UserError, OSError, ValueError) as e:
             self.app.call_from_thread(self.query_one("#inspector-heatmap", Heatmap).show_error, str(e))
             return

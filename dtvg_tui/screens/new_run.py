@@ -95,12 +95,12 @@ class NewRunScreen(Screen[None]):
         yield Header()
         yield Static(id="new-run-error")
         with TabbedContent(id="new-run-tabs"):
-            with TabPane("Stage 1", id="tab-stage1"), VerticalScroll(classes="form"):
+            with TabPane("Stage 1", id="tab-stage1"), VerticalScroll(classes="form", can_focus=False):
                 yield Label("Tasks (space to pick; one run each):")
                 yield SelectionList[str](*[(t, t) for t in trainable], id="s1-tasks")
                 yield from self._training_rows("s1", d)
                 yield Button("Launch stage 1 (ctrl+l)", variant="success", id="s1-launch")
-            with TabPane("Stage 2", id="tab-stage2"), VerticalScroll(classes="form"):
+            with TabPane("Stage 2", id="tab-stage2"), VerticalScroll(classes="form", can_focus=False):
                 inits = [
                     (f"{m}  r={r}  seed={s}  ({len(t)} tasks)", (m, r, s))
                     for (m, r, s), t in self.inits.items()
@@ -131,7 +131,7 @@ class NewRunScreen(Screen[None]):
                 yield _row("Source scale lr", Input("0.4", id="s2-source_scale_lr", validators=[Number(0)]))
                 yield from self._training_rows("s2", d, init_fields=False)
                 yield Button("Launch stage 2 (ctrl+l)", variant="success", id="s2-launch")
-            with TabPane("Pipeline", id="tab-pipeline"), VerticalScroll(classes="form"):
+            with TabPane("Pipeline", id="tab-pipeline"), VerticalScroll(classes="form", can_focus=False):
                 yield Label(
                     "A pipeline TOML file (`dtvg run pipeline FILE`): stage 1 for every task needed, "
                     "reusing finished runs, then stage 2."

@@ -23,6 +23,7 @@ class CurvesPlot(PlotextPlot):
         self._key: object = None
         self._drawn_at = 0.0
         self._pending: tuple | None = None
+        self._had_data = False
 
     MIN_INTERVAL = 1.0
     """Seconds between two rebuilds of a live plot (plotext is slow; later calls within it are deferred)."""
@@ -36,7 +37,7 @@ class CurvesPlot(PlotextPlot):
         """Plot `(label, steps, values)` series, with a vertical line at step `marker`."""
         now = time.monotonic()
         wait = self._drawn_at + self.MIN_INTERVAL - now
-        if wait > 0 and self._key is not None:
+        if wait > 0 and self._had_data:
             if self._pending is None:
                 self.set_timer(wait, self._draw_pending)
             self._pending = (series, marker, ylabel)
@@ -59,6 +60,7 @@ class CurvesPlot(PlotextPlot):
         if key == self._key:
             return
         self._key = key
+        self._had_data = any(xs for _, xs, _ in points)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()

@@ -68,6 +68,7 @@ class GroupTimeline(Widget):
         buckets = len(rows[0]) if rows else 0
         cursor = n - 1 if self.cursor is None else self.cursor
         mark = min(buckets - 1, cursor * buckets // n) if buckets else 0
+        cell = max(1, width // max(1, buckets))  # short runs: stretch each step over several columns
         text = Text(no_wrap=True, overflow="crop")
         for name, row in zip(track.sources, rows, strict=True):
             text.append(f"{name[: self.LABEL - 1]:<{self.LABEL}}", style="bold")
@@ -75,10 +76,10 @@ class GroupTimeline(Widget):
                 style = "green" if fraction > 0 else "dim"
                 if b == mark:
                     style += " reverse"
-                text.append(shade(fraction), style=style)
+                text.append(shade(fraction) * cell, style=style)
             text.append("\n")
         text.append(f"{'@' + str(int(track.steps[cursor])):<{self.LABEL}}", style="yellow")
-        text.append(" " * mark + "▲", style="bold yellow")
+        text.append(" " * (mark * cell + cell // 2) + "▲", style="bold yellow")
         self.border_subtitle = (
             f"steps {int(track.steps[0])}…{int(track.steps[-1])}, {len(track.changes)} changes"
         )

@@ -293,6 +293,7 @@ async def test_new_run_stage2_form(demo_runs: Path, monkeypatch: pytest.MonkeyPa
         await pilot.press("n")
         form = app.screen
         form.query_one("#new-run-tabs").active = "tab-stage2"
+        form.query_one("#s2-target").focus()
         await pilot.pause()
         assert form.query_one("#s2-init").value == ("tiny-llama", 8, 0)  # the only init with finished runs
         form.query_one("#s2-target").value = "rte"

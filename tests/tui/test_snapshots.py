@@ -67,3 +67,37 @@ def test_help(snap_compare, demo_runs: Path):
         await pilot.pause()
 
     assert snap_compare(make_app(demo_runs), terminal_size=(120, 50), run_before=before)
+
+
+# ----- on the runs recorded with the real engine (tests/fixtures/runs) -----
+
+
+def test_recorded_runs_screen(snap_compare, recorded_runs: Path):
+    assert snap_compare(make_app(recorded_runs), terminal_size=SIZE, run_before=settle)
+
+
+def _open(suffix: str, key: str):
+    async def before(pilot):
+        await settle(pilot)
+        runs = pilot.app.screen
+        run_id = next(r for r in runs.shown if r.endswith(suffix))
+        runs.query_one("#runs-table").move_cursor(row=runs.shown.index(run_id))
+        await pilot.press(key)
+        await settle(pilot)
+        await pilot.pause(0.5)
+
+    return before
+
+
+def test_recorded_detail_dtvg(snap_compare, recorded_runs: Path):
+    assert snap_compare(
+        make_app(recorded_runs), terminal_size=(160, 45), run_before=_open("stage2-rte-dtvg", "enter")
+    )
+
+
+def test_recorded_inspector(snap_compare, recorded_runs: Path):
+    assert snap_compare(make_app(recorded_runs), terminal_size=SIZE, run_before=_open("stage2-rte-dtvg", "i"))
+
+
+def test_recorded_detail_failed(snap_compare, recorded_runs: Path):
+    assert snap_compare(make_app(recorded_runs), terminal_size=SIZE, run_before=_open("stage1-cb", "enter"))

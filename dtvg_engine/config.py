@@ -13,6 +13,34 @@ from typing import Any
 from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
 
+BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
+"""Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that is neither built in, nor a local folder, nor shaped like a hub id."""
+    if name in BUILTIN_MODELS or Path(name).expanduser().exists():
+        return
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return
+    raise UserError(
+        f"unknown model {name!r}; use one of {', '.join(BUILTIN_MODELS)}, a local model folder, "
+        "or a Hugging Face id like org/name"
+    )
+
+
+def model_slug(name: str) -> str:
+    """A filesystem-safe short form of a model name, used in init ids and file names."""
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name.lower()).strip("-")
+
+
+def init_id(model: str, prompt_length: int, init_seed: int) -> str:
+    """The id of the shared P_init of these settings (its file name under `runs/_inits/`)."""
+    return f"{model_slug(model)}-r{prompt_length}-s{init_seed}"
+
+
 TRAINING_DEFAULTS: dict[str, Any] = {
     "model": "smollm2-135m",
     "prompt_length": 100,
@@ -70,6 +98,9 @@ def check_training(settings: dict[str, Any]) -> None:
         raise UserError(f"--k-shot must be at least 1 (got {settings['k_shot']})")
     if float(settings["lr"]) <= 0:
         raise UserError(f"--lr must be positive (got {settings['lr']})")
+    if settings["device"] not in DEVICES:
+        raise UserError(f"unknown device {settings['device']!r}; use --device auto, cpu or cuda")
+    check_model_name(settings["model"])
 
 
 def stage1_config(task: str, runs_dir: str | Path, **overrides: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from datasets import disable_progress_bars, load_dataset
 from datasets.exceptions import DatasetGenerationError
+from datasets.utils import logging as datasets_logging
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.tasks import TASKS, Task, get_task, label_of, target_id
@@ -36,6 +37,7 @@ UNLABELLED = -1  # Hugging Face marks rows without a gold label (SNLI "-") this 
 Row = dict[str, Any]
 
 disable_progress_bars()  # a worker.log and a CLI progress view have no use for per-file bars
+datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # we report a bad file once, with its line
 
 
 @dataclass

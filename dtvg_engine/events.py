@@ -36,6 +36,8 @@ class EventWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if _ends_torn(self.path):  # a killed writer's half line: end it, so our first event stands alone
+            self._file.write("\n")
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         """Write one event and return it; `type` must be one of `EVENT_TYPES`."""
@@ -54,6 +56,15 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_torn(path: Path) -> bool:
+    """True when the file's last line has no newline (a writer died mid-line)."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def parse_lines(chunk: bytes) -> tuple[list[dict[str, Any]], int]:

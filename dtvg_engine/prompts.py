@@ -15,14 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.config import init_id
 from dtvg_engine.runfolder import INITS_DIR
 
 TOP_VOCAB = 5000
 """P_init rows are drawn from the embeddings of this many most frequent tokens (lowest ids)."""
-
-
-def init_id(backbone: Backbone, prompt_length: int, init_seed: int) -> str:
-    return f"{backbone.slug}-r{prompt_length}-s{init_seed}"
 
 
 def sample_init(backbone: Backbone, prompt_length: int, init_seed: int) -> torch.Tensor:
@@ -46,7 +43,7 @@ def shared_init(
     runs_dir: Path, backbone: Backbone, prompt_length: int, init_seed: int
 ) -> tuple[torch.Tensor, str]:
     """Load P_init for these settings, creating it on first use; returns (P_init [r, d], init id)."""
-    ident = init_id(backbone, prompt_length, init_seed)
+    ident = init_id(backbone.name, prompt_length, init_seed)
     path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

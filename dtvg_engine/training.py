@@ -178,6 +178,7 @@ def fit(
         loss = scorer.loss(prompt, batch)
         if not math.isfinite(loss.item()):
             raise RunFailed(f"loss became {loss.item()} at step {step}; lower --lr (now {config['lr']})")
+        rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])
@@ -186,7 +187,6 @@ def fit(
         speed = batch_size / (time.perf_counter() - started)
         if group is not None:
             events.emit("group", step=step, **group)
-        rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
         events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
 
         if step % config["eval_every"] == 0 or step == steps:

@@ -24,7 +24,9 @@ class _Followed:
 
     def __init__(self, run_dir: Path, progress: Progress) -> None:
         self.run_dir = run_dir
-        self.offset = 0
+        events = run_dir / EVENTS
+        self.offset = events.stat().st_size if events.exists() else 0
+        """Where reading starts: a resumed run's earlier events (its old finish included) are history."""
         self.pid: int | None = None
         self.finished = False
         config = read_config(run_dir)

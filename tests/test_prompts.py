@@ -34,7 +34,7 @@ def _token_ids(backbone, prompt: torch.Tensor) -> list[int]:
 def test_shared_init_is_created_once_under_inits(runs_dir, llama):
     prompt, ident = shared_init(runs_dir, llama, 8, 0)
     path = runs_dir / "_inits" / "tiny-llama-r8-s0.safetensors"
-    assert ident == "tiny-llama-r8-s0" == init_id(llama, 8, 0)
+    assert ident == "tiny-llama-r8-s0" == init_id(llama.name, 8, 0)
     assert path.is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
     assert prompt.shape == (8, llama.hidden_size) and prompt.dtype == torch.float32

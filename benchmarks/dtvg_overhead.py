@@ -159,7 +159,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sources", type=int, default=len(SOURCES), help=f"1..{len(SOURCES)} (default 6)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=16, help="timed steps of each (default 16)")
+    parser.add_argument("--steps", type=int, default=32, help="timed steps of each (default 32)")
     parser.add_argument("--block", type=int, default=2, help="steps per timed block (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first (default 1)")
     parser.add_argument("--threads", type=int, default=2)

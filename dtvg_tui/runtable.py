@@ -25,11 +25,7 @@ class Column:
     cell: Callable[[RunSummary], str]
     """The run's text in this column."""
     sort: Callable[[RunSummary], Any]
-    """Sort key (None-safe)."""
-
-
-def _none_last(value: Any) -> tuple[bool, Any]:
-    return (value is None, value if value is not None else 0)
+    """Sort key; None (no value yet, e.g. a run that failed before its first eval) sorts last either way."""
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -45,9 +41,9 @@ COLUMNS: tuple[Column, ...] = (
         lambda s: STATUSES.index(s.status) if s.status in STATUSES else 9,
     ),
     Column("step", "Step", lambda s: fmt_progress(s.step, s.total_steps), lambda s: s.step),
-    Column("best_metric", "Best", lambda s: fmt_metric(s.best_metric), lambda s: _none_last(s.best_metric)),
-    Column("started", "Started", lambda s: fmt_time(s.started), lambda s: _none_last(s.started)),
-    Column("duration", "Duration", lambda s: fmt_duration(s.duration), lambda s: _none_last(s.duration)),
+    Column("best_metric", "Best", lambda s: fmt_metric(s.best_metric), lambda s: s.best_metric),
+    Column("started", "Started", lambda s: fmt_time(s.started), lambda s: s.started),
+    Column("duration", "Duration", lambda s: fmt_duration(s.duration), lambda s: s.duration),
     Column("tags", "Tags", lambda s: ",".join(s.tags), lambda s: ",".join(s.tags)),
 )
 """The table's columns, left to right."""
@@ -100,9 +96,10 @@ def view(
     sort: str = "run_id",
     reverse: bool = True,
 ) -> list[RunSummary]:
-    """The runs shown: filtered, then sorted by column `sort` (ties by run id)."""
+    """The runs shown: filtered, then sorted by column `sort` (ties by run id; runs without a value last)."""
     column = _BY_KEY[sort]
     shown = [s for s in summaries if matches(s, query, status)]
     shown.sort(key=lambda s: s.run_id, reverse=reverse)
-    shown.sort(key=column.sort, reverse=reverse)
-    return shown
+    valued = [s for s in shown if column.sort(s) is not None]
+    valued.sort(key=column.sort, reverse=reverse)
+    return valued + [s for s in shown if column.sort(s) is None]

@@ -165,8 +165,8 @@ class GroupTrack:
         for name in event.get("selected") or []:
             mask |= 1 << self._source(str(name))
         raw_scales = event.get("scales") or {}
-        scales = (
-            {self._source(str(k)): _float(v) for k, v in raw_scales.items()}
+        scales = (  # the engine also reports the target's own scale: the target is no source
+            {self._index[str(k)]: _float(v) for k, v in raw_scales.items() if str(k) in self._index}
             if isinstance(raw_scales, dict)
             else {}
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -11,6 +12,18 @@ from dtvg_tui.series import downsample
 
 PALETTE = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
 """Line colours, in order of the series."""
+
+
+def step_ticks(xs: Sequence[float], count: int = 5) -> list[int]:
+    """Whole-step x ticks: the first and last step, and round steps (1, 2 or 5 × 10^k apart) between."""
+    low, high = math.floor(min(xs)), math.ceil(max(xs))
+    if high - low < 2:
+        return sorted({low, high})
+    raw = (high - low) / (count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = max(1, round(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)))
+    inner = range(math.ceil(low / step) * step, high, step)
+    return [low, *(t for t in inner if t - low >= step / 3 and high - t >= step / 3), high]
 
 
 class CurvesPlot(PlotextPlot):
@@ -78,6 +91,8 @@ class CurvesPlot(PlotextPlot):
                     marker="braille",
                 )
                 plotted = True
+        if plotted:
+            plt.xticks(step_ticks([x for _, xs, _ in points for x in (xs[0], xs[-1]) if xs]))
         if marker is not None and plotted:
             plt.vline(marker, "gray")
         self.refresh()

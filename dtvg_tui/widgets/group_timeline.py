@@ -49,6 +49,13 @@ class GroupTimeline(Widget):
 
     def show(self, track: GroupTrack, cursor: int | None) -> None:
         self.track, self.cursor = track, cursor
+        with self.lock:  # set here, not in render(): a border set while rendering shows a frame late
+            subtitle = (
+                f"steps {int(track.steps[0])}…{int(track.steps[-1])}, {len(track.changes)} changes"
+                if len(track)
+                else ""
+            )
+        self.border_subtitle = subtitle
         self.refresh(layout=True)
 
     def get_content_height(self, container, viewport, width: int) -> int:  # noqa: ANN001
@@ -80,9 +87,6 @@ class GroupTimeline(Widget):
             text.append("\n")
         text.append(f"{'@' + str(int(track.steps[cursor])):<{self.LABEL}}", style="yellow")
         text.append(" " * (mark * cell + cell // 2) + "▲", style="bold yellow")
-        self.border_subtitle = (
-            f"steps {int(track.steps[0])}…{int(track.steps[-1])}, {len(track.changes)} changes"
-        )
         return text
 
     def on_mouse_scroll_up(self, event: MouseScrollUp) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures of the dashboard tests: a copy of fixed runs, UTC times, and waiting for the app to settle."""
+"""Dashboard test fixtures: a copy of the recorded runs, UTC times, waiting for the app to settle."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_tui.synthetic import make_demo_runs
-
 RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
-"""Runs recorded with the real engine on the tiny model (when the lead has added them)."""
+"""Runs recorded with the real engine on the tiny model (`tests/fixtures/record.py`)."""
 
 
 @pytest.fixture(autouse=True)
@@ -27,18 +25,14 @@ def utc(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def demo_runs(tmp_path: Path) -> Path:
-    """Five synthetic finished runs (3 stage-1, 1 failed, 1 stage-2 DTVG with group events)."""
-    runs = tmp_path / "runs"
-    make_demo_runs(runs)
-    return runs
-
-
-@pytest.fixture
 def recorded_runs(tmp_path: Path) -> Path:
-    """A writable copy of the recorded runs (the dashboard writes history.json into the runs dir)."""
+    """A writable copy of the recorded runs (the dashboard writes history.json into the runs dir).
+
+    Stage 1 on mnli, qnli, rte and sst2; stage 2 on rte with `dtvg` (a group event every step) and `pt`;
+    a stage-1 cb run that failed (loss became nan).
+    """
     if not RECORDED.is_dir() or not any(RECORDED.iterdir()):
-        pytest.fail(f"recorded fixture runs missing at {RECORDED}; record them with the real engine")
+        pytest.fail(f"recorded fixture runs missing at {RECORDED}; record them with tests/fixtures/record.py")
     runs = tmp_path / "runs"
     shutil.copytree(RECORDED, runs, ignore=shutil.ignore_patterns("history.json", "history.json.lock"))
     return runs

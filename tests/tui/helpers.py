@@ -1,11 +1,24 @@
-"""Helpers of the dashboard tests: the screen as plain text."""
+"""Helpers of the dashboard tests: the screen as plain text, and runs derived from the recorded ones.
+
+Everything a test needs beyond the recordings (a live run, a killed one, a stopped one) is made from a
+recorded run: its config and artifacts copied, its events replayed through the engine's own
+`EventWriter` (as a live worker writes them) or cut short (as a worker that died leaves them).
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from textual.app import App
+
+from dtvg_engine.events import EventWriter
+from dtvg_engine.runfolder import CONFIG, EVENTS, PIDFILE
 
 
 def screen_text(app: App) -> str:
@@ -35,3 +48,68 @@ def sync(test):  # noqa: ANN001, ANN201
         asyncio.run(test(*args, **kwargs))
 
     return wrapper
+
+
+# ----- runs made from the recorded ones -----
+
+
+def run_id(runs: Path, suffix: str) -> str:
+    """The id of the (only) run in `runs` whose id ends with `suffix`, e.g. "stage2-rte-dtvg"."""
+    (match,) = [p.name for p in Path(runs).iterdir() if p.name.endswith(suffix)]
+    return match
+
+
+def recorded_events(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's events exactly as written (every line of its events.jsonl)."""
+    return [json.loads(line) for line in (Path(run_dir) / EVENTS).read_text().splitlines() if line]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped: what a killed worker leaves behind."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def clone_run(runs: Path, suffix: str, new_id: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Copy the recorded run `…suffix` to `runs/new_id` without its events and pidfile.
+
+    Returns the new folder and the recorded events, for the caller to write (all, some, or replayed).
+    """
+    source = Path(runs) / run_id(runs, suffix)
+    target = Path(runs) / new_id
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(EVENTS, PIDFILE))
+    config = json.loads((target / CONFIG).read_text())
+    (target / CONFIG).write_text(json.dumps({**config, "run_id": new_id}, indent=2))
+    return target, recorded_events(source)
+
+
+def write_events(run_dir: Path, events: list[dict[str, Any]], pid: int | None = None) -> None:
+    """Write recorded events verbatim (times included), the run_started one renamed to this run."""
+    with open(Path(run_dir) / EVENTS, "a", encoding="utf-8") as f:
+        for event in events:
+            if event["type"] == "run_started":
+                event = {**event, "run_id": Path(run_dir).name, **({"pid": pid} if pid else {})}
+            f.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+
+def replay(writer: EventWriter, events: list[dict[str, Any]], pid: int | None = None) -> None:
+    """Emit recorded events through a real `EventWriter`, now, as the worker would (time = now)."""
+    for event in events:
+        fields = {k: v for k, v in event.items() if k not in ("v", "type", "time")}
+        if event["type"] == "run_started":
+            fields["run_id"] = writer.path.parent.name
+            if pid:
+                fields["pid"] = pid
+        writer.emit(event["type"], **fields)
+
+
+def split_at_step(events: list[dict[str, Any]], step: int) -> int:
+    """The index just after the `step` event of `step` (and what the worker wrote with it)."""
+    index = next(i for i, e in enumerate(events) if e["type"] == "step" and e["step"] == step)
+    index += 1
+    while index < len(events) and events[index]["type"] not in ("step", "run_finished"):
+        if events[index].get("step", step) != step:
+            break
+        index += 1
+    return index

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.events import EventWriter, read_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, summarize
 from dtvg_tui import keys, runtable
@@ -17,64 +17,72 @@ from dtvg_tui.fmt import fmt_duration
 from dtvg_tui.follow import EventFollower
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.similarity import similarity_matrix
-from dtvg_tui.synthetic import stage1_config, training_events, write_run
+
+from .helpers import clone_run, dead_pid, replay, run_id, split_at_step, write_events
 
 
-def test_run_index_matches_summarize_and_follows_appends(demo_runs: Path):
-    index = RunIndex(demo_runs)
+def test_run_index_matches_summarize_and_follows_appends(recorded_runs: Path):
+    index = RunIndex(recorded_runs)
     changed, gone = index.scan()
-    assert len(changed) == 5 and gone == []
+    assert len(changed) == 7 and gone == []
     for summary in changed:
         assert summary == summarize(summary.run_dir)
     assert index.scan() == ([], [])
-    # a run that is still writing: append half of a new run's events, then the rest
-    config = stage1_config("cola")
-    events = training_events("20250615-160000-stage1-cola", config, 10, pid=os.getpid())
-    run_dir = write_run(demo_runs, "20250615-160000-stage1-cola", config, events[:5])
-    (changed, _) = index.scan()
-    assert [s.status for s in changed] == ["running"] and changed[0].step == 4
+    # a run that is still writing: a recorded run replayed by a real EventWriter, half now, half later
+    run_dir, events = clone_run(recorded_runs, "stage1-sst2", "20261125-180000-stage1-sst2")
+    with EventWriter(run_dir / EVENTS) as writer:
+        replay(writer, events[: split_at_step(events, 5)], pid=os.getpid())
+        (changed, _) = index.scan()
+        assert [s.status for s in changed] == ["running"] and changed[0].step == 5
+        replay(writer, events[split_at_step(events, 5) :])
     with open(run_dir / EVENTS, "a") as f:
-        for event in events[5:]:
-            f.write(json.dumps({"v": 1, **event}) + "\n")
         f.write('{"v": 1, "type": "step", "ti')  # a torn last line
     (changed, _) = index.scan()
     assert changed[0].status == "completed" and changed[0] == summarize(run_dir)
-    docs = {d["run_id"]: d for d in History(demo_runs).all()}
+    assert changed[0].step == 12 and changed[0].best_metric == 0.625
+    docs = {d["run_id"]: d for d in History(recorded_runs).all()}
     assert docs[run_dir.name]["status"] == "completed"
 
 
-def test_run_index_sees_a_dead_worker_and_removed_runs(demo_runs: Path):
-    config = stage1_config("cola")
-    events = training_events("x-stage1-cola", config, 10, status=None)  # DEAD_PID, no run_finished
-    run_dir = write_run(demo_runs, "x-stage1-cola", config, events)
-    index = RunIndex(demo_runs)
+def test_run_index_sees_a_dead_worker_and_removed_runs(recorded_runs: Path):
+    # a recorded run cut short after step 7, its worker gone: what `kill -9` leaves behind
+    run_dir, events = clone_run(recorded_runs, "stage1-qnli", "x-stage1-qnli")
+    write_events(run_dir, events[: split_at_step(events, 7)], pid=dead_pid())
+    index = RunIndex(recorded_runs)
     changed, _ = index.scan()
-    assert {s.run_id: s.status for s in changed}["x-stage1-cola"] == "killed"
+    killed = {s.run_id: s for s in changed}["x-stage1-qnli"]
+    assert killed.status == "killed" and killed.step == 7
     import shutil
 
     shutil.rmtree(run_dir)
-    assert index.scan()[1] == ["x-stage1-cola"]
+    assert index.scan()[1] == ["x-stage1-qnli"]
 
 
-def test_cached_reads_history_and_survives_corruption(demo_runs: Path):
-    index = RunIndex(demo_runs)
+def test_cached_reads_history_and_survives_corruption(recorded_runs: Path):
+    index = RunIndex(recorded_runs)
     assert index.cached() == []  # no history yet
-    History(demo_runs).rebuild()
-    assert len(index.cached()) == 5
-    (demo_runs / "history.json").write_text("{not json")
+    History(recorded_runs).rebuild()
+    assert len(index.cached()) == 7
+    (recorded_runs / "history.json").write_text("{not json")
     assert index.cached() == []
-    assert len(index.sync_history()) == 5  # rebuilt
-    assert len(RunIndex(demo_runs).cached()) == 5
+    assert len(index.sync_history()) == 7  # rebuilt
+    assert len(RunIndex(recorded_runs).cached()) == 7
 
 
-def test_table_filter_and_sort(demo_runs: Path):
-    runs = RunIndex(demo_runs).scan()[0]
-    assert [s.task for s in runtable.view(runs, "status:failed")] == ["rte"]
-    assert [s.task for s in runtable.view(runs, "rte")] == ["rte", "rte"]
+def test_table_filter_and_sort(recorded_runs: Path):
+    runs = RunIndex(recorded_runs).scan()[0]
+    assert [s.task for s in runtable.view(runs, "status:failed")] == ["cb"]
+    assert sorted((s.stage, s.method) for s in runtable.view(runs, "rte")) == [
+        ("stage1", "pt"),
+        ("stage2", "dtvg"),
+        ("stage2", "pt"),
+    ]
     assert len(runtable.view(runs, "stage:stage2 method:dtvg")) == 1
     assert runtable.view(runs, status="completed", sort="task", reverse=False)[0].task == "mnli"
     best = runtable.view(runs, sort="best_metric", reverse=True)
-    assert best[0].best_metric == max(s.best_metric for s in runs)
+    assert best[0].best_metric == max(s.best_metric for s in runs if s.best_metric is not None)
+    assert best[-1].task == "cb"  # the failed run has no metric: last in either direction
+    assert runtable.view(runs, sort="best_metric", reverse=False)[-1].task == "cb"
     assert runtable.row_cells(best[0])[runtable.COLUMN_KEYS.index("duration")] == fmt_duration(
         best[0].duration
     )
@@ -104,21 +112,23 @@ def test_keymap_files(tmp_path: Path):
     assert keys.load_keymap(None) == {}
 
 
-def test_follower_reads_in_chunks_and_waits_for_whole_lines(tmp_path: Path):
+def test_follower_reads_in_chunks_and_waits_for_whole_lines(recorded_runs: Path, tmp_path: Path):
+    recorded = (recorded_runs / run_id(recorded_runs, "stage2-rte-dtvg") / EVENTS).read_bytes()
+    last_line = recorded.rstrip(b"\n").rfind(b"\n") + 1
     path = tmp_path / "events.jsonl"
-    lines = [json.dumps({"v": 1, "type": "step", "time": i, "step": i}) for i in range(100)]
-    path.write_text("\n".join(lines) + "\n" + '{"v": 1, "type": "st')
-    follower = EventFollower(path, chunk_bytes=512)
+    path.write_bytes(recorded[: last_line + 20])  # the last line (run_finished) half-written
+    follower = EventFollower(path, chunk_bytes=512)  # smaller than the run_started line: reads grow
     seen = []
     while not follower.at_end or not seen:
         got = follower.read()
         if not got:
             break
         seen += got
-    assert [e["step"] for e in seen] == list(range(100))
-    with open(path, "a") as f:
-        f.write('ep", "time": 1, "step": 100}\n')
-    assert [e["step"] for e in follower.read()] == [100]
+    expected, _ = read_events(recorded_runs / run_id(recorded_runs, "stage2-rte-dtvg") / EVENTS)
+    assert seen == expected[:-1] and len(seen) == 46
+    with open(path, "ab") as f:
+        f.write(recorded[last_line + 20 :])
+    assert follower.read() == expected[-1:] and expected[-1]["type"] == "run_finished"
 
 
 def test_similarity_matrix_is_eq2():
@@ -130,3 +140,12 @@ def test_similarity_matrix_is_eq2():
     assert m == [[8 / 4, 4 / 4], [4 / 4, 2 / 4]]
     with pytest.raises(UserError):
         similarity_matrix([a, np.zeros((3, 2))])
+
+
+def test_step_ticks_are_whole_steps():
+    from dtvg_tui.widgets.curves import step_ticks
+
+    assert step_ticks([1, 16]) == [1, 5, 10, 16]  # the recorded stage-2 runs' 16 steps
+    assert step_ticks([4, 12]) == [4, 6, 8, 10, 12]
+    assert step_ticks([1, 2]) == [1, 2] and step_ticks([3, 3]) == [3]
+    assert step_ticks([0, 49_990]) == [0, 20_000, 40_000, 49_990]

@@ -1,4 +1,9 @@
-"""Pilot tests: every screen and binding of the dashboard, on fixed synthetic runs."""
+"""Pilot tests: every screen and binding of the dashboard, on the runs recorded with the real engine.
+
+The recordings (tests/fixtures/runs, copied per test): stage 1 on mnli, qnli, rte and sst2 (12 steps),
+stage 2 on rte with `dtvg` (16 steps, a group event each) and `pt`, and a stage-1 cb run that failed
+("loss became nan at step 3"). Live, killed and stopped runs are made from them (see helpers.py).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from dtvg_engine import launcher
-from dtvg_engine.runfolder import EVENTS, read_meta
+from dtvg_engine.events import EventWriter
+from dtvg_engine.runfolder import read_meta
 from dtvg_tui.app import DtvgApp
+from dtvg_tui.runtable import COLUMN_KEYS
 from dtvg_tui.screens.compare import CompareScreen
 from dtvg_tui.screens.detail import RunDetailScreen
 from dtvg_tui.screens.dialogs import ConfirmScreen, PromptScreen
@@ -18,54 +25,61 @@ from dtvg_tui.screens.help import HelpScreen
 from dtvg_tui.screens.inspector import InspectorScreen
 from dtvg_tui.screens.new_run import NewRunScreen
 from dtvg_tui.screens.runs import RunsScreen
-from dtvg_tui.synthetic import stage1_config, training_events, write_run
 
 from .conftest import settle
-from .helpers import screen_text, sync
+from .helpers import clone_run, replay, run_id, screen_text, split_at_step, sync, write_events
 
 SIZE = (150, 40)
-STAGE2 = "20250615-150400-stage2-rte-dtvg"
-FAILED = "20250615-150300-stage1-rte"
 
 
 def app_for(runs: Path, **kwargs) -> DtvgApp:
     return DtvgApp(runs, refresh_interval=0.2, follow_interval=0.1, **kwargs)
 
 
+def move_to(app: DtvgApp, run: str) -> None:
+    runs = app.screen
+    assert isinstance(runs, RunsScreen)
+    runs.query_one("#runs-table").move_cursor(row=runs.shown.index(run))
+
+
 @sync
-async def test_runs_table_filter_sort_select(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_runs_table_filter_sort_select(recorded_runs: Path):
+    failed, dtvg = run_id(recorded_runs, "stage1-cb"), run_id(recorded_runs, "stage2-rte-dtvg")
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         runs = app.screen
         assert isinstance(runs, RunsScreen)
-        assert runs.shown[0] == STAGE2 and len(runs.shown) == 5
+        assert runs.shown[0] == failed and len(runs.shown) == 7  # newest first
         await pilot.press("slash", *"qnli", "enter")
-        assert runs.shown == ["20250615-150001-stage1-qnli"]
+        assert runs.shown == [run_id(recorded_runs, "stage1-qnli")]
         await pilot.press("escape")
-        assert len(runs.shown) == 5
+        assert len(runs.shown) == 7
         await pilot.press("x", "x", "x", "x")  # any → pending → running → completed → failed
-        assert runs.status_filter == "failed" and runs.shown == [FAILED]
+        assert runs.status_filter == "failed" and runs.shown == [failed]
         text = screen_text(app)
-        assert "RuntimeError: loss is NaN at step 25" in text and "worker.log" in text
+        assert "loss became nan at step 3" in text and "worker.log" in text
         await pilot.press("escape")
-        await pilot.press("greater_than_sign")  # sort by stage
-        assert runs.sort_column == "stage" and runs.shown[0] == STAGE2
+        await pilot.press("greater_than_sign")  # sort by stage (descending)
+        assert runs.sort_column == "stage" and runs.summaries[runs.shown[0]].stage == "stage2"
         await pilot.press("minus")
-        assert runs.shown[-1] == STAGE2
+        assert runs.summaries[runs.shown[-1]].stage == "stage2" and dtvg in runs.shown[-2:]
         await pilot.press("less_than_sign")
         assert runs.sort_column == "run_id"
-        await pilot.press("space", "space")
+        move_to(app, runs.shown[0])
+        await pilot.press("space", "space")  # select, move down, select
         assert len(runs.selected) == 2 and "2 selected" in runs.sub_title
-        await pilot.click("#runs-table", offset=(30, 0))  # the "Stage" header? any header sorts
-        assert runs.sort_column in {c for c in __import__("dtvg_tui.runtable").runtable.COLUMN_KEYS}
+        await pilot.click("#runs-table", offset=(30, 0))  # a header: any header sorts
+        assert runs.sort_column in COLUMN_KEYS
 
 
 @sync
-async def test_tag_and_note(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_tag_and_note(recorded_runs: Path):
+    dtvg = run_id(recorded_runs, "stage2-rte-dtvg")
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        move_to(app, dtvg)
         await pilot.press("t")
         assert isinstance(app.screen, PromptScreen)
         await pilot.press(*"paper, best", "enter")
@@ -73,34 +87,37 @@ async def test_tag_and_note(demo_runs: Path):
         await pilot.press(*"the good one", "enter")
         await settle(pilot)
         await pilot.pause(0.5)
-        assert read_meta(demo_runs / STAGE2) == {"tags": ["paper", "best"], "note": "the good one"}
+        assert read_meta(recorded_runs / dtvg) == {"tags": ["paper", "best"], "note": "the good one"}
         runs = app.screen
-        assert runs.summaries[STAGE2].tags == ["paper", "best"]
+        assert runs.summaries[dtvg].tags == ["paper", "best"]
         assert "paper,best" in screen_text(app) and "note: the good one" in screen_text(app)
         await pilot.press("o", "escape")  # cancel leaves the note alone
-        assert read_meta(demo_runs / STAGE2)["note"] == "the good one"
-        history = json.loads((demo_runs / "history.json").read_text())
+        assert read_meta(recorded_runs / dtvg)["note"] == "the good one"
+        history = json.loads((recorded_runs / "history.json").read_text())
         assert any(doc.get("tags") == ["paper", "best"] for doc in history["runs"].values())
 
 
 @sync
-async def test_detail_follow_and_steps(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_detail_follow_and_steps(recorded_runs: Path):
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        move_to(app, run_id(recorded_runs, "stage2-rte-dtvg"))
         await pilot.press("enter")
         await settle(pilot)
         detail = app.screen
         assert isinstance(detail, RunDetailScreen)
         text = screen_text(app)
-        assert "step 60/60" in text and "Group at step 60" in text and "FOLLOW" in text
-        await pilot.press("left", "left", "pageup")
-        assert not detail.follow and detail.current_index() == 47
-        assert "Group at step 48" in screen_text(app) and "PAUSED" in screen_text(app)
+        assert "step 16/16" in text and "Group at step 16" in text and "FOLLOW" in text
+        await pilot.press("left", "left")
+        assert not detail.follow and detail.current_index() == 13
+        await pilot.press("pageup")
+        assert detail.current_index() == 3
+        assert "Group at step 4" in screen_text(app) and "PAUSED" in screen_text(app)
         await pilot.press("right")
-        assert detail.current_index() == 48
+        assert detail.current_index() == 4
         await pilot.press("f")
-        assert detail.follow and detail.current_index() == 59
+        assert detail.follow and detail.current_index() == 15
         await pilot.press("f")
         assert not detail.follow
         await pilot.press("i")
@@ -110,61 +127,65 @@ async def test_detail_follow_and_steps(demo_runs: Path):
 
 
 @sync
-async def test_detail_follows_a_live_run(demo_runs: Path):
-    config = stage1_config("cola", steps=40)
-    events = training_events("20250615-170000-stage1-cola", config, 40, pid=os.getpid())
-    run_dir = write_run(demo_runs, "20250615-170000-stage1-cola", config, events[:10])
-    app = app_for(demo_runs)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        assert app.screen.summaries[run_dir.name].status == "running"
-        await pilot.press("enter")
-        await settle(pilot)
-        detail = app.screen
-        assert detail.series.step == 9
-        with open(run_dir / EVENTS, "a") as f:
-            for event in events[10:]:
-                f.write(json.dumps({"v": 1, **event}) + "\n")
-        for _ in range(50):
-            await pilot.pause(0.1)
-            if detail.series.status == "completed":
-                break
-        assert detail.series.step == 40 and detail.series.status == "completed"
-        await pilot.press("escape")
-        await settle(pilot)
-        await pilot.pause(0.3)
-        assert app.screen.summaries[run_dir.name].status == "completed"
+async def test_detail_follows_a_live_run(recorded_runs: Path):
+    """A recorded stage-2 run replayed through a real EventWriter while the detail screen follows it."""
+    live = "20261125-180000-stage2-rte-dtvg"
+    run_dir, events = clone_run(recorded_runs, "stage2-rte-dtvg", live)
+    cut = split_at_step(events, 6)
+    with EventWriter(run_dir / "events.jsonl") as writer:
+        replay(writer, events[:cut], pid=os.getpid())  # this process plays the worker: alive
+        app = app_for(recorded_runs)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert app.screen.summaries[live].status == "running"
+            move_to(app, live)
+            await pilot.press("enter")
+            await settle(pilot)
+            detail = app.screen
+            assert detail.series.step == 6 and detail.series.status == "running"
+            assert "step 6/16" in screen_text(app)
+            for start in range(cut, len(events), 6):  # the rest arrives in bursts, as training goes on
+                replay(writer, events[start : start + 6])
+                await pilot.pause(0.15)
+            for _ in range(50):
+                await pilot.pause(0.1)
+                if detail.series.status == "completed":
+                    break
+            assert detail.series.step == 16 and detail.series.status == "completed"
+            assert len(detail.series.group) == 16
+            await pilot.press("escape")
+            await settle(pilot)
+            await pilot.pause(0.3)
+            assert app.screen.summaries[live].status == "completed"
 
 
 @sync
-async def test_runs_started_elsewhere_appear(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_runs_started_elsewhere_appear(recorded_runs: Path):
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        config = stage1_config("boolq")
-        write_run(
-            demo_runs,
-            "20250615-180000-stage1-boolq",
-            config,
-            training_events("20250615-180000-stage1-boolq", config, 5),
-        )
+        new = "20261125-180000-stage1-mnli"
+        run_dir, events = clone_run(recorded_runs, "stage1-mnli", new)
+        write_events(run_dir, events)
         for _ in range(30):
             await pilot.pause(0.1)
-            if "20250615-180000-stage1-boolq" in app.screen.shown:
+            if new in app.screen.shown:
                 break
-        assert app.screen.shown[0] == "20250615-180000-stage1-boolq"
+        assert app.screen.shown[0] == new and app.screen.summaries[new].status == "completed"
 
 
 @sync
-async def test_inspector_keys_and_heatmap(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_inspector_keys_and_heatmap(recorded_runs: Path):
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        move_to(app, run_id(recorded_runs, "stage2-rte-dtvg"))
         await pilot.press("i")
         await settle(pilot)
         inspector = app.screen
         assert isinstance(inspector, InspectorScreen)
         changes = inspector.series.group.changes
+        assert list(changes) == [0, 2, 3, 4, 6]  # the recorded groups change at steps 3, 4, 5 and 7
         await pilot.press("home")
         assert inspector.current_index() == 0
         await pilot.press("right_square_bracket")
@@ -176,10 +197,10 @@ async def test_inspector_keys_and_heatmap(demo_runs: Path):
         await pilot.press("left")
         assert inspector.current_index() == 11
         await pilot.press("end")
-        assert inspector.current_index() == 59
+        assert inspector.current_index() == 15
         await pilot.pause(0.3)
         text = screen_text(app)
-        assert "Task similarity" in text and "mnli +" in text
+        assert "Task similarity" in text and "sst2 +" in text
         await pilot.press("h")
         assert not inspector.query_one("#inspector-heatmap").display
         await pilot.press("escape")
@@ -187,27 +208,32 @@ async def test_inspector_keys_and_heatmap(demo_runs: Path):
 
 
 @sync
-async def test_inspector_refuses_stage1(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_inspector_refuses_stage1(recorded_runs: Path):
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        await pilot.press("down", "i")
+        move_to(app, run_id(recorded_runs, "stage1-rte"))
+        await pilot.press("i")
         assert isinstance(app.screen, RunsScreen)
 
 
 @sync
-async def test_compare(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_compare(recorded_runs: Path):
+    pt, dtvg = run_id(recorded_runs, "stage2-rte-pt"), run_id(recorded_runs, "stage2-rte-dtvg")
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        move_to(app, pt)
         await pilot.press("c")
         assert isinstance(app.screen, RunsScreen)  # fewer than two selected
-        await pilot.press("space", "down", "down", "space", "c")
+        await pilot.press("space", "space", "c")  # select pt (the cursor moves on), then dtvg
         compare = app.screen
         assert isinstance(compare, CompareScreen) and len(compare.run_dirs) == 2
         await pilot.pause(0.5)
         assert len(compare.series) == 2
         config_rows = compare.query_one("#compare-config").row_count
+        assert {Path(d).name for d in compare.run_dirs} == {pt, dtvg}
+        assert "stage2-rte-dtvg" in screen_text(app) and "source_scale_lr" not in screen_text(app)
         await pilot.press("d")
         assert not compare.only_differences and compare.query_one("#compare-config").row_count > config_rows
         assert compare.query_one("#compare-metrics").row_count == 2
@@ -216,8 +242,8 @@ async def test_compare(demo_runs: Path):
 
 
 @sync
-async def test_help_palette_and_quit(demo_runs: Path):
-    app = app_for(demo_runs)
+async def test_help_palette_and_quit(recorded_runs: Path):
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("question_mark")
@@ -239,8 +265,8 @@ async def test_help_palette_and_quit(demo_runs: Path):
 
 
 @sync
-async def test_user_keymap_rebinds(demo_runs: Path):
-    app = app_for(demo_runs, keymap={"dtvg.app.new_run": "N", "dtvg.runs.detail": "ctrl+o"})
+async def test_user_keymap_rebinds(recorded_runs: Path):
+    app = app_for(recorded_runs, keymap={"dtvg.app.new_run": "N", "dtvg.runs.detail": "ctrl+o"})
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("n")
@@ -252,12 +278,12 @@ async def test_user_keymap_rebinds(demo_runs: Path):
 
 
 @sync
-async def test_new_run_stage1_validates_and_launches(demo_runs: Path, monkeypatch: pytest.MonkeyPatch):
+async def test_new_run_stage1_validates_and_launches(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
     launched: list[Path] = []
     monkeypatch.setattr(
         launcher, "launch_worker", lambda run_dir, command=None: launched.append(run_dir) or 4242
     )
-    app = app_for(demo_runs)
+    app = app_for(recorded_runs)
     async with app.run_test(size=(120, 60)) as pilot:
         await settle(pilot)
         await pilot.press("n")
@@ -282,12 +308,12 @@ async def test_new_run_stage1_validates_and_launches(demo_runs: Path, monkeypatc
 
 
 @sync
-async def test_new_run_stage2_form(demo_runs: Path, monkeypatch: pytest.MonkeyPatch):
+async def test_new_run_stage2_form(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
     launched: list[Path] = []
     monkeypatch.setattr(
         launcher, "launch_worker", lambda run_dir, command=None: launched.append(run_dir) or 4242
     )
-    app = app_for(demo_runs)
+    app = app_for(recorded_runs)
     async with app.run_test(size=(120, 60)) as pilot:
         await settle(pilot)
         await pilot.press("n")
@@ -295,19 +321,19 @@ async def test_new_run_stage2_form(demo_runs: Path, monkeypatch: pytest.MonkeyPa
         form.query_one("#new-run-tabs").active = "tab-stage2"
         form.query_one("#s2-target").focus()
         await pilot.pause()
-        assert form.query_one("#s2-init").value == ("tiny-llama", 8, 0)  # the only init with finished runs
-        form.query_one("#s2-target").value = "rte"
+        assert form.query_one("#s2-init").value == ("tiny-llama", 4, 0)  # the recorded runs' init
+        form.query_one("#s2-target").value = "cb"
         await pilot.pause()
         sources = form.query_one("#s2-sources")
-        assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "sst2"]
+        assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "rte", "sst2"]
         sources.select("qnli")
-        await pilot.press("ctrl+l")  # dtvg needs the target's own stage-1 vector: rte's run failed
-        assert not launched and "no finished stage-1 run of 'rte'" in str(
+        await pilot.press("ctrl+l")  # dtvg needs the target's own stage-1 vector: cb's run failed
+        assert not launched and "no finished stage-1 run of 'cb'" in str(
             form.query_one("#new-run-error").render()
         )
         form.query_one("#s2-target").value = "mnli"
         await pilot.pause()
-        assert sorted(o.value for o in sources.options) == ["qnli", "sst2"]
+        assert sorted(o.value for o in sources.options) == ["qnli", "rte", "sst2"]
         sources.select("sst2")
         await pilot.pause()
         await pilot.press("ctrl+l")
@@ -319,25 +345,27 @@ async def test_new_run_stage2_form(demo_runs: Path, monkeypatch: pytest.MonkeyPa
 
 
 @sync
-async def test_stop_kill_resume_confirmations(demo_runs: Path, monkeypatch: pytest.MonkeyPatch):
+async def test_stop_kill_resume_confirmations(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr(launcher, "stop_run", lambda d: calls.append(("stop", Path(d).name)) or True)
     monkeypatch.setattr(launcher, "kill_run", lambda d: calls.append(("kill", Path(d).name)) or True)
     monkeypatch.setattr(
         launcher, "launch_worker", lambda d, command=None: calls.append(("resume", Path(d).name)) or 1
     )
-    config = stage1_config("cola")
-    live = "20250615-190000-stage1-cola"
-    write_run(demo_runs, live, config, training_events(live, config, 10, status=None, pid=os.getpid()))
-    stopped = "20250615-100000-stage1-wnli"
-    write_run(
-        demo_runs, stopped, stage1_config("wnli"), training_events(stopped, config, 10, status="stopped")
-    )
-    app = app_for(demo_runs)
+    live = "20261125-190000-stage1-sst2"
+    run_dir, events = clone_run(recorded_runs, "stage1-sst2", live)
+    with EventWriter(run_dir / "events.jsonl") as writer:  # a worker (this process) half-way through
+        replay(writer, events[: split_at_step(events, 6)], pid=os.getpid())
+    stopped = "20261125-100000-stage1-qnli"
+    run_dir, events = clone_run(recorded_runs, "stage1-qnli", stopped)
+    with EventWriter(run_dir / "events.jsonl") as writer:  # what the worker writes on SIGTERM
+        replay(writer, events[: split_at_step(events, 8)])
+        writer.emit("run_finished", status="stopped", summary={"best_metric": 0.5, "steps": 8}, error=None)
+    app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         runs = app.screen
-        assert runs.current_id == live
+        assert runs.current_id == live and runs.summaries[stopped].status == "stopped"
         await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
@@ -347,7 +375,7 @@ async def test_stop_kill_resume_confirmations(demo_runs: Path, monkeypatch: pyte
         assert calls == [("kill", live), ("stop", live)]
         await pilot.press("u")  # a running run does not resume
         assert len(calls) == 2
-        runs.query_one("#runs-table").move_cursor(row=runs.shown.index(stopped))
+        move_to(app, stopped)
         await pilot.press("u")
         assert calls[-1] == ("resume", stopped)
         await pilot.press("s")  # a stopped run cannot be stopped

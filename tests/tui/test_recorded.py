@@ -49,7 +49,8 @@ async def test_screens_on_recorded_runs(recorded_runs: Path):
         await settle(pilot)
         detail = app.screen
         assert isinstance(detail, RunDetailScreen)
-        assert len(detail.series.group) > 0 and detail.series.stage == "stage2"
+        assert len(detail.series.group) == 16 and detail.series.stage == "stage2"
+        assert detail.series.group.sources == ["qnli", "sst2", "mnli"]  # not the target rte
         text = screen_text(app)
         assert "Group at step" in text and "TS" in text and "Group timeline" in text
         await pilot.press("i")

@@ -64,6 +64,13 @@ def test_group_track_state_changes_and_membership():
     assert track.membership(10) == [[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]]
 
 
+def test_group_track_ignores_the_targets_own_scale():
+    track = GroupTrack()  # the engine reports the target's scale too (here "t"): it is no source
+    track.add(group(1, [("a", 0.9), ("b", -0.2)], ["a"], scales={"t": 1.0, "a": 1.1, "b": 0.9}))
+    assert track.sources == ["a", "b"]
+    assert track.state(0).scales == {"a": pytest.approx(1.1), "b": pytest.approx(0.9)}
+
+
 def test_group_track_new_source_later_and_resume():
     track = GroupTrack()
     track.add(group(1, [("a", 0.9)], ["a"]))

@@ -1,7 +1,11 @@
-"""Synthetic run folders for the dashboard's tests and benchmark (deterministic, standard library only).
+"""Generated run folders for the dashboard's scale benchmark (`benchmarks/tui_scale.py`) only.
 
-They follow DESIGN §3/§4 exactly (config.json, events.jsonl with explicit times, worker.log), but their
-numbers are made up: real recorded runs live under `tests/fixtures/runs/`.
+Recording 500 runs, or a stage-2 run with a 100,000-line events file, with the real engine would take
+hours, so the benchmark generates them: the folders follow DESIGN §3/§4 exactly (config.json,
+events.jsonl with one `step` and one `group` event per step, evals, run_finished), but every number in
+them (losses, similarities, metrics, times) is made up. Only the sizes and the shape matter for what the
+benchmark measures. Tests use the runs recorded with the real engine in `tests/fixtures/runs/` instead.
+Deterministic, standard library only.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine.runfolder import CONFIG, EVENTS, LOG, TPV
+from dtvg_engine.runfolder import CONFIG, EVENTS
 
 T0 = 1_750_000_000.0
-"""2025-06-15 15:06:40 UTC: the start of every synthetic timeline."""
+"""2025-06-15 15:06:40 UTC: the start of every generated timeline."""
 
 DEAD_PID = 2**22 + 12345
 """A pid beyond Linux's default pid_max: never alive."""
@@ -148,55 +152,6 @@ def training_events(
             }
         )
     return events
-
-
-def write_tpv(run_dir: Path, seed: int, shape: tuple[int, int] = (8, 16)) -> Path:
-    """A made-up `[r, d]` task prompt vector as tpv.safetensors (numpy, no torch)."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(seed)
-    common = np.random.default_rng(99).normal(size=shape)
-    path = Path(run_dir) / TPV
-    save_file({"tpv": (common + rng.normal(size=shape)).astype(np.float32)}, str(path))
-    return path
-
-
-def make_demo_runs(runs_dir: Path) -> list[Path]:
-    """Five finished runs: three stage-1 runs, a failed one and a stage-2 DTVG run with group events."""
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    made = []
-    for i, task in enumerate(("mnli", "qnli", "sst2")):
-        run_id = f"20250615-1500{i:02d}-stage1-{task}"
-        config = stage1_config(task)
-        made.append(
-            write_run(runs_dir, run_id, config, training_events(run_id, config, 60, T0 + 100 * i, seed=i))
-        )
-        write_tpv(made[-1], seed=i)
-    run_id = "20250615-150300-stage1-rte"
-    config = stage1_config("rte")
-    events = training_events(
-        run_id, config, 25, T0 + 300, status="failed", error="RuntimeError: loss is NaN at step 25"
-    )
-    failed = write_run(runs_dir, run_id, config, events)
-    (failed / LOG).write_text(
-        "loading model tiny-llama\nstep 24 loss 0.81\nTraceback (most recent call last):\n"
-        '  File "worker.py", line 1\nRuntimeError: loss is NaN at step 25\n'
-    )
-    made.append(failed)
-    run_id = "20250615-150400-stage2-rte-dtvg"
-    config = stage2_config("rte", ["mnli", "qnli", "sst2"])
-    config["stage1_runs"] = {run.name.rsplit("-", 1)[1]: str(run.resolve()) for run in made[:3]}
-    made.append(
-        write_run(
-            runs_dir,
-            run_id,
-            config,
-            training_events(run_id, config, 60, T0 + 400, sources=["mnli", "qnli", "sst2"], seed=7),
-        )
-    )
-    return made
 
 
 def make_scale_runs(runs_dir: Path, count: int = 500, big_lines: int = 100_000) -> Path:

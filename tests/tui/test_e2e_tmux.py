@@ -1,6 +1,6 @@
 """End to end: the installed `dtvg-tui` in tmux launches a tiny stage-1 run from the form and sees it finish.
 
-Needs tmux and the real worker (tiny random Llama, bundled data); takes about a minute, so it is slow.
+Needs tmux and the real worker (tiny random Llama, bundled data); about 15 s, so it runs with the fast suite.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
-
-pytestmark = pytest.mark.slow
 
 SESSION = f"dtvg-e2e-{os.getpid()}"
 

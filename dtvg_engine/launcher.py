@@ -27,6 +27,24 @@ def _reap() -> None:
     _children[:] = [child for child in _children if child.poll() is None]
 
 
+def spawn_detached(command: list[str], log_path: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+    """Start `command` in its own session (process group), output appended to `log_path`.
+
+    Kept in `_children` so it is reaped when it exits.
+    """
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _children.append(child)
+    return child
+
+
 def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = None) -> int:
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
@@ -35,16 +53,7 @@ def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = N
     _reap()
     run_dir = Path(run_dir)
     command = command or [sys.executable, "-m", "dtvg_engine.worker", str(run_dir)]
-    with open(run_dir / LOG, "ab") as log:
-        worker = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _children.append(worker)
+    worker = spawn_detached(command, run_dir / LOG)
     tmp = run_dir / f".{PIDFILE}.tmp"
     tmp.write_text(f"{worker.pid}\n")
     os.replace(tmp, run_dir / PIDFILE)

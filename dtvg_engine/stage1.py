@@ -54,15 +54,21 @@ def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> 
     return prompt
 
 
-def run(
-    run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
-) -> Outcome:
+def prepare(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
+    """What every run starts from: the backbone, the task's splits, and the shared P_init with its id."""
     backbone = load_backbone(config["model"], config["device"])
-    task = tasks.get_task(config["task"])
-    splits = load_task_data(run_dir, config, events, task.name)
+    splits = load_task_data(run_dir, config, events, task_name)
     p_init, init_id = shared_init(
         Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"]
     )
+    return backbone, splits, p_init, init_id
+
+
+def run(
+    run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
+) -> Outcome:
+    task = tasks.get_task(config["task"])
+    backbone, splits, p_init, init_id = prepare(run_dir, config, events, task.name)
     tuner = SoftPrompt(start_prompt(config, p_init, init_id))
     scorer = LabelScorer(backbone, task, config["max_input_tokens"])
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)

@@ -11,15 +11,14 @@ import torch
 from safetensors.torch import save_file
 
 from dtvg_engine import tasks, tpv
-from dtvg_engine.backbones import Backbone, load_backbone
+from dtvg_engine.backbones import Backbone
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
-from dtvg_engine.prompts import shared_init
 from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV
 from dtvg_engine.scoring import LabelScorer
-from dtvg_engine.stage1 import load_task_data
+from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, fit, linear_schedule
 
 
@@ -87,12 +86,8 @@ def mix_prompt(
 def run(
     run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
 ) -> Outcome:
-    backbone = load_backbone(config["model"], config["device"])
     target = tasks.get_task(config["target"])
-    splits = load_task_data(run_dir, config, events, target.name)
-    p_init, init_id = shared_init(
-        Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"]
-    )
+    backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
     tpvs = load_vectors(config, init_id)
     method = config["method"]
     if method == "mix":

@@ -18,6 +18,22 @@ def data_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def llama():
+    """The tiny random Llama (one per test module, so no test sees another's changes)."""
+    from dtvg_engine.backbones import load_backbone
+
+    return load_backbone("tiny-llama", "cpu")
+
+
+@pytest.fixture(scope="module")
+def t5():
+    """The tiny random T5, one per test module."""
+    from dtvg_engine.backbones import load_backbone
+
+    return load_backbone("tiny-t5", "cpu")
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     """An empty runs directory for one test."""

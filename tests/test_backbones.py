@@ -10,16 +10,6 @@ from dtvg_engine.backbones import cache_dir, check_model_name, load_backbone, re
 from dtvg_engine.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return load_backbone("tiny-llama", "cpu")
-
-
-@pytest.fixture(scope="module")
-def t5():
-    return load_backbone("tiny-t5", "cpu")
-
-
 def test_tiny_llama_is_a_frozen_causal_lm(llama):
     assert not llama.is_seq2seq
     assert llama.hidden_size == 64

@@ -7,18 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dtvg_engine.backbones import load_backbone
 from dtvg_engine.prompts import TOP_VOCAB, init_id, sample_init, shared_init
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return load_backbone("tiny-llama", "cpu")
-
-
-@pytest.fixture(scope="module")
-def t5():
-    return load_backbone("tiny-t5", "cpu")
 
 
 def _token_ids(backbone, prompt: torch.Tensor) -> list[int]:

@@ -13,22 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from dtvg_engine import tasks
-from dtvg_engine.backbones import load_backbone
 from dtvg_engine.data import load_splits
 from dtvg_engine.scoring import LabelScorer
 
 PROMPT_LENGTH = 6
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return load_backbone("tiny-llama", "cpu")
-
-
-@pytest.fixture(scope="module")
-def t5():
-    return load_backbone("tiny-t5", "cpu")
 
 
 @pytest.fixture(scope="module")

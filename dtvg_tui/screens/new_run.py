@@ -8,7 +8,6 @@ group, exactly as `dtvg run … --detach` does.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from textual.widgets import (
 )
 
 from dtvg_engine import config as configs
-from dtvg_engine import tasks
+from dtvg_engine import launcher, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import TPV, create_run
 from dtvg_tui import keys
@@ -311,8 +310,6 @@ class NewRunScreen(Screen[None]):
     @on(Button.Pressed, "#pl-launch")
     def action_launch(self) -> None:
         """Validate the visible tab and launch it."""
-        from dtvg_engine import launcher
-
         tab = self.query_one("#new-run-tabs", TabbedContent).active
         error = self.query_one("#new-run-error", Static)
         try:
@@ -356,15 +353,7 @@ class NewRunScreen(Screen[None]):
             "--runs-dir",
             str(Path(self.app.runs_dir).resolve()),
         ]
-        with open(log_path, "ab") as log:
-            subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                close_fds=True,
-            )
+        launcher.spawn_detached(command, log_path)
         self.notify(f"Pipeline started; its runs appear here as they start (log: {log_path})")
         self.dismiss()
 

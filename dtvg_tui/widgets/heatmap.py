@@ -33,9 +33,9 @@ class Heatmap(Static):
         table = Table(box=None, padding=(0, 0), show_edge=False)
         table.add_column("", style="bold", no_wrap=True)
         for name in names:
-            table.add_column(name[:7], justify="center", width=8, no_wrap=True)
+            table.add_column(name[:8], justify="right", width=9, no_wrap=True)
         for name, row in zip(names, matrix, strict=True):
-            table.add_row(name, *(Text(f"{v:+.3f}", style=cell_style(v, low, high)) for v in row))
+            table.add_row(name, *(Text(f"{v:+.4g} ", style=cell_style(v, low, high)) for v in row))
         self.update(table)
 
     def show_error(self, message: str) -> None:

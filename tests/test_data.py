@@ -109,6 +109,19 @@ def test_csv_files_are_read_too(tmp_path: Path) -> None:
     assert len(splits.train) == 6 and splits.split_info["files"]["train"].endswith("train.csv")
 
 
+def test_parquet_files_are_read_too(tmp_path: Path, data_dir: Path) -> None:
+    from datasets import Dataset
+
+    folder = tmp_path / "rte"
+    folder.mkdir()
+    real = load_splits("rte", data_dir).train[:10]
+    Dataset.from_list(real).to_parquet(str(folder / "train.parquet"))
+    write_jsonl(folder / "validation.jsonl", RTE_ROWS)
+    splits = load_splits("rte", tmp_path)
+    assert splits.split_info["files"]["train"].endswith("train.parquet")
+    assert [row["sentence1"] for row in splits.train] == [row["sentence1"] for row in real]
+
+
 def one_line(error: pytest.ExceptionInfo[UserError]) -> str:
     message = str(error.value)
     assert "\n" not in message

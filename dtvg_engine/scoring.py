@@ -90,9 +90,11 @@ class LabelScorer:
         device = self.backbone.device
         input_ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
         prompt = prompt.to(device=device, dtype=self.backbone.model.dtype)
-        if self.backbone.is_seq2seq:
-            return self._seq2seq_logits(prompt, input_ids, mask)
-        return self._causal_logits(prompt, input_ids, mask, batch.answer_index.to(device))
+        # bf16 autocast on a GPU (DESIGN §8); the CPU path stays in float32.
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if self.backbone.is_seq2seq:
+                return self._seq2seq_logits(prompt, input_ids, mask)
+            return self._causal_logits(prompt, input_ids, mask, batch.answer_index.to(device))
 
     def _causal_logits(
         self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, answer_index: torch.Tensor

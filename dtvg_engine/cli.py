@@ -107,7 +107,7 @@ def run_stage1(
     settings["init_prompt"] = str(init_prompt.resolve()) if init_prompt else None
     if init_prompt:
         _check_init_prompt(init_prompt, configs.init_id(model, prompt_length, init_seed))
-    planned = [configs.stage1_config(task, root, **settings) for task in tasks]
+    planned = [configs.stage1_config(task, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
     run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]

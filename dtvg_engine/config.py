@@ -103,7 +103,7 @@ def check_training(settings: dict[str, Any]) -> None:
     check_model_name(settings["model"])
 
 
-def stage1_config(task: str, runs_dir: str | Path, **overrides: Any) -> dict[str, Any]:
+def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
     """The resolved config of a stage-1 run of `task` (unknown keys are refused)."""
     unknown = set(overrides) - set(TRAINING_DEFAULTS)
     if unknown:
@@ -118,7 +118,6 @@ def stage1_config(task: str, runs_dir: str | Path, **overrides: Any) -> dict[str
         "method": "pt",
         "task": task,
         "primary_metric": spec.primary,
-        "runs_dir": str(Path(runs_dir).resolve()),
         "created": time.time(),
         **settings,
     }
@@ -228,9 +227,9 @@ def stage2_config(
         "stage": "stage2",
         "target": target,
         "sources": list(sources) if method != "pt" else [],
-        "stage1_runs": {task: str(path.resolve()) for task, path in stage1_runs.items()},
+        # by run id, resolved in the run's own runs directory: a runs directory can be moved whole
+        "stage1_runs": {task: path.name for task, path in stage1_runs.items()},
         "primary_metric": spec.primary,
-        "runs_dir": str(Path(runs_dir).resolve()),
         "created": time.time(),
         **settings,
         "method": method,

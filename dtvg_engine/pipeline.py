@@ -145,14 +145,12 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
     plan1 = []
     for task in spec["sources"]:
         plan1.append(
-            _reuse_or_create(
-                runs_dir, "stage1", task, configs.stage1_config(task, runs_dir, **shared, **stage1)
-            )
+            _reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
         )
     target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
     if any(m in configs.NEEDS_TARGET_TPV for m in spec["methods"]):
         for task in spec["targets"]:
-            config = configs.stage1_config(task, runs_dir, **shared, **target_stage1)
+            config = configs.stage1_config(task, **shared, **target_stage1)
             plan1.append(_reuse_or_create(runs_dir, "stage1", task, config))
     _execute(plan1, jobs, report)
 

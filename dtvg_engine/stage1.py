@@ -58,9 +58,7 @@ def prepare(run_dir: Path, config: dict[str, Any], events: EventWriter, task_nam
     """What every run starts from: the backbone, the task's splits, and the shared P_init with its id."""
     backbone = load_backbone(config["model"], config["device"])
     splits = load_task_data(run_dir, config, events, task_name)
-    p_init, init_id = shared_init(
-        Path(config["runs_dir"]), backbone, config["prompt_length"], config["init_seed"]
-    )
+    p_init, init_id = shared_init(run_dir.parent, backbone, config["prompt_length"], config["init_seed"])
     return backbone, splits, p_init, init_id
 
 

@@ -22,7 +22,7 @@ from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, fit, linear_schedule
 
 
-def load_vectors(config: dict[str, Any], init_id: str) -> dict[str, torch.Tensor]:
+def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[str, torch.Tensor]:
     """The stage-1 TPVs this run transfers from, refusing any made from another initialization."""
     tpvs, metas = (
         {},
@@ -35,8 +35,8 @@ def load_vectors(config: dict[str, Any], init_id: str) -> dict[str, torch.Tensor
             }
         ],
     )
-    for task, run_dir in config["stage1_runs"].items():
-        tpvs[task], meta = tpv.load_tpv(Path(run_dir) / TPV)
+    for task, run_id in config["stage1_runs"].items():
+        tpvs[task], meta = tpv.load_tpv(runs_dir / Path(run_id).name / TPV)
         metas.append(meta)
     tpv.check_compatible(metas)
     return tpvs
@@ -88,7 +88,7 @@ def run(
 ) -> Outcome:
     target = tasks.get_task(config["target"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
-    tpvs = load_vectors(config, init_id)
+    tpvs = load_vectors(config, init_id, run_dir.parent)
     method = config["method"]
     if method == "mix":
         tuner, note = (

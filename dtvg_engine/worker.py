@@ -42,7 +42,7 @@ def run_worker(run_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    history = History(Path(config.get("runs_dir") or run_dir.parent))
+    history = History(run_dir.parent)
     label_key = "task" if config["stage"] == "stage1" else "target"
     started = time.time()
     with EventWriter(run_dir / EVENTS) as events:

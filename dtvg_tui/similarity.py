@@ -30,29 +30,18 @@ def similarity_matrix(vectors: list[Any]) -> list[list[float]]:
     return ((sums @ sums.T) / (r * r)).tolist()
 
 
-def stage1_tpvs(config: dict[str, Any], runs_dir: Path | None = None) -> dict[str, Path]:
+def stage1_tpvs(config: dict[str, Any], runs_dir: Path) -> dict[str, Path]:
     """Task → tpv.safetensors of the stage-1 runs a stage-2 config names (target first when it has one).
 
-    A recorded path that no longer exists (a runs directory moved or copied) is looked up by run id in
-    `runs_dir`.
+    `stage1_runs` names runs by id, found in the stage-2 run's own runs directory.
     """
     runs = config.get("stage1_runs") or {}
     target = config.get("target")
     ordered = sorted(runs, key=lambda task: (task != target, task))
-    paths = {}
-    for task in ordered:
-        path = Path(runs[task]) / TPV
-        if (
-            not path.is_file()
-            and runs_dir is not None
-            and (Path(runs_dir) / path.parent.name / TPV).is_file()
-        ):
-            path = Path(runs_dir) / path.parent.name / TPV
-        paths[task] = path
-    return paths
+    return {task: Path(runs_dir) / Path(runs[task]).name / TPV for task in ordered}
 
 
-def load_matrix(config: dict[str, Any], runs_dir: Path | None = None) -> tuple[list[str], list[list[float]]]:
+def load_matrix(config: dict[str, Any], runs_dir: Path) -> tuple[list[str], list[list[float]]]:
     """Names and similarity matrix of the run's stage-1 vectors (UserError when a file is missing)."""
     from dtvg_engine.tpv_numpy import load_tpv_numpy
 

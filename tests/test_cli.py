@@ -119,7 +119,7 @@ def test_unknown_run_is_exit_2(runs_dir):
 @pytest.fixture
 def pending_run(runs_dir, data_dir) -> Path:
     """A created run folder whose worker never started (no events, no TPV)."""
-    config = stage1_config("rte", runs_dir, model="tiny-llama", prompt_length=4, data_dir=str(data_dir))
+    config = stage1_config("rte", model="tiny-llama", prompt_length=4, data_dir=str(data_dir))
     return create_run(runs_dir, "stage1", "rte", config)
 
 

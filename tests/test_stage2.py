@@ -25,7 +25,7 @@ def stage1_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pat
     """Finished stage-1 runs of three sources and the target, shared by this module's tests."""
     runs = tmp_path_factory.mktemp("runs")
     for task in [*SOURCES, "rte"]:
-        config = configs.stage1_config(task, runs, steps=4, data_dir=str(data_dir), **TINY)
+        config = configs.stage1_config(task, steps=4, data_dir=str(data_dir), **TINY)
         assert run_worker(create_run(runs, "stage1", task, config)) == 0
     return runs
 
@@ -121,9 +121,7 @@ def test_stage2_bad_input_is_refused(stage1_runs: Path, data_dir: Path, args: li
 
 
 def test_tpv_of_another_init_is_refused(stage1_runs: Path, data_dir: Path, tmp_path: Path) -> None:
-    other = configs.stage1_config(
-        "cola", stage1_runs, steps=2, data_dir=str(data_dir), **{**TINY, "prompt_length": 2}
-    )
+    other = configs.stage1_config("cola", steps=2, data_dir=str(data_dir), **{**TINY, "prompt_length": 2})
     run_dir = create_run(stage1_runs, "stage1", "cola", other)
     assert run_worker(run_dir) == 0
     result = dtvg_cli(

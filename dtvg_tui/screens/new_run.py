@@ -240,7 +240,7 @@ class NewRunScreen(Screen[None]):
         if not chosen:
             raise UserError("pick at least one task (space in the task list)")
         settings = self._settings("s1")
-        return [configs.stage1_config(task, self.app.runs_dir, **settings) for task in chosen]
+        return [configs.stage1_config(task, **settings) for task in chosen]
 
     def stage2_config(self) -> dict[str, Any]:
         """The config the Stage 2 tab describes (UserError when it is incomplete or invalid)."""

@@ -1,0 +1,37 @@
+"""`dtvg`: the headless command line (DESIGN §6).
+
+Exit codes: 0 ok, 1 a run failed, 2 bad input. Bad input is a `UserError`, printed as one line.
+Heavy imports (torch, transformers) happen inside the commands that need them, so listing runs is quick.
+One module per command group: `run` (and `demo`), `runs`, `tpv`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dtvg_engine.cli.run import demo, run_app
+from dtvg_engine.cli.runs import runs_app
+from dtvg_engine.cli.tpv import tpv_app
+from dtvg_engine.errors import UserError
+
+app = typer.Typer(
+    help="DTVG Studio: multi-task soft-prompt transfer, headless.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(run_app, name="run")
+app.add_typer(runs_app, name="runs")
+app.add_typer(tpv_app, name="tpv")
+app.command("demo")(demo)
+
+
+def main() -> None:
+    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

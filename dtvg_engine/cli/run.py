@@ -1,0 +1,201 @@
+"""`dtvg run ...` and `dtvg demo`: create runs and start their workers, in the foreground or detached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dtvg_engine import config as configs
+from dtvg_engine import launcher
+from dtvg_engine.cli.common import RunsDir, out, runs_root
+from dtvg_engine.cli.runs import show_table
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import create_run, find_run, summarize
+
+run_app = typer.Typer(
+    help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True
+)
+
+
+@run_app.command("stage1")
+def run_stage1(
+    tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
+    model: Annotated[
+        str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")
+    ] = "smollm2-135m",
+    prompt_length: Annotated[int, typer.Option(help="Soft prompt tokens r.")] = 100,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 0.3,
+    k_shot: Annotated[int | None, typer.Option(help="Train on K examples (class-stratified).")] = None,
+    eval_every: Annotated[int, typer.Option(help="Validate every E steps.")] = 25,
+    max_eval: Annotated[int, typer.Option(help="Cap validation/test examples.")] = 200,
+    max_input_tokens: Annotated[int, typer.Option(help="Truncate inputs (from the left) to this.")] = 64,
+    seed: Annotated[int, typer.Option(help="Data split, sampling and batch-order seed.")] = 0,
+    init_seed: Annotated[int, typer.Option(help="Seed of the shared prompt initialization.")] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    init_prompt: Annotated[
+        Path | None, typer.Option(help="Start from a prompt written by `dtvg tpv combine`.")
+    ] = None,
+    runs_dir: RunsDir = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Start workers in the background and return.")
+    ] = False,
+    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+) -> None:
+    """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
+    from dtvg_engine.data import default_data_dir, load_splits
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    root = runs_root(runs_dir)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    settings = _training_settings(locals(), data)
+    settings["init_prompt"] = str(init_prompt.resolve()) if init_prompt else None
+    if init_prompt:
+        _check_init_prompt(init_prompt, configs.init_id(model, prompt_length, init_seed))
+    planned = [configs.stage1_config(task, **settings) for task in tasks]
+    for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
+        load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
+    _start(run_dirs, detach, jobs)
+
+
+def _check_init_prompt(path: Path, wanted: str) -> None:
+    """Refuse a `tpv combine` prompt made on another init before any run is created."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            made_from = (f.metadata() or {}).get("init_id")
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"--init-prompt {path}: not a prompt written by `dtvg tpv combine` ({exc})") from exc
+    if made_from != wanted:
+        raise UserError(f"--init-prompt {path} was made on init {made_from}; this run uses {wanted}")
+
+
+def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
+    """The training settings among a command's options (same names as `config.TRAINING_DEFAULTS`)."""
+    settings = {key: options[key] for key in configs.TRAINING_DEFAULTS if key in options}
+    settings["data_dir"] = str(data.resolve())
+    return settings
+
+
+def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
+    """Launch created runs in the background, or follow them here until they end."""
+    if detach:
+        for run_dir in run_dirs:
+            launcher.launch_worker(run_dir)
+            print(run_dir.name)
+        return
+    from dtvg_engine.watch import run_foreground
+
+    statuses = run_foreground(run_dirs, jobs)
+    show_table([summarize(d).to_dict() for d in run_dirs])
+    if any(s != "completed" for s in statuses):
+        for run_dir, status in zip(run_dirs, statuses, strict=True):
+            if status == "failed":
+                out.print(f"[red]{run_dir.name} failed:[/red] {summarize(run_dir).error}")
+        raise typer.Exit(1)
+
+
+@run_app.command("stage2")
+def run_stage2(
+    target: Annotated[str, typer.Option(help="The low-resource target task.")],
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(configs.METHODS)}.")] = "dtvg",
+    sources: Annotated[str, typer.Option(help="Source tasks, comma-separated.")] = "",
+    tpv: Annotated[
+        list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
+    ] = None,
+    grouping: Annotated[
+        str, typer.Option(help="dtvg grouping: greedy (Algorithm 2), prefix, exhaustive.")
+    ] = "greedy",
+    lam: Annotated[float, typer.Option("--lambda", help="λ of TS + λ·KC (exhaustive grouping).")] = 1.0,
+    source_scale_lr: Annotated[float, typer.Option(help="Learning rate of the source scales.")] = 0.4,
+    model: Annotated[str, typer.Option(help="Must match the stage-1 runs.")] = "smollm2-135m",
+    prompt_length: Annotated[int, typer.Option()] = 100,
+    steps: Annotated[int, typer.Option()] = 100,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate of the target prompt and its scale.")] = 0.3,
+    k_shot: Annotated[int | None, typer.Option(help="Train on K target examples.")] = None,
+    eval_every: Annotated[int, typer.Option()] = 25,
+    max_eval: Annotated[int, typer.Option()] = 200,
+    max_input_tokens: Annotated[int, typer.Option()] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    init_seed: Annotated[int, typer.Option()] = 0,
+    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    runs_dir: RunsDir = None,
+    detach: Annotated[bool, typer.Option("--detach")] = False,
+) -> None:
+    """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
+    from dtvg_engine.data import default_data_dir, load_splits
+
+    root = runs_root(runs_dir)
+    data = Path(data_dir) if data_dir else default_data_dir()
+    config = configs.stage2_config(
+        target,
+        [s.strip() for s in sources.split(",") if s.strip()],
+        method,
+        root,
+        tpv_runs=tpv,
+        grouping=grouping,
+        source_scale_lr=source_scale_lr,
+        **{"lambda": lam},
+        **_training_settings(locals(), data),
+    )
+    load_splits(target, data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    _start([create_run(root, "stage2", f"{target}-{method}", config)], detach, 1)
+
+
+@run_app.command("pipeline")
+def run_pipeline(
+    experiment: Annotated[Path, typer.Argument(help="An experiment TOML file.")],
+    runs_dir: RunsDir = None,
+    jobs: Annotated[int | None, typer.Option(help="Runs at once (overrides the file).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+) -> None:
+    """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed."""
+    from dtvg_engine.pipeline import markdown, run_pipeline
+
+    root = runs_root(runs_dir)
+    results = run_pipeline(experiment, root, jobs, str(data_dir.resolve()) if data_dir else None)
+    for line in results["report"]:
+        out.print(line, markup=False, highlight=False)
+    out.print(markdown(results), markup=False, highlight=False)
+    out.print(f"results: {root / (results['name'] + '-results.md')} and .json")
+
+
+def demo(
+    runs_dir: RunsDir = None,
+    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+) -> None:
+    """A complete small experiment on the bundled model and data: 3 sources, target rte, pt vs dtvg."""
+    from importlib.resources import files
+
+    from dtvg_engine.data import BUNDLED_DATA_DIR
+
+    experiment = Path(str(files("dtvg_engine") / "experiments" / "demo.toml"))
+    run_pipeline(experiment, runs_dir, jobs, BUNDLED_DATA_DIR)
+    out.print(
+        "open the dashboard to look at the runs: dtvg-tui" + (f" --runs-dir {runs_dir}" if runs_dir else "")
+    )
+
+
+@run_app.command("resume")
+def run_resume(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],
+    runs_dir: RunsDir = None,
+    detach: Annotated[bool, typer.Option("--detach")] = False,
+) -> None:
+    """Continue a stopped or killed run from its last checkpoint."""
+    run_dir = find_run(runs_root(runs_dir), run)
+    status = summarize(run_dir).status
+    if status not in ("stopped", "killed", "failed"):
+        raise UserError(f"run {run_dir.name} is {status}; only stopped, killed or failed runs can be resumed")
+    _start([run_dir], detach, 1)

@@ -1,0 +1,209 @@
+"""`dtvg runs ...`: the history of runs (list, show, compare, export, stop, rm, tag, note)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dtvg_engine import launcher
+from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
+from dtvg_engine.errors import UserError
+from dtvg_engine.history import History
+from dtvg_engine.runfolder import find_run, read_config, summarize, tail_log, update_meta
+
+runs_app = typer.Typer(
+    help="The history of runs: list, show, compare, export, stop, rm, tag.", no_args_is_help=True
+)
+
+
+COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "best_metric", "step", "tags")
+
+
+def show_table(docs: list[dict[str, Any]]) -> None:
+    table = Table()
+    for key in COLUMNS:
+        table.add_column(key, no_wrap=key in ("run_id", "status", "step"))
+    for doc in docs:
+        cells = []
+        for key in COLUMNS:
+            value = doc.get(key)
+            if key == "best_metric" and value is not None:
+                value = f"{value:.4f}"
+            elif key == "tags":
+                value = ",".join(value or [])
+            elif key == "step":
+                value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+            cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    out.print(table)
+
+
+@runs_app.command("list")
+def runs_list(
+    runs_dir: RunsDir = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every run in the history index (rebuilt from the run folders when needed)."""
+    docs = History(runs_root(runs_dir)).all()
+    if status:
+        docs = [d for d in docs if d["status"] == status]
+    print_json(docs) if as_json else show_table(docs)
+
+
+@runs_app.command("show")
+def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> None:
+    """One run: its summary, config and, if it failed, the end of its log."""
+    run_dir = find_run(runs_root(runs_dir), run)
+    doc = summarize(run_dir).to_dict()
+    doc["config"] = read_config(run_dir)
+    if as_json:
+        print_json(doc)
+        return
+    for key, value in doc.items():
+        if key != "config":
+            out.print(f"[bold]{key}[/bold]: {value}")
+    out.print_json(data=doc["config"])
+    if doc["status"] in ("failed", "killed"):
+        out.print("[bold]worker.log (last lines)[/bold]")
+        for line in tail_log(run_dir):
+            out.print(line, markup=False, highlight=False)
+
+
+@runs_app.command("stop")
+def runs_stop(
+    run: str, runs_dir: RunsDir = None, kill: Annotated[bool, typer.Option("--kill")] = False
+) -> None:
+    """Stop a detached run: it checkpoints and ends as `stopped` (--kill ends its whole process group now)."""
+    run_dir = find_run(runs_root(runs_dir), run)
+    sent = launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)
+    if not sent:
+        raise UserError(f"run {run_dir.name} is not running ({summarize(run_dir).status})")
+    print(f"{'killed' if kill else 'stopping'} {run_dir.name}")
+
+
+@runs_app.command("rm")
+def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
+    """Delete a finished run's folder and its history entry."""
+    root = runs_root(runs_dir)
+    run_dir = find_run(root, run)
+    status = summarize(run_dir).status
+    if status in ("running", "pending"):
+        raise UserError(f"run {run_dir.name} is {status}; stop it first with `dtvg runs stop {run_dir.name}`")
+    shutil.rmtree(run_dir)
+    History(root).remove(run_dir.name)
+    print(f"removed {run_dir.name}")
+
+
+@runs_app.command("tag", context_settings={"ignore_unknown_options": True})
+def runs_tag(
+    run: str,
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (prefix with - to remove).")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Add or remove tags of a run."""
+    from dtvg_engine.runfolder import read_meta
+
+    root = runs_root(runs_dir)
+    run_dir = find_run(root, run)
+    current = list(read_meta(run_dir).get("tags", []))
+    for tag in tags:
+        if tag.startswith("-"):
+            current = [t for t in current if t != tag[1:]]
+        elif tag not in current:
+            current.append(tag)
+    update_meta(run_dir, tags=current)
+    History(root).upsert(run_dir)
+    print(" ".join(current))
+
+
+@runs_app.command("note")
+def runs_note(run: str, note: str, runs_dir: RunsDir = None) -> None:
+    """Set the free-text note of a run."""
+    root = runs_root(runs_dir)
+    run_dir = find_run(root, run)
+    update_meta(run_dir, note=note)
+    History(root).upsert(run_dir)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more runs.")],
+    runs_dir: RunsDir = None,
+    all_keys: Annotated[
+        bool, typer.Option("--all", help="Show every config key, not only differing ones.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: best validation and test metrics, and the config keys that differ."""
+    root = runs_root(runs_dir)
+    if len(runs) < 2:
+        raise UserError("give at least two runs to compare")
+    dirs = [find_run(root, ref) for ref in runs]
+    configs_ = [read_config(d) for d in dirs]
+    summaries = [summarize(d).to_dict() for d in dirs]
+    tests = [_test_metrics(d) for d in dirs]
+    keys = sorted({k for c in configs_ for k in c} - {"run_id", "created"})
+    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs_}) > 1]
+    shown = keys if all_keys else differing
+    if as_json:
+        print_json(
+            [
+                {"run_id": d.name, "summary": s, "test": t, "config": {k: c.get(k) for k in shown}}
+                for d, s, t, c in zip(dirs, summaries, tests, configs_, strict=True)
+            ]
+        )
+        return
+    table = Table("", *(d.name for d in dirs))
+    table.add_row("status", *(s["status"] for s in summaries))
+    table.add_row("best validation", *(_fmt(s["best_metric"]) for s in summaries))
+    for metric in sorted({m for t in tests for m in t}):
+        table.add_row(f"test {metric}", *(_fmt(t.get(metric)) for t in tests))
+    for key in shown:
+        table.add_row(key, *(json.dumps(c.get(key)) for c in configs_))
+    out.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _test_metrics(run_dir: Path) -> dict[str, float]:
+    """The test-split metrics a completed run reported last."""
+    from dtvg_engine.events import read_events
+    from dtvg_engine.runfolder import EVENTS
+
+    events, _ = read_events(run_dir / EVENTS)
+    tests = [e["metrics"] for e in events if e["type"] == "eval" and e.get("split") == "test"]
+    return tests[-1] if tests else {}
+
+
+@runs_app.command("export")
+def runs_export(
+    out_file: Annotated[Path, typer.Option("--out", help="A .json or .csv file.")],
+    runs_dir: RunsDir = None,
+) -> None:
+    """Write the history index, with each run's test metrics, to JSON or CSV."""
+    import csv
+
+    root = runs_root(runs_dir)
+    docs = History(root).all()
+    rows = [{**doc, "test": _test_metrics(Path(doc["run_dir"]))} for doc in docs]
+    if out_file.suffix == ".json":
+        out_file.write_text(json.dumps(rows, indent=2, default=str))
+    elif out_file.suffix == ".csv":
+        with open(out_file, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["run_id"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+                )
+    else:
+        raise UserError(f"--out {out_file}: use a .json or .csv file name")
+    print(f"wrote {len(rows)} runs to {out_file}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,12 +68,25 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
         return
     for key, value in doc.items():
         if key != "config":
-            out.print(f"[bold]{key}[/bold]: {value}")
+            out.print(f"[bold]{key}[/bold]: {_readable(key, value)}", highlight=False)
     out.print_json(data=doc["config"])
     if doc["status"] in ("failed", "killed"):
         out.print("[bold]worker.log (last lines)[/bold]")
         for line in tail_log(run_dir):
             out.print(line, markup=False, highlight=False)
+
+
+def _readable(key: str, value: Any) -> str:
+    """Summary values as a person reads them: local dates, rounded seconds, plain lists."""
+    if value is None:
+        return "—"
+    if key in ("started", "ended"):
+        return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+    if key == "duration":
+        return f"{value:.0f} s"
+    if key == "tags":
+        return ", ".join(value)
+    return str(value)
 
 
 @runs_app.command("stop")

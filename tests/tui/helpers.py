@@ -113,3 +113,52 @@ def split_at_step(events: list[dict[str, Any]], step: int) -> int:
             break
         index += 1
     return index
+
+
+# ----- real workers -----
+
+
+async def wait_until(pilot, check, timeout: float, what: str, interval: float = 0.25):  # noqa: ANN001, ANN201
+    """Let the app run until `check()` returns something truthy (returned); fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await pilot.pause(interval)
+        result = check()
+        if result:
+            return result
+    raise AssertionError(f"not {what} within {timeout} s")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group `pgid`, read from /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, …
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(proc.name))
+    return members
+
+
+def kill_group(pgid: int | None) -> None:
+    """SIGKILL process group `pgid` if anything of it is left (cleanup of a test's workers)."""
+    import os
+    import signal
+
+    if pgid:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def worker_log(run_dir: Path) -> str:
+    """The tail of a run's worker.log, for failure messages."""
+    log = Path(run_dir) / "worker.log"
+    return log.read_text(errors="replace")[-3000:] if log.is_file() else "(no worker.log)"

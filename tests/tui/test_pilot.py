@@ -2,7 +2,8 @@
 
 The recordings (tests/fixtures/runs, copied per test): stage 1 on mnli, qnli, rte and sst2 (12 steps),
 stage 2 on rte with `dtvg` (16 steps, a group event each) and `pt`, and a stage-1 cb run that failed
-("loss became nan at step 3"). Live, killed and stopped runs are made from them (see helpers.py).
+("loss became nan at step 3"). Live, killed and stopped runs are made from them (see helpers.py);
+the New run forms and stop / kill / resume drive real tiny workers (`python -m dtvg_engine.worker`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import os
 import re
 from pathlib import Path
 
-import pytest
-
 from dtvg_engine import launcher
+from dtvg_engine.config import stage1_config
 from dtvg_engine.events import EventWriter
-from dtvg_engine.runfolder import read_meta
+from dtvg_engine.runfolder import create_run, read_meta
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runtable import COLUMN_KEYS
 from dtvg_tui.screens.compare import CompareScreen
@@ -28,7 +28,20 @@ from dtvg_tui.screens.new_run import NewRunScreen
 from dtvg_tui.screens.runs import RunsScreen
 
 from .conftest import settle
-from .helpers import clone_run, replay, run_id, screen_text, split_at_step, sync, write_events
+from .helpers import (
+    clone_run,
+    group_members,
+    kill_group,
+    recorded_events,
+    replay,
+    run_id,
+    screen_text,
+    split_at_step,
+    sync,
+    wait_until,
+    worker_log,
+    write_events,
+)
 
 SIZE = (150, 40)
 
@@ -278,106 +291,191 @@ async def test_user_keymap_rebinds(recorded_runs: Path):
         assert isinstance(app.screen, RunDetailScreen)
 
 
-@sync
-async def test_new_run_stage1_validates_and_launches(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
-    launched: list[Path] = []
-    monkeypatch.setattr(
-        launcher, "launch_worker", lambda run_dir, command=None: launched.append(run_dir) or 4242
+WORKER_TIMEOUT = 60.0
+"""Seconds a real tiny worker may take to load torch, train a few steps and finish (about 10 s idle)."""
+
+
+def new_runs(runs: Path, before: set[str]) -> list[Path]:
+    """The run folders created in `runs` since `before` (its folder names then)."""
+    return sorted(
+        p for p in runs.iterdir() if p.is_dir() and p.name not in before and not p.name.startswith("_")
     )
-    app = app_for(recorded_runs)
-    async with app.run_test(size=(120, 60)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        form = app.screen
-        assert isinstance(form, NewRunScreen)
-        await pilot.press("ctrl+l")
-        assert "pick at least one task" in str(form.query_one("#new-run-error").render())
-        form.query_one("#s1-tasks").select("rte")
-        form.query_one("#s1-steps").value = "0"
-        await pilot.pause()
-        assert "steps" in str(form.query_one("#new-run-error").render())
-        form.query_one("#s1-steps").value = "5"
-        form.query_one("#s1-model").value = "tiny-llama"
-        await pilot.pause()
-        assert str(form.query_one("#new-run-error").render()).strip() == ""
-        await pilot.press("ctrl+l")
-        await pilot.pause()
-        assert isinstance(app.screen, RunsScreen)
-        assert len(launched) == 1 and launched[0].name.endswith("-stage1-rte")
-        config = json.loads((launched[0] / "config.json").read_text())
-        assert config["steps"] == 5 and config["model"] == "tiny-llama" and config["task"] == "rte"
+
+
+async def wait_for_status(pilot, run: str, statuses: tuple[str, ...], run_dir: Path) -> str:  # noqa: ANN001
+    """Wait until the Runs screen shows `run` in one of `statuses` (failing at once when it failed)."""
+    runs = pilot.app.runs_screen
+
+    def status() -> str | None:
+        summary = runs.summaries.get(run)
+        current = summary.status if summary else None
+        if current == "failed" and "failed" not in statuses:
+            raise AssertionError(f"{run} failed:\n{worker_log(run_dir)}")
+        return current if current in statuses else None
+
+    try:
+        return await wait_until(pilot, status, WORKER_TIMEOUT, f"{run} {'/'.join(statuses)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{worker_log(run_dir)}") from None
 
 
 @sync
-async def test_new_run_stage2_form(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
-    launched: list[Path] = []
-    monkeypatch.setattr(
-        launcher, "launch_worker", lambda run_dir, command=None: launched.append(run_dir) or 4242
-    )
-    app = app_for(recorded_runs)
-    async with app.run_test(size=(120, 60)) as pilot:
-        await settle(pilot)
-        await pilot.press("n")
-        form = app.screen
-        form.query_one("#new-run-tabs").active = "tab-stage2"
-        form.query_one("#s2-target").focus()
-        await pilot.pause()
-        assert form.query_one("#s2-init").value == ("tiny-llama", 4, 0)  # the recorded runs' init
-        form.query_one("#s2-target").value = "cb"
-        await pilot.pause()
-        sources = form.query_one("#s2-sources")
-        assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "rte", "sst2"]
-        sources.select("qnli")
-        await pilot.press("ctrl+l")  # dtvg needs the target's own stage-1 vector: cb's run failed
-        assert not launched and "no finished stage-1 run of 'cb'" in str(
-            form.query_one("#new-run-error").render()
-        )
-        form.query_one("#s2-target").value = "mnli"
-        await pilot.pause()
-        assert sorted(o.value for o in sources.options) == ["qnli", "rte", "sst2"]
-        sources.select("sst2")
-        await pilot.pause()
-        await pilot.press("ctrl+l")
-        await pilot.pause()
-        assert len(launched) == 1, form.query_one("#new-run-error").render()
-        config = json.loads((launched[0] / "config.json").read_text())
-        assert config["stage"] == "stage2" and config["sources"] == ["qnli", "sst2"]
-        assert set(config["stage1_runs"]) == {"mnli", "qnli", "sst2"}
+async def test_new_run_stage1_validates_and_launches(runs_dir: Path, data_dir: Path):
+    """The Stage 1 tab refuses an incomplete form, then launches a real tiny worker that completes."""
+    app = app_for(runs_dir)
+    pgids: list[int] = []
+    try:
+        async with app.run_test(size=(120, 60)) as pilot:
+            await settle(pilot)
+            await pilot.press("n")
+            form = app.screen
+            assert isinstance(form, NewRunScreen)
+            await pilot.press("ctrl+l")
+            assert "pick at least one task" in str(form.query_one("#new-run-error").render())
+            form.query_one("#s1-tasks").select("mnli")
+            form.query_one("#s1-steps").value = "0"
+            await pilot.pause()
+            assert "steps" in str(form.query_one("#new-run-error").render())
+            for field, value in {
+                "model": "tiny-llama",
+                "prompt_length": "4",
+                "steps": "3",
+                "k_shot": "16",
+                "max_eval": "16",
+                "data_dir": str(data_dir),
+            }.items():
+                form.query_one(f"#s1-{field}").value = value
+            await pilot.pause()
+            assert str(form.query_one("#new-run-error").render()).strip() == ""
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            assert isinstance(app.screen, RunsScreen), str(form.query_one("#new-run-error").render())
+            (run_dir,) = new_runs(runs_dir, set())
+            pgids.append(int((run_dir / "worker.pid").read_text()))
+            assert run_dir.name.endswith("-stage1-mnli")
+            config = json.loads((run_dir / "config.json").read_text())
+            assert (config["steps"], config["model"], config["task"]) == (3, "tiny-llama", "mnli")
+            assert (config["prompt_length"], config["k_shot"], config["max_eval"]) == (4, 16, 16)
+            assert config["data_dir"] == str(data_dir.resolve())
+            await wait_for_status(pilot, run_dir.name, ("completed",), run_dir)
+            assert (run_dir / "tpv.safetensors").is_file()
+            await pilot.pause(0.5)
+            assert "completed" in screen_text(app) and "3/3" in screen_text(app)
+    finally:
+        for pgid in pgids:
+            kill_group(pgid)
 
 
 @sync
-async def test_stop_kill_resume_confirmations(recorded_runs: Path, monkeypatch: pytest.MonkeyPatch):
-    calls: list[tuple[str, str]] = []
-    monkeypatch.setattr(launcher, "stop_run", lambda d: calls.append(("stop", Path(d).name)) or True)
-    monkeypatch.setattr(launcher, "kill_run", lambda d: calls.append(("kill", Path(d).name)) or True)
-    monkeypatch.setattr(
-        launcher, "launch_worker", lambda d, command=None: calls.append(("resume", Path(d).name)) or 1
-    )
-    live = "20261125-190000-stage1-sst2"
-    run_dir, events = clone_run(recorded_runs, "stage1-sst2", live)
-    with EventWriter(run_dir / "events.jsonl") as writer:  # a worker (this process) half-way through
-        replay(writer, events[: split_at_step(events, 6)], pid=os.getpid())
-    stopped = "20261125-100000-stage1-qnli"
-    run_dir, events = clone_run(recorded_runs, "stage1-qnli", stopped)
-    with EventWriter(run_dir / "events.jsonl") as writer:  # what the worker writes on SIGTERM
-        replay(writer, events[: split_at_step(events, 8)])
-        writer.emit("run_finished", status="stopped", summary={"best_metric": 0.5, "steps": 8}, error=None)
+async def test_new_run_stage2_form(recorded_runs: Path, data_dir: Path):
+    """The Stage 2 tab offers the recorded stage-1 runs and launches a real dtvg worker on them."""
+    before = {p.name for p in recorded_runs.iterdir()}
     app = app_for(recorded_runs)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        runs = app.screen
-        assert runs.current_id == live and runs.summaries[stopped].status == "stopped"
-        await pilot.press("s")
-        assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("n")
-        await pilot.press("k")
-        await pilot.press("y")
-        await pilot.press("s", "y")
-        assert calls == [("kill", live), ("stop", live)]
-        await pilot.press("u")  # a running run does not resume
-        assert len(calls) == 2
-        move_to(app, stopped)
-        await pilot.press("u")
-        assert calls[-1] == ("resume", stopped)
-        await pilot.press("s")  # a stopped run cannot be stopped
-        assert not isinstance(app.screen, ConfirmScreen)
+    pgids: list[int] = []
+    try:
+        async with app.run_test(size=(120, 60)) as pilot:
+            await settle(pilot)
+            await pilot.press("n")
+            form = app.screen
+            form.query_one("#new-run-tabs").active = "tab-stage2"
+            form.query_one("#s2-target").focus()
+            await pilot.pause()
+            assert form.query_one("#s2-init").value == ("tiny-llama", 4, 0)  # the recorded runs' init
+            assert form.query_one("#s2-method").value == "dtvg"
+            form.query_one("#s2-target").value = "cb"
+            await pilot.pause()
+            sources = form.query_one("#s2-sources")
+            assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "rte", "sst2"]
+            sources.select("qnli")
+            await pilot.press("ctrl+l")  # dtvg needs the target's own stage-1 vector: cb's run failed
+            assert isinstance(app.screen, NewRunScreen)
+            assert "no finished stage-1 run of 'cb'" in str(form.query_one("#new-run-error").render())
+            assert not new_runs(recorded_runs, before)
+            form.query_one("#s2-target").value = "rte"
+            await pilot.pause()
+            assert sorted(o.value for o in sources.options) == ["mnli", "qnli", "sst2"]
+            sources.select("mnli")
+            sources.select("sst2")
+            for field, value in {
+                "steps": "3",
+                "k_shot": "16",
+                "max_eval": "16",
+                "data_dir": str(data_dir),
+            }.items():
+                form.query_one(f"#s2-{field}").value = value
+            await pilot.pause()
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            assert isinstance(app.screen, RunsScreen), str(form.query_one("#new-run-error").render())
+            (run_dir,) = new_runs(recorded_runs, before)
+            pgids.append(int((run_dir / "worker.pid").read_text()))
+            assert run_dir.name.endswith("-stage2-rte-dtvg")
+            config = json.loads((run_dir / "config.json").read_text())
+            assert (config["stage"], config["method"], config["target"]) == ("stage2", "dtvg", "rte")
+            assert sorted(config["sources"]) == ["mnli", "qnli", "sst2"] and config["steps"] == 3
+            assert set(config["stage1_runs"]) == {"mnli", "qnli", "sst2", "rte"}
+            await wait_for_status(pilot, run_dir.name, ("completed",), run_dir)
+            types = [e["type"] for e in recorded_events(run_dir)]
+            assert types.count("step") == 3 and "group" in types, types
+    finally:
+        for pgid in pgids:
+            kill_group(pgid)
+
+
+@sync
+async def test_stop_kill_resume_confirmations(runs_dir: Path, data_dir: Path):
+    """A real long worker: stop (confirmed) checkpoints it, resume runs it again, kill ends its group."""
+    config = stage1_config(
+        "sst2",
+        model="tiny-llama",
+        prompt_length=4,
+        steps=2000,
+        eval_every=500,
+        k_shot=16,
+        max_eval=16,
+        data_dir=str(data_dir),
+    )
+    run_dir = create_run(runs_dir, "stage1", "sst2", config)
+    live = run_dir.name
+    pgids = [launcher.launch_worker(run_dir)]
+
+    def stepped_since(count: int):  # noqa: ANN202
+        return lambda: sum(e["type"] == "step" for e in recorded_events(run_dir)) > count
+
+    app = app_for(runs_dir)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            runs = app.screen
+            assert runs.current_id == live
+            await wait_until(pilot, stepped_since(0), WORKER_TIMEOUT, "stepping", interval=0.5)
+            assert runs.summaries[live].status == "running"
+            await pilot.press("u")  # a running run does not resume
+            assert not isinstance(app.screen, ConfirmScreen)
+            await pilot.press("s")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")  # declined: nothing happens
+            await pilot.pause(0.5)
+            assert runs.summaries[live].status == "running"
+            await pilot.press("s", "y")
+            await wait_for_status(pilot, live, ("stopped",), run_dir)
+            assert (run_dir / "checkpoint" / "state.pt").is_file()
+            assert launcher.wait_for_exit(pgids[0], 5) and not group_members(pgids[0])
+            await pilot.press("s")  # a stopped run cannot be stopped
+            assert not isinstance(app.screen, ConfirmScreen)
+            steps = sum(e["type"] == "step" for e in recorded_events(run_dir))
+            await pilot.press("u")  # resume: no confirmation, a new worker
+            pgids.append(int((run_dir / "worker.pid").read_text()))
+            assert pgids[1] != pgids[0]
+            await wait_for_status(pilot, live, ("pending", "running"), run_dir)
+            await wait_until(pilot, stepped_since(steps), WORKER_TIMEOUT, "stepping again", interval=0.5)
+            assert runs.summaries[live].status == "running"
+            await pilot.press("k")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await wait_for_status(pilot, live, ("killed",), run_dir)
+            assert launcher.wait_for_exit(pgids[1], 5) and not group_members(pgids[1])
+            assert recorded_events(run_dir)[-1]["type"] != "run_finished"  # SIGKILL: no last word
+    finally:
+        for pgid in pgids:
+            kill_group(pgid)

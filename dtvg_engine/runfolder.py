@@ -308,29 +308,45 @@ def _duration(events: list[dict[str, Any]]) -> float | None:
 def summarize(run_dir: str | os.PathLike[str]) -> RunSummary:
     """Summarize a run from its config.json, meta.json, events.jsonl and worker.pid."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
     events, _ = read_events(run_dir / EVENTS)
-    pidfile = run_dir / PIDFILE
-    launched_pid = read_pid(run_dir)
-    try:
-        launched_at = pidfile.stat().st_mtime if launched_pid is not None else None
-    except OSError:
-        launched_at = None
-
-    lifecycle = [e for e in events if e["type"] in ("run_started", "run_finished")]
-    starts = [e for e in lifecycle if e["type"] == "run_started"]
     steps = [e for e in events if e["type"] == "step"]
     bests = [e for e in events if e["type"] == "eval" and e.get("best")]
+    best = bests[-1].get("primary") if bests else None
+    return build_summary(
+        run_dir,
+        read_config(run_dir),
+        read_meta(run_dir),
+        lifecycle=[e for e in events if e["type"] in ("run_started", "run_finished")],
+        step=int(steps[-1].get("step", 0)) if steps else 0,
+        best=float(best) if isinstance(best, (int, float)) else None,
+        duration=_duration(events),
+    )
+
+
+def build_summary(
+    run_dir: Path,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    lifecycle: list[dict[str, Any]],
+    step: int,
+    best: float | None,
+    duration: float | None,
+) -> RunSummary:
+    """A run's summary from what its events say (the dashboard folds them incrementally, `summarize`
+    reads them whole) plus its config, meta and pidfile."""
+    launched_pid = read_pid(run_dir)
+    try:
+        launched_at = (run_dir / PIDFILE).stat().st_mtime if launched_pid is not None else None
+    except OSError:
+        launched_at = None
+    starts = [e for e in lifecycle if e["type"] == "run_started"]
     first_start = starts[0] if starts else {}
     last_start = starts[-1] if starts else {}
-    status = derive_status(events, launched_pid, launched_at)
+    status = derive_status(lifecycle, launched_pid, launched_at)
     finish = lifecycle[-1] if status in TERMINAL_STATUSES else None
     stage = str(config.get("stage") or first_start.get("stage") or "")
     task_key = "target" if stage == "stage2" else "task"
-    meta = read_meta(run_dir)
     total_steps = config.get("steps")
-    best = bests[-1].get("primary") if bests else None
-
     return RunSummary(
         run_id=run_dir.name,
         stage=stage,
@@ -338,16 +354,16 @@ def summarize(run_dir: str | os.PathLike[str]) -> RunSummary:
         task=str(config.get(task_key) or first_start.get(task_key) or ""),
         model=str(config.get("model") or ""),
         status=status,
-        best_metric=float(best) if isinstance(best, (int, float)) else None,
+        best_metric=best,
         metric_name=config.get("primary_metric"),
-        step=int(steps[-1].get("step", 0)) if steps else 0,
+        step=step,
         total_steps=int(total_steps) if isinstance(total_steps, (int, float)) else None,
         started=first_start.get("time"),
         ended=finish["time"] if finish else None,
-        duration=_duration(events),
+        duration=duration,
         pid=launched_pid if status == "pending" else last_start.get("pid") or launched_pid,
         error=finish.get("error") if finish else None,
-        tags=meta["tags"],
-        note=meta["note"],
+        tags=meta.get("tags", []),
+        note=meta.get("note", ""),
         run_dir=str(run_dir),
     )

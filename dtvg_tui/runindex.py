@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import TERMINAL_STATUSES, parse_lines
+from dtvg_engine.events import parse_lines
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
     EVENTS,
     META,
     PIDFILE,
     RunSummary,
-    derive_status,
+    build_summary,
     list_run_dirs,
     read_config,
     read_meta,
-    read_pid,
 )
 
 _SUMMARY_FIELDS = {f.name for f in fields(RunSummary)}
@@ -168,42 +167,14 @@ class _Tracked:
 
     def summarize(self) -> RunSummary:
         """The same summary as `runfolder.summarize`, from the folded state."""
-        config = self.config
-        launched_pid = read_pid(self.run_dir)
-        launched_at = None
-        if launched_pid is not None:
-            mtime = _mtime(self.run_dir / PIDFILE)
-            launched_at = mtime / 1e9 if mtime is not None else None
-        lifecycle = self.lifecycle
-        starts = [e for e in lifecycle if e["type"] == "run_started"]
-        first_start = starts[0] if starts else {}
-        last_start = starts[-1] if starts else {}
-        status = derive_status(lifecycle, launched_pid, launched_at)
-        finish = lifecycle[-1] if status in TERMINAL_STATUSES else None
-        stage = str(config.get("stage") or first_start.get("stage") or "")
-        task_key = "target" if stage == "stage2" else "task"
-        total_steps = config.get("steps")
-        return RunSummary(
-            run_id=str(config.get("run_id") or self.run_dir.name),
-            stage=stage,
-            method=str(
-                config.get("method") or first_start.get("method") or ("pt" if stage == "stage1" else "")
-            ),
-            task=str(config.get(task_key) or first_start.get(task_key) or ""),
-            model=str(config.get("model") or ""),
-            status=status,
-            best_metric=self.best,
-            metric_name=config.get("primary_metric"),
+        return build_summary(
+            self.run_dir,
+            self.config,
+            self.meta,
+            self.lifecycle,
             step=self.step,
-            total_steps=int(total_steps) if isinstance(total_steps, (int, float)) else None,
-            started=first_start.get("time"),
-            ended=finish["time"] if finish else None,
+            best=self.best,
             duration=self.duration(),
-            pid=launched_pid if status == "pending" else last_start.get("pid") or launched_pid,
-            error=finish.get("error") if finish else None,
-            tags=self.meta.get("tags", []),
-            note=self.meta.get("note", ""),
-            run_dir=str(self.run_dir),
         )
 
 

@@ -35,7 +35,7 @@ from dtvg_engine import config as configs
 from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_events
-from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, summarize
+from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
 
 TOP_KEYS = {
     "name",
@@ -104,10 +104,15 @@ def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 def _reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:
-    """An existing run with these settings (and its status), or a new run folder ("new")."""
+    """An existing run with these settings (and its status), or a new run folder ("new").
+
+    A run that was queued by an earlier, interrupted pipeline but never launched (no worker pid) counts
+    as new, so it is run this time.
+    """
     for run_dir in reversed(list_run_dirs(runs_dir)):
         if _same_settings(read_config(run_dir), wanted):
-            return run_dir, summarize(run_dir).status
+            status = summarize(run_dir).status
+            return run_dir, "new" if status == "pending" and read_pid(run_dir) is None else status
     return create_run(runs_dir, stage, label, wanted), "new"
 
 

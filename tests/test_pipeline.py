@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +37,9 @@ max_eval = 16
 eval_every = 3
 k_shot = 16
 """
+
+ONE_RUN_STUDY = STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
+"""The same study with a single stage-2 run."""
 
 
 def pipeline(experiment: Path, runs: Path, data_dir: Path) -> subprocess.CompletedProcess:
@@ -81,6 +86,27 @@ def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {killed.name} (killed)" in result.stdout
     assert summarize(killed).status == "completed"
+
+
+def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(
+    tmp_path: Path, runs_dir: Path, data_dir: Path
+) -> None:
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(
+        STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
+    )
+    assert pipeline(experiment, runs_dir, data_dir).returncode == 0
+    (queued,) = [r for r in list_run_dirs(runs_dir) if read_config(r)["stage"] == "stage2"]
+    assert wait_for_exit(read_pid(queued), timeout=30)
+    # What a pipeline stopped before launching this run leaves: the folder and its config, nothing else.
+    for name in os.listdir(queued):
+        if name != "config.json":
+            path = queued / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert summarize(queued).status == "pending"
+    result = pipeline(experiment, runs_dir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summarize(queued).status == "completed"
 
 
 @pytest.mark.parametrize(

@@ -71,9 +71,7 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
 
 def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
     experiment = tmp_path / "tiny.toml"
-    experiment.write_text(
-        STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
-    )
+    experiment.write_text(ONE_RUN_STUDY)
     assert pipeline(experiment, runs_dir, data_dir).returncode == 0
     (killed,) = [r for r in list_run_dirs(runs_dir) if read_config(r)["stage"] == "stage2"]
     assert wait_for_exit(read_pid(killed), timeout=30)  # the worker may still be exiting after its last event
@@ -92,9 +90,7 @@ def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(
     tmp_path: Path, runs_dir: Path, data_dir: Path
 ) -> None:
     experiment = tmp_path / "tiny.toml"
-    experiment.write_text(
-        STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
-    )
+    experiment.write_text(ONE_RUN_STUDY)
     assert pipeline(experiment, runs_dir, data_dir).returncode == 0
     (queued,) = [r for r in list_run_dirs(runs_dir) if read_config(r)["stage"] == "stage2"]
     assert wait_for_exit(read_pid(queued), timeout=30)

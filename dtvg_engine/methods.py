@@ -109,17 +109,28 @@ def baseline_init(
         return p_init, "pt: prompt tuning from the shared initialization"
     if method == "tpv-sum":
         return p_init + sum(tpvs[s] for s in sources), f"tpv-sum: P_init + Σ TPV of {', '.join(sources)}"
-    target = tpvs[config["target"]]
-    if method == "spot":  # SPoT: cosine of mean-pooled prompts P* = P_init + T
-        scores = {
-            s: float(torch.cosine_similarity((p_init + tpvs[s]).mean(0), (p_init + target).mean(0), dim=0))
-            for s in sources
-        }
-    else:  # tpv-top1: eq. 2 on the task prompt vectors
-        scores = {s: grouping.sim(tpvs[s], target) for s in sources}
-    best = max(scores, key=lambda s: (scores[s], s))
-    ranking = ", ".join(f"{s} {v:.4g}" for s, v in sorted(scores.items(), key=lambda kv: -kv[1]))
+    ranked = rank_sources(method, sources, p_init, tpvs, config["target"])
+    best = ranked[0][0]
+    ranking = ", ".join(f"{s} {v:.4g}" for s, v in ranked)
     return p_init + tpvs[best], f"{method}: initialised from {best}'s prompt (similarities: {ranking})"
+
+
+def rank_sources(
+    method: str, sources: list[str], p_init: Tensor, tpvs: dict[str, Tensor], target: str
+) -> list[tuple[str, float]]:
+    """How a one-for-one method ranks the sources for a target, best first (ties by name).
+
+    `spot` scores by SPoT's cosine of mean-pooled prompts P* = P_init + T, `tpv-top1` by DTVG's eq. 2 on
+    the task prompt vectors.
+    """
+    if method == "spot":
+        anchor = (p_init + tpvs[target]).mean(0)
+        scores = {
+            s: float(torch.cosine_similarity((p_init + tpvs[s]).mean(0), anchor, dim=0)) for s in sources
+        }
+    else:
+        scores = {s: grouping.sim(tpvs[s], tpvs[target]) for s in sources}
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
 
 
 def build_tuner(

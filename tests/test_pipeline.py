@@ -68,6 +68,35 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert list_run_dirs(runs_dir) == runs  # nothing retrained
     assert again.stdout.count("reused") == 7
 
+    table = tmp_path / "results" / "tiny.json"
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtvg_engine.cli",
+            "runs",
+            "report",
+            str(experiment),
+            "--runs-dir",
+            str(runs_dir),
+        ]
+        + ["--json-out", str(table)],
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert json.loads(table.read_text())["rows"] == [
+        {k: row[k] for k in ("target", "method", "mean", "std", "seeds")} for row in results["rows"]
+    ]
+    text = report.stdout
+    assert "# Study `tiny`: 4 finished stage-2 runs" in text
+    assert re.search(r"\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+", text)  # pt; bold if best
+    tables, groups = text.split("## Source groups of `dtvg`")
+    for task in ("mnli", "sst2", "rte"):  # stage 1 and both similarity matrices list every task
+        assert len(re.findall(rf"^\| {task} \|", tables, flags=re.M)) == 3
+    per_seed = re.findall(r"^\| rte \| [01] \| 1: ", groups, flags=re.M)  # each seed's group from step 1
+    assert len(per_seed) == 2
+
 
 def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
     experiment = tmp_path / "tiny.toml"

@@ -1,4 +1,4 @@
-"""`dtvg runs ...`: the history of runs (list, show, compare, export, stop, rm, tag, note)."""
+"""`dtvg runs ...`: the history of runs (list, show, compare, report, export, stop, rm, tag, note)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dtvg_engine.history import History
 from dtvg_engine.runfolder import find_run, read_config, summarize, tail_log, update_meta
 
 runs_app = typer.Typer(
-    help="The history of runs: list, show, compare, export, stop, rm, tag.", no_args_is_help=True
+    help="The history of runs: list, show, compare, report, export, stop, rm, tag.", no_args_is_help=True
 )
 
 
@@ -195,6 +195,27 @@ def _test_metrics(run_dir: Path) -> dict[str, float]:
     events, _ = read_events(run_dir / EVENTS)
     tests = [e["metrics"] for e in events if e["type"] == "eval" and e.get("split") == "test"]
     return tests[-1] if tests else {}
+
+
+@runs_app.command("report")
+def runs_report(
+    experiment: Annotated[Path, typer.Argument(help="The study's experiment file (TOML).")],
+    runs_dir: RunsDir = None,
+    json_out: Annotated[
+        Path | None, typer.Option(help="Also write the table as JSON rows: target, method, mean, std, seeds.")
+    ] = None,
+) -> None:
+    """A study's finished runs as Markdown: scores, stage 1, similarities, source picks, groups."""
+    from dtvg_engine.pipeline import load_experiment
+    from dtvg_engine.report import report
+
+    text, results = report(load_experiment(experiment), runs_root(runs_dir))
+    if json_out:
+        keys = ("target", "method", "mean", "std", "seeds")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{k: row[k] for k in keys} for row in results["rows"]]
+        json_out.write_text(json.dumps({"name": results["name"], "rows": rows}, indent=2) + "\n")
+    typer.echo(text)
 
 
 @runs_app.command("export")

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from textual.screen import Screen
+
 from dtvg_engine import launcher
 from dtvg_engine.config import stage1_config
 from dtvg_engine.events import EventWriter
@@ -54,6 +56,15 @@ def move_to(app: DtvgApp, run: str) -> None:
     runs = app.screen
     assert isinstance(runs, RunsScreen)
     runs.query_one("#runs-table").move_cursor(row=runs.shown.index(run))
+
+
+async def open_recorded(pilot, runs: Path, suffix: str, key: str) -> Screen:
+    """Put the Runs screen's cursor on the recorded run `suffix`, press `key`; the screen it leads to."""
+    await settle(pilot)
+    move_to(pilot.app, run_id(runs, suffix))
+    await pilot.press(key)
+    await settle(pilot)
+    return pilot.app.screen
 
 
 @sync
@@ -115,11 +126,7 @@ async def test_tag_and_note(recorded_runs: Path):
 async def test_detail_follow_and_steps(recorded_runs: Path):
     app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        move_to(app, run_id(recorded_runs, "stage2-rte-dtvg"))
-        await pilot.press("enter")
-        await settle(pilot)
-        detail = app.screen
+        detail = await open_recorded(pilot, recorded_runs, "stage2-rte-dtvg", "enter")
         assert isinstance(detail, RunDetailScreen)
         text = screen_text(app)
         assert "step 16/16" in text and "Group at step 16" in text and "FOLLOW" in text
@@ -192,11 +199,7 @@ async def test_runs_started_elsewhere_appear(recorded_runs: Path):
 async def test_inspector_keys_and_heatmap(recorded_runs: Path):
     app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        move_to(app, run_id(recorded_runs, "stage2-rte-dtvg"))
-        await pilot.press("i")
-        await settle(pilot)
-        inspector = app.screen
+        inspector = await open_recorded(pilot, recorded_runs, "stage2-rte-dtvg", "i")
         assert isinstance(inspector, InspectorScreen)
         changes = inspector.series.group.changes
         assert list(changes) == [0, 2, 3, 4, 6]  # the recorded groups change at steps 3, 4, 5 and 7
@@ -225,10 +228,7 @@ async def test_inspector_keys_and_heatmap(recorded_runs: Path):
 async def test_inspector_refuses_stage1(recorded_runs: Path):
     app = app_for(recorded_runs)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        move_to(app, run_id(recorded_runs, "stage1-rte"))
-        await pilot.press("i")
-        assert isinstance(app.screen, RunsScreen)
+        assert isinstance(await open_recorded(pilot, recorded_runs, "stage1-rte", "i"), RunsScreen)
 
 
 @sync

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -37,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
 
-from dtvg_engine.backbones import DEFAULT_MODEL, load_backbone
+from dtvg_engine.backbones import load_backbone
 from dtvg_engine.config import STAGE2_DEFAULTS, TRAINING_DEFAULTS
 from dtvg_engine.data import load_splits
 from dtvg_engine.events import EventWriter
@@ -48,6 +46,8 @@ from dtvg_engine.prompts import shared_init
 from dtvg_engine.scoring import Batch, LabelScorer
 from dtvg_engine.tasks import get_task
 from dtvg_engine.training import Tuner, batch_indices, linear_schedule
+
+from common import COUNTS, default_data_dir, parse_timing_args, setup, sync, timing_parser
 
 MAX_INPUT_TOKENS = TRAINING_DEFAULTS["max_input_tokens"]
 TARGET = "rte"
@@ -59,11 +59,6 @@ TPV_SHARED = 0.3
 PHASES = ("prompt", "forward", "backward", "update", "events")
 LIGHT_PHASES = ("prompt", "update", "events")
 """The phases that do no model work: their dtvg - pt difference is the grouping and merging overhead."""
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("DTVG_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def synthetic_tpvs(p_init: torch.Tensor, names: Sequence[str], seed: int) -> dict[str, torch.Tensor]:
@@ -119,13 +114,13 @@ class Trainer:
         t2 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _sync(self.device)
+        sync(self.device)
         t3 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(self.params, self.config["max_grad_norm"])
         self.optimizer.step()
         self.schedule.step()
         speed = batch_size / (time.perf_counter() - started)
-        _sync(self.device)
+        sync(self.device)
         t4 = time.perf_counter()
         if group is not None:
             self.events.emit("group", step=step, **group)
@@ -138,53 +133,29 @@ class Trainer:
                 self.phases[name].append(b - a)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_grouping(trainer: Trainer, repeats: int) -> float:
     """Mean ms of `step_prompt` alone (grouping, P_mix and the event's fields) over `repeats` calls."""
     tuner = trainer.tuner
     started = time.perf_counter()
     for i in range(repeats):
         tuner.step_prompt(trainer.step + 1 + i)
-    _sync(trainer.device)
+    sync(trainer.device)
     return 1000 * (time.perf_counter() - started) / repeats
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser = timing_parser(__doc__.split("\n\n")[0], steps=32, block=2)
     parser.add_argument("--sources", type=int, default=len(SOURCES), help=f"1..{len(SOURCES)} (default 6)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=32, help="timed steps of each (default 32)")
-    parser.add_argument("--block", type=int, default=2, help="steps per timed block (default 2)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first (default 1)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--k-shot", type=int, default=None, help="train rows to sample from (default all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    args = parser.parse_args(argv)
-    for name in ("sources", "batch_size", "prompt_length", "steps", "block", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    args = parse_timing_args(parser, argv, counts=("sources", *COUNTS))
     if args.sources > len(SOURCES):
         parser.error(f"--sources must be at most {len(SOURCES)} ({', '.join(SOURCES)})")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    hf_logging.disable_progress_bar()
-    say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    say = setup(args)
 
     backbone = load_backbone(args.model, args.device)
     device = backbone.device
@@ -234,13 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.warmup):
             pt.train_step(batches[i], record=False)
             dtvg.train_step(batches[i], record=False)
-        _sync(device)
+        sync(device)
 
         def timed(trainer: Trainer, first: int) -> float:
             started = time.perf_counter()
             for i in range(first, first + args.block):
                 trainer.train_step(batches[i], record=True)
-            _sync(device)
+            sync(device)
             return args.block * args.batch_size / (time.perf_counter() - started)
 
         rates: dict[str, list[float]] = {"pt": [], "dtvg": []}

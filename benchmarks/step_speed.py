@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-from transformers.utils import logging as hf_logging
 
-from dtvg_engine.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from dtvg_engine.backbones import Backbone, load_backbone
 from dtvg_engine.config import TRAINING_DEFAULTS
 from dtvg_engine.data import load_splits
 from dtvg_engine.prompts import sample_init
@@ -41,13 +38,10 @@ from dtvg_engine.scoring import Batch, LabelScorer
 from dtvg_engine.tasks import get_task
 from dtvg_engine.training import SoftPrompt, batch_indices
 
+from common import default_data_dir, parse_timing_args, setup, sync, timing_parser
+
 MAX_INPUT_TOKENS = 64
 IGNORE = -100
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("DTVG_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @dataclass
@@ -112,41 +106,16 @@ def train_step(
     optimizer.step()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=100)
+    parser = timing_parser(__doc__.split("\n\n")[0], steps=6, block=1)
     parser.add_argument("--task", default="rte")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps of each (default 6)")
-    parser.add_argument("--block", type=int, default=1, help="steps per timed block (default 1)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first (default 1)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "prompt_length", "steps", "block", "threads"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    return args
+    return parse_timing_args(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    hf_logging.disable_progress_bar()
+    say = setup(args)
     warnings.filterwarnings("ignore", category=FutureWarning)  # peft asks a deprecated transformers API
-    say = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     lr, weight_decay = TRAINING_DEFAULTS["lr"], TRAINING_DEFAULTS["weight_decay"]
     max_norm = TRAINING_DEFAULTS["max_grad_norm"]
 

@@ -1,7 +1,7 @@
 """`dtvg run pipeline experiment.toml`: a whole study in one file, resumable across sessions.
 
-Stage 1 runs for every task the study needs (sources at the `[stage1]` settings, targets also with the
-target k-shot), reusing any finished run with the same settings; then stage 2 for every
+Stage 1 runs for every task the study needs (sources at the `[stage1]` settings; targets with the
+target k-shot, once per seed), reusing any finished run with the same settings; then stage 2 for every
 target × method × seed, again reusing finished runs and resuming stopped or killed ones. It ends with a
 results table: test primary metric, mean ± std over seeds per target and method, best method marked.
 
@@ -54,8 +54,9 @@ TOP_KEYS = {
 }
 SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device")
 """Top-level settings that apply to every run of the study."""
-IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "stage1_runs"}
-"""Config keys that differ between otherwise identical runs."""
+IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split"}
+"""Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
+from other stage-1 vectors is another run)."""
 
 
 def load_experiment(path: Path) -> dict[str, Any]:
@@ -152,25 +153,38 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
         plan1.append(
             _reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
         )
+    # A target's own vector is tuned per seed, on that seed's k-shot sample and split (the papers run
+    # each few-shot trial through both stages), so no trial sees another's shots or checks its T_t on
+    # rows that are another trial's test set.
     target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
+    target_runs: dict[tuple[str, int], Path] = {}
     if any(m in configs.NEEDS_TARGET_TPV for m in spec["methods"]):
         for task in spec["targets"]:
-            config = configs.stage1_config(task, **shared, **target_stage1)
-            plan1.append(_reuse_or_create(runs_dir, "stage1", task, config))
+            for seed in spec["seeds"]:
+                config = configs.stage1_config(task, **shared, **{**target_stage1, "seed": seed})
+                plan1.append(_reuse_or_create(runs_dir, "stage1", f"{task}-s{seed}", config))
+                target_runs[task, seed] = plan1[-1][0]
     _execute(plan1, jobs, report)
 
-    finished = [run_dir.name for run_dir, _ in plan1 if summarize(run_dir).status == "completed"]
+    finished = {run_dir for run_dir, _ in plan1 if summarize(run_dir).status == "completed"}
+    source_runs = [run_dir.name for run_dir, _ in plan1[: len(spec["sources"])] if run_dir in finished]
     plan2 = []
     for target in spec["targets"]:
         for method in spec["methods"]:
             for seed in spec["seeds"]:
+                own = target_runs.get((target, seed))
+                if method in configs.NEEDS_TARGET_TPV and own not in finished:
+                    report.append(
+                        f"skipped {target}/{method}/seed {seed}: stage-1 run of {target} did not finish"
+                    )
+                    continue
                 try:
                     wanted = configs.stage2_config(
                         target,
                         spec["sources"],
                         method,
                         runs_dir,
-                        finished,
+                        source_runs + ([own.name] if own in finished else []),
                         **shared,
                         **{**stage2, "seed": seed},
                     )

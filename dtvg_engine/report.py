@@ -28,15 +28,20 @@ class Study:
     spec: dict[str, Any]
     runs: dict[tuple[str, str, int], Path]
     """(target, method, seed) → the newest completed stage-2 run with the study's settings."""
-    stage1: dict[str, Path]
-    """Task → the stage-1 run those stage-2 runs used (sources first, then targets)."""
+    sources: dict[str, Path]
+    """Source task → the stage-1 run the stage-2 runs transferred from."""
+    targets: dict[tuple[str, int], Path]
+    """(target, seed) → the target's own stage-1 run for that seed (its vector T_t)."""
 
 
-def _belongs(config: dict[str, Any], spec: dict[str, Any]) -> bool:
+def _belongs(config: dict[str, Any], spec: dict[str, Any], runs_dir: Path) -> bool:
     if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
         return False  # methods that use no sources (pt) record none
     wanted = {key: spec[key] for key in SETTINGS if key in spec} | spec.get("stage2", {})
-    return all(config.get(key) == value for key, value in wanted.items())
+    if any(config.get(key) != value for key, value in wanted.items()):
+        return False
+    own = config["stage1_runs"].get(config["target"])  # T_t must come from this seed's own shots
+    return own is None or read_config(runs_dir / own).get("seed") == config["seed"]
 
 
 def find_study(spec: dict[str, Any], runs_dir: Path) -> Study:
@@ -49,16 +54,24 @@ def find_study(spec: dict[str, Any], runs_dir: Path) -> Study:
             key[0] in spec["targets"]
             and key[1] in spec["methods"]
             and key[2] in spec["seeds"]
-            and _belongs(config, spec)
+            and _belongs(config, spec, runs_dir)
             and summarize(run_dir).status == "completed"
         ):
             runs[key] = run_dir
-    stage1: dict[str, Path] = {}
-    for run_dir in runs.values():
+    sources: dict[str, Path] = {}
+    targets: dict[tuple[str, int], Path] = {}
+    for (target, _, seed), run_dir in runs.items():
         for task, run_id in read_config(run_dir)["stage1_runs"].items():
-            stage1.setdefault(task, runs_dir / run_id)
-    order = spec["sources"] + spec["targets"]
-    return Study(spec, runs, {task: stage1[task] for task in order if task in stage1})
+            if task == target:
+                targets[target, seed] = runs_dir / run_id
+            else:
+                sources[task] = runs_dir / run_id
+    return Study(
+        spec,
+        runs,
+        {task: sources[task] for task in spec["sources"] if task in sources},
+        {key: targets[key] for key in sorted(targets, key=lambda k: (spec["targets"].index(k[0]), k[1]))},
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -81,7 +94,7 @@ def results_section(results: dict[str, Any], spec: dict[str, Any]) -> list[str]:
             r = cell[target, method]
             text = "—" if r["mean"] is None else f"{_pct(r['mean'])} ± {_pct(r['std'])}"
             if r["mean"] is not None and r["seeds"] < len(spec["seeds"]):
-                text += f" ({r['seeds']} seeds)"
+                text += f" ({r['seeds']} of {len(spec['seeds'])} seeds)"
             row.append(f"**{text}**" if r.get("best") else text)
         rows.append(row)
     averages = ["average"]
@@ -93,31 +106,47 @@ def results_section(results: dict[str, Any], spec: dict[str, Any]) -> list[str]:
 
 
 def stage1_section(study: Study) -> list[str]:
-    """How well stage 1 learned each task: the vectors every transfer starts from."""
+    """How well stage 1 learned each task: the vectors every transfer starts from.
+
+    A target's stage-1 run is plain prompt tuning on its k shots for the stage-1 steps: its test score is
+    what the target reaches with no source at all.
+    """
     rows = []
-    for task, run_dir in study.stage1.items():
+    labelled = [(task, "source", run) for task, run in study.sources.items()]
+    labelled += [(task, f"target, seed {seed}", run) for (task, seed), run in study.targets.items()]
+    for task, role, run_dir in labelled:
         config, summary = read_config(run_dir), summarize(run_dir)
-        role = "source" if task in study.spec["sources"] else f"target ({config.get('k_shot')}-shot)"
+        shots = f"{config['k_shot']}-shot" if config.get("k_shot") else "full"
         test = pipeline.test_primary(run_dir)
         rows.append(
-            [task, role, f"`{run_dir.name}`", str(config["steps"]), _pct(summary.best_metric), _pct(test)]
+            [
+                task,
+                role,
+                shots,
+                f"`{run_dir.name}`",
+                str(config["steps"]),
+                _pct(summary.best_metric),
+                _pct(test),
+            ]
         )
-    return _table(["task", "role", "run", "steps", "best validation", "test"], rows)
+    return _table(["task", "role", "data", "run", "steps", "best validation", "test"], rows)
 
 
-def _vectors(study: Study) -> tuple[dict[str, Any], Any]:
-    """The stage-1 TPVs by task, and the shared P_init they were made from."""
+def _vectors(study: Study) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
+    """The sources' TPVs by task, the targets' by (task, seed), and the shared P_init they start from."""
     from safetensors.torch import load_file
 
     from dtvg_engine.tpv import load_tpv
 
-    vectors, init_ids = {}, set()
-    for task, run_dir in study.stage1.items():
-        vectors[task], meta = load_tpv(run_dir / TPV)
-        init_ids.add(meta["init_id"])
-    (init_id,) = init_ids  # the pipeline builds every run of a study from one initialization
-    runs_dir = next(iter(study.stage1.values())).parent
-    return vectors, load_file(runs_dir / INITS_DIR / f"{init_id}.safetensors")["prompt"]
+    loaded = {
+        run_dir: load_tpv(run_dir / TPV) for run_dir in [*study.sources.values(), *study.targets.values()]
+    }
+    (init_id,) = {meta["init_id"] for _, meta in loaded.values()}  # a study has one initialization
+    runs_dir = next(iter(loaded)).parent
+    p_init = load_file(runs_dir / INITS_DIR / f"{init_id}.safetensors")["prompt"]
+    sources = {task: loaded[run_dir][0] for task, run_dir in study.sources.items()}
+    targets = {key: loaded[run_dir][0] for key, run_dir in study.targets.items()}
+    return sources, targets, p_init
 
 
 def similarity_section(vectors: dict[str, Any]) -> list[str]:
@@ -130,20 +159,21 @@ def similarity_section(vectors: dict[str, Any]) -> list[str]:
     return lines
 
 
-def picks_section(study: Study, vectors: dict[str, Any], p_init: Any, results: dict[str, Any]) -> list[str]:
-    """Per target: how `tpv-top1` (eq. 2) and `spot` (prompt cosine) rank the sources, and what came of it."""
-    score = {(r["target"], r["method"]): r["mean"] for r in results["rows"]}
+def picks_section(
+    study: Study, sources: dict[str, Any], targets: dict[tuple[str, int], Any], p_init: Any
+) -> list[str]:
+    """Per target and seed: how `tpv-top1` (eq. 2) and `spot` (prompt cosine) rank the sources."""
     rows = []
-    for target in study.spec["targets"]:
-        if target not in vectors:
-            continue
-        row = [target]
+    for (target, seed), vector in targets.items():
+        vectors = {**sources, target: vector}
+        row = [target, str(seed)]
         for method in ("tpv-top1", "spot"):
-            ranked = rank_sources(method, study.spec["sources"], p_init, vectors, target)
+            ranked = rank_sources(method, list(sources), p_init, vectors, target)
             row.append(", ".join(f"{s} {v:.3g}" for s, v in ranked))
-            row.append(_pct(score.get((target, method))))
         rows.append(row)
-    return _table(["target", "eq. 2 ranking", "tpv-top1", "SPoT cosine ranking", "spot"], rows)
+    return _table(
+        ["target", "seed", "eq. 2 ranking (tpv-top1 takes the first)", "SPoT cosine ranking (spot)"], rows
+    )
 
 
 def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
@@ -205,11 +235,20 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
         *stage1_section(study),
         "",
     ]
-    if study.stage1:
-        vectors, p_init = _vectors(study)
-        lines += ["## Similarity of the stage-1 task prompt vectors", "", *similarity_section(vectors)]
-        if {"tpv-top1", "spot"} & set(spec["methods"]):
-            lines += ["## One-for-one source picks", "", *picks_section(study, vectors, p_init, results), ""]
+    if study.sources and study.targets:
+        sources, targets, p_init = _vectors(study)
+        first_seed = {
+            target: vector for (target, seed), vector in targets.items() if seed == spec["seeds"][0]
+        }
+        lines += [
+            f"## Similarity of the stage-1 task prompt vectors (targets: seed {spec['seeds'][0]})",
+            "",
+            *similarity_section({**sources, **first_seed}),
+            "## One-for-one source picks",
+            "",
+            *picks_section(study, sources, targets, p_init),
+            "",
+        ]
     for method in ("dtvg", "fixed-group"):
         if any(key[1] == method for key in study.runs):
             lines += [f"## Source groups of `{method}`", "", *groups_section(study, method), ""]

@@ -54,7 +54,11 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list_run_dirs(runs_dir)
     stages = sorted(read_config(r)["stage"] for r in runs)
-    assert stages == ["stage1"] * 3 + ["stage2"] * 4  # mnli, sst2, rte; 2 methods x 2 seeds
+    assert stages == ["stage1"] * 4 + ["stage2"] * 4  # mnli, sst2, rte per seed; 2 methods x 2 seeds
+    for run in runs:  # a grouped run's target vector T_t comes from its own seed's shots
+        config = read_config(run)
+        if config.get("method") == "dtvg":
+            assert read_config(runs_dir / config["stage1_runs"]["rte"])["seed"] == config["seed"]
     assert all(summarize(r).status == "completed" for r in runs)
     results = json.loads((runs_dir / "tiny-results.json").read_text())
     rows = {(r["target"], r["method"]): r for r in results["rows"]}
@@ -66,7 +70,7 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     again = pipeline(experiment, runs_dir, data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert list_run_dirs(runs_dir) == runs  # nothing retrained
-    assert again.stdout.count("reused") == 7
+    assert again.stdout.count("reused") == 8
 
     table = tmp_path / "results" / "tiny.json"
     report = subprocess.run(
@@ -91,9 +95,11 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     text = report.stdout
     assert "# Study `tiny`: 4 finished stage-2 runs" in text
     assert re.search(r"\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+", text)  # pt; bold if best
-    tables, groups = text.split("## Source groups of `dtvg`")
-    for task in ("mnli", "sst2", "rte"):  # stage 1 and both similarity matrices list every task
-        assert len(re.findall(rf"^\| {task} \|", tables, flags=re.M)) == 3
+    stage1, similarity, groups = re.split(r"^## Similarity.*$|^## Source groups of `dtvg`$", text, flags=re.M)
+    assert "| rte | target, seed 0 | 16-shot |" in stage1 and "| rte | target, seed 1 | 16-shot |" in stage1
+    matrices = similarity.split("## One-for-one")[0]
+    for task in ("mnli", "sst2", "rte"):  # both matrices list every task (targets at the first seed)
+        assert len(re.findall(rf"^\| {task} \|", matrices, flags=re.M)) == 2
     per_seed = re.findall(r"^\| rte \| [01] \| 1: ", groups, flags=re.M)  # each seed's group from step 1
     assert len(per_seed) == 2
 

@@ -2,8 +2,9 @@
 
 The pipeline's results table says which method scored best. Reading the papers' claims needs more: how
 well stage 1 learned each task, how similar the stage-1 vectors are (DTVG's eq. 2 and SPoT's cosine),
-which source each one-for-one method picked, and which sources the grouped methods chose at each step and
-when the group stopped changing. This module gathers all of that from the run folders; it trains nothing.
+which source each one-for-one method picked, how methods differ seed by seed (every method of a seed sees
+the same shots and split), and which sources the grouped methods chose at each step and when the group
+stopped changing. This module gathers all of that from the run folders; it trains nothing.
 """
 
 from __future__ import annotations
@@ -103,6 +104,44 @@ def results_section(results: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         averages.append("—" if None in means else _pct(sum(means) / len(means)))
     rows.append(averages)
     return _table(["target", *spec["methods"]], rows)
+
+
+PAIRS = (
+    ("dtvg", "pt"),
+    ("dtvg", "spot"),
+    ("dtvg", "tpv-top1"),
+    ("dtvg", "tpv-sum"),
+    ("dtvg", "all-sources"),
+    ("dtvg", "fixed-group"),
+    ("tpv-top1", "spot"),
+    ("dtvg", "T_t"),
+)
+"""The comparisons the papers' claims rest on. `T_t` is the target's own stage-1 run for the seed:
+prompt tuning on the same shots, with no source."""
+
+
+def paired_section(study: Study) -> list[str]:
+    """Per target, method A − method B in test points seed by seed (same shots and split within a seed)."""
+
+    def score(target: str, method: str, seed: int) -> float | None:
+        run_dir = (
+            study.targets.get((target, seed)) if method == "T_t" else study.runs.get((target, method, seed))
+        )
+        return None if run_dir is None else pipeline.test_primary(run_dir)
+
+    rows = []
+    methods = {*study.spec["methods"], "T_t"}
+    for a, b in [(a, b) for a, b in PAIRS if a in methods and b in methods]:
+        row, every = [f"{a} − {b}"], []
+        for target in study.spec["targets"]:
+            pairs = [(score(target, a, seed), score(target, b, seed)) for seed in study.spec["seeds"]]
+            diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
+            every += diffs
+            seeds = ", ".join(f"{d:+.1f}" for d in diffs)
+            row.append(f"{sum(diffs) / len(diffs):+.1f} ({seeds})" if diffs else "—")
+        row.append(f"{sum(d > 0 for d in every)} / {every.count(0)} / {sum(d < 0 for d in every)}")
+        rows.append(row)
+    return _table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
 
 
 def stage1_section(study: Study) -> list[str]:
@@ -249,6 +288,12 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
             *picks_section(study, sources, targets, p_init),
             "",
         ]
+    lines += [
+        "## Paired differences (test points, mean over seeds and each seed's difference)",
+        "",
+        *paired_section(study),
+        "",
+    ]
     for method in ("dtvg", "fixed-group"):
         if any(key[1] == method for key in study.runs):
             lines += [f"## Source groups of `{method}`", "", *groups_section(study, method), ""]

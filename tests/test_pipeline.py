@@ -100,6 +100,11 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     matrices = similarity.split("## One-for-one")[0]
     for task in ("mnli", "sst2", "rte"):  # both matrices list every task (targets at the first seed)
         assert len(re.findall(rf"^\| {task} \|", matrices, flags=re.M)) == 2
+    for pair in ("dtvg − pt", "dtvg − T_t"):  # seed-by-seed differences, for the study's methods only
+        assert re.search(
+            rf"^\| {pair} \| [+-]\d+\.\d \([+-]\d+\.\d, [+-]\d+\.\d\) \| \d / \d / \d \|$", text, re.M
+        )
+    assert "dtvg − spot" not in text
     per_seed = re.findall(r"^\| rte \| [01] \| 1: ", groups, flags=re.M)  # each seed's group from step 1
     assert len(per_seed) == 2
 

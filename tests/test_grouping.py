@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -183,19 +181,6 @@ def test_no_graph_is_built():
     sources = {"a": torch.randn(4, 3, requires_grad=True)}
     result = select_group(t, sources)
     assert isinstance(result.ts, float) and isinstance(result.ranked[0][1], float)
-
-
-def test_six_sources_at_paper_size_are_fast():
-    torch.manual_seed(0)
-    target = torch.randn(100, 576)
-    sources = {f"s{i}": torch.randn(100, 576) for i in range(6)}
-    select_group(target, sources)  # warm-up
-    times = []
-    for _ in range(20):
-        start = time.perf_counter()
-        select_group(target, sources)
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[len(times) // 2] < 0.01  # typically ~0.1-0.3 ms; loose bound for busy CI
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_launch_returns_at_once_and_records_the_pid(runs_dir, launched):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     begin = time.monotonic()
     pid = launch(run, launched, [sys.executable, "-c", "import time; time.sleep(60)"])
-    assert time.monotonic() - begin < 1.0
+    assert time.monotonic() - begin < 10  # did not wait for the 60 s worker (loose for a loaded machine)
     assert rf.read_pid(run) == pid
     assert rf.pid_alive(pid)
     assert os.getpgid(pid) == pid  # its own session and group
@@ -136,4 +136,4 @@ def test_default_command_is_the_worker_module(runs_dir, monkeypatch):
 def test_wait_for_exit_times_out_on_a_live_process():
     begin = time.monotonic()
     assert not launcher.wait_for_exit(os.getpid(), 0.1)
-    assert time.monotonic() - begin < 1.0
+    assert time.monotonic() - begin < 5  # gave up near its 0.1 s timeout (loose for a loaded machine)

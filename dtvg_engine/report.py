@@ -9,11 +9,12 @@ stopped changing. This module gathers all of that from the run folders; it train
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import grouping, pipeline
+from dtvg_engine import grouping, metrics, pipeline, tasks
 from dtvg_engine.events import read_events
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
@@ -85,11 +86,39 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def results_section(results: dict[str, Any], spec: dict[str, Any]) -> list[str]:
-    """Targets × methods, test score mean ± std over seeds, best per target in bold, and the average."""
+def constant_score(run_dir: Path) -> float:
+    """The best test score a constant prediction gets on this run's test split: the floor a model that
+    learned nothing but the label prior reaches (the majority class for accuracy, "equivalent" for MRPC's F1).
+    """
+    from dtvg_engine.data import load_splits
+
+    config = read_config(run_dir)
+    task = tasks.get_task(config["target"])
+    splits = load_splits(
+        task.name,
+        config["data_dir"],
+        seed=config["seed"],
+        k_shot=config["k_shot"],
+        max_eval=config["max_eval"],
+    )
+    golds = [row["label"] for row in splits.test]
+    return max(
+        metrics.compute(task, [label] * len(golds), golds)[task.primary] for label in range(task.num_labels)
+    )
+
+
+def results_section(results: dict[str, Any], study: Study) -> list[str]:
+    """Targets × methods, test score mean ± std over seeds, best per target in bold, and the average;
+    last, the best constant prediction on the same test splits."""
+    spec = study.spec
     cell = {(r["target"], r["method"]): r for r in results["rows"]}
     rows = []
+    floors = []
     for target in spec["targets"]:
+        seeds = [run for (t, _, _), run in study.runs.items() if t == target]
+        first = {read_config(run)["seed"]: run for run in seeds}  # one run per seed has its split
+        floor = [constant_score(run) for run in first.values()]
+        floors.append(statistics.fmean(floor) if floor else None)
         row = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
         for method in spec["methods"]:
             r = cell[target, method]
@@ -97,13 +126,12 @@ def results_section(results: dict[str, Any], spec: dict[str, Any]) -> list[str]:
             if r["mean"] is not None and r["seeds"] < len(spec["seeds"]):
                 text += f" ({r['seeds']} of {len(spec['seeds'])} seeds)"
             row.append(f"**{text}**" if r.get("best") else text)
-        rows.append(row)
+        rows.append([*row, _pct(floors[-1])])
     averages = ["average"]
-    for method in spec["methods"]:
-        means = [cell[t, method]["mean"] for t in spec["targets"]]
+    for means in [[cell[t, m]["mean"] for t in spec["targets"]] for m in spec["methods"]] + [floors]:
         averages.append("—" if None in means else _pct(sum(means) / len(means)))
     rows.append(averages)
-    return _table(["target", *spec["methods"]], rows)
+    return _table(["target", *spec["methods"], "constant"], rows)
 
 
 PAIRS = (
@@ -265,9 +293,9 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
     lines = [
         f"# Study `{spec['name']}`: {len(study.runs)} finished stage-2 runs",
         "",
-        "## Test score (mean ± std over seeds, best per target in bold)",
+        "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)",
         "",
-        *results_section(results, spec),
+        *results_section(results, study),
         "",
         "## Stage 1",
         "",

@@ -94,7 +94,9 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     ]
     text = report.stdout
     assert "# Study `tiny`: 4 finished stage-2 runs" in text
-    assert re.search(r"\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+", text)  # pt; bold if best
+    assert re.search(
+        r"^\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+.* \| [\d.]+ \|$", text, re.M
+    )  # pt ... constant
     stage1, similarity, groups = re.split(r"^## Similarity.*$|^## Source groups of `dtvg`$", text, flags=re.M)
     assert "| rte | target, seed 0 | 16-shot |" in stage1 and "| rte | target, seed 1 | 16-shot |" in stage1
     matrices = similarity.split("## One-for-one")[0]

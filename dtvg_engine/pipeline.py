@@ -148,11 +148,11 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
     stage2 = spec.get("stage2", {})
     report: list[str] = []
 
-    plan1 = []
-    for task in spec["sources"]:
-        plan1.append(
-            _reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
-        )
+    source_plan = [
+        _reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
+        for task in spec["sources"]
+    ]
+    plan1 = list(source_plan)
     # A target's own vector is tuned per seed, on that seed's k-shot sample and split (the papers run
     # each few-shot trial through both stages), so no trial sees another's shots or checks its T_t on
     # rows that are another trial's test set.
@@ -167,7 +167,7 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
     _execute(plan1, jobs, report)
 
     finished = {run_dir for run_dir, _ in plan1 if summarize(run_dir).status == "completed"}
-    source_runs = [run_dir.name for run_dir, _ in plan1[: len(spec["sources"])] if run_dir in finished]
+    source_runs = [run_dir.name for run_dir, _ in source_plan if run_dir in finished]
     plan2 = []
     for target in spec["targets"]:
         for method in spec["methods"]:

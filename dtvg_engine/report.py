@@ -115,9 +115,8 @@ def results_section(results: dict[str, Any], study: Study) -> list[str]:
     rows = []
     floors = []
     for target in spec["targets"]:
-        seeds = [run for (t, _, _), run in study.runs.items() if t == target]
-        first = {read_config(run)["seed"]: run for run in seeds}  # one run per seed has its split
-        floor = [constant_score(run) for run in first.values()]
+        by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}  # a split per seed
+        floor = [constant_score(run) for run in by_seed.values()]
         floors.append(statistics.fmean(floor) if floor else None)
         row = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
         for method in spec["methods"]:
@@ -151,18 +150,19 @@ prompt tuning on the same shots, with no source."""
 def paired_section(study: Study) -> list[str]:
     """Per target, method A − method B in test points seed by seed (same shots and split within a seed)."""
 
-    def score(target: str, method: str, seed: int) -> float | None:
-        run_dir = (
-            study.targets.get((target, seed)) if method == "T_t" else study.runs.get((target, method, seed))
-        )
-        return None if run_dir is None else pipeline.test_primary(run_dir)
+    tests = {key: pipeline.test_primary(run) for key, run in study.runs.items()}  # each events file once
+    tests |= {
+        (target, "T_t", seed): pipeline.test_primary(run) for (target, seed), run in study.targets.items()
+    }
 
     rows = []
     methods = {*study.spec["methods"], "T_t"}
     for a, b in [(a, b) for a, b in PAIRS if a in methods and b in methods]:
         row, every = [f"{a} − {b}"], []
         for target in study.spec["targets"]:
-            pairs = [(score(target, a, seed), score(target, b, seed)) for seed in study.spec["seeds"]]
+            pairs = [
+                (tests.get((target, a, seed)), tests.get((target, b, seed))) for seed in study.spec["seeds"]
+            ]
             diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
             every += diffs
             seeds = ", ".join(f"{d:+.1f}" for d in diffs)
@@ -199,7 +199,7 @@ def stage1_section(study: Study) -> list[str]:
     return _table(["task", "role", "data", "run", "steps", "best validation", "test"], rows)
 
 
-def _vectors(study: Study) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
+def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
     """The sources' TPVs by task, the targets' by (task, seed), and the shared P_init they start from."""
     from safetensors.torch import load_file
 
@@ -209,7 +209,6 @@ def _vectors(study: Study) -> tuple[dict[str, Any], dict[tuple[str, int], Any], 
         run_dir: load_tpv(run_dir / TPV) for run_dir in [*study.sources.values(), *study.targets.values()]
     }
     (init_id,) = {meta["init_id"] for _, meta in loaded.values()}  # a study has one initialization
-    runs_dir = next(iter(loaded)).parent
     p_init = load_file(runs_dir / INITS_DIR / f"{init_id}.safetensors")["prompt"]
     sources = {task: loaded[run_dir][0] for task, run_dir in study.sources.items()}
     targets = {key: loaded[run_dir][0] for key, run_dir in study.targets.items()}
@@ -303,7 +302,7 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
         "",
     ]
     if study.sources and study.targets:
-        sources, targets, p_init = _vectors(study)
+        sources, targets, p_init = _vectors(study, runs_dir)
         first_seed = {
             target: vector for (target, seed), vector in targets.items() if seed == spec["seeds"][0]
         }

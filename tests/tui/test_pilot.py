@@ -319,6 +319,16 @@ async def wait_for_status(pilot, run: str, statuses: tuple[str, ...], run_dir: P
         raise AssertionError(f"{e}\n{worker_log(run_dir)}") from None
 
 
+async def open_new_run(pilot, tab: str) -> NewRunScreen:
+    """Open the New run form from the loaded Runs screen, on `tab` ("tab-stage1", "tab-stage2", ...)."""
+    await settle(pilot)
+    await pilot.press("n")
+    form = pilot.app.screen
+    assert isinstance(form, NewRunScreen)
+    form.query_one("#new-run-tabs").active = tab
+    return form
+
+
 @sync
 async def test_new_run_stage1_validates_and_launches(runs_dir: Path, data_dir: Path):
     """The Stage 1 tab refuses an incomplete form, then launches a real tiny worker that completes."""
@@ -326,10 +336,7 @@ async def test_new_run_stage1_validates_and_launches(runs_dir: Path, data_dir: P
     pgids: list[int] = []
     try:
         async with app.run_test(size=(120, 60)) as pilot:
-            await settle(pilot)
-            await pilot.press("n")
-            form = app.screen
-            assert isinstance(form, NewRunScreen)
+            form = await open_new_run(pilot, "tab-stage1")
             await pilot.press("ctrl+l")
             assert "pick at least one task" in str(form.query_one("#new-run-error").render())
             form.query_one("#s1-tasks").select("mnli")
@@ -374,10 +381,7 @@ async def test_new_run_stage2_form(recorded_runs: Path, data_dir: Path):
     pgids: list[int] = []
     try:
         async with app.run_test(size=(120, 60)) as pilot:
-            await settle(pilot)
-            await pilot.press("n")
-            form = app.screen
-            form.query_one("#new-run-tabs").active = "tab-stage2"
+            form = await open_new_run(pilot, "tab-stage2")
             form.query_one("#s2-target").focus()
             await pilot.pause()
             assert form.query_one("#s2-init").value == ("tiny-llama", 4, 0)  # the recorded runs' init

@@ -6,7 +6,10 @@ dict written to `config.json` before the worker starts; the worker reads nothing
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +89,134 @@ METHODS = (
 )
 """Every stage-2 method of DESIGN §7."""
 
+GROUPINGS = ("greedy", "prefix", "exhaustive")
+"""`--grouping` variants of the `dtvg` method (DESIGN §7)."""
 
-def check_training(settings: dict[str, Any]) -> None:
-    """Refuse settings no run could use, with a one-line fix."""
-    positive = ("prompt_length", "steps", "batch_size", "eval_every", "eval_batch_size", "max_input_tokens")
-    for key in positive:
-        if int(settings[key]) < 1:
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"{flag} must be at least 1 (got {settings[key]})")
-    if settings["k_shot"] is not None and int(settings["k_shot"]) < 1:
-        raise UserError(f"--k-shot must be at least 1 (got {settings['k_shot']})")
-    if float(settings["lr"]) <= 0:
-        raise UserError(f"--lr must be positive (got {settings['lr']})")
-    if settings["device"] not in DEVICES:
-        raise UserError(f"unknown device {settings['device']!r}; use --device auto, cpu or cuda")
-    check_model_name(settings["model"])
+
+MAX_PROMPT_LENGTH = 1024
+"""The longest soft prompt accepted: the papers use 100 tokens, and every step costs ~r² attention, so a
+typo like 100000 would make minutes-long steps (and a detached worker that outlives the command)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values one setting accepts: its type, inclusive bounds (`low` exclusive when `above`),
+    a fixed set of choices, and whether None (not set) is allowed. Numbers must be finite."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    optional: bool = False
+    choices: tuple[str, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is str:
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        numeric = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        """What the rule accepts, in words: "an integer from 1 to 1024", "a number above 0", ..."""
+        if self.choices:
+            what = f"one of {', '.join(self.choices)}"
+        else:
+            what = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
+            if self.low is not None and self.high is not None:
+                what += f" from {self.low:g} to {self.high:g}"
+            elif self.low is not None:
+                what += f" above {self.low:g}" if self.above else f" of at least {self.low:g}"
+        return what + (" (or left out)" if self.optional else "")
+
+
+COUNT = Rule(int, low=1)
+SEED = Rule(int, low=0)
+PATH = Rule(str, optional=True)
+RATE = Rule(float, low=0, above=True)
+
+SETTING_RULES: dict[str, Rule] = {
+    "model": Rule(str),
+    "prompt_length": Rule(int, low=1, high=MAX_PROMPT_LENGTH),
+    "steps": COUNT,
+    "batch_size": COUNT,
+    "lr": RATE,
+    "weight_decay": Rule(float, low=0),
+    "warmup_ratio": Rule(float, low=0, high=1),
+    "max_grad_norm": RATE,
+    "k_shot": Rule(int, low=1, optional=True),
+    "eval_every": COUNT,
+    "eval_batch_size": COUNT,
+    "max_eval": COUNT,
+    "max_input_tokens": COUNT,
+    "seed": SEED,
+    "init_seed": SEED,
+    "device": Rule(str, choices=DEVICES),
+    "data_dir": PATH,
+    "init_prompt": PATH,
+    "grouping": Rule(str, choices=GROUPINGS),
+    "lambda": Rule(float, low=0),
+    "source_scale_lr": Rule(float, low=0),  # 0 freezes the source scales at 1
+}
+"""The rule of every training and stage-2 setting (the method is checked against the method list)."""
+
+JOBS_RULE = COUNT
+"""`--jobs` / a study's `jobs`: how many runs at once."""
+
+
+def cli_flag(key: str) -> str:
+    """How the command line spells a setting: `prompt_length` -> `--prompt-length`."""
+    return "--" + key.replace("_", "-")
+
+
+def check_value(label: str, value: Any, rule: Rule) -> None:
+    """Refuse a value its rule does not accept, naming it by `label` (a flag, or a key of a file)."""
+    if not rule.accepts(value):
+        raise UserError(f"{label} must be {rule.describe()} (got {value!r})")
+
+
+def check_settings(settings: dict[str, Any], label: Callable[[str], str] = cli_flag) -> None:
+    """Refuse settings of the wrong type or out of range, each named by `label(key)`.
+
+    The one place the CLI, the TUI form and the pipeline check values, so all three refuse the same
+    things with the same words; keys without a rule (the method) are checked by their callers.
+    """
+    for key, value in settings.items():
+        if key in SETTING_RULES:
+            check_value(label(key), value, SETTING_RULES[key])
+    if "model" in settings:
+        check_model_name(settings["model"])
+
+
+def check_init_prompt(path: str, model: str, prompt_length: int, init_seed: int) -> None:
+    """Refuse an `--init-prompt` file no run of these settings could start from, before a run exists.
+
+    It must be a `dtvg tpv combine` prompt (a "prompt" tensor of shape [prompt_length, d]) made on the
+    shared init of the same model, prompt length and init seed.
+    """
+    from safetensors import SafetensorError, safe_open  # no torch; imported here to keep this module light
+
+    wanted = init_id(model, prompt_length, init_seed)
+    try:
+        with safe_open(path, framework="numpy") as f:
+            made_from = (f.metadata() or {}).get("init_id")
+            shape = f.get_slice("prompt").get_shape() if "prompt" in f.keys() else None
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"--init-prompt {path}: not a prompt written by `dtvg tpv combine` ({exc})") from None
+    if shape is None:
+        raise UserError(f"--init-prompt {path} has no 'prompt' tensor; write one with `dtvg tpv combine`")
+    if made_from != wanted:
+        raise UserError(f"--init-prompt {path} was made on init {made_from}; this run uses {wanted}")
+    if len(shape) != 2 or shape[0] != prompt_length:
+        raise UserError(
+            f"--init-prompt {path} holds a prompt of shape {list(shape)}, but init {wanted} has "
+            f"{prompt_length} tokens; combine it again from runs of this init"
+        )
 
 
 def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
@@ -112,7 +228,11 @@ def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
     if not spec.has_train:
         raise UserError(f"task {task!r} has no train split (evaluation-only); pick a task with training data")
     settings = {**TRAINING_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    check_training(settings)
+    check_settings(settings)
+    if settings["init_prompt"]:
+        check_init_prompt(
+            settings["init_prompt"], settings["model"], settings["prompt_length"], settings["init_seed"]
+        )
     return {
         "stage": "stage1",
         "method": "pt",
@@ -128,9 +248,6 @@ NEEDS_SOURCES = frozenset(METHODS) - {"pt", "only-target"}
 
 NEEDS_TARGET_TPV = frozenset(METHODS) - {"pt", "tpv-sum", "mix"}
 """Methods that compare sources with the target's stage-1 vector (or start from it)."""
-
-GROUPINGS = ("greedy", "prefix", "exhaustive")
-"""`--grouping` variants of the `dtvg` method (DESIGN §7)."""
 
 
 def _stage1_matches(config: dict[str, Any], settings: dict[str, Any]) -> bool:
@@ -213,9 +330,7 @@ def stage2_config(
         **STAGE2_DEFAULTS,
         **{k: v for k, v in overrides.items() if v is not None},
     }
-    check_training(settings)
-    if settings["grouping"] not in GROUPINGS:
-        raise UserError(f"unknown --grouping {settings['grouping']!r}; choose one of {', '.join(GROUPINGS)}")
+    check_settings(settings)
 
     explicit = _runs_by_task(runs_dir, tpv_runs or [], settings)
     sources = sources or [task for task in explicit if task != target]

@@ -137,6 +137,8 @@ def _find_split_file(task: Task, data_dir: Path, split: str) -> Path:
 
 def _read_file(file: Path) -> list[Row]:
     """Rows of a local json/jsonl/csv/parquet file, via `datasets` (cached after the first read)."""
+    if _is_blank(file):  # `datasets` fails on these with a bare StopIteration
+        return []
     try:
         dataset = load_dataset(FORMATS[file.suffix], data_files={"rows": str(file)}, split="rows")
     except DatasetGenerationError as error:
@@ -145,6 +147,15 @@ def _read_file(file: Path) -> list[Row]:
         cause = str(error.__cause__ or error).splitlines()[0]
         raise UserError(f"could not read {file}: {cause}") from None
     return dataset.to_list()
+
+
+def _is_blank(file: Path) -> bool:
+    """Whether a file holds nothing but whitespace (read up to its first other byte)."""
+    with file.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _raise_on_bad_json_line(file: Path) -> None:

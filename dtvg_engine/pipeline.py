@@ -59,12 +59,26 @@ IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split"}
 from other stage-1 vectors is another run)."""
 
 
+NAME_LIMIT = 200
+"""The longest study name: `<name>-results.json` must still fit a file name (255 bytes)."""
+
+TASK_LISTS = ("sources", "targets", "methods")
+_EXAMPLES = {  # shown when a list is malformed
+    "sources": '["mnli", "qnli"]',
+    "targets": '["rte"]',
+    "methods": '["pt", "dtvg"]',
+    "seeds": "[0, 1, 2]",
+}
+
+
 def load_experiment(path: Path) -> dict[str, Any]:
     """Read and check an experiment file; every mistake is a one-line UserError naming the key."""
     try:
         spec = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"experiment file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"could not read experiment file {path} ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     unknown = set(spec) - TOP_KEYS
@@ -72,9 +86,17 @@ def load_experiment(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
         )
-    for key in ("sources", "targets", "methods"):
-        if not isinstance(spec.get(key), list) or not spec[key]:
-            raise UserError(f"{path}: '{key}' must be a non-empty list")
+    spec.setdefault("name", path.stem)
+    spec.setdefault("seeds", [0])
+    spec.setdefault("jobs", 1)
+    _check_name(spec["name"], f"{path}: name")
+    for key in TASK_LISTS:
+        _check_list(path, key, spec.get(key), str)
+    _check_list(path, "seeds", spec["seeds"], int)
+    for seed in spec["seeds"]:
+        configs.check_value(f"{path}: seeds", seed, configs.SETTING_RULES["seed"])
+    configs.check_value(f"{path}: jobs", spec["jobs"], configs.JOBS_RULE)
+    configs.check_settings(_shared(spec), label=lambda key: f"{path}: {key}")
     for task in spec["sources"] + spec["targets"]:
         tasks.get_task(task)
     for method in spec["methods"]:
@@ -86,13 +108,46 @@ def load_experiment(path: Path) -> dict[str, Any]:
     stage1_keys = set(configs.TRAINING_DEFAULTS) - set(SHARED_KEYS)
     stage2_keys = stage1_keys | set(configs.STAGE2_DEFAULTS) - {"method"}
     for table, allowed in (("stage1", stage1_keys), ("stage2", stage2_keys)):
-        bad = set(spec.get(table, {})) - allowed
+        settings = spec.get(table, {})
+        if not isinstance(settings, dict):
+            raise UserError(f"{path}: {table} must be a table ([{table}] followed by key = value lines)")
+        bad = set(settings) - allowed
         if bad:
             raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(bad))}")
-    spec.setdefault("name", path.stem)
-    spec.setdefault("seeds", [0])
-    spec.setdefault("jobs", 1)
+        configs.check_settings(settings, label=lambda key, table=table: f"{path}: [{table}] {key}")
     return spec
+
+
+def _check_name(name: Any, label: str) -> None:
+    """Refuse a study name that is not a plain file name: results go to `<runs_dir>/<name>-results.*`,
+    so a name with a folder in it (`../x`, `/tmp/x`) would write outside the runs directory."""
+    plain = (
+        isinstance(name, str)
+        and 0 < len(name) <= NAME_LIMIT
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\")
+        and name.isprintable()
+    )
+    if not plain:
+        raise UserError(
+            f"{label} must be a plain file name (no folders, at most {NAME_LIMIT} characters), got {name!r}"
+        )
+
+
+def _check_list(path: Path, key: str, value: Any, kind: type) -> None:
+    """A study's list of tasks, methods or seeds: non-empty, of `kind`, each entry once."""
+    noun = "integers" if kind is int else "names"
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    ):
+        raise UserError(
+            f"{path}: {key} must be a non-empty list of {noun}, e.g. {key} = {_EXAMPLES[key]} (got {value!r})"
+        )
+    twice = sorted({str(v) for v in value if value.count(v) > 1})
+    if twice:
+        raise UserError(f"{path}: {key} lists {', '.join(twice)} more than once")
 
 
 def _shared(spec: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +251,9 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
 
     results = results_table(spec, [run_dir for run_dir, _ in plan2])
     results["report"] = report
-    write_results(runs_dir / f"{spec['name']}-results", results)
+    statuses = {run_dir.name: summarize(run_dir).status for run_dir, _ in plan1 + plan2}
+    results["unfinished"] = {run_id: status for run_id, status in statuses.items() if status != "completed"}
+    write_results(runs_dir, results)
     return results
 
 
@@ -253,6 +310,12 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(stem: Path, results: dict[str, Any]) -> None:
-    stem.with_suffix(".md").write_text(markdown(results))
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
+    """Where a study's results table goes: `<runs_dir>/<name>-results.md` and `.json`."""
+    return runs_dir / f"{name}-results.md", runs_dir / f"{name}-results.json"
+
+
+def write_results(runs_dir: Path, results: dict[str, Any]) -> None:
+    md, js = results_paths(runs_dir, results["name"])
+    md.write_text(markdown(results))
+    js.write_text(json.dumps(results, indent=2))

@@ -49,8 +49,12 @@ def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> 
         raise UserError(
             f"--init-prompt {path}: not a prompt file written by `dtvg tpv combine` ({exc})"
         ) from exc
-    if made_from != init_id or prompt.shape != p_init.shape:
+    if made_from != init_id:
         raise UserError(f"--init-prompt {path} was made on init {made_from}, this run uses {init_id}")
+    if prompt.shape != p_init.shape:
+        raise UserError(
+            f"--init-prompt {path} has shape {list(prompt.shape)}, init {init_id} has {list(p_init.shape)}"
+        )
     return prompt
 
 

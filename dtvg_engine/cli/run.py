@@ -51,32 +51,16 @@ def run_stage1(
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     from dtvg_engine.data import default_data_dir, load_splits
 
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1 (got {jobs})")
+    configs.check_value("--jobs", jobs, configs.JOBS_RULE)
     root = runs_root(runs_dir)
     data = Path(data_dir) if data_dir else default_data_dir()
     settings = _training_settings(locals(), data)
     settings["init_prompt"] = str(init_prompt.resolve()) if init_prompt else None
-    if init_prompt:
-        _check_init_prompt(init_prompt, configs.init_id(model, prompt_length, init_seed))
     planned = [configs.stage1_config(task, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
     run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
     _start(run_dirs, detach, jobs)
-
-
-def _check_init_prompt(path: Path, wanted: str) -> None:
-    """Refuse a `tpv combine` prompt made on another init before any run is created."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            made_from = (f.metadata() or {}).get("init_id")
-    except (OSError, SafetensorError) as exc:
-        raise UserError(f"--init-prompt {path}: not a prompt written by `dtvg tpv combine` ({exc})") from exc
-    if made_from != wanted:
-        raise UserError(f"--init-prompt {path} was made on init {made_from}; this run uses {wanted}")
 
 
 def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
@@ -160,15 +144,25 @@ def run_pipeline(
     jobs: Annotated[int | None, typer.Option(help="Runs at once (overrides the file).")] = None,
     data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
 ) -> None:
-    """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed."""
-    from dtvg_engine.pipeline import markdown, run_pipeline
+    """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed.
 
+    Exits 1 unless every run of the study completed.
+    """
+    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+
+    if jobs is not None:
+        configs.check_value("--jobs", jobs, configs.JOBS_RULE)
     root = runs_root(runs_dir)
     results = run_pipeline(experiment, root, jobs, str(data_dir.resolve()) if data_dir else None)
     for line in results["report"]:
         out.print(line, markup=False, highlight=False)
     out.print(markdown(results), markup=False, highlight=False)
-    out.print(f"results: {root / (results['name'] + '-results.md')} and .json")
+    md, js = results_paths(root, results["name"])
+    print(f"results: {md} and {js}")
+    if results["unfinished"]:
+        unfinished = ", ".join(f"{run_id} ({status})" for run_id, status in results["unfinished"].items())
+        print(f"{len(results['unfinished'])} run(s) did not complete: {unfinished}")
+        raise typer.Exit(1)
 
 
 def demo(

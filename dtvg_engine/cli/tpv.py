@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -96,6 +97,12 @@ def tpv_combine(
 
     from dtvg_engine.tpv import combine, parse_expression
 
+    if not math.isfinite(scale):
+        raise UserError(f"--scale must be a finite number (got {scale})")
+    if out_file.is_dir():
+        raise UserError(
+            f"--out {out_file} is a folder; give a file name such as {out_file / 'prompt.safetensors'}"
+        )
     root = runs_root(runs_dir)
     terms = parse_expression(expression)
     vectors = _vectors(root, [name for _, name in terms])
@@ -109,12 +116,21 @@ def tpv_combine(
     prompt = p_init + combine(
         [(coef, vector) for (coef, _), (vector, _) in zip(terms, picked, strict=True)], scale
     )
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {"prompt": prompt.contiguous()},
-        out_file,
-        metadata={"init_id": str(meta["init_id"]), "expression": expression, "scale": str(scale)},
-    )
+    if not bool(prompt.isfinite().all()):
+        raise UserError(
+            f"P_init + {scale} * ({expression}) is not finite; use smaller coefficients or --scale"
+        )
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"prompt": prompt.contiguous()},
+            out_file,
+            metadata={"init_id": str(meta["init_id"]), "expression": expression, "scale": str(scale)},
+        )
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {out_file}: {out_file.parent} is not a folder") from None
+    except OSError as exc:
+        raise UserError(f"--out {out_file}: cannot write there ({exc.strerror or exc})") from None
     print(f"wrote {out_file} = P_init + {scale} * ({expression})")
 
 

@@ -112,3 +112,13 @@ METRICS: dict[str, Callable[[Values, Values], float]] = {
 def compute(task: Task, preds: Values, golds: Values) -> dict[str, float]:
     """Every metric the task reports, by name, as plain floats."""
     return {name: METRICS[name](preds, golds) for name in task.metrics}
+
+
+def score(task: Task, values: dict[str, float]) -> float:
+    """The task's score from its computed metrics: the mean of `task.score_metrics`.
+
+    Checkpoints are chosen by it, as the authors' trainer chooses by the mean of a task's metrics
+    (MRPC/QQP accuracy and F1, STS-B Pearson and Spearman, CB accuracy and macro-F1): with F1 alone,
+    always answering "equivalent" would be MRPC's best checkpoint.
+    """
+    return sum(values[name] for name in task.score_metrics) / len(task.score_metrics)

@@ -87,13 +87,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def constant_score(run_dir: Path) -> float:
-    """The best test score a constant prediction gets on this run's test split: the floor a model that
-    learned nothing but the label prior reaches (the majority class for accuracy, "equivalent" for MRPC's F1).
+    """The best test score a constant prediction gets on this run's test split (a stage-2 run's target,
+    a stage-1 run's task): the floor a model that learned nothing but the label prior reaches (the
+    majority class for accuracy). For regression the constant is one of the label words' values.
     """
     from dtvg_engine.data import load_splits
 
     config = read_config(run_dir)
-    task = tasks.get_task(config["target"])
+    task = tasks.get_task(config.get("target") or config["task"])
     splits = load_splits(
         task.name,
         config["data_dir"],
@@ -101,9 +102,10 @@ def constant_score(run_dir: Path) -> float:
         k_shot=config["k_shot"],
         max_eval=config["max_eval"],
     )
-    golds = [row["label"] for row in splits.test]
+    golds = [tasks.label_of(task, row) for row in splits.test]  # trec keeps its label in coarse_label
     return max(
-        metrics.compute(task, [label] * len(golds), golds)[task.primary] for label in range(task.num_labels)
+        metrics.score(task, metrics.compute(task, [label] * len(golds), golds))
+        for label in range(task.num_labels)
     )
 
 

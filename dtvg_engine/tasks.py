@@ -33,7 +33,10 @@ class Task:
     template: str
     label_words: tuple[str, ...]
     metrics: tuple[str, ...] = ("accuracy",)
-    primary: str = "accuracy"
+    """Every metric a run reports."""
+    scored_by: tuple[str, ...] | None = None
+    """The metrics whose mean is the run's score (checkpoint choice, results tables), as the authors'
+    code averages its `metric_names`; every reported metric when None."""
     size: str = "large"
     has_train: bool = True
     regression: bool = False
@@ -45,6 +48,17 @@ class Task:
         # The fields a row must have are exactly the ones the template names; derive them once.
         names = tuple(dict.fromkeys(name for _, name, _, _ in Formatter().parse(self.template) if name))
         object.__setattr__(self, "text_fields", names)
+
+    @property
+    def score_metrics(self) -> tuple[str, ...]:
+        """The metrics averaged into the score."""
+        return self.scored_by or self.metrics
+
+    @property
+    def primary(self) -> str:
+        """The score's name: the one metric, or e.g. "mean(accuracy,f1)" (`primary` of eval events)."""
+        names = self.score_metrics
+        return names[0] if len(names) == 1 else f"mean({','.join(names)})"
 
     @property
     def num_labels(self) -> int:
@@ -73,8 +87,7 @@ TASKS: dict[str, Task] = _registry(
         "qqp",
         "Question 1: {question1} Question 2: {question2} Same question? Answer:",
         NO_YES,  # not_duplicate, duplicate
-        metrics=("f1", "accuracy"),
-        primary="f1",
+        metrics=("accuracy", "f1"),
     ),
     Task("sst2", "sst2", "{sentence} Sentiment:", (" negative", " positive")),
     Task(
@@ -100,8 +113,7 @@ TASKS: dict[str, Task] = _registry(
         "cb",
         NLI3,
         (" yes", " no", " maybe"),  # entailment, contradiction, neutral
-        metrics=("macro_f1", "accuracy"),
-        primary="macro_f1",
+        metrics=("accuracy", "macro_f1"),
         size="small",
     ),
     Task(
@@ -109,8 +121,7 @@ TASKS: dict[str, Task] = _registry(
         "mrpc",
         "Sentence 1: {sentence1} Sentence 2: {sentence2} Same meaning? Answer:",
         NO_YES,  # not_equivalent, equivalent
-        metrics=("f1", "accuracy"),
-        primary="f1",
+        metrics=("accuracy", "f1"),
         size="small",
     ),
     Task(
@@ -119,7 +130,7 @@ TASKS: dict[str, Task] = _registry(
         "{sentence} Is this sentence grammatical? Answer:",
         NO_YES,  # unacceptable, acceptable
         metrics=("mcc", "accuracy"),
-        primary="mcc",
+        scored_by=("mcc",),  # the authors' CoLA score is Matthews correlation alone
         size="small",
     ),
     Task(
@@ -128,7 +139,6 @@ TASKS: dict[str, Task] = _registry(
         "Sentence 1: {sentence1} Sentence 2: {sentence2} Similarity from zero to five:",
         (" zero", " one", " two", " three", " four", " five"),
         metrics=("pearson", "spearman"),
-        primary="pearson",
         size="small",
         regression=True,
     ),

@@ -3,7 +3,8 @@
 What is trained is a `Tuner`: a module that produces the soft prompt for each step (a plain prompt in
 stage 1; a merged prompt with a freshly selected source group in stage 2). The loop owns the rest:
 AdamW with linear warmup and decay, gradient clipping, evaluation every E steps by label-word ranking,
-best checkpoint by the task's primary metric, resumable checkpoints, a graceful stop, and the events.
+best checkpoint by the task's score (the mean of its metrics), resumable checkpoints, a graceful stop,
+and the events.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def fit(
 ) -> Outcome:
     """Train `tuner` for `config["steps"]` steps (resuming from the run's checkpoint if there is one)."""
     steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
-    primary = scorer.task.primary
+    task = scorer.task
     torch.manual_seed(seed)
     train_items = scorer.encode(splits.train)
     val_items = scorer.encode(splits.validation)
@@ -191,17 +192,15 @@ def fit(
 
         if step % config["eval_every"] == 0 or step == steps:
             scores = evaluate(scorer, tuner.prompt(), val_items, config["eval_batch_size"])
-            best = state["best_metric"] is None or scores[primary] > state["best_metric"]
+            value = metrics.score(task, scores)
+            best = state["best_metric"] is None or value > state["best_metric"]
             if best:
-                state.update(best_metric=scores[primary], best_step=step, best=tuner.snapshot())
-            events.emit(
-                "eval", step=step, split="validation", metrics=scores, primary=scores[primary], best=best
-            )
+                state.update(best_metric=value, best_step=step, best=tuner.snapshot())
+            events.emit("eval", step=step, split="validation", metrics=scores, primary=value, best=best)
             save_checkpoint(step)
 
     tuner.restore(state["best"])
     test = evaluate(scorer, tuner.prompt(), scorer.encode(splits.test), config["eval_batch_size"])
-    events.emit(
-        "eval", step=state["best_step"], split="test", metrics=test, primary=test[primary], best=False
-    )
+    value = metrics.score(task, test)
+    events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dtvg_engine.metrics import METRICS, accuracy, compute, f1, macro_f1, mcc, pearson, spearman
+from dtvg_engine.metrics import METRICS, accuracy, compute, f1, macro_f1, mcc, pearson, score, spearman
 from dtvg_engine.tasks import get_task
 
 # tp=2 (rows 0, 4), fp=1 (row 1), fn=1 (row 3), tn=1 (row 2)
@@ -75,8 +75,18 @@ def test_length_mismatch_is_a_bug() -> None:
 
 def test_compute_returns_the_tasks_metrics_as_plain_floats() -> None:
     scores = compute(get_task("cb"), np.array([0, 1, 2, 2]), [0, 1, 2, 1])
-    assert list(scores) == ["macro_f1", "accuracy"]
+    assert list(scores) == ["accuracy", "macro_f1"]
     assert all(type(value) is float for value in scores.values())
     assert scores["accuracy"] == 0.75
     stsb = compute(get_task("stsb"), [0.5, 2.0, 4.5], [0.0, 2.4, 5.0])
     assert set(stsb) == {"pearson", "spearman"} and stsb["spearman"] == pytest.approx(1.0)
+
+
+def test_score_is_the_mean_of_the_tasks_metrics() -> None:
+    """Checkpoints are chosen by it: on MRPC, F1 alone would crown the constant "equivalent"."""
+    mrpc = get_task("mrpc")
+    always_yes = compute(mrpc, [1] * 4, [1, 0, 0, 1])  # accuracy 0.5, F1 2/3
+    assert score(mrpc, always_yes) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert score(get_task("stsb"), {"pearson": 0.2, "spearman": 0.4}) == pytest.approx(0.3)
+    assert score(get_task("cola"), {"mcc": 0.1, "accuracy": 0.9}) == 0.1  # the authors score CoLA by MCC
+    assert score(get_task("rte"), {"accuracy": 0.7}) == 0.7

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tinydb import TinyDB
 
-from dtvg_engine import tasks
+from dtvg_engine import metrics, tasks
 from dtvg_engine.backbones import load_backbone
 from dtvg_engine.data import load_splits
 from dtvg_engine.events import EVENT_TYPES, read_events
@@ -176,9 +176,9 @@ def test_event_stream_follows_the_contract(pair):
         evals = of_type(events, "eval")
         validation = [e for e in evals if e["split"] == "validation"]
         assert [e["step"] for e in validation] == [3, 6]
-        primary = tasks.get_task(task).primary
-        for e in evals:
-            assert e["primary"] == e["metrics"][primary] and isinstance(e["best"], bool)
+        for e in evals:  # the score is the mean of the task's metrics (cb: accuracy and macro-F1)
+            assert e["primary"] == pytest.approx(metrics.score(tasks.get_task(task), e["metrics"]))
+            assert set(e["metrics"]) == set(tasks.get_task(task).metrics) and isinstance(e["best"], bool)
         assert validation[0]["best"] is True
         best = [e for e in validation if e["best"]][-1]
         assert best["primary"] == max(e["primary"] for e in validation)

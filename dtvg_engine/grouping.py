@@ -126,7 +126,8 @@ def select_group(
     - ``exhaustive``: the exact maximiser of ``TS + λ·KC`` over all non-empty subsets of the sources with
       sim ≥ 0 (UserError beyond ``max_exhaustive`` of them: 2^n subsets).
     - ``ts-only``: every source with sim ≥ 0 (ablation without KC).
-    - ``kc-only``: the exhaustive best-KC subset of the sources with sim ≥ 0, ties → larger TS (ablation).
+    - ``kc-only``: the authors' ablation: over all subsets of *all* the sources, the one with the highest
+      KC; empty when no subset's KC is > 0 (see ``best_kc_subset``). TS does not enter.
 
     Callers pass detached tensors (the rescaled TPVs α ⊙ T of eq. 6); nothing here builds a graph.
     """
@@ -151,15 +152,16 @@ def select_group(
     elif variant == "ts-only":
         selected = candidates
     else:
-        if len(candidates) > max_exhaustive:
+        searched = candidates if variant == "exhaustive" else order
+        if len(searched) > max_exhaustive:
             raise UserError(
-                f"--grouping {variant} would search 2^{len(candidates)} groups of source tasks; "
-                f"use at most {max_exhaustive} sources with sim >= 0 or the greedy grouping"
+                f"{variant} grouping would search 2^{len(searched)} groups of source tasks; "
+                f"use at most {max_exhaustive} sources or the greedy grouping"
             )
         if variant == "exhaustive":
             selected = best_subset(candidates, lambda s: ts_of(s, to_target) + lam * kc_of(s, pair))
-        else:  # kc-only: best KC, ties → larger TS
-            selected = best_subset(candidates, lambda s: (kc_of(s, pair), ts_of(s, to_target)))
+        else:
+            selected = best_kc_subset(order, pair)
 
     ts, kc = ts_of(selected, to_target), kc_of(selected, pair)
     return GroupResult(selected, ranked, ts, kc, objective=ts + lam * kc)
@@ -247,6 +249,17 @@ def best_subset(candidates: list[str], score: Callable[[tuple[str, ...]], Any]) 
             if best_score is None or value > best_score:
                 best, best_score = list(subset), value
     return best
+
+
+def best_kc_subset(order: list[str], pair: dict[tuple[str, str], float]) -> list[str]:
+    """``kc-only`` as the authors' ablation: the subset of all sources with the highest KC (eq. 4).
+
+    Their code starts from a best KC of 0 and keeps a subset only when its KC is strictly higher, so the
+    group is empty unless some subset (of two or more sources) has KC > 0. Ties go to the smaller,
+    higher-ranked subset, as in ``best_subset``.
+    """
+    best = best_subset(order, lambda s: kc_of(s, pair))
+    return best if kc_of(best, pair) > 0 else []
 
 
 def _mean_pair(pair_sum: float, n: int) -> float:

@@ -1,7 +1,20 @@
-"""Event stream v1 (DESIGN §4): the append-only `events.jsonl` of a run.
+"""Event stream v1 (DESIGN §4): the schema of `events.jsonl`, its writer, its one reader and its one fold.
 
-Standard library only: the worker writes it, the CLI and the TUI read it. Writers flush every event
-and never rewrite a line; readers skip a torn last line and event types they do not know.
+Standard library only: the worker writes the stream; the CLI, the history index, the report and the TUI
+read it, all through what is here, so that they agree on what a run did:
+
+- the schema: one small dataclass per event type (`RunStarted`, `Step`, …). `parse_line` turns a line
+  into one, or into None for anything it cannot read: a torn or binary line, JSON that is no object,
+  another schema version, an unknown type, a missing field or a field of the wrong type. Such lines are
+  skipped and counted, never fatal: one bad line must not hide a run.
+- `EventReader`, the one resumable reader: it follows a file from a byte offset, leaves a torn last line
+  for the next read (it may still be being written) and starts again from byte 0 when the file was
+  truncated or replaced.
+- `RunState`, the one fold of a stream into the run's lifecycle: status as the events tell it, steps done,
+  best metric, last evaluations, duration over resumed segments, error.
+
+Writers flush every event and never rewrite a line; `EventWriter.emit` checks each event against the same
+schema, so the worker cannot write a line its readers would skip.
 """
 
 from __future__ import annotations
@@ -9,25 +22,302 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import (
+    Any,
+    ClassVar,
+    Literal,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 SCHEMA_VERSION = 1
 
-EVENT_TYPES = (
-    "run_started",
-    "step",
-    "group",
-    "eval",
-    "checkpoint",
-    "artifact",
-    "log",
-    "run_finished",
+FinishStatus = Literal["completed", "failed", "stopped"]
+TERMINAL_STATUSES: tuple[str, ...] = get_args(FinishStatus)
+"""The `status` values of `run_finished`."""
+
+
+class Ranked(TypedDict):
+    """One source of a `group` event's ranking."""
+
+    task: str
+    sim: float
+    """Similarity to the target (DTVG eq. 2)."""
+
+
+@dataclass(slots=True)
+class Event:
+    """What every event has: its type (a class constant) and the unix time it was written."""
+
+    TYPE: ClassVar[str] = ""
+    time: float
+
+
+@dataclass(slots=True)
+class RunStarted(Event):
+    """A worker started the run, or resumed it (one per segment)."""
+
+    TYPE: ClassVar[str] = "run_started"
+    run_id: str
+    stage: str
+    """"stage1" or "stage2"."""
+    method: str
+    pid: int | None
+    """The worker's pid (on `host`)."""
+    config: dict[str, Any]
+    """The full resolved run config."""
+    task: str | None = None
+    """Stage 1: the task tuned."""
+    target: str | None = None
+    """Stage 2: the target task."""
+    host: str | None = None
+    """Where the worker runs (since turn 2; None in older runs)."""
+    executor: str = "local"
+    """"local" or "slurm" (since turn 2)."""
+    job_id: str | None = None
+    """The Slurm job id; None when local."""
+
+    @property
+    def label(self) -> str:
+        """The stage-2 target, else the stage-1 task."""
+        return self.target or self.task or ""
+
+
+@dataclass(slots=True)
+class Step(Event):
+    """One training step."""
+
+    TYPE: ClassVar[str] = "step"
+    step: int
+    loss: float
+    lr: dict[str, float]
+    """Learning rate of each parameter group, by name."""
+    samples_per_s: float
+
+
+@dataclass(slots=True)
+class Group(Event):
+    """The source group DTVG chose at one step (stage 2, grouping methods)."""
+
+    TYPE: ClassVar[str] = "group"
+    step: int
+    ranked: list[Ranked]
+    """Every source by descending similarity to the target."""
+    selected: list[str]
+    """The sources merged at this step."""
+    ts: float
+    """Target similarity of the group (DTVG eq. 3)."""
+    kc: float
+    """Knowledge consistency of the group (DTVG eq. 4)."""
+    scales: dict[str, float]
+    """Mean token scale per task (the target's own included)."""
+
+
+@dataclass(slots=True)
+class Eval(Event):
+    """Scores on one split: validation during training, test once at the end."""
+
+    TYPE: ClassVar[str] = "eval"
+    step: int | None
+    """The step evaluated (the test eval names the best checkpoint's step, None when there was none)."""
+    split: str
+    metrics: dict[str, float]
+    primary: float | None
+    """The mean of the task's metrics, by which checkpoints are chosen."""
+    best: bool
+    """Whether this validation score is the best so far."""
+
+
+@dataclass(slots=True)
+class Checkpoint(Event):
+    """A resumable checkpoint was written."""
+
+    TYPE: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass(slots=True)
+class Artifact(Event):
+    """A result file was written."""
+
+    TYPE: ClassVar[str] = "artifact"
+    kind: str
+    """"prompt", "tpv" or "adapter"."""
+    path: str
+
+
+@dataclass(slots=True)
+class Log(Event):
+    """A message for the user."""
+
+    TYPE: ClassVar[str] = "log"
+    level: str
+    message: str
+
+
+@dataclass(slots=True)
+class RunFinished(Event):
+    """A worker ended its segment of the run."""
+
+    TYPE: ClassVar[str] = "run_finished"
+    status: FinishStatus
+    summary: dict[str, Any]
+    """Best metric, steps, seconds, test metrics."""
+    error: str | None
+
+
+EVENT_CLASSES: tuple[type[Event], ...] = (
+    RunStarted,
+    Step,
+    Group,
+    Eval,
+    Checkpoint,
+    Artifact,
+    Log,
+    RunFinished,
 )
+EVENT_TYPES = tuple(cls.TYPE for cls in EVENT_CLASSES)
 """Every event type of v1, in the order a run usually emits them."""
 
-TERMINAL_STATUSES = ("completed", "failed", "stopped")
-"""The `status` values of `run_finished`."""
+
+# ----- checking a decoded line against the schema -----
+
+Check = Callable[[Any], bool]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # NaN and inf are numbers
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_for(hint: Any) -> Check:
+    """A predicate for the JSON values of a field annotated `hint` (bool is no number)."""
+    if hint is Any:
+        return lambda value: True
+    if hint is float:
+        return _is_number
+    if hint is int:
+        return _is_int
+    if hint is NoneType:
+        return lambda value: value is None
+    if hint in (str, bool):
+        return lambda value: isinstance(value, hint)
+    if is_typeddict(hint):
+        keys = tuple((k, _check_for(t)) for k, t in get_type_hints(hint).items())
+
+        def check_typeddict(value: Any) -> bool:
+            if not isinstance(value, dict):
+                return False
+            for key, check in keys:
+                if key not in value or not check(value[key]):
+                    return False
+            return True
+
+        return check_typeddict
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return lambda value: isinstance(value, str) and value in args
+    if origin in (Union, UnionType):
+        if len(args) == 2 and NoneType in args:  # the usual `X | None`
+            other = _check_for(next(a for a in args if a is not NoneType))
+            return lambda value: value is None or other(value)
+        options = tuple(_check_for(a) for a in args)
+        return lambda value: any(c(value) for c in options)
+    if origin is list:
+        item = _check_for(args[0])
+        return lambda value: isinstance(value, list) and all(map(item, value))
+    if origin is dict:  # JSON object keys are always strings
+        entry = _check_for(args[1])
+        if args[1] is Any:
+            return lambda value: isinstance(value, dict)
+        return lambda value: isinstance(value, dict) and all(map(entry, value.values()))
+    raise TypeError(f"no JSON check for {hint!r}")
+
+
+def _schema(cls: type[Event]) -> tuple[tuple[str, Check, bool, str], ...]:
+    """(name, check, required, type text) of each field of an event class."""
+    hints = get_type_hints(cls)
+    return tuple(
+        (
+            f.name,
+            _check_for(hints[f.name]),
+            f.default is MISSING and f.default_factory is MISSING,
+            str(f.type),
+        )
+        for f in fields(cls)
+    )
+
+
+_SCHEMAS = {cls.TYPE: (cls, _schema(cls)) for cls in EVENT_CLASSES}
+
+
+class InvalidEvent(ValueError):
+    """A decoded line that is no v1 event; the message says why."""
+
+
+def event_from_dict(obj: Any) -> Event:
+    """The event a decoded JSON line holds; `InvalidEvent` saying what is wrong when it holds none.
+
+    Fields the schema does not know are ignored (a newer writer may add some).
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION or not _is_int(version):
+        raise InvalidEvent(f"schema version {version!r}, not {SCHEMA_VERSION}")
+    kind = obj.get("type")
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise InvalidEvent(f"unknown event type {kind!r}")
+    cls, checks = schema
+    values = {}
+    for name, check, required, type_text in checks:
+        if name in obj:
+            value = obj[name]
+            if not check(value):
+                raise InvalidEvent(f"{kind} field {name!r} should be {type_text}, not {value!r:.60}")
+            values[name] = value
+        elif required:
+            raise InvalidEvent(f"{kind} event without its {name!r} field")
+    return cls(**values)
+
+
+def parse_line(raw: bytes) -> Event | None:
+    """The event of one line of `events.jsonl`, None when the line holds none (see the module doc)."""
+    try:
+        return event_from_dict(json.loads(raw))
+    except (ValueError, RecursionError):  # JSON, UTF-8 and schema errors are ValueErrors
+        return None
+
+
+def parse_lines(lines: Iterable[bytes]) -> tuple[list[Event], int]:
+    """The events of `lines` (blank ones ignored) and how many lines held none."""
+    events: list[Event] = []
+    skipped = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        event = parse_line(line)
+        if event is None:
+            skipped += 1
+        else:
+            events.append(event)
+    return events, skipped
+
+
+# ----- writing -----
 
 
 class EventWriter:
@@ -40,10 +330,9 @@ class EventWriter:
             self._file.write("\n")
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        """Write one event and return it; `type` must be one of `EVENT_TYPES`."""
-        if type not in EVENT_TYPES:
-            raise ValueError(f"unknown event type {type!r}")
+        """Write one event and return it as written; `ValueError` when it does not fit the schema."""
         event = {"v": SCHEMA_VERSION, "type": type, "time": time.time(), **fields}
+        event_from_dict(event)
         self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
         self._file.flush()
         return event
@@ -67,39 +356,211 @@ def _ends_torn(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
-def parse_lines(chunk: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Parse the complete lines of `chunk`; return the events and how many bytes were consumed.
+# ----- reading -----
 
-    A trailing piece without a newline is not consumed (it may be a line still being written).
-    Lines that are not valid JSON objects of schema v1 with a known type are skipped.
+
+class EventReader:
+    """Follows one `events.jsonl` from a byte offset; one reader per file, used from one thread.
+
+    Each read consumes the complete lines written since the last one. A torn last line is left for the
+    next read. When the file was truncated, replaced or rewritten (it no longer ends a line where the
+    last read stopped), the read starts again from byte 0 and sets `restarted`: whoever folded the
+    earlier events must start their fold again too.
     """
-    events: list[dict[str, Any]] = []
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return events, 0
-    for raw in chunk[: end + 1].splitlines():
-        if not raw.strip():
-            continue
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0) -> None:
+        self.path = Path(path)
+        """The file followed."""
+        self.offset = offset
+        """Bytes consumed so far: always just after a newline (or 0)."""
+        self.size = 0
+        """The file's size at the last read."""
+        self.at_end = False
+        """Whether the last read reached the end of the file (what is left, if anything, is a torn line)."""
+        self.restarted = False
+        """Whether the last read started again from byte 0 because the file was truncated or replaced."""
+        self.skipped = 0
+        """Lines read that held no event (see `parse_line`), since the last (re)start."""
+        self._file_id: tuple[int, int] | None = None
+
+    def skip_existing(self) -> None:
+        """Start after the last complete line the file holds now: what is there already is history."""
+        self.offset = 0
         try:
-            event = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("v") == SCHEMA_VERSION and event.get("type") in EVENT_TYPES:
-            events.append(event)
-    return events, end + 1
+            with open(self.path, "rb") as f:
+                self._file_id = _file_id(f)
+                pos = f.seek(0, os.SEEK_END)
+                while pos > 0:
+                    block = min(pos, 1 << 16)
+                    f.seek(pos - block)
+                    newline = f.read(block).rfind(b"\n")
+                    if newline >= 0:
+                        self.offset = pos - block + newline + 1
+                        return
+                    pos -= block
+        except FileNotFoundError:
+            return
+
+    def read_lines(self, max_bytes: int | None = None) -> list[bytes]:
+        """The complete lines after `offset`, consumed (about `max_bytes` of them, at least one line).
+
+        A missing file reads as no lines. Lines are raw bytes: `read` parses them; a reader that needs
+        only some events may pick lines first and parse those with `parse_line`.
+        """
+        self.restarted = False
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            self.size, self.at_end = 0, True
+            return []
+        with f:
+            file_id = _file_id(f)
+            size = os.fstat(f.fileno()).st_size
+            if self.offset and (
+                size < self.offset
+                or self._file_id not in (None, file_id)
+                or not _line_ends_at(f, self.offset)
+            ):
+                self.offset, self.skipped, self.restarted = 0, 0, True
+            self._file_id = file_id
+            f.seek(self.offset)
+            parts = [f.read(max_bytes or -1)]
+            while max_bytes and len(parts[-1]) == max_bytes and b"\n" not in parts[-1]:
+                parts.append(f.read(max_bytes))  # one line longer than max_bytes: read on to its end
+        chunk = b"".join(parts)
+        self.at_end = not max_bytes or len(parts[-1]) < max_bytes
+        self.size = max(size, self.offset + len(chunk))
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        return chunk[:end].split(b"\n")
+
+    def read(self, max_bytes: int | None = None) -> list[Event]:
+        """The events of the complete lines after `offset` (see `read_lines`); unreadable lines counted."""
+        events, skipped = parse_lines(self.read_lines(max_bytes))
+        self.skipped += skipped
+        return events
 
 
-def read_events(path: str | os.PathLike[str], offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Read the events written after byte `offset`; return them and the offset to resume from.
+def _file_id(f: Any) -> tuple[int, int]:
+    st = os.fstat(f.fileno())
+    return st.st_dev, st.st_ino
 
-    Call it again with the returned offset to follow a live run incrementally.
-    A missing file reads as no events.
+
+def _line_ends_at(f: Any, offset: int) -> bool:
+    """Whether the byte before `offset` is a newline, i.e. the file was not rewritten under the reader."""
+    f.seek(offset - 1)
+    return f.read(1) == b"\n"
+
+
+def read_events(path: str | os.PathLike[str]) -> list[Event]:
+    """Every event of a file (a missing file has none)."""
+    return EventReader(path).read()
+
+
+# ----- the fold -----
+
+
+@dataclass
+class RunState:
+    """A run as its event stream tells it, folded one event at a time (`add`, `feed`).
+
+    Only lifecycle, step and eval events change it (every event moves `last_time`), so a reader that
+    needs no curves may skip the other lines, as long as it keeps the last valid line before each
+    `run_started` and at the end (`dtvg_tui.runindex` does). Whether a `running` worker is still alive
+    is no part of the stream: `runfolder.derive_status` adds it.
     """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-    except FileNotFoundError:
-        return [], offset
-    events, consumed = parse_lines(chunk)
-    return events, offset + consumed
+
+    segments: int = 0
+    """How many times a worker started the run (1 + resumes)."""
+    first_start: RunStarted | None = None
+    last_start: RunStarted | None = None
+    finish: RunFinished | None = None
+    """The `run_finished` that closed the last segment; None while a segment is open or before any."""
+    last_step: Step | None = None
+    best: Eval | None = None
+    """The latest eval marked best."""
+    last_eval: dict[str, Eval] = field(default_factory=dict)
+    """The latest eval of each split."""
+    last_time: float | None = None
+    """The time of the latest event."""
+    _closed: float = 0.0
+    _open: float | None = None
+
+    def feed(self, events: Iterable[Event]) -> None:
+        """Fold more events, in file order."""
+        for event in events:
+            self.add(event)
+
+    def add(self, event: Event) -> None:
+        """Fold one event."""
+        if isinstance(event, Step):
+            self.last_step = event
+        elif isinstance(event, Eval):
+            self.last_eval[event.split] = event
+            if event.best:
+                self.best = event
+        elif isinstance(event, RunStarted):
+            if self._open is not None and self.last_time is not None:  # that segment died: it ran until
+                self._closed += self.last_time - self._open  # its last event
+            self._open = event.time
+            self.segments += 1
+            self.first_start = self.first_start or event
+            self.last_start = event
+            self.finish = None
+        elif isinstance(event, RunFinished):
+            if self._open is not None:
+                self._closed += event.time - self._open
+                self._open = None
+            self.finish = event
+        self.last_time = event.time
+
+    @property
+    def status(self) -> str:
+        """ "pending" before any lifecycle event, "running" in an open segment, else the finish's status."""
+        if self.finish is not None:
+            return self.finish.status
+        return "running" if self.last_start is not None else "pending"
+
+    @property
+    def lifecycle_time(self) -> float | None:
+        """When the latest lifecycle event was written."""
+        latest = self.finish or self.last_start
+        return latest.time if latest is not None else None
+
+    @property
+    def step(self) -> int:
+        """The latest training step (0 before the first)."""
+        return self.last_step.step if self.last_step is not None else 0
+
+    @property
+    def best_metric(self) -> float | None:
+        return self.best.primary if self.best is not None else None
+
+    @property
+    def error(self) -> str | None:
+        """The error of the finish that closed the run, if any."""
+        return self.finish.error if self.finish is not None else None
+
+    @property
+    def started(self) -> float | None:
+        """When the first segment started."""
+        return self.first_start.time if self.first_start is not None else None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds running, summed over segments (an open or dead one up to its last event)."""
+        if self.segments == 0:
+            return None
+        total = self._closed
+        if self._open is not None and self.last_time is not None:
+            total += self.last_time - self._open
+        return total
+
+
+def read_state(path: str | os.PathLike[str]) -> RunState:
+    """The fold of every event of a file."""
+    state = RunState()
+    state.feed(read_events(path))
+    return state

@@ -2,13 +2,17 @@
 
 It is derived from the run folders and rebuilt from them whenever it is missing or corrupt. Every
 change takes `history.json.lock` and replaces the file atomically, so the TUI and headless commands can
-update it side by side. Imports only the standard library, tinydb and filelock: the TUI imports it.
+update it side by side. In a runs directory that cannot hold the lock (read-only), `all()` still reads:
+it summarizes the run folders and writes nothing. Imports only the standard library, tinydb and
+filelock: the TUI imports it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +63,28 @@ class History:
         """The TinyDB file, `runs/history.json`."""
         self._lock = FileLock(f"{self.path}.lock")
 
-    def _locked(self) -> FileLock:
-        """The lock every read-modify-write holds (the runs directory is created if needed)."""
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        return self._lock
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock every read-modify-write holds (the runs directory is created if needed).
+
+        `UserError` when history.json is a folder, or the lock file cannot be made (read-only directory).
+        """
+        if self.path.is_dir():
+            raise UserError(
+                f"{self.path} is a folder, not the history index; move it away "
+                "(the index is rebuilt from the run folders)"
+            )
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except OSError as e:
+            raise UserError(
+                f"cannot update the history index {self.path}: {e.strerror}; is {self.runs_dir} read-only?"
+            ) from e
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _db(self) -> TinyDB:
         """A fresh handle: TinyDB caches ids and queries, which other processes may have made stale."""
@@ -93,7 +115,7 @@ class History:
             return None
 
     def _rebuild_locked(self) -> list[dict[str, Any]]:
-        docs = [doc for run_dir in list_run_dirs(self.runs_dir) if (doc := self._summarize(run_dir))]
+        docs = self._current(None)
         self._replace_all(docs)
         return docs
 
@@ -116,22 +138,28 @@ class History:
 
         A missing or corrupt index is rebuilt. Otherwise runs added or deleted since are added or
         dropped, and runs not settled are re-summarized: a worker that was killed cannot say so itself.
+        A read-only runs directory gets the same documents, and its index is left as it is.
         """
+        if self.runs_dir.is_dir() and not os.access(self.runs_dir, os.W_OK | os.X_OK):
+            return self._current(self._read())
         with self._locked():
             indexed = self._read()
-            if indexed is None:
-                return self._rebuild_locked()
-            by_id = {doc["run_id"]: doc for doc in indexed}
-            docs = []
-            for run_dir in list_run_dirs(self.runs_dir):
-                doc = by_id.get(run_dir.name)
-                if doc is None or doc.get("status") not in SETTLED_STATUSES:
-                    doc = self._summarize(run_dir)
-                if doc:
-                    docs.append(doc)
-            if docs != sorted(indexed, key=lambda doc: doc["run_id"]):
+            docs = self._current(indexed)
+            if indexed is None or docs != sorted(indexed, key=lambda doc: doc["run_id"]):
                 self._replace_all(docs)
             return docs
+
+    def _current(self, indexed: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        """The documents of the run folders now, reusing the indexed ones of settled runs."""
+        by_id = {doc["run_id"]: doc for doc in indexed or []}
+        docs = []
+        for run_dir in list_run_dirs(self.runs_dir):
+            doc = by_id.get(run_dir.name)
+            if doc is None or doc.get("status") not in SETTLED_STATUSES:
+                doc = self._summarize(run_dir)
+            if doc:
+                docs.append(doc)
+        return docs
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         """The up-to-date document of one run, or None when there is no such run."""

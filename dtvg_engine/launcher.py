@@ -2,7 +2,9 @@
 
 A worker runs in its own session (so its process group holds it and every child it spawns, and
 closing the terminal or the TUI does not take it down), writes its output to worker.log and its pid
-to worker.pid. Standard library only, because the terminal UI imports it.
+to worker.pid. Before it starts, the launcher claims the run (`runfolder.claim_run`) and hands the claim
+to the worker, so at most one worker owns a run folder whoever launches it: the CLI, the TUI or a
+pipeline. Standard library only, because the terminal UI imports it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-from dtvg_engine.runfolder import LOG, PIDFILE, pid_alive, summarize
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import (
+    LOG,
+    PIDFILE,
+    WORKER_LOCK_FD,
+    checkpoint_path,
+    claim_run,
+    pid_alive,
+    record_owner,
+    refusal,
+    run_owner,
+    summarize,
+    write_text_atomic,
+)
 
 _POLL_S = 0.05
+_STARTING_S = 1.0
+"""How long a stop waits for the pid of a worker that is being launched."""
 
 _children: list[subprocess.Popen[bytes]] = []
 """Workers this process started, kept so each is reaped once it exits (no zombies, no warnings)."""
@@ -27,11 +44,15 @@ def _reap() -> None:
     _children[:] = [child for child in _children if child.poll() is None]
 
 
-def spawn_detached(command: list[str], log_path: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+def spawn_detached(
+    command: list[str], log_path: str | os.PathLike[str], lock_fd: int | None = None
+) -> subprocess.Popen[bytes]:
     """Start `command` in its own session (process group), output appended to `log_path`.
 
-    Kept in `_children` so it is reaped when it exits.
+    `lock_fd`, a run's claim, is inherited by the child (its number in `WORKER_LOCK_FD`), so the claim
+    lives exactly as long as the worker. Kept in `_children` so it is reaped when it exits.
     """
+    env = {**os.environ, WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else None
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             command,
@@ -40,6 +61,8 @@ def spawn_detached(command: list[str], log_path: str | os.PathLike[str]) -> subp
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            pass_fds=() if lock_fd is None else (lock_fd,),
+            env=env,
         )
     _children.append(child)
     return child
@@ -48,27 +71,38 @@ def spawn_detached(command: list[str], log_path: str | os.PathLike[str]) -> subp
 def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = None) -> int:
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
-    `command` replaces the worker command line; tests use it to launch a stand-in.
+    The run is claimed first and the claim handed to the worker. `UserError`, before anything starts,
+    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`) or when its
+    checkpoint cannot be loaded safely. `command` replaces the worker command line; tests use it to
+    launch a stand-in.
     """
     _reap()
     run_dir = Path(run_dir)
     command = command or [sys.executable, "-m", "dtvg_engine.worker", str(run_dir)]
-    worker = spawn_detached(command, run_dir / LOG)
-    tmp = run_dir / f".{PIDFILE}.tmp"
-    tmp.write_text(f"{worker.pid}\n")
-    os.replace(tmp, run_dir / PIDFILE)
+    lock = claim_run(run_dir)
+    try:
+        reason = refusal("resume", run_dir.name, summarize(run_dir).status, owner=None)  # we own it now
+        if reason:
+            raise UserError(reason)
+        checkpoint_path(run_dir)
+        worker = spawn_detached(command, run_dir / LOG, lock)
+        record_owner(lock, worker.pid)
+        write_text_atomic(run_dir / PIDFILE, f"{worker.pid}\n")
+    finally:
+        os.close(lock)  # the worker holds the claim from here on
     return worker.pid
 
 
 def _live_pid(run_dir: str | os.PathLike[str]) -> int | None:
-    """The pid of the run's worker while the run is pending or running, else None.
+    """The pid of the worker owning the run (holding its claim), else None.
 
-    Going through the run's status means a finished run's old pid, maybe reused by now, is never signalled.
+    Going through the claim, which only a live worker holds, means an old pid, maybe reused by now by
+    another process, is never signalled. A worker being launched has its pid recorded in a moment.
     """
-    summary = summarize(run_dir)
-    if summary.status in ("pending", "running") and pid_alive(summary.pid):
-        return summary.pid
-    return None
+    deadline = time.monotonic() + _STARTING_S
+    while (pid := run_owner(run_dir)) == 0 and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    return pid if pid and pid_alive(pid) else None
 
 
 def _signal(pid: int, signum: int) -> bool:

@@ -32,9 +32,9 @@ from typing import Any
 import tomllib
 
 from dtvg_engine import config as configs
-from dtvg_engine import tasks
+from dtvg_engine import method_registry, tasks
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import read_events
+from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
 
 TOP_KEYS = {
@@ -99,9 +99,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
     configs.check_settings(_shared(spec), label=lambda key: f"{path}: {key}")
     for task in spec["sources"] + spec["targets"]:
         tasks.get_task(task)
-    for method in spec["methods"]:
-        if method not in configs.METHODS:
-            raise UserError(f"{path}: unknown method {method!r}; choose from {', '.join(configs.METHODS)}")
+    _check_methods(path, spec)
     overlap = set(spec["sources"]) & set(spec["targets"])
     if overlap:
         raise UserError(f"{path}: {', '.join(sorted(overlap))} listed as both source and target")
@@ -116,6 +114,36 @@ def load_experiment(path: Path) -> dict[str, Any]:
             raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(bad))}")
         configs.check_settings(settings, label=lambda key, table=table: f"{path}: [{table}] {key}")
     return spec
+
+
+def _check_methods(path: Path, spec: dict[str, Any]) -> None:
+    """Every entry of `methods` is a registered method, optionally with its grouping rule
+    (`dtvg:prefix`), and no two entries name the same runs (`dtvg` is `dtvg:greedy` by default)."""
+    grouping = _grouping(spec)
+    seen: dict[tuple[tuple[str, Any], ...], str] = {}
+    for entry in spec["methods"]:
+        try:
+            settings = tuple(sorted(method_registry.entry_settings(entry, grouping).items()))
+        except UserError as exc:
+            raise UserError(f"{path}: methods: {exc}") from None
+        if settings in seen:
+            raise UserError(f"{path}: methods lists {seen[settings]} and {entry}, which are the same runs")
+        seen[settings] = entry
+
+
+def _grouping(spec: dict[str, Any]) -> str:
+    """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
+    stage2 = spec.get("stage2", {})
+    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
+
+
+def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """The entry of the study's `methods` a stage-2 run's config is a run of, if any."""
+    for entry in spec["methods"]:
+        wanted = method_registry.entry_settings(entry, _grouping(spec))
+        if all(config.get(key) == value for key, value in wanted.items()):
+            return entry
+    return None
 
 
 def _check_name(name: Any, label: str) -> None:
@@ -213,7 +241,7 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
     # rows that are another trial's test set.
     target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
     target_runs: dict[tuple[str, int], Path] = {}
-    if any(m in configs.NEEDS_TARGET_TPV for m in spec["methods"]):
+    if any(method_registry.parse(entry)[0].needs_target_run for entry in spec["methods"]):
         for task in spec["targets"]:
             for seed in spec["seeds"]:
                 config = configs.stage1_config(task, **shared, **{**target_stage1, "seed": seed})
@@ -228,7 +256,7 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
         for method in spec["methods"]:
             for seed in spec["seeds"]:
                 own = target_runs.get((target, seed))
-                if method in configs.NEEDS_TARGET_TPV and own not in finished:
+                if method_registry.parse(method)[0].needs_target_run and own not in finished:
                     report.append(
                         f"skipped {target}/{method}/seed {seed}: stage-1 run of {target} did not finish"
                     )
@@ -246,7 +274,8 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
                 except UserError as exc:  # a stage-1 run it needs failed: report, carry on
                     report.append(f"skipped {target}/{method}/seed {seed}: {exc}")
                     continue
-                plan2.append(_reuse_or_create(runs_dir, "stage2", f"{target}-{method}-s{seed}", wanted))
+                label = f"{target}-{method_registry.run_label(method)}-s{seed}"
+                plan2.append(_reuse_or_create(runs_dir, "stage2", label, wanted))
     _execute(plan2, jobs, report)
 
     results = results_table(spec, [run_dir for run_dir, _ in plan2])
@@ -259,9 +288,8 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
 
 def test_primary(run_dir: Path) -> float | None:
     """The test-split primary metric of a completed run (at its best validation checkpoint)."""
-    events, _ = read_events(run_dir / EVENTS)
-    tests = [e for e in events if e["type"] == "eval" and e.get("split") == "test"]
-    return tests[-1]["primary"] if tests and summarize(run_dir).status == "completed" else None
+    test = read_state(run_dir / EVENTS).last_eval.get("test")
+    return test.primary if test is not None and summarize(run_dir).status == "completed" else None
 
 
 def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
@@ -271,7 +299,7 @@ def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
         config = read_config(run_dir)
         value = test_primary(run_dir)
         if value is not None:
-            scores.setdefault((config["target"], config["method"]), []).append(value)
+            scores.setdefault((config["target"], entry_of(spec, config)), []).append(value)
     rows = []
     for target in spec["targets"]:
         for method in spec["methods"]:

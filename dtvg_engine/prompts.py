@@ -7,8 +7,6 @@ file name is the init id every TPV records, so vectors from different inits are 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from dtvg_engine.backbones import Backbone
 from dtvg_engine.config import init_id
-from dtvg_engine.runfolder import INITS_DIR
+from dtvg_engine.runfolder import INITS_DIR, replacing
 
 TOP_VOCAB = 5000
 """P_init rows are drawn from the embeddings of this many most frequent tokens (lowest ids)."""
@@ -49,8 +47,6 @@ def shared_init(
         path.parent.mkdir(parents=True, exist_ok=True)
         prompt = sample_init(backbone, prompt_length, init_seed)
         meta = {"model": backbone.name, "prompt_length": str(prompt_length), "init_seed": str(init_seed)}
-        fd, tmp = tempfile.mkstemp(prefix=".init-", dir=path.parent)
-        os.close(fd)
-        save_file({"prompt": prompt}, tmp, metadata=meta)
-        os.replace(tmp, path)  # parallel workers write identical bytes; the last rename wins harmlessly
+        with replacing(path) as tmp:  # parallel workers write identical bytes; the last rename wins
+            save_file({"prompt": prompt}, tmp, metadata=meta)
     return load_file(path)["prompt"], ident

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import grouping, metrics, pipeline, tasks
-from dtvg_engine.events import read_events
+from dtvg_engine.events import Group, read_events
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
 
@@ -246,8 +246,7 @@ def picks_section(
 
 def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
     """(step, selected sources) of every `group` event of a run."""
-    events, _ = read_events(run_dir / EVENTS)
-    return [(e["step"], tuple(e["selected"])) for e in events if e["type"] == "group"]
+    return [(e.step, tuple(e.selected)) for e in read_events(run_dir / EVENTS) if isinstance(e, Group)]
 
 
 def trajectory(steps: list[tuple[int, tuple[str, ...]]]) -> list[tuple[int, tuple[str, ...]]]:

@@ -6,10 +6,14 @@ library only, because the terminal UI imports it and must start in well under a 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
-import tempfile
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +29,20 @@ PROMPT = "prompt.safetensors"
 TPV = "tpv.safetensors"
 ADAPTER = "adapter"
 CHECKPOINT = "checkpoint"
+CHECKPOINT_FILE = "state.safetensors"
+"""The resume state inside CHECKPOINT: tensors, plus the rest as JSON in the header (`training`)."""
+OLD_CHECKPOINT_FILE = "state.pt"
+"""The pickled checkpoint of versions before 0.2: never loaded, since unpickling can run any code."""
+CHECKPOINT_FORMAT = "dtvg-checkpoint-1"
+"""The `format` a checkpoint's header metadata names; anything else is refused."""
 META = "meta.json"
 """User annotations (tags, note): kept in the run folder so the history stays derivable."""
+META_LOCK = "meta.json.lock"
+"""Held (flock) around every read-modify-write of meta.json, so parallel tag/note commands lose nothing."""
 PIDFILE = "worker.pid"
 """The launched worker's pid, written by the launcher so a run can be stopped before its first event."""
+WORKER_LOCK = "worker.lock"
+"""Held (flock) by the run's worker for its whole life, from launch on; holds its pid. One worker per run."""
 INITS_DIR = "_inits"
 """Shared initializations, `runs/_inits/<model-slug>-r<length>-s<seed>.safetensors`."""
 
@@ -54,23 +68,54 @@ def new_run_id(stage: str, label: str, now: datetime | None = None) -> str:
     return f"{stamp}-{_safe(stage)}-{_safe(label)}"
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write `obj` as JSON through a temp file in the same folder and `os.replace`.
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh temp file next to `path` for the caller to write; then it replaces `path` atomically.
 
-    Readers see either the old file or the new one, never a half-written one.
+    Readers see the old file or the new one, never half of one. The temp file gets the mode any new
+    file gets (0666 less the umask, so a copied runs directory stays readable to others), its data is
+    on disk before the rename (fsync) and the rename itself is, where the filesystem allows, too.
+    On an error the temp file is removed and `path` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as the kernel applied it
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
+        yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in folder `path` durable; skipped where the filesystem cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` through `replacing`."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` through `replacing`."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def create_run(runs_dir: str | os.PathLike[str], stage: str, label: str, config: dict[str, Any]) -> Path:
@@ -114,34 +159,74 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def list_run_dirs(runs_dir: str | os.PathLike[str]) -> list[Path]:
-    """Run folders (those holding a config.json) sorted by name, i.e. by start time.
+    """Run folders (real folders holding a config.json) sorted by name, i.e. by start time.
 
-    Names starting with "_" or "." (shared inits, temp folders) are not runs.
+    Names starting with "_" or "." (shared inits, temp folders) are not runs, and neither are symbolic
+    links: a run folder lives inside its runs directory (`find_run`).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    return sorted(p for p in runs_dir.iterdir() if p.name[:1] not in ("_", ".") and (p / CONFIG).is_file())
+    return sorted(p for p in runs_dir.iterdir() if _is_run_name(p.name) and _is_run_dir(p))
+
+
+def _is_run_name(name: str) -> bool:
+    return name not in ("", ".", "..") and name[:1] not in ("_", ".")
+
+
+def _is_run_dir(path: Path) -> bool:
+    return not path.is_symlink() and (path / CONFIG).is_file()
 
 
 def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
-    """The run folder `ref` names: an exact id, else the one id containing `ref` (e.g. a short suffix).
+    """The run folder `ref` names inside `runs_dir`: an exact id, else the one id containing `ref`.
 
-    A path to a run folder is accepted too. `UserError` when no run or several runs match.
+    A path is accepted when it names a folder directly inside `runs_dir` (as tab completion gives
+    `runs/<id>/`). Anything else is refused with a `UserError`: a path elsewhere, "..", a symbolic link
+    (its target may be anywhere; `dtvg runs rm` removes the link alone, see `find_link`), no run or
+    several runs matching.
     """
-    runs_dir = Path(runs_dir)
-    exact = runs_dir / ref
-    if ref and (exact / CONFIG).is_file():
+    root = Path(runs_dir)
+    name = _name_inside(root, ref)
+    exact = root / name
+    if exact.is_symlink():
+        raise UserError(
+            f"{exact} is a symbolic link to {os.readlink(exact)}; runs are real folders inside {root}/ "
+            f"(`dtvg runs rm {name}` removes the link alone)"
+        )
+    if _is_run_name(name) and (exact / CONFIG).is_file():
         return exact
-    if ref and (Path(ref) / CONFIG).is_file():
-        return Path(ref)
-    matches = [p for p in list_run_dirs(runs_dir) if ref and ref in p.name]
+    matches = [p for p in list_run_dirs(root) if name == ref and ref in p.name]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise UserError(f"no run matching {ref!r} in {runs_dir}/; see `dtvg runs list`")
+        raise UserError(f"no run matching {ref!r} in {root}/; see `dtvg runs list`")
     names = ", ".join(p.name for p in matches[:5]) + (", …" if len(matches) > 5 else "")
     raise UserError(f"{ref!r} matches {len(matches)} runs: {names}; give more of the id")
+
+
+def find_link(runs_dir: str | os.PathLike[str], ref: str) -> Path | None:
+    """The symbolic link `ref` names directly inside `runs_dir`, or None when it names no link."""
+    link = Path(runs_dir) / _name_inside(Path(runs_dir), ref)
+    return link if link.is_symlink() else None
+
+
+def _name_inside(root: Path, ref: str) -> str:
+    """The name of the entry of `root` that `ref` (a name, or a path) names; `UserError` for any other.
+
+    A path must resolve (its folder, symbolic links followed) to `root` itself: "../x", "/elsewhere/x",
+    "..", "." and "runs/x/../y" name nothing inside the runs directory.
+    """
+    path = Path(ref)
+    if not ref.strip() or path.name in ("", ".", ".."):
+        raise UserError(f"{ref!r} is not a run id; see `dtvg runs list`")
+    if path.name == ref:
+        return ref
+    if os.path.realpath(path.parent) != os.path.realpath(root) or ".." in path.parts:
+        raise UserError(
+            f"{ref} is not inside the runs directory {root}/; give a run id from `dtvg runs list`"
+        )
+    return path.name
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -173,9 +258,12 @@ def read_pid(run_dir: str | os.PathLike[str]) -> int | None:
 
 
 def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's user annotations `{"tags": [...], "note": "..."}`; empty ones when there is no meta.json."""
+    """The run's user annotations `{"tags": [...], "note": "..."}`; empty ones when there is no meta.json.
+
+    Bytes that are not UTF-8 read as U+FFFD, so a damaged note costs those characters, not the note.
+    """
     try:
-        meta = _read_json(Path(run_dir) / META)
+        meta = json.loads((Path(run_dir) / META).read_bytes().decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         meta = {}
     if not isinstance(meta, dict):
@@ -183,22 +271,213 @@ def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     tags = meta.get("tags")
     note = meta.get("note")
     return {
-        "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
-        "note": note if isinstance(note, str) else "",
+        "tags": [clean_text(str(t)) for t in tags] if isinstance(tags, list) else [],
+        "note": clean_text(note) if isinstance(note, str) else "",
     }
 
 
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode: stray bytes (lone surrogates, as a non-UTF-8 argv gives) become U+FFFD."""
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = text.encode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
 def update_meta(
-    run_dir: str | os.PathLike[str], tags: list[str] | None = None, note: str | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    tags: list[str] | None = None,
+    add_tags: Sequence[str] = (),
+    remove_tags: Sequence[str] = (),
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """Replace the run's tags and/or note (None leaves one as it is); return the new annotations."""
-    meta = read_meta(run_dir)
-    if tags is not None:
-        meta["tags"] = list(dict.fromkeys(str(t) for t in tags))
-    if note is not None:
-        meta["note"] = note
-    write_json_atomic(Path(run_dir) / META, meta)
+    """Change the run's annotations and return the new ones.
+
+    `tags` replaces the tags; `remove_tags` then `add_tags` edit them; `note` replaces the note (None
+    leaves it). The read-modify-write holds the run's meta lock, so parallel commands lose nothing.
+    """
+    run_dir = Path(run_dir)
+    with _flock(run_dir / META_LOCK, fcntl.LOCK_EX, "change the tags or note of"):
+        meta = read_meta(run_dir)
+        current = meta["tags"] if tags is None else [clean_text(str(t)) for t in tags]
+        removed = {clean_text(t) for t in remove_tags}
+        current = [t for t in current if t not in removed] + [clean_text(t) for t in add_tags]
+        meta["tags"] = list(dict.fromkeys(current))
+        if note is not None:
+            meta["note"] = clean_text(note)
+        write_json_atomic(run_dir / META, meta)
     return meta
+
+
+@contextmanager
+def _flock(path: Path, operation: int, doing: str) -> Iterator[int]:
+    """Hold `flock(operation)` on the lock file `path` (created if needed); yield its descriptor."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot {doing} run {path.parent.name}: {e.strerror} ({path})") from e
+    try:
+        fcntl.flock(fd, operation)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+# ----- one worker per run -----------------------------------------------------------------------------
+
+_CLAIM_TRIES = 20
+_CLAIM_WAIT_S = 0.025
+
+
+def claim_run(run_dir: str | os.PathLike[str]) -> int:
+    """Take the run's worker lock and return its descriptor; `UserError` when a worker already owns it.
+
+    The lock is an exclusive `flock` on worker.lock, which the operating system releases when the last
+    descriptor of it closes, so also when its worker dies (even by kill -9). The launcher claims a run
+    before it starts the worker and hands the descriptor to it (`WORKER_LOCK_FD`); a worker started by
+    hand claims the run itself. A moment's contention with `run_owner` is waited out.
+    """
+    run_dir = Path(run_dir)
+    try:
+        fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot start a worker for run {run_dir.name}: {e.strerror} ({run_dir})") from e
+    for _ in range(_CLAIM_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(_CLAIM_WAIT_S)
+            continue
+        os.ftruncate(fd, 0)  # the previous owner's pid
+        return fd
+    os.close(fd)
+    owner = run_owner(run_dir)
+    raise UserError(
+        f"run {run_dir.name} already has a worker (pid {owner or '?'}); "
+        f"wait for it, or stop it with `dtvg runs stop {run_dir.name}`"
+    )
+
+
+def record_owner(fd: int, pid: int) -> None:
+    """Write the pid of the worker holding the claim `fd` into the lock file, for `run_owner`."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{pid}\n".encode(), 0)
+
+
+WORKER_LOCK_FD = "DTVG_WORKER_LOCK_FD"
+"""Environment variable naming the claimed lock descriptor a launched worker inherits."""
+
+
+def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
+    """The pid of the worker owning the run (holding its lock): 0 while it is being launched, None when
+    no worker owns it. Only reads, so it works in a read-only runs directory."""
+    try:
+        fd = os.open(Path(run_dir) / WORKER_LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no worker ever ran here
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        return None
+    finally:
+        os.close(fd)
+
+
+# ----- what may be done to a run ----------------------------------------------------------------------
+
+ACTIONS = ("stop", "resume", "rm")
+"""What a user may ask of a run; `refusal` says when. Kill is a stop."""
+
+UNFINISHED_STATUSES = ("pending", "running", "stopped", "killed", "failed")
+"""Statuses a run can be resumed from once no worker owns it: `pending` is a run queued but never
+launched (a foreground `dtvg run` or a pipeline interrupted before its turn); `running` is one whose
+worker died while its pid lives on in another process."""
+
+
+def refusal(action: str, run_id: str, status: str, owner: int | None) -> str | None:
+    """Why `action` cannot be done to a run with this status and worker (`run_owner`), or None if it can.
+
+    The one rule for the CLI and the dashboard: a run with a worker can only be stopped; one without can
+    be removed, and resumed unless it completed.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    if action == "stop":
+        return None if owner is not None else f"run {run_id} is not running ({status})"
+    if owner is not None:
+        return (
+            f"run {run_id} is {status} (worker pid {owner or 'starting'}); "
+            f"stop it first with `dtvg runs stop {run_id}`"
+        )
+    if action == "resume" and status not in UNFINISHED_STATUSES:
+        return f"run {run_id} is {status}; only unfinished runs (stopped, killed, failed, queued) resume"
+    return None
+
+
+def check_action(run_dir: str | os.PathLike[str], action: str) -> None:
+    """`UserError` when `action` cannot be done to the run now (see `refusal`)."""
+    run_dir = Path(run_dir)
+    reason = refusal(action, run_dir.name, summarize(run_dir).status, run_owner(run_dir))
+    if reason:
+        raise UserError(reason)
+
+
+# ----- the resume checkpoint --------------------------------------------------------------------------
+
+
+def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The run's resume checkpoint after a check of its framing, or None when the run has none.
+
+    `UserError` naming the file and the way out when it cannot be loaded: truncated, not a checkpoint
+    of this format, or an old pickled one (never unpickled: a run folder may come from anyone).
+    The check reads the safetensors header only; the tensors themselves are read by `training`.
+    """
+    folder = Path(run_dir) / CHECKPOINT
+    path = folder / CHECKPOINT_FILE
+    restart = f"delete {folder} to resume from step 0 (the steps done so far are trained again)"
+    if not path.exists():
+        if (folder / OLD_CHECKPOINT_FILE).exists():
+            raise UserError(
+                f"{folder / OLD_CHECKPOINT_FILE} is an older version's pickled checkpoint, which is never "
+                f"loaded (unpickling can run code); {restart}"
+            )
+        return None
+    problem = _checkpoint_problem(path)
+    if problem:
+        raise UserError(f"checkpoint {path} {problem}; {restart}")
+    return path
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with the framing of a safetensors checkpoint file, or None."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= size - 8:
+                return f"is not a checkpoint (a {size}-byte file without a safetensors header)"
+            header = json.loads(f.read(length))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except ValueError:
+        return "has a damaged header"
+    try:
+        meta = header["__metadata__"]
+        ends = [int(t["data_offsets"][1]) for key, t in header.items() if key != "__metadata__"]
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "has a damaged header"
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        return f"is not a checkpoint of format {CHECKPOINT_FORMAT}"
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        return f"is truncated ({size} of {needed} bytes)"
+    return None
 
 
 def tail_log(run_dir: str | os.PathLike[str], lines: int = 20) -> list[str]:

@@ -17,7 +17,7 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.prompts import shared_init
-from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, write_json_atomic
+from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, replacing, write_json_atomic
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.training import Outcome, SoftPrompt, fit
 
@@ -78,7 +78,8 @@ def run(
         return outcome
 
     tuned = tuner.prompt().cpu()
-    save_file({"prompt": tuned}, run_dir / PROMPT, metadata={"init_id": init_id, "task": task.name})
+    with replacing(run_dir / PROMPT) as tmp:
+        save_file({"prompt": tuned}, tmp, metadata={"init_id": init_id, "task": task.name})
     events.emit("artifact", kind="prompt", path=PROMPT)
     metadata = {
         "task": task.name,

@@ -16,7 +16,7 @@ from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
-from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV
+from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, replacing
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, fit, linear_schedule
@@ -103,11 +103,9 @@ def run(
     if outcome.status != "completed":
         return outcome
     final = tuner.prompt().cpu()
-    save_file(
-        {"prompt": final},
-        run_dir / PROMPT,
-        metadata={"init_id": init_id, "task": target.name, "method": method},
-    )
+    with replacing(run_dir / PROMPT) as tmp:
+        metadata = {"init_id": init_id, "task": target.name, "method": method}
+        save_file({"prompt": final}, tmp, metadata=metadata)
     events.emit("artifact", kind="prompt", path=PROMPT)
     export_adapter(backbone, final, run_dir / ADAPTER)
     events.emit("artifact", kind="adapter", path=ADAPTER)

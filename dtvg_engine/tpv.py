@@ -12,9 +12,7 @@ On disk (DESIGN §3): ``tpv.safetensors`` with the tensor under key ``"tpv"`` an
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -24,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import replacing
 from dtvg_engine.tpv_numpy import TPV_KEY, encode_metadata, load_tpv_numpy, read_tpv_file
 
 __all__ = [
@@ -53,18 +52,12 @@ def task_prompt_vector(tuned_prompt: Tensor, p_init: Tensor) -> Tensor:
 
 
 def save_tpv(path: str | Path, tpv: Tensor, metadata: dict[str, str | int | float | None]) -> None:
-    """Write ``tpv`` under key ``"tpv"`` with JSON-encoded metadata, atomically (write, then rename)."""
+    """Write ``tpv`` under key ``"tpv"`` with JSON-encoded metadata, atomically (`runfolder.replacing`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensor = tpv.detach().to("cpu").contiguous()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file({TPV_KEY: tensor}, tmp, metadata=encode_metadata(metadata))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_tpv(path: str | Path) -> tuple[Tensor, dict[str, str | int | float | None]]:

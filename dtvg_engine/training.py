@@ -9,8 +9,8 @@ and the events.
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dtvg_engine import metrics
 from dtvg_engine.data import Splits
 from dtvg_engine.events import EventWriter
-from dtvg_engine.runfolder import CHECKPOINT
+from dtvg_engine.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path, replacing
 from dtvg_engine.scoring import LabelScorer
 
 
@@ -119,6 +121,70 @@ def evaluate(scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: i
     return metrics.compute(scorer.task, preds, golds)
 
 
+# ----- checkpoints: tensors in a safetensors file, everything else as JSON in its header ------------------
+# A checkpoint must load without running anything (a runs directory may come from someone else), so it
+# holds no pickle: each tensor of the state is stored under a numbered key and replaced in the JSON tree
+# by {"__tensor__": key}; tuples and int-keyed dicts (AdamW's state is keyed by parameter index) are tagged
+# so they come back as they were and the optimizer resumes bit for bit.
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Save `state` (tensors, numbers, strings, None, and lists, tuples and dicts of them) atomically."""
+    tensors: dict[str, Tensor] = {}
+    tree = json.dumps(_to_plain(state, tensors))
+    with replacing(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": CHECKPOINT_FORMAT, "state": tree})
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state `write_checkpoint` saved (tensors on the CPU); `RunFailed` naming a damaged file."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            tree = json.loads((f.metadata() or {})["state"])
+        return _from_plain(tree, tensors)
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as e:
+        raise RunFailed(
+            f"checkpoint {path} is damaged ({type(e).__name__}: {e}); "
+            f"delete {path.parent} to resume from step 0"
+        ) from e
+
+
+def _to_plain(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """`obj` as a JSON tree, its tensors moved (as CPU copies) into `tensors`."""
+    if isinstance(obj, Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_plain(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_to_plain(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _to_plain(v, tensors) for k, v in obj.items()}
+        if all(isinstance(k, int) for k in obj):
+            return {"__int_keys__": {str(k): _to_plain(v, tensors) for k, v in obj.items()}}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__}")
+
+
+def _from_plain(tree: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of `_to_plain`."""
+    if isinstance(tree, list):
+        return [_from_plain(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "__tensor__" in tree:
+        return tensors[tree["__tensor__"]]
+    if "__tuple__" in tree:
+        return tuple(_from_plain(v, tensors) for v in tree["__tuple__"])
+    if "__int_keys__" in tree:
+        return {int(k): _from_plain(v, tensors) for k, v in tree["__int_keys__"].items()}
+    return {k: _from_plain(v, tensors) for k, v in tree.items()}
+
+
 def fit(
     run_dir: Path,
     config: dict[str, Any],
@@ -143,9 +209,9 @@ def fit(
     params = [p for g in groups for p in g["params"]]
 
     state = {"step": 0, "best_metric": None, "best_step": None, "best": tuner.snapshot()}
-    checkpoint = run_dir / CHECKPOINT / "state.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+    checkpoint = checkpoint_path(run_dir)  # None, or a file whose framing was checked; UserError if bad
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)
         tuner.restore(saved["tuner"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -154,16 +220,18 @@ def fit(
 
     def save_checkpoint(step: int) -> None:
         state["step"] = step
-        checkpoint.parent.mkdir(exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        payload = {
-            "tuner": tuner.snapshot(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-        }
-        torch.save({**payload, "state": state}, tmp)
-        os.replace(tmp, checkpoint)
-        events.emit("checkpoint", step=step, path=str(checkpoint.relative_to(run_dir)))
+        path = run_dir / CHECKPOINT / CHECKPOINT_FILE
+        path.parent.mkdir(exist_ok=True)
+        write_checkpoint(
+            path,
+            {
+                "tuner": tuner.snapshot(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "state": state,
+            },
+        )
+        events.emit("checkpoint", step=step, path=str(path.relative_to(run_dir)))
 
     step = state["step"]
     while step < steps:

@@ -13,36 +13,42 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dtvg_engine import launcher
-from dtvg_engine.events import read_events
-from dtvg_engine.runfolder import EVENTS, pid_alive, read_config, summarize
+from dtvg_engine.events import EventReader, RunState
+from dtvg_engine.runfolder import EVENTS, pid_alive, planned_steps, read_config, summarize
 
 POLL_S = 0.3
 
 
 class _Followed:
-    """One run being watched: where its events were read up to, and its progress-bar task."""
+    """One run being watched: its events read so far, folded, and its progress-bar task."""
 
     def __init__(self, run_dir: Path, progress: Progress) -> None:
         self.run_dir = run_dir
-        events = run_dir / EVENTS
-        self.offset = events.stat().st_size if events.exists() else 0
-        """Where reading starts: a resumed run's earlier events (its old finish included) are history."""
+        self.reader = EventReader(run_dir / EVENTS)
+        self.reader.skip_existing()  # a resumed run's earlier events (its old finish included) are history
+        self.state = RunState()
+        """This run's new events, folded."""
         self.pid: int | None = None
         self.finished = False
         config = read_config(run_dir)
         label = config.get("task") or f"{config.get('target')} ← {config.get('method')}"
-        self.task_id = progress.add_task(label, total=config["steps"], status="queued")
+        self.task_id = progress.add_task(label, total=planned_steps(config), status="queued")
 
     def poll(self, progress: Progress) -> None:
-        events, self.offset = read_events(self.run_dir / EVENTS, self.offset)
-        for event in events:
-            if event["type"] == "step":
-                progress.update(self.task_id, completed=event["step"], status=f"loss {event['loss']:.3f}")
-            elif event["type"] == "eval" and event["split"] == "validation":
-                progress.update(self.task_id, status=f"val {event['primary']:.3f}")
-            elif event["type"] == "run_finished":
-                self.finished = True
-                progress.update(self.task_id, status=event["status"])
+        events = self.reader.read()
+        if self.reader.restarted:  # truncated or replaced: fold what it holds now
+            self.state = RunState()
+        self.state.feed(events)
+        state = self.state
+        if state.finish is not None:
+            self.finished = True
+            progress.update(self.task_id, completed=state.step, status=state.finish.status)
+        elif state.last_step is not None:
+            validation = state.last_eval.get("validation")
+            text = f"loss {state.last_step.loss:.3f}"
+            if validation is not None and validation.primary is not None:
+                text += f"  val {validation.primary:.3f}"
+            progress.update(self.task_id, completed=state.step, status=text)
         if not self.finished and self.pid is not None and not pid_alive(self.pid):
             self.finished = True  # died without a word (killed); its summary says "killed"
             progress.update(self.task_id, status=summarize(self.run_dir).status)

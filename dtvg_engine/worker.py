@@ -1,23 +1,27 @@
 """`python -m dtvg_engine.worker RUN_DIR`: run one configured run to its end.
 
-This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It reads
-`config.json`, writes the event stream, keeps the history index current at start and end, and on
-SIGTERM (or Ctrl-C) checkpoints and finishes with status `stopped`, so `dtvg run resume` can go on.
+This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It owns
+its run folder (the claim on worker.lock) for its whole life, so a second worker exits at once with
+code 2 without writing anything. It reads `config.json`, writes the event stream, keeps the history
+index current at start and end, and on SIGTERM (or Ctrl-C) checkpoints and finishes with status
+`stopped`, so `dtvg run resume` can go on.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, read_config
+from dtvg_engine.runfolder import EVENTS, WORKER_LOCK, WORKER_LOCK_FD, claim_run, read_config, record_owner
 
 
 def _stage_runner(stage: str):
@@ -33,8 +37,44 @@ def _stage_runner(stage: str):
     raise UserError(f"unknown stage {stage!r} in config.json; expected stage1 or stage2")
 
 
+def own_run(run_dir: Path) -> int:
+    """The claim on the run: the one the launcher handed over, else a fresh one (a worker started by
+    hand); `UserError` when another worker owns the run. Kept open until the worker exits."""
+    handed = os.environ.pop(WORKER_LOCK_FD, None)  # not for this worker's own children
+    if handed is not None and handed.isdigit():
+        fd = int(handed)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(run_dir / WORKER_LOCK)):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # already ours: only checks it
+                os.set_inheritable(fd, False)
+                return fd
+        except OSError:
+            pass
+    fd = claim_run(run_dir)
+    record_owner(fd, os.getpid())
+    return fd
+
+
+def _update_index(history: History, run_dir: Path) -> None:
+    """Bring the run's history entry up to date; a broken index (derived: `dtvg runs list` rebuilds it)
+    does not fail the run."""
+    try:
+        history.upsert(run_dir)
+    except UserError as exc:
+        print(f"warning: {exc}", file=sys.stderr, flush=True)
+
+
 def run_worker(run_dir: Path) -> int:
     config = read_config(run_dir)
+    claim = own_run(run_dir)
+    try:
+        return _run(run_dir, config)
+    finally:
+        os.close(claim)
+
+
+def _run(run_dir: Path, config: dict[str, Any]) -> int:
+    """Run the configured stage to its end, writing the events and the history index."""
     stop = {"requested": False}
 
     def request_stop(signum: int, frame: object) -> None:
@@ -55,7 +95,7 @@ def run_worker(run_dir: Path) -> int:
             config=config,
             **{label_key: config[label_key]},
         )
-        history.upsert(run_dir)
+        _update_index(history, run_dir)
         error = None
         outcome = None
         try:
@@ -80,7 +120,7 @@ def run_worker(run_dir: Path) -> int:
             "seconds": time.time() - started,
         }
         events.emit("run_finished", status=status, summary=summary, error=error)
-    history.upsert(run_dir)
+    _update_index(history, run_dir)
     return 1 if status == "failed" else 0
 
 
@@ -91,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return run_worker(Path(args[0]))
+    try:
+        return run_worker(Path(args[0]))
+    except UserError as exc:  # not this worker's run (or no run at all): say so, write nothing
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Fold a run's event stream into what the dashboard draws: curves, the group track and its changes.
 
-Pure Python (standard library only), incremental and compact: `RunSeries.feed` takes the events read
-since the last offset, so a live run is followed at the cost of its new lines only, and a stage-2 run
-with 100,000 events is held in flat arrays (a few bytes per step and source), not in event dicts.
+Pure Python (standard library only), incremental and compact: `RunSeries` is the engine's one fold of a
+stream (`events.RunState`: status, steps, best metric, duration, the same the CLI shows) with the
+dashboard's columns on top. `feed` takes the events read since the last offset, so a live run is
+followed at the cost of its new lines only, and a stage-2 run with 100,000 events is held in flat arrays
+(a few bytes per step and source), not in event objects.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import math
 from array import array
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from dtvg_engine.events import Artifact, Checkpoint, Eval, Event, Group, Log, RunState, Step
 
 NAN = float("nan")
 
@@ -151,31 +155,24 @@ class GroupTrack:
         while self.changes and self.changes[-1] >= keep:
             self.changes.pop()
 
-    def add(self, event: dict[str, Any]) -> None:
+    def add(self, event: Group) -> None:
         """Append one `group` event (a repeated or earlier step replaces the tail from that step on)."""
-        step = int(event.get("step", len(self.steps)))
+        step = event.step
         if self.steps and step <= self.steps[-1]:
             self._truncate(bisect_right(self.steps, step - 1))
-        ranked = event.get("ranked") or []
-        sims: dict[int, float] = {}
-        for item in ranked:
-            if isinstance(item, dict) and "task" in item:
-                sims[self._source(str(item["task"]))] = _float(item.get("sim"))
+        sims = {self._source(item["task"]): float(item["sim"]) for item in event.ranked}
         mask = 0
-        for name in event.get("selected") or []:
-            mask |= 1 << self._source(str(name))
-        raw_scales = event.get("scales") or {}
-        scales = (  # the engine also reports the target's own scale: the target is no source
-            {self._index[str(k)]: _float(v) for k, v in raw_scales.items() if str(k) in self._index}
-            if isinstance(raw_scales, dict)
-            else {}
-        )
+        for name in event.selected:
+            mask |= 1 << self._source(name)
+        scales = {  # the engine also reports the target's own scale: the target is no source
+            self._index[name]: float(value) for name, value in event.scales.items() if name in self._index
+        }
         self.steps.append(step)
         if not self.masks or self.masks[-1] != mask:
             self.changes.append(len(self.masks))
         self.masks.append(mask)
-        self.ts.append(_float(event.get("ts")))
-        self.kc.append(_float(event.get("kc")))
+        self.ts.append(event.ts)
+        self.kc.append(event.kc)
         for i in range(len(self.sources)):
             self.sims[i].append(sims.get(i, NAN))
             self.scales[i].append(scales.get(i, NAN))
@@ -239,147 +236,75 @@ class GroupTrack:
 
 
 @dataclass
-class EvalPoint:
-    """One `eval` event."""
+class RunSeries(RunState):
+    """Everything the run detail and compare screens show: the engine's fold plus curves and tracks.
 
-    step: int
-    split: str
-    metrics: dict[str, float]
-    primary: float | None
-    best: bool
+    The lifecycle (status, step, best, last evals, duration, segments, error) is `RunState`'s, so the
+    detail says what `dtvg runs show` says; the columns below are what only the dashboard draws.
+    """
 
-
-@dataclass
-class RunSeries:
-    """Everything the run detail and compare screens show, folded from the events incrementally."""
-
-    run_id: str = ""
-    stage: str = ""
-    method: str = ""
-    task: str = ""
-    """Stage-1 task or stage-2 target."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """The config of the latest `run_started`."""
-    pid: int | None = None
-    status: str = "pending"
-    """From the lifecycle events only: pending, running, completed, failed or stopped."""
-    error: str | None = None
-    step: int = 0
-    """Latest training step."""
-    samples_per_s: float | None = None
-    """Latest training speed."""
-    lr: dict[str, float] = field(default_factory=dict)
-    """Latest learning rates."""
     loss: Curve = field(default_factory=Curve)
     evals: dict[str, Curve] = field(default_factory=dict)
     """Primary metric per eval split."""
-    last_eval: dict[str, EvalPoint] = field(default_factory=dict)
-    """Latest eval per split."""
-    best: EvalPoint | None = None
-    """The latest eval marked best."""
     group: GroupTrack = field(default_factory=GroupTrack)
     checkpoints: list[int] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     """Latest path of each artifact kind."""
     logs: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=200))
     """Recent `log` events (time, level, message)."""
-    first_time: float | None = None
-    last_time: float | None = None
-    segments: int = 0
-    """How many times the run started (1 + resumes)."""
     events: int = 0
     """Events folded so far."""
-    _closed: float = 0.0
-    _open: float | None = None
 
-    def feed(self, events: Iterable[dict[str, Any]]) -> None:
-        """Fold more events (in file order)."""
-        for event in events:
-            kind = event.get("type")
-            when = event.get("time")
-            self.events += 1
-            if kind == "step":
-                step = int(event.get("step", self.step))
-                self.step = step
-                loss = event.get("loss")
-                if isinstance(loss, (int, float)):
-                    self.loss.append(step, loss)
-                speed = event.get("samples_per_s")
-                if isinstance(speed, (int, float)):
-                    self.samples_per_s = float(speed)
-                lr = event.get("lr")
-                if isinstance(lr, dict):
-                    self.lr = lr
-            elif kind == "group":
-                self.group.add(event)
-            elif kind == "eval":
-                point = EvalPoint(
-                    step=int(event.get("step", self.step)),
-                    split=str(event.get("split", "validation")),
-                    metrics=dict(event.get("metrics") or {}),
-                    primary=_float_or_none(event.get("primary")),
-                    best=bool(event.get("best")),
-                )
-                self.last_eval[point.split] = point
-                if point.primary is not None:
-                    self.evals.setdefault(point.split, Curve()).append(point.step, point.primary)
-                if point.best:
-                    self.best = point
-            elif kind == "run_started":
-                self.segments += 1
-                self.run_id = str(event.get("run_id") or self.run_id)
-                self.stage = str(event.get("stage") or self.stage)
-                self.method = str(event.get("method") or self.method)
-                self.task = str(event.get("target") or event.get("task") or self.task)
-                self.config = event.get("config") or self.config
-                self.pid = event.get("pid")
-                self.status = "running"
-                self.error = None
-                if self._open is not None and self.last_time is not None:
-                    self._closed += self.last_time - self._open
-                self._open = when
-            elif kind == "run_finished":
-                self.status = str(event.get("status") or "failed")
-                self.error = event.get("error")
-                if self._open is not None and isinstance(when, (int, float)):
-                    self._closed += when - self._open
-                self._open = None
-            elif kind == "checkpoint":
-                self.checkpoints.append(int(event.get("step", self.step)))
-            elif kind == "artifact":
-                self.artifacts[str(event.get("kind"))] = str(event.get("path"))
-            elif kind == "log":
-                self.logs.append(
-                    (when or 0.0, str(event.get("level", "info")), str(event.get("message", "")))
-                )
-            if isinstance(when, (int, float)):
-                if self.first_time is None:
-                    self.first_time = when
-                self.last_time = when
+    def add(self, event: Event) -> None:
+        """Fold one event into the run state and the columns."""
+        super().add(event)
+        self.events += 1
+        if isinstance(event, Step):
+            self.loss.append(event.step, event.loss)
+        elif isinstance(event, Group):
+            self.group.add(event)
+        elif isinstance(event, Eval):
+            if event.primary is not None and event.step is not None:
+                self.evals.setdefault(event.split, Curve()).append(event.step, event.primary)
+        elif isinstance(event, Checkpoint):
+            self.checkpoints.append(event.step)
+        elif isinstance(event, Artifact):
+            self.artifacts[event.kind] = event.path
+        elif isinstance(event, Log):
+            self.logs.append((event.time, event.level, event.message))
 
     @property
-    def duration(self) -> float | None:
-        """Seconds running, summed over segments; an open segment counts up to the last event."""
-        if self.segments == 0:
-            return None
-        total = self._closed
-        if self._open is not None and self.last_time is not None:
-            total += self.last_time - self._open
-        return total
+    def config(self) -> dict[str, Any]:
+        """The config of the latest `run_started`."""
+        return self.last_start.config if self.last_start is not None else {}
 
     @property
-    def total_steps(self) -> int | None:
-        steps = self.config.get("steps")
-        return int(steps) if isinstance(steps, (int, float)) else None
+    def stage(self) -> str:
+        return self.last_start.stage if self.last_start is not None else ""
+
+    @property
+    def method(self) -> str:
+        return self.last_start.method if self.last_start is not None else ""
+
+    @property
+    def task(self) -> str:
+        """Stage-1 task or stage-2 target."""
+        return self.last_start.label if self.last_start is not None else ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.last_start.pid if self.last_start is not None else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """Latest training speed."""
+        return self.last_step.samples_per_s if self.last_step is not None else None
+
+    @property
+    def lr(self) -> dict[str, float]:
+        """Latest learning rates."""
+        return self.last_step.lr if self.last_step is not None else {}
 
     @property
     def primary_metric(self) -> str:
         return str(self.config.get("primary_metric") or "primary")
-
-
-def _float(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) else NAN
-
-
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) else None

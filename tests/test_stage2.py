@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from dtvg_engine import config as configs
-from dtvg_engine.events import read_events
 from dtvg_engine.runfolder import EVENTS, PROMPT, create_run, summarize
 from dtvg_engine.worker import run_worker
 
@@ -35,7 +34,7 @@ def run_stage2(runs: Path, data_dir: Path, method: str, **extra) -> tuple[Path, 
     config = configs.stage2_config("rte", SOURCES, method, runs, **settings)
     run_dir = create_run(runs, "stage2", f"rte-{method}", config)
     assert run_worker(run_dir) == 0, (run_dir / EVENTS).read_text()[-2000:]
-    return run_dir, read_events(run_dir / EVENTS)[0]
+    return run_dir, [json.loads(line) for line in (run_dir / EVENTS).read_text().splitlines()]
 
 
 def groups(events: list[dict]) -> list[dict]:

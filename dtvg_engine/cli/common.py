@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import default_runs_dir
 
 out = Console()
@@ -18,9 +19,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def runs_root(path: Path | None) -> Path:
-    """The runs directory to use (created if missing)."""
+    """The runs directory to use (created if missing); `UserError` when it cannot be a folder."""
     path = Path(path or default_runs_dir())
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"runs directory {path} is a file, not a folder; give --runs-dir a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the runs directory {path}: {e.strerror}") from e
     return path
 
 

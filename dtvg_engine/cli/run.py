@@ -11,8 +11,7 @@ from dtvg_engine import config as configs
 from dtvg_engine import launcher
 from dtvg_engine.cli.common import RunsDir, out, runs_root
 from dtvg_engine.cli.runs import show_table
-from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import create_run, find_run, summarize
+from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, summarize
 
 run_app = typer.Typer(
     help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True
@@ -187,9 +186,8 @@ def run_resume(
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
 ) -> None:
-    """Continue a stopped or killed run from its last checkpoint."""
+    """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one."""
     run_dir = find_run(runs_root(runs_dir), run)
-    status = summarize(run_dir).status
-    if status not in ("stopped", "killed", "failed"):
-        raise UserError(f"run {run_dir.name} is {status}; only stopped, killed or failed runs can be resumed")
+    check_action(run_dir, "resume")
+    checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

@@ -189,12 +189,11 @@ def _fmt(value: float | None) -> str:
 
 def _test_metrics(run_dir: Path) -> dict[str, float]:
     """The test-split metrics a completed run reported last."""
-    from dtvg_engine.events import read_events
+    from dtvg_engine.events import read_state
     from dtvg_engine.runfolder import EVENTS
 
-    events, _ = read_events(run_dir / EVENTS)
-    tests = [e["metrics"] for e in events if e["type"] == "eval" and e.get("split") == "test"]
-    return tests[-1] if tests else {}
+    test = read_state(run_dir / EVENTS).last_eval.get("test")
+    return test.metrics if test is not None else {}
 
 
 @runs_app.command("report")

@@ -63,7 +63,7 @@ class CompareScreen(Screen[None]):
         loaded = []
         for run_dir in self.run_dirs:
             series = RunSeries()
-            series.feed(read_events(run_dir / EVENTS)[0])
+            series.feed(read_events(run_dir / EVENTS))
             loaded.append(series)
         self.app.call_from_thread(self._loaded, loaded)
 

@@ -1,6 +1,6 @@
 """Run detail: live loss and validation curves, step and speed, and for stage 2 the group panel and timeline.
 
-A worker thread follows events.jsonl from its last byte offset (`EventFollower`), folds new events into
+A worker thread follows events.jsonl from its last byte offset (`events.EventReader`), folds new events into
 a `RunSeries` under a lock and asks the UI to redraw; no file is read on the UI thread. Follow mode keeps
 the newest step in view; stepping back (←, page up, scrolling the timeline) pauses it, `f` resumes it.
 """
@@ -20,11 +20,10 @@ from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import parse_lines
-from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, read_config, summarize
+from dtvg_engine.events import Event, EventReader, parse_lines
+from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, planned_steps, read_config, summarize
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
-from dtvg_tui.follow import EventFollower
 from dtvg_tui.series import RunSeries
 from dtvg_tui.widgets.curves import CurvesPlot
 from dtvg_tui.widgets.group_panel import GroupPanel
@@ -32,9 +31,11 @@ from dtvg_tui.widgets.group_timeline import GroupTimeline
 
 TAIL_BYTES = 1 << 20
 """How much of a long events file is read first, to show the newest state at once."""
+CHUNK_BYTES = 1 << 20
+"""How much of the file one read folds, so a long history loads in pieces with a progress figure."""
 
 
-def read_tail(path: Path, size: int) -> list[dict]:
+def read_tail(path: Path, size: int) -> list[Event]:
     """The events of the complete lines in the last `size` bytes of a file."""
     with open(path, "rb") as f:
         f.seek(0, 2)
@@ -43,7 +44,7 @@ def read_tail(path: Path, size: int) -> list[dict]:
         chunk = f.read()
     if end > size:
         chunk = chunk[chunk.find(b"\n") + 1 :]
-    return parse_lines(chunk)[0]
+    return parse_lines(chunk[: chunk.rfind(b"\n") + 1].split(b"\n"))[0]
 
 
 class RunFollowingScreen(Screen[None]):
@@ -83,7 +84,7 @@ class RunFollowingScreen(Screen[None]):
     def _follow_events(self) -> None:
         worker = get_current_worker()
         path = self.run_dir / EVENTS
-        follower = EventFollower(path)
+        reader = EventReader(path)
         interval = getattr(self.app, "follow_interval", 0.5)
         stop = self._stop_following
         try:
@@ -100,30 +101,31 @@ class RunFollowingScreen(Screen[None]):
             self.total_bytes = size
             self.app.call_from_thread(self.update_view)
             full = RunSeries()
-            while not follower.at_end or follower.offset == 0:
+            while not reader.at_end:
                 if worker.is_cancelled or stop.is_set():
                     return
-                events = follower.read()
-                if not events:
-                    break
+                events = reader.read(CHUNK_BYTES)
+                if reader.restarted:
+                    full = RunSeries()
                 full.feed(events)
-                self.loaded_bytes, self.total_bytes = follower.offset, follower.size
+                self.loaded_bytes, self.total_bytes = reader.offset, reader.size
                 self.app.call_from_thread(self.update_progress)
             with self.lock:
                 self.series = full
         while not worker.is_cancelled and not stop.is_set():
-            events = follower.read()
-            if events:
-                with self.lock:
-                    self.series.feed(events)
-            self.loaded_bytes, self.total_bytes = follower.offset, follower.size
+            events = reader.read(CHUNK_BYTES)
+            with self.lock:
+                if reader.restarted:  # the file was truncated or replaced: what was folded is void
+                    self.series = RunSeries()
+                self.series.feed(events)
+            self.loaded_bytes, self.total_bytes = reader.offset, reader.size
             was_reading = self.reading
-            if follower.at_end and self.reading:
+            if reader.at_end and self.reading:  # a torn last line is still being written: not history
                 self.reading = False
                 self.loaded_at = time.perf_counter()
-            if events or was_reading:
+            if events or was_reading or reader.restarted:
                 self.app.call_from_thread(self.update_view)
-            if follower.at_end:
+            if reader.at_end:
                 stop.wait(interval)
 
     def update_progress(self) -> None:
@@ -261,8 +263,7 @@ class RunDetailScreen(RunFollowingScreen):
             f"{stage} {method} → {task}  " if stage == "stage2" else f"{stage} {task}  ", style="bold"
         )
         text.append(f"● {status}", style=STATUS_STYLES.get(status, ""))
-        total = s.total_steps or self.config.get("steps")
-        text.append(f"   step {fmt_progress(s.step, total)}")
+        text.append(f"   step {fmt_progress(s.step, planned_steps(self.config) or planned_steps(s.config))}")
         if s.samples_per_s is not None:
             text.append(f"   {fmt_number(s.samples_per_s)} samples/s")
         if s.loss.last is not None:
@@ -273,7 +274,7 @@ class RunDetailScreen(RunFollowingScreen):
             text.append(
                 f"   best {s.primary_metric} {fmt_metric(s.best.primary)} @{s.best.step}", style="green"
             )
-        text.append(f"\nstarted {fmt_time(s.first_time)}   ran {fmt_duration(s.duration)}", style="dim")
+        text.append(f"\nstarted {fmt_time(s.started)}   ran {fmt_duration(s.duration)}", style="dim")
         if s.segments > 1:
             text.append(f"   resumed {s.segments - 1}×", style="dim")
         if s.error:

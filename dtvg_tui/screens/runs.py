@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import STATUSES, RunSummary, tail_log, update_meta
+from dtvg_engine.runfolder import STATUSES, RunSummary, refusal, run_owner, tail_log, update_meta
 from dtvg_tui import keys, runtable
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_time
 from dtvg_tui.screens.dialogs import ConfirmScreen, PromptScreen
@@ -323,7 +323,10 @@ class RunsScreen(Screen[None]):
                 return
             tags = [t.strip() for t in value.split(",") if t.strip()]
             for summary in targets:
-                update_meta(summary.run_dir, tags=[*summary.tags, *tags] if many else tags)
+                if many:  # added under the run's meta lock: a tag set elsewhere meanwhile stays
+                    update_meta(summary.run_dir, add_tags=tags)
+                else:
+                    update_meta(summary.run_dir, tags=tags)
             self.refresh_runs()
 
         self.app.push_screen(PromptScreen(question, current, "e.g. baseline, paper"), done)
@@ -357,14 +360,10 @@ def control_run(screen: Screen, summary: RunSummary | None, what: str) -> None:
     if summary is None:
         return
     run_dir = Path(summary.run_dir)
-    if what in ("stop", "kill") and summary.status not in ("running", "pending"):
-        screen.notify(f"{summary.run_id} is {summary.status}, not running.", severity="warning")
-        return
-    if what == "resume" and summary.status not in ("stopped", "killed", "failed"):
-        screen.notify(
-            f"Only stopped, killed or failed runs resume; {summary.run_id} is {summary.status}.",
-            severity="warning",
-        )
+    action = "resume" if what == "resume" else "stop"  # the CLI's rule, from runfolder
+    reason = refusal(action, summary.run_id, summary.status, run_owner(run_dir))
+    if reason:
+        screen.notify(reason, severity="warning")
         return
 
     def act(confirmed: bool | None = True) -> None:

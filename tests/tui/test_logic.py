@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter, read_events
+from dtvg_engine.events import EventReader, EventWriter, read_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, summarize
 from dtvg_tui import keys, runtable
 from dtvg_tui.configdiff import config_diff, flatten
 from dtvg_tui.fmt import fmt_duration
-from dtvg_tui.follow import EventFollower
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.similarity import similarity_matrix
 
@@ -112,23 +111,23 @@ def test_keymap_files(tmp_path: Path):
     assert keys.load_keymap(None) == {}
 
 
-def test_follower_reads_in_chunks_and_waits_for_whole_lines(recorded_runs: Path, tmp_path: Path):
+def test_reader_reads_in_chunks_and_waits_for_whole_lines(recorded_runs: Path, tmp_path: Path):
     recorded = (recorded_runs / run_id(recorded_runs, "stage2-rte-dtvg") / EVENTS).read_bytes()
     last_line = recorded.rstrip(b"\n").rfind(b"\n") + 1
     path = tmp_path / "events.jsonl"
     path.write_bytes(recorded[: last_line + 20])  # the last line (run_finished) half-written
-    follower = EventFollower(path, chunk_bytes=512)  # smaller than the run_started line: reads grow
+    reader = EventReader(path)
     seen = []
-    while not follower.at_end or not seen:
-        got = follower.read()
-        if not got:
-            break
-        seen += got
-    expected, _ = read_events(recorded_runs / run_id(recorded_runs, "stage2-rte-dtvg") / EVENTS)
-    assert seen == expected[:-1] and len(seen) == 46
+    reads = 0
+    while not reader.at_end:  # 512 bytes is less than the run_started line: that read grows
+        seen += reader.read(max_bytes=512)
+        reads += 1
+    expected = read_events(recorded_runs / run_id(recorded_runs, "stage2-rte-dtvg") / EVENTS)
+    assert seen == expected[:-1] and len(seen) == 46 and reads > 10
+    assert reader.offset == last_line and reader.skipped == 0  # the torn line is left for later
     with open(path, "ab") as f:
         f.write(recorded[last_line + 20 :])
-    assert follower.read() == expected[-1:] and expected[-1]["type"] == "run_finished"
+    assert reader.read() == expected[-1:] and expected[-1].TYPE == "run_finished"
 
 
 def test_similarity_matrix_is_eq2():

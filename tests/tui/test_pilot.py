@@ -463,7 +463,7 @@ async def test_stop_kill_resume_confirmations(runs_dir: Path, data_dir: Path):
             assert runs.summaries[live].status == "running"
             await pilot.press("s", "y")
             await wait_for_status(pilot, live, ("stopped",), run_dir)
-            assert (run_dir / "checkpoint" / "state.pt").is_file()
+            assert (run_dir / "checkpoint" / "state.safetensors").is_file()
             assert launcher.wait_for_exit(pgids[0], 5) and not group_members(pgids[0])
             await pilot.press("s")  # a stopped run cannot be stopped
             assert not isinstance(app.screen, ConfirmScreen)

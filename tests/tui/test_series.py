@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from dtvg_engine.events import Event, event_from_dict, parse_lines
 from dtvg_tui.series import Curve, GroupTrack, RunSeries, downsample
+
+
+def lines(*events: dict) -> list[bytes]:
+    """Events as `events.jsonl` lines of schema v1."""
+    return [json.dumps({"v": 1, **e}).encode() for e in events]
+
+
+def parsed(*events: dict) -> list[Event]:
+    """Events as the shared reader reads them (lines it cannot read left out)."""
+    return parse_lines(lines(*events))[0]
 
 
 def test_downsample_keeps_short_series_and_buckets_long_ones():
@@ -31,7 +43,8 @@ def test_curve_resume_replaces_the_tail():
 
 
 def group(step, ranked, selected, ts=0.5, kc=0.2, scales=None):
-    return {
+    return event_from_dict({
+        "v": 1,
         "type": "group",
         "time": 100.0 + step,
         "step": step,
@@ -40,7 +53,7 @@ def group(step, ranked, selected, ts=0.5, kc=0.2, scales=None):
         "ts": ts,
         "kc": kc,
         "scales": scales or {t: 1.0 for t in selected},
-    }
+    })  # fmt: skip
 
 
 def test_group_track_state_changes_and_membership():
@@ -121,6 +134,8 @@ def test_run_series_folds_a_resumed_run():
         {"type": "mystery", "time": 11.6},
         {"type": "step", "time": 12.0, "step": 3, "loss": 1.0, "lr": {"prompt": 0.1}, "samples_per_s": 13.0},
     ]
+    events = parsed(*events)
+    assert len(events) == 9  # the mystery type is no event
     series = RunSeries()
     series.feed(events[:5])
     assert series.status == "stopped" and series.duration == 3.0 and series.task == "rte"

@@ -1,0 +1,217 @@
+"""Slurm runs as the run folders and the queue see them: the job record, job states, stop, kill, requeue.
+
+A run submitted to Slurm keeps its submission record, `slurm.json`, in its folder: the job id, the
+resources it asked for, where submitit keeps its files, and whether a stop was requested. Its status
+comes from the run folder and from `squeue` (queued or running), never from submitit's result files:
+without Slurm accounting submitit cannot tell a job's end. Queries are batched: one `squeue` call
+answers for every job a listing or a dashboard refresh shows (`Queue`).
+
+Standard library only, because the dashboard imports it; submitting (through submitit) lives in
+`slurm_submit`, which only the commands that submit import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JOB_FILE = "slurm.json"
+"""A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
+`previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (unix time)."""
+
+QUEUED_STATES = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "POWER_UP_NODE"}
+)
+"""Job states in which the job waits for its (next) start."""
+
+_SQUEUE_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job as `squeue` shows it."""
+
+    state: str
+    """Slurm's job state (`squeue %T`): PENDING, RUNNING, COMPLETING, …; UNKNOWN when squeue failed."""
+    reason: str
+    """Why it waits (`squeue %r`): Priority, Resources, BeginTime, JobArrayTaskLimit, …; "None" if it runs."""
+
+    @property
+    def queued(self) -> bool:
+        return self.state in QUEUED_STATES
+
+    def describe(self) -> str:
+        """How the dashboard shows it: "queued (Priority)", "running", "unknown (squeue failed)"."""
+        if self.queued:
+            return f"queued ({self.reason})" if self.reason and self.reason != "None" else "queued"
+        text = self.state.lower()
+        return f"{text} ({self.reason})" if self.reason and self.reason != "None" else text
+
+
+UNREACHABLE = JobState("UNKNOWN", "squeue failed")
+"""The state of every job when `squeue` cannot answer: the job is taken to be there, never lost."""
+
+
+def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
+    """The queue state of these jobs, in one `squeue` call; None when squeue cannot be asked.
+
+    A job that is not in the answer has left the queue (finished, cancelled, failed or lost).
+    Array tasks are asked and answered one by one (`12_3`), pending ones too (`-r`).
+    """
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return {}
+    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--format", "%i|%T|%r"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_SQUEUE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        # asked about one job only, squeue fails when Slurm has already forgotten it
+        return {} if "Invalid job id" in done.stderr else None
+    states: dict[str, JobState] = {}
+    for line in done.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
+        if job_id and state:
+            states[job_id] = JobState(state, reason)
+    return states
+
+
+class Queue:
+    """Slurm's view of a set of jobs, from one `squeue` call made the first time one is looked up."""
+
+    def __init__(self, job_ids: Iterable[str]) -> None:
+        self._ids = [j for j in job_ids if j]
+        self._states: dict[str, JobState] | None = None
+        self._asked = False
+
+    @classmethod
+    def of_runs(cls, run_dirs: Iterable[str | os.PathLike[str]]) -> Queue:
+        """The queue of the jobs of these runs' submission records (local runs have none)."""
+        return cls(record["job_id"] for d in run_dirs if (record := read_job(d)) and record.get("job_id"))
+
+    def get(self, job_id: str) -> JobState | None:
+        """The job's state, or None when it has left the queue; `UNREACHABLE` when squeue failed."""
+        if not self._asked:
+            self._states = squeue(self._ids)
+            self._asked = True
+        if self._states is None:
+            return UNREACHABLE
+        if job_id not in self._ids:  # not asked for: ask for it alone rather than call it lost
+            self._ids.append(job_id)
+            found = squeue([job_id])
+            if found is None:
+                return UNREACHABLE
+            self._states.update(found)
+        return self._states.get(job_id)
+
+
+def read_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run's submission record, or None for a local run (or an unreadable record)."""
+    try:
+        record = json.loads((Path(run_dir) / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_job(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Replace the run's submission record atomically."""
+    from dtvg_engine.runfolder import write_json_atomic  # runfolder imports this module
+
+    write_json_atomic(Path(run_dir) / JOB_FILE, record)
+
+
+def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
+    """The Slurm job id of the run's current submission, None for a local run or one being submitted."""
+    record = read_job(run_dir)
+    job_id = record.get("job_id") if record else None
+    return str(job_id) if job_id else None
+
+
+def run_status(lifecycle: list[dict[str, Any]], job_id: str | None, state: JobState | None) -> str:
+    """A Slurm run's status from its lifecycle events and its job's queue state (None: left the queue).
+
+    - the job waits in the queue (first start or requeued): "pending";
+    - it runs: "pending" until its worker's `run_started` (naming this job) is written, then "running",
+      and the `run_finished` status once the worker is done while the job ends;
+    - it left the queue: the last `run_finished` status, else "killed" (cancelled, timed out, lost);
+    - no job id yet (being submitted): "pending".
+    """
+    if job_id is None:
+        return "pending"
+    last = lifecycle[-1] if lifecycle else None
+    if state is None:
+        return str(last.get("status") or "failed") if last and last["type"] == "run_finished" else "killed"
+    if state.queued:
+        return "pending"
+    starts = [e for e in lifecycle if e["type"] == "run_started"]
+    if not starts or str(starts[-1].get("job_id")) != job_id:
+        return "pending"
+    return str(last.get("status") or "failed") if last["type"] == "run_finished" else "running"
+
+
+def job_from_environment() -> str | None:
+    """The id of the Slurm job this process runs in (`12_3` for an array task), None outside Slurm."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and array_task:
+        return f"{array_job}_{array_task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def _scancel(*args: str) -> bool:
+    try:
+        done = subprocess.run(["scancel", *args], capture_output=True, timeout=_SQUEUE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def stop(run_dir: str | os.PathLike[str]) -> bool:
+    """Ask the run's job to stop for good: its worker checkpoints and finishes "stopped".
+
+    The request is recorded first, so the worker knows it is not a preemption (which it would answer
+    by requeueing); then the job is signalled (SIGUSR2, as Slurm warns a job before its time limit),
+    or cancelled outright while it still waits in the queue. False when the job is not in the queue.
+    """
+    record = read_job(run_dir)
+    job_id = str(record.get("job_id") or "") if record else ""
+    state = Queue([job_id]).get(job_id) if job_id else None
+    if record is None or state is None:
+        return False
+    write_job(run_dir, {**record, "stop_requested": time.time()})
+    if state.queued:
+        return _scancel(job_id)
+    return _scancel("--signal=USR2", job_id)
+
+
+def kill(run_dir: str | os.PathLike[str]) -> bool:
+    """Kill the run's job now (SIGKILL to its whole job); the run shows "killed". False when not queued."""
+    job_id = job_id_of(run_dir)
+    if job_id is None or Queue([job_id]).get(job_id) is None:
+        return False
+    return _scancel("--full", "--signal=KILL", job_id)
+
+
+def stop_requested(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether `dtvg runs stop` asked this submission to stop (a stop without it is a preemption)."""
+    record = read_job(run_dir)
+    return bool(record and record.get("stop_requested"))
+
+
+def requeue(job_id: str) -> str | None:
+    """Put the job back in the queue (`scontrol requeue`); None when done, else Slurm's error."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=_SQUEUE_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"scontrol exited {done.returncode}")

@@ -1,7 +1,9 @@
 """Foreground runs: launch workers (at most J at a time) and follow their event streams with rich.
 
 The foreground path uses the same worker subprocess as `--detach` and the TUI, so a run behaves the
-same however it was started; Ctrl-C stops every live worker gracefully (checkpoint, status `stopped`).
+same however it was started. Ctrl-C stops every live worker gracefully (checkpoint, status `stopped`)
+and leaves the runs not started yet queued (`pending`, no worker): `dtvg run resume RUN` starts one,
+and a rerun pipeline runs them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dtvg_engine import launcher
+from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventReader, RunState
 from dtvg_engine.runfolder import EVENTS, pid_alive, planned_steps, read_config, summarize
 
@@ -54,6 +57,36 @@ class _Followed:
             progress.update(self.task_id, status=summarize(self.run_dir).status)
 
 
+def _launch(run: _Followed, progress: Progress, console: Console) -> bool:
+    """Start a followed run's worker; False (and why, printed) when the run may not start now."""
+    try:
+        run.pid = launcher.launch_worker(run.run_dir)
+    except UserError as exc:  # e.g. another process's worker owns it
+        console.print(f"{run.run_dir.name} not started: {exc}", markup=False, highlight=False)
+        progress.update(run.task_id, status="not started")
+        return False
+    progress.update(run.task_id, status="starting")
+    return True
+
+
+def _interrupt(live: list[_Followed], queued: list[_Followed], progress: Progress, console: Console) -> None:
+    """Ctrl-C: stop the live workers (each checkpoints) and keep the queued runs for `dtvg run resume`."""
+    console.print("stopping: each run checkpoints and can be resumed with `dtvg run resume RUN`")
+    for run in live:
+        launcher.stop_run(run.run_dir)
+    try:
+        for run in live:
+            launcher.wait_for_exit(run.pid, timeout=60)
+            run.poll(progress)
+    except KeyboardInterrupt:
+        console.print("not waiting any longer: the workers finish stopping on their own")
+    if queued:
+        names = " ".join(run.run_dir.name for run in queued)
+        console.print(
+            f"not started, kept queued (`dtvg run resume RUN` starts one): {names}", highlight=False
+        )
+
+
 def run_foreground(run_dirs: list[Path], jobs: int = 1, console: Console | None = None) -> list[str]:
     """Run the given (already created) runs, `jobs` at a time; return their final statuses."""
     console = console or Console(stderr=True)
@@ -72,18 +105,12 @@ def run_foreground(run_dirs: list[Path], jobs: int = 1, console: Console | None 
             while queue or live:
                 while queue and len(live) < jobs:
                     run = queue.pop(0)
-                    run.pid = launcher.launch_worker(run.run_dir)
-                    progress.update(run.task_id, status="starting")
-                    live.append(run)
+                    if _launch(run, progress, console):
+                        live.append(run)
                 time.sleep(POLL_S)
                 for run in live:
                     run.poll(progress)
                 live = [run for run in live if not run.finished]
         except KeyboardInterrupt:
-            console.print("stopping: each run checkpoints and can be resumed with `dtvg run resume RUN`")
-            for run in live:
-                launcher.stop_run(run.run_dir)
-            for run in live:
-                launcher.wait_for_exit(run.pid, timeout=60)
-                run.poll(progress)
+            _interrupt(live, queue, progress, console)
     return [summarize(run.run_dir).status for run in followed]

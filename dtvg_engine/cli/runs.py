@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +18,19 @@ from dtvg_engine import launcher
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import find_run, read_config, summarize, tail_log, update_meta
+from dtvg_engine.runfolder import (
+    check_action,
+    claim_run,
+    clean_text,
+    find_link,
+    find_run,
+    read_config,
+    summarize,
+    tail_log,
+    update_meta,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 runs_app = typer.Typer(
     help="The history of runs: list, show, compare, report, export, stop, rm, tag.", no_args_is_help=True
@@ -95,21 +110,36 @@ def runs_stop(
 ) -> None:
     """Stop a detached run: it checkpoints and ends as `stopped` (--kill ends its whole process group now)."""
     run_dir = find_run(runs_root(runs_dir), run)
-    sent = launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)
-    if not sent:
-        raise UserError(f"run {run_dir.name} is not running ({summarize(run_dir).status})")
+    check_action(run_dir, "stop")
+    if not (launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)):
+        check_action(run_dir, "stop")  # it ended meanwhile: say so
+        raise UserError(f"run {run_dir.name}: its worker could not be signalled; try again")
     print(f"{'killed' if kill else 'stopping'} {run_dir.name}")
 
 
 @runs_app.command("rm")
 def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
-    """Delete a finished run's folder and its history entry."""
+    """Delete a run's folder and its history entry; not while a worker owns it.
+
+    A symbolic link in the runs directory is removed alone: what it points to is left as it is.
+    """
     root = runs_root(runs_dir)
+    link = find_link(root, run)
+    if link is not None:
+        target = os.readlink(link)
+        link.unlink()
+        History(root).remove(link.name)
+        print(f"removed the link {link.name} (its target {target} is left as it is)")
+        return
     run_dir = find_run(root, run)
-    status = summarize(run_dir).status
-    if status in ("running", "pending"):
-        raise UserError(f"run {run_dir.name} is {status}; stop it first with `dtvg runs stop {run_dir.name}`")
-    shutil.rmtree(run_dir)
+    check_action(run_dir, "rm")
+    claim = claim_run(run_dir)  # and no worker starts on it while it goes
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as e:
+        raise UserError(f"cannot remove {run_dir}: {e.strerror}") from e
+    finally:
+        os.close(claim)
     History(root).remove(run_dir.name)
     print(f"removed {run_dir.name}")
 
@@ -120,20 +150,16 @@ def runs_tag(
     tags: Annotated[list[str], typer.Argument(help="Tags to add (prefix with - to remove).")],
     runs_dir: RunsDir = None,
 ) -> None:
-    """Add or remove tags of a run."""
-    from dtvg_engine.runfolder import read_meta
-
+    """Add or remove tags of a run (safe to run side by side: no change is lost)."""
     root = runs_root(runs_dir)
     run_dir = find_run(root, run)
-    current = list(read_meta(run_dir).get("tags", []))
-    for tag in tags:
-        if tag.startswith("-"):
-            current = [t for t in current if t != tag[1:]]
-        elif tag not in current:
-            current.append(tag)
-    update_meta(run_dir, tags=current)
+    meta = update_meta(
+        run_dir,
+        add_tags=[t for t in tags if not t.startswith("-")],
+        remove_tags=[t[1:] for t in tags if t.startswith("-")],
+    )
     History(root).upsert(run_dir)
-    print(" ".join(current))
+    print(" ".join(meta["tags"]))
 
 
 @runs_app.command("note")
@@ -213,7 +239,7 @@ def runs_report(
         keys = ("target", "method", "mean", "std", "seeds")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{k: row[k] for k in keys} for row in results["rows"]]
-        json_out.write_text(json.dumps({"name": results["name"], "rows": rows}, indent=2) + "\n")
+        write_json_atomic(json_out, {"name": results["name"], "rows": rows})
     typer.echo(text)
 
 
@@ -223,21 +249,22 @@ def runs_export(
     runs_dir: RunsDir = None,
 ) -> None:
     """Write the history index, with each run's test metrics, to JSON or CSV."""
-    import csv
-
+    if out_file.suffix not in (".json", ".csv"):
+        raise UserError(f"--out {out_file}: use a .json or .csv file name")
     root = runs_root(runs_dir)
     docs = History(root).all()
-    rows = [{**doc, "test": _test_metrics(Path(doc["run_dir"]))} for doc in docs]
+    rows = [{**doc, "test": _test_metrics(root / doc["run_id"])} for doc in docs]
     if out_file.suffix == ".json":
-        out_file.write_text(json.dumps(rows, indent=2, default=str))
-    elif out_file.suffix == ".csv":
-        with open(out_file, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["run_id"])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(
-                    {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
-                )
+        text = json.dumps(rows, indent=2, default=str) + "\n"
     else:
-        raise UserError(f"--out {out_file}: use a .json or .csv file name")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["run_id"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+        text = buffer.getvalue()
+    try:
+        write_text_atomic(out_file, clean_text(text))  # an older index may hold undecodable note bytes
+    except OSError as e:
+        raise UserError(f"cannot write --out {out_file}: {e.strerror}") from e
     print(f"wrote {len(rows)} runs to {out_file}")

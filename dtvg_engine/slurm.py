@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine.events import RunState
+
 JOB_FILE = "slurm.json"
 """A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
 `previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (unix time)."""
@@ -136,8 +138,8 @@ def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     return str(job_id) if job_id else None
 
 
-def run_status(lifecycle: list[dict[str, Any]], job_id: str | None, state: JobState | None) -> str:
-    """A Slurm run's status from its lifecycle events and its job's queue state (None: left the queue).
+def run_status(events: RunState, job_id: str | None, state: JobState | None) -> str:
+    """A Slurm run's status from its folded events and its job's queue state (None: left the queue).
 
     - the job waits in the queue (first start or requeued): "pending";
     - it runs: "pending" until its worker's `run_started` (naming this job) is written, then "running",
@@ -147,15 +149,12 @@ def run_status(lifecycle: list[dict[str, Any]], job_id: str | None, state: JobSt
     """
     if job_id is None:
         return "pending"
-    last = lifecycle[-1] if lifecycle else None
     if state is None:
-        return str(last.get("status") or "failed") if last and last["type"] == "run_finished" else "killed"
-    if state.queued:
+        return events.finish.status if events.finish else "killed"
+    start = events.last_start
+    if state.queued or start is None or start.job_id != job_id:
         return "pending"
-    starts = [e for e in lifecycle if e["type"] == "run_started"]
-    if not starts or str(starts[-1].get("job_id")) != job_id:
-        return "pending"
-    return str(last.get("status") or "failed") if last["type"] == "run_finished" else "running"
+    return events.finish.status if events.finish else "running"
 
 
 def job_from_environment() -> str | None:

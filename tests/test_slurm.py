@@ -15,6 +15,7 @@ from slurm_cluster import slurm_cluster, wait_for  # noqa: F401 - the fixture, u
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
+from dtvg_engine.events import RunState, event_from_dict
 from dtvg_engine.slurm_submit import Resources, parse_options, time_minutes
 
 # ----- resources -----
@@ -72,12 +73,13 @@ def test_bad_option_names_are_refused() -> None:
 # ----- the status of a Slurm run -----
 
 
-def started(job_id: str, t: float = 1.0) -> dict:
-    return {"type": "run_started", "time": t, "job_id": job_id, "executor": "slurm"}
+def started(job_id: str) -> dict:
+    fields = {"run_id": "r", "stage": "stage1", "method": "pt", "pid": 1, "config": {}, "task": "rte"}
+    return {"type": "run_started", **fields, "executor": "slurm", "job_id": job_id, "host": "node1"}
 
 
-def finished(status: str, t: float = 2.0) -> dict:
-    return {"type": "run_finished", "time": t, "status": status}
+def finished(status: str) -> dict:
+    return {"type": "run_finished", "status": status, "summary": {}, "error": None}
 
 
 RUNNING = slurm.JobState("RUNNING", "None")
@@ -104,7 +106,9 @@ QUEUED = slurm.JobState("PENDING", "Priority")
     ],
 )
 def test_a_slurm_run_status_comes_from_its_events_and_the_queue(lifecycle, job_id, state, status) -> None:
-    assert slurm.run_status(lifecycle, job_id, state) == status
+    events = RunState()
+    events.feed(event_from_dict({"v": 1, "time": t, **e}) for t, e in enumerate(lifecycle, 1))
+    assert slurm.run_status(events, job_id, state) == status
 
 
 def test_queue_states_read_as_the_dashboard_shows_them() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import TERMINAL_STATUSES, read_events
+from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -532,13 +532,19 @@ class RunSummary:
     """User note, from meta.json."""
     run_dir: str = ""
     """Path of the run folder."""
+    executor: str = "local"
+    """Where the last segment ran: "local" or "slurm" (from its `run_started`, else from the config)."""
+    job_id: str | None = None
+    """The Slurm job id of the last segment; None when local."""
+    host: str | None = None
+    """The host the last segment ran on, when its `run_started` says."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def derive_status(events: list[dict[str, Any]], launched_pid: int | None, launched_at: float | None) -> str:
-    """The run's status from its lifecycle events and its pidfile (pid and mtime, None when absent).
+def derive_status(state: RunState, launched_pid: int | None, launched_at: float | None) -> str:
+    """The run's status from its folded events and its pidfile (pid and mtime, None when absent).
 
     - the last lifecycle event is `run_finished`: its status;
     - the last one is `run_started`: "running" while its pid (else the pidfile's) is alive, else "killed";
@@ -547,102 +553,70 @@ def derive_status(events: list[dict[str, Any]], launched_pid: int | None, launch
     A newer launch (pidfile written after the last lifecycle event by another, still living pid) is
     "pending" whatever came before: a resumed run whose worker is still loading.
     """
-    lifecycle = [e for e in events if e["type"] in ("run_started", "run_finished")]
-    starts = [e for e in lifecycle if e["type"] == "run_started"]
-    if not lifecycle:
+    last_time = state.lifecycle_time
+    if last_time is None:
         return "killed" if launched_pid is not None and not pid_alive(launched_pid) else "pending"
-    last = lifecycle[-1]
+    start = state.last_start
     relaunched = (
         launched_at is not None
-        and launched_at > last["time"]
-        and (not starts or starts[-1].get("pid") != launched_pid)
+        and launched_at > last_time
+        and (start is None or start.pid != launched_pid)
         and pid_alive(launched_pid)
     )
     if relaunched:
         return "pending"
-    if last["type"] == "run_finished":
-        return str(last.get("status") or "failed")
-    return "running" if pid_alive(last.get("pid") or launched_pid) else "killed"
+    if state.finish is not None:
+        return state.finish.status
+    return "running" if pid_alive((start.pid if start else None) or launched_pid) else "killed"
 
 
-def _duration(events: list[dict[str, Any]]) -> float | None:
-    """Seconds from each `run_started` to the `run_finished` (else the last event) that ends its segment."""
-    total: float | None = None
-    start: float | None = None
-    last_time = 0.0
-    for event in events:
-        if event["type"] == "run_started":
-            if start is not None:  # the previous segment died without finishing
-                total = (total or 0.0) + last_time - start
-            start = event["time"]
-        elif event["type"] == "run_finished" and start is not None:
-            total = (total or 0.0) + event["time"] - start
-            start = None
-        last_time = event["time"]
-    if start is not None:
-        total = (total or 0.0) + last_time - start
-    return total
+def planned_steps(config: dict[str, Any]) -> int | None:
+    """The steps a run's config asks for (its "steps"), None when it names no whole number."""
+    steps = config.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def summarize(run_dir: str | os.PathLike[str]) -> RunSummary:
     """Summarize a run from its config.json, meta.json, events.jsonl and worker.pid."""
     run_dir = Path(run_dir)
-    events, _ = read_events(run_dir / EVENTS)
-    steps = [e for e in events if e["type"] == "step"]
-    bests = [e for e in events if e["type"] == "eval" and e.get("best")]
-    best = bests[-1].get("primary") if bests else None
-    return build_summary(
-        run_dir,
-        read_config(run_dir),
-        read_meta(run_dir),
-        lifecycle=[e for e in events if e["type"] in ("run_started", "run_finished")],
-        step=int(steps[-1].get("step", 0)) if steps else 0,
-        best=float(best) if isinstance(best, (int, float)) else None,
-        duration=_duration(events),
-    )
+    return build_summary(run_dir, read_config(run_dir), read_meta(run_dir), read_state(run_dir / EVENTS))
 
 
-def build_summary(
-    run_dir: Path,
-    config: dict[str, Any],
-    meta: dict[str, Any],
-    lifecycle: list[dict[str, Any]],
-    step: int,
-    best: float | None,
-    duration: float | None,
-) -> RunSummary:
-    """A run's summary from what its events say (the dashboard folds them incrementally, `summarize`
+def build_summary(run_dir: Path, config: dict[str, Any], meta: dict[str, Any], state: RunState) -> RunSummary:
+    """A run's summary from its folded events (the dashboard folds them incrementally, `summarize`
     reads them whole) plus its config, meta and pidfile."""
     launched_pid = read_pid(run_dir)
     try:
         launched_at = (run_dir / PIDFILE).stat().st_mtime if launched_pid is not None else None
     except OSError:
         launched_at = None
-    starts = [e for e in lifecycle if e["type"] == "run_started"]
-    first_start = starts[0] if starts else {}
-    last_start = starts[-1] if starts else {}
-    status = derive_status(lifecycle, launched_pid, launched_at)
-    finish = lifecycle[-1] if status in TERMINAL_STATUSES else None
-    stage = str(config.get("stage") or first_start.get("stage") or "")
-    task_key = "target" if stage == "stage2" else "task"
-    total_steps = config.get("steps")
+    first, last = state.first_start, state.last_start
+    status = derive_status(state, launched_pid, launched_at)
+    finish = state.finish if status in TERMINAL_STATUSES else None
+    stage = str(config.get("stage") or (first.stage if first else ""))
+    task = config.get("target" if stage == "stage2" else "task") or (first.label if first else "")
     return RunSummary(
         run_id=run_dir.name,
         stage=stage,
-        method=str(config.get("method") or first_start.get("method") or ("pt" if stage == "stage1" else "")),
-        task=str(config.get(task_key) or first_start.get(task_key) or ""),
+        method=str(
+            config.get("method") or (first.method if first else "") or ("pt" if stage == "stage1" else "")
+        ),
+        task=str(task),
         model=str(config.get("model") or ""),
         status=status,
-        best_metric=best,
+        best_metric=state.best_metric,
         metric_name=config.get("primary_metric"),
-        step=step,
-        total_steps=int(total_steps) if isinstance(total_steps, (int, float)) else None,
-        started=first_start.get("time"),
-        ended=finish["time"] if finish else None,
-        duration=duration,
-        pid=launched_pid if status == "pending" else last_start.get("pid") or launched_pid,
-        error=finish.get("error") if finish else None,
+        step=state.step,
+        total_steps=planned_steps(config),
+        started=state.started,
+        ended=finish.time if finish else None,
+        duration=state.duration,
+        pid=launched_pid if status == "pending" else (last.pid if last else None) or launched_pid,
+        error=finish.error if finish else None,
         tags=meta.get("tags", []),
         note=meta.get("note", ""),
         run_dir=str(run_dir),
+        executor=last.executor if last else str(config.get("executor") or "local"),
+        job_id=last.job_id if last else None,
+        host=last.host if last else None,
     )

@@ -3,8 +3,9 @@
 This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It owns
 its run folder (the claim on worker.lock) for its whole life, so a second worker exits at once with
 code 2 without writing anything. It reads `config.json`, writes the event stream, keeps the history
-index current at start and end, and on SIGTERM (or Ctrl-C) checkpoints and finishes with status
-`stopped`, so `dtvg run resume` can go on.
+index current at start and end, and on SIGTERM, SIGUSR2 (Slurm's warning) or Ctrl-C checkpoints and
+finishes with status `stopped`, so `dtvg run resume` can go on. Run by a Slurm job (`slurm_submit`), it
+records the job, and when Slurm rather than `dtvg runs stop` stopped it, requeues the job instead.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.history import History
@@ -64,16 +67,17 @@ def _update_index(history: History, run_dir: Path) -> None:
         print(f"warning: {exc}", file=sys.stderr, flush=True)
 
 
-def run_worker(run_dir: Path) -> int:
+def run_worker(run_dir: Path, job_id: str | None = None) -> int:
+    """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
     config = read_config(run_dir)
     claim = own_run(run_dir)
     try:
-        return _run(run_dir, config)
+        return _run(run_dir, config, job_id)
     finally:
         os.close(claim)
 
 
-def _run(run_dir: Path, config: dict[str, Any]) -> int:
+def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     """Run the configured stage to its end, writing the events and the history index."""
     stop = {"requested": False}
 
@@ -82,6 +86,7 @@ def _run(run_dir: Path, config: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGUSR2, request_stop)  # Slurm's warning before a time limit; `dtvg runs stop`
     history = History(run_dir.parent)
     label_key = "task" if config["stage"] == "stage1" else "target"
     started = time.time()
@@ -93,6 +98,9 @@ def _run(run_dir: Path, config: dict[str, Any]) -> int:
             method=config["method"],
             pid=os.getpid(),
             config=config,
+            host=socket.gethostname(),
+            executor="slurm" if job_id else "local",
+            job_id=job_id,
             **{label_key: config[label_key]},
         )
         _update_index(history, run_dir)
@@ -109,6 +117,9 @@ def _run(run_dir: Path, config: dict[str, Any]) -> int:
             traceback.print_exc()
             error = f"{type(exc).__name__}: {exc}"
         status = "failed" if error else outcome.status
+        if status == "stopped" and job_id and not slurm.stop_requested(run_dir):
+            if _requeued(run_dir, job_id, events, history, outcome.step):
+                return 0
         if error:
             events.emit("log", level="error", message=error)
             print(f"error: {error}", file=sys.stderr, flush=True)
@@ -124,7 +135,21 @@ def _run(run_dir: Path, config: dict[str, Any]) -> int:
     return 1 if status == "failed" else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _requeued(run_dir: Path, job_id: str, events: EventWriter, history: History, step: int) -> bool:
+    """Put a job that Slurm stopped (preemption, its time limit; not `dtvg runs stop`) back in the queue,
+    so the run goes on from its checkpoint when the job starts again; False when Slurm refused.
+
+    The segment stays open (no `run_finished`): the run shows pending while queued, killed if lost.
+    """
+    events.emit("log", level="warning", message=f"Slurm stopped job {job_id} at step {step}; requeueing it")
+    _update_index(history, run_dir)
+    error = slurm.requeue(job_id)  # Slurm now ends this job's processes: return at once
+    if error:
+        events.emit("log", level="error", message=f"could not requeue Slurm job {job_id}: {error}")
+    return error is None
+
+
+def main(argv: list[str] | None = None, job_id: str | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m dtvg_engine.worker RUN_DIR", file=sys.stderr)
@@ -132,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        return run_worker(Path(args[0]))
+        return run_worker(Path(args[0]), job_id)
     except UserError as exc:  # not this worker's run (or no run at all): say so, write nothing
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -4,7 +4,8 @@ A worker runs in its own session (so its process group holds it and every child 
 closing the terminal or the TUI does not take it down), writes its output to worker.log and its pid
 to worker.pid. Before it starts, the launcher claims the run (`runfolder.claim_run`) and hands the claim
 to the worker, so at most one worker owns a run folder whoever launches it: the CLI, the TUI or a
-pipeline. Standard library only, because the terminal UI imports it.
+pipeline. A run submitted to Slurm is stopped, killed and resumed through its job instead (`slurm`).
+Standard library only, because the terminal UI imports it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import (
     LOG,
@@ -84,13 +86,33 @@ def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = N
         reason = refusal("resume", run_dir.name, summarize(run_dir).status, owner=None)  # we own it now
         if reason:
             raise UserError(reason)
+        job_id = slurm.active_job(run_dir)
+        if job_id:
+            raise UserError(f"run {run_dir.name} is Slurm job {job_id}; stop it first with `dtvg runs stop`")
         checkpoint_path(run_dir)
+        (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now
         worker = spawn_detached(command, run_dir / LOG, lock)
         record_owner(lock, worker.pid)
         write_text_atomic(run_dir / PIDFILE, f"{worker.pid}\n")
     finally:
         os.close(lock)  # the worker holds the claim from here on
     return worker.pid
+
+
+def resume_run(run_dir: str | os.PathLike[str]) -> str:
+    """Start an unfinished run again where it last ran: a worker here, or a new Slurm job; say which.
+
+    The job is submitted by `python -m dtvg_engine.slurm_submit RUN_DIR`, so the dashboard never
+    imports submitit. `UserError` when the run cannot be resumed (see `launch_worker`).
+    """
+    if slurm.read_job(run_dir) is None:
+        return f"worker pid {launch_worker(run_dir)}"
+    command = [sys.executable, "-m", "dtvg_engine.slurm_submit", str(run_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"submitting failed (exit code {done.returncode})"]
+        raise UserError(lines[-1].removeprefix("error: "))
+    return f"Slurm job {done.stdout.strip()}"
 
 
 def _live_pid(run_dir: str | os.PathLike[str]) -> int | None:
@@ -121,19 +143,25 @@ def _signal(pid: int, signum: int) -> bool:
 
 
 def stop_run(run_dir: str | os.PathLike[str]) -> bool:
-    """Ask the run's worker to stop (SIGTERM): it checkpoints and finishes "stopped".
+    """Ask the run's worker to stop (SIGTERM; a Slurm run's job, `slurm.stop`): it checkpoints and
+    finishes "stopped".
 
-    Returns False when the run has no live worker.
+    Returns False when the run has no live worker (no job in the queue).
     """
+    if slurm.read_job(run_dir) is not None:
+        return slurm.stop(run_dir)
     pid = _live_pid(run_dir)
     return pid is not None and _signal(pid, signal.SIGTERM)
 
 
 def kill_run(run_dir: str | os.PathLike[str]) -> bool:
-    """Kill the run's worker and its children at once (SIGKILL); the run shows as "killed".
+    """Kill the run's worker and its children at once (SIGKILL; a Slurm run's whole job); the run shows
+    as "killed".
 
-    Returns False when the run has no live worker.
+    Returns False when the run has no live worker (no job in the queue).
     """
+    if slurm.read_job(run_dir) is not None:
+        return slurm.kill(run_dir)
     pid = _live_pid(run_dir)
     return pid is not None and _signal(pid, signal.SIGKILL)
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
 
@@ -420,9 +421,20 @@ def refusal(action: str, run_id: str, status: str, owner: int | None) -> str | N
 
 
 def check_action(run_dir: str | os.PathLike[str], action: str) -> None:
-    """`UserError` when `action` cannot be done to the run now (see `refusal`)."""
+    """`UserError` when `action` cannot be done to the run now (see `refusal`).
+
+    A run whose Slurm job is in the queue is owned by that job (its worker may run on another host).
+    """
     run_dir = Path(run_dir)
-    reason = refusal(action, run_dir.name, summarize(run_dir).status, run_owner(run_dir))
+    summary = summarize(run_dir)
+    if summary.slurm_state is not None:
+        if action == "stop":
+            return
+        raise UserError(
+            f"run {run_dir.name} is Slurm job {summary.job_id} ({summary.slurm_state}); "
+            f"stop it first with `dtvg runs stop {run_dir.name}`"
+        )
+    reason = refusal(action, run_dir.name, summary.status, run_owner(run_dir))
     if reason:
         raise UserError(reason)
 
@@ -533,11 +545,13 @@ class RunSummary:
     run_dir: str = ""
     """Path of the run folder."""
     executor: str = "local"
-    """Where the last segment ran: "local" or "slurm" (from its `run_started`, else from the config)."""
+    """Where the run runs: "slurm" when it was submitted to Slurm (its `slurm.json`), else "local"."""
     job_id: str | None = None
-    """The Slurm job id of the last segment; None when local."""
+    """The Slurm job id of its latest submission; None when local."""
     host: str | None = None
     """The host the last segment ran on, when its `run_started` says."""
+    slurm_state: str | None = None
+    """Its Slurm job as `squeue` shows it ("queued (Priority)", "running"); None once it left the queue."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -576,22 +590,39 @@ def planned_steps(config: dict[str, Any]) -> int | None:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
-def summarize(run_dir: str | os.PathLike[str]) -> RunSummary:
-    """Summarize a run from its config.json, meta.json, events.jsonl and worker.pid."""
+def summarize(run_dir: str | os.PathLike[str], queue: slurm.Queue | None = None) -> RunSummary:
+    """Summarize a run from its config.json, meta.json, events.jsonl and worker.pid (or Slurm job).
+
+    `queue`: Slurm's view of the jobs of many runs summarized together (one squeue call for all).
+    """
     run_dir = Path(run_dir)
-    return build_summary(run_dir, read_config(run_dir), read_meta(run_dir), read_state(run_dir / EVENTS))
+    state = read_state(run_dir / EVENTS)
+    return build_summary(run_dir, read_config(run_dir), read_meta(run_dir), state, queue)
 
 
-def build_summary(run_dir: Path, config: dict[str, Any], meta: dict[str, Any], state: RunState) -> RunSummary:
+def build_summary(
+    run_dir: Path,
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    state: RunState,
+    queue: slurm.Queue | None = None,
+) -> RunSummary:
     """A run's summary from its folded events (the dashboard folds them incrementally, `summarize`
-    reads them whole) plus its config, meta and pidfile."""
+    reads them whole) plus its config, meta and pidfile, or for a Slurm run its job's queue state
+    (from `queue`, else one squeue call)."""
     launched_pid = read_pid(run_dir)
     try:
         launched_at = (run_dir / PIDFILE).stat().st_mtime if launched_pid is not None else None
     except OSError:
         launched_at = None
     first, last = state.first_start, state.last_start
-    status = derive_status(state, launched_pid, launched_at)
+    record = slurm.read_job(run_dir)
+    job_id = str(record["job_id"]) if record and record.get("job_id") else None
+    job = (queue or slurm.Queue([job_id])).get(job_id) if job_id else None
+    if record is None:
+        status = derive_status(state, launched_pid, launched_at)
+    else:
+        status = slurm.run_status(state, job_id, job)
     finish = state.finish if status in TERMINAL_STATUSES else None
     stage = str(config.get("stage") or (first.stage if first else ""))
     task = config.get("target" if stage == "stage2" else "task") or (first.label if first else "")
@@ -616,7 +647,8 @@ def build_summary(run_dir: Path, config: dict[str, Any], meta: dict[str, Any], s
         tags=meta.get("tags", []),
         note=meta.get("note", ""),
         run_dir=str(run_dir),
-        executor=last.executor if last else str(config.get("executor") or "local"),
-        job_id=last.job_id if last else None,
+        executor="slurm" if record else "local",
+        job_id=job_id,
         host=last.host if last else None,
+        slurm_state=job.describe() if job else None,
     )

@@ -138,6 +138,12 @@ def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     return str(job_id) if job_id else None
 
 
+def active_job(run_dir: str | os.PathLike[str]) -> str | None:
+    """The run's Slurm job id while the job is in the queue (or squeue cannot tell), else None."""
+    job_id = job_id_of(run_dir)
+    return job_id if job_id and Queue([job_id]).get(job_id) is not None else None
+
+
 def run_status(events: RunState, job_id: str | None, state: JobState | None) -> str:
     """A Slurm run's status from its folded events and its job's queue state (None: left the queue).
 
@@ -193,10 +199,8 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
 def kill(run_dir: str | os.PathLike[str]) -> bool:
     """Kill the run's job now (SIGKILL to its whole job); the run shows "killed". False when not queued."""
-    job_id = job_id_of(run_dir)
-    if job_id is None or Queue([job_id]).get(job_id) is None:
-        return False
-    return _scancel("--full", "--signal=KILL", job_id)
+    job_id = active_job(run_dir)
+    return job_id is not None and _scancel("--full", "--signal=KILL", job_id)
 
 
 def stop_requested(run_dir: str | os.PathLike[str]) -> bool:

@@ -29,7 +29,7 @@ from submitit.core.utils import FailedJobError
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import LOG
+from dtvg_engine.runfolder import LOG, check_action
 
 SUBMITIT_DIR = "_slurm"
 """Under the runs directory: one folder of submitit's files per submission."""
@@ -243,5 +243,28 @@ def resubmit(run_dir: Path) -> str:
     record = slurm.read_job(run_dir)
     if record is None:
         raise UserError(f"run {run_dir.name} did not run on Slurm")
-    resources = Resources.from_table(record.get("resources") or {}, f"{run_dir / slurm.JOB_FILE}")
+    job_id = slurm.active_job(run_dir)
+    if job_id:
+        raise UserError(f"run {run_dir.name} is Slurm job {job_id} already; see `squeue --job {job_id}`")
+    check_action(run_dir, "resume")
+    resources = Resources.from_table(record.get("resources") or {}, str(run_dir / slurm.JOB_FILE))
     return submit_runs([run_dir], resources, 1)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dtvg_engine.slurm_submit RUN_DIR`: resubmit a Slurm run and print its job id (the
+    dashboard's resume runs this, so that it never imports submitit)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dtvg_engine.slurm_submit RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        print(resubmit(Path(args[0])))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -157,7 +157,7 @@ def test_summary_of_a_completed_run(runs_dir):
         "status": "completed", "best_metric": 0.6, "metric_name": "accuracy", "step": 20, "total_steps": 50,
         "started": start["time"], "ended": finish["time"], "duration": finish["time"] - start["time"],
         "pid": os.getpid(), "error": None, "tags": ["x"], "note": "hello", "run_dir": str(run),
-        "executor": "local", "job_id": None, "host": None,
+        "executor": "local", "job_id": None, "host": None, "slurm_state": None,
     }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The dashboard application and the `dtvg-tui [--runs-dir DIR]` entry point."""
+"""The dashboard application and the `dtvg-tui [--runs-dir DIR] [--study STUDY.toml]` entry point."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class DtvgApp(App[None]):
         keymap: dict[str, str] | None = None,
         refresh_interval: float = 1.0,
         follow_interval: float = 0.5,
+        study: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
@@ -42,12 +43,16 @@ class DtvgApp(App[None]):
         """Seconds between two scans of the runs directory."""
         self.follow_interval = follow_interval
         """Seconds between two reads of a followed run's events."""
+        self.study = Path(study) if study is not None else None
+        """The study file opened at start (`--study`), over the Runs screen."""
         self.sub_title = str(self.runs_dir)
 
     def on_mount(self) -> None:
         if self.user_keymap:
             self.set_keymap(self.user_keymap)
         self.push_screen(RunsScreen())
+        if self.study is not None:
+            self.open_study(self.study)
 
     @property
     def runs_screen(self) -> RunsScreen:
@@ -85,11 +90,35 @@ class DtvgApp(App[None]):
 
         self.push_screen(CompareScreen(run_dirs))
 
+    def study_folders(self) -> list[Path]:
+        """Where pipeline files are looked for: `experiments/` here and next to the runs directory."""
+        folders = [Path("experiments"), self.runs_dir.resolve().parent / "experiments"]
+        unique = {folder.resolve(): folder for folder in folders if folder.is_dir()}
+        return list(unique.values())
+
+    def open_studies(self) -> None:
+        from dtvg_tui.screens.study import StudiesScreen
+
+        self.push_screen(StudiesScreen(self.study_folders()))
+
+    def open_study(self, path: Path) -> None:
+        """Open the study of a pipeline file (or of a pipeline's record in the runs directory)."""
+        from dtvg_engine.study import load_study
+        from dtvg_tui.screens.study import StudyScreen
+
+        try:
+            spec, pipeline_file = load_study(path)
+        except UserError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.push_screen(StudyScreen(spec, pipeline_file))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Runs", "Show every run", self.action_show_runs)
         yield SystemCommand("New run", "Launch a stage-1, stage-2 or pipeline run", self.action_new_run)
         yield SystemCommand("Keys", "Every key binding and its id", self.action_help)
+        yield SystemCommand("Studies", "Open a study: its results table, filling in live", self.open_studies)
         runs = self.runs_screen if any(isinstance(s, RunsScreen) for s in self.screen_stack) else None
         if runs is not None and isinstance(screen, RunsScreen):
             yield SystemCommand(
@@ -111,18 +140,25 @@ class DtvgApp(App[None]):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`dtvg-tui [--runs-dir DIR]`."""
+    """`dtvg-tui [--runs-dir DIR] [--study STUDY.toml]`."""
     parser = argparse.ArgumentParser(prog="dtvg-tui", description="DTVG Studio dashboard")
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="runs directory (default: $DTVG_RUNS_DIR or ./runs)"
     )
+    parser.add_argument(
+        "--study", type=Path, default=None, help="open the study view of this pipeline file (TOML)"
+    )
     args = parser.parse_args(argv)
     try:
         keymap = keys.load_keymap(keys.keymap_path())
+        if args.study is not None:
+            from dtvg_engine.study import load_study
+
+            load_study(args.study)  # a bad study file is refused here, not inside the dashboard
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    DtvgApp(args.runs_dir, keymap=keymap).run()
+    DtvgApp(args.runs_dir, keymap=keymap, study=args.study).run()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ RUNS_BINDINGS = [
     Binding("s", "stop", "Stop", id="dtvg.runs.stop"),
     Binding("k", "kill", "Kill", id="dtvg.runs.kill"),
     Binding("u", "resume", "Resume", id="dtvg.runs.resume"),
+    Binding("S", "studies", "Studies", id="dtvg.runs.studies"),
     Binding("escape", "clear_filter", "Clear filter", id="dtvg.runs.clear", show=False),
 ]
 
@@ -72,6 +73,29 @@ COMPARE_BINDINGS = [
     Binding("d", "toggle_diff", "Only differences", id="dtvg.compare.only_diff"),
 ]
 
+STUDIES_BINDINGS = [
+    Binding("escape", "back", "Back", id="dtvg.studies.back"),
+]
+
+STUDY_BINDINGS = [
+    Binding("escape", "back", "Back", id="dtvg.study.back"),
+    Binding("c", "compare_row", "Compare row", id="dtvg.study.compare"),
+    Binding("g", "start", "Start/resume", id="dtvg.study.start"),
+    Binding("s", "stop", "Stop", id="dtvg.study.stop"),
+    Binding("e", "export", "Export table", id="dtvg.study.export"),
+    Binding("1", "show_tab('study-results')", "Results", id="dtvg.study.results"),
+    Binding("2", "show_tab('study-stage1')", "Stage 1", id="dtvg.study.stage1"),
+    Binding("3", "show_tab('study-similarity')", "Similarity", id="dtvg.study.similarity"),
+    Binding("4", "show_tab('study-groups')", "Groups", id="dtvg.study.groups"),
+]
+
+STUDY_CELL_BINDINGS = [
+    Binding("escape", "back", "Back", id="dtvg.study_cell.back"),
+    Binding("enter", "open_detail", "Detail", id="dtvg.study_cell.detail"),
+    Binding("i", "inspect", "Inspector", id="dtvg.study_cell.inspect"),
+    Binding("c", "compare", "Compare seeds", id="dtvg.study_cell.compare"),
+]
+
 NEW_RUN_BINDINGS = [
     Binding("escape", "back", "Back", id="dtvg.new_run.back"),
     Binding("ctrl+l", "launch", "Launch", id="dtvg.new_run.launch"),
@@ -83,6 +107,9 @@ SCREEN_BINDINGS: dict[str, list[Binding]] = {
     "Run detail": DETAIL_BINDINGS,
     "Grouping inspector": INSPECTOR_BINDINGS,
     "Compare": COMPARE_BINDINGS,
+    "Studies": STUDIES_BINDINGS,
+    "Study": STUDY_BINDINGS,
+    "Study cell (its runs)": STUDY_CELL_BINDINGS,
     "New run": NEW_RUN_BINDINGS,
 }
 """Every screen's bindings, for the help screen."""

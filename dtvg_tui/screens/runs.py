@@ -301,6 +301,9 @@ class RunsScreen(Screen[None]):
             [Path(self.summaries[run_id].run_dir) for run_id in ids if run_id in self.summaries]
         )
 
+    def action_studies(self) -> None:
+        self.app.open_studies()
+
     # ----- annotations -----
 
     def _targets(self) -> list[RunSummary]:

@@ -1,7 +1,7 @@
 """Training speed of a `dtvg` stage-2 step (6 sources) against a plain `pt` step, measured in the same run.
 
-Both tuners are built the way `dtvg_engine.stage2.run` builds them, with `methods.build_tuner("dtvg", ...)`
-and `methods.build_tuner("pt", ...)` from the shared init P_init and the task prompt vectors (TPVs) of the
+Both tuners are built the way `dtvg_engine.stage2.run` builds them, with `methods.build_tuner` for `dtvg`
+and for `pt` from the shared init P_init and the task prompt vectors (TPVs) of the
 sources and the target. One step is exactly what `training.fit` does per step: `tuner.step_prompt(step)`
 (for dtvg: rescale the vectors, rank the sources, choose the group, build P_mix and the `group` event's
 fields), `LabelScorer.loss`, the finite-loss check, zero_grad, backward, gradient clipping, AdamW, the
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         trainers = {}
         for method in ("pt", "dtvg"):
-            tuner, note = build_tuner(method, {**config, "method": method}, p_init, tpvs)
+            tuner, note = build_tuner({**config, "method": method}, p_init, tpvs)
             events = EventWriter(Path(tmp) / f"{method}-events.jsonl")
             trainers[method] = Trainer(method, tuner, scorer, config, events, total)
         pt, dtvg = trainers["pt"], trainers["dtvg"]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import tasks
+from dtvg_engine import method_registry, tasks
 from dtvg_engine.errors import UserError
+from dtvg_engine.method_registry import GROUPINGS
 
 BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
 """Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
@@ -71,26 +72,12 @@ STAGE2_DEFAULTS: dict[str, Any] = {
     "grouping": "greedy",
     "lambda": 1.0,
     "source_scale_lr": 0.4,
+    "top_k": 2,
+    "mix_steps": None,
 }
-"""Extra stage-2 settings: the paper's few-shot two-speed rates are 0.3 (target) and 0.4 (source scales)."""
-
-METHODS = (
-    "dtvg",
-    "fixed-group",
-    "only-target",
-    "ts-only",
-    "kc-only",
-    "all-sources",
-    "pt",
-    "spot",
-    "tpv-top1",
-    "tpv-sum",
-    "mix",
-)
-"""Every stage-2 method of DESIGN §7."""
-
-GROUPINGS = ("greedy", "prefix", "exhaustive")
-"""`--grouping` variants of the `dtvg` method (DESIGN §7)."""
+"""Extra stage-2 settings: the paper's few-shot two-speed rates are 0.3 (target) and 0.4 (source scales);
+`tpv-sum` adds the `top_k` sources ranked first by eq. 2 (the TPV paper combines pairs); `mix` trains
+the sources' prompt for `mix_steps` steps (None: as many as the sources' stage-1 runs had together)."""
 
 
 MAX_PROMPT_LENGTH = 1024
@@ -160,6 +147,8 @@ SETTING_RULES: dict[str, Rule] = {
     "data_dir": PATH,
     "init_prompt": PATH,
     "grouping": Rule(str, choices=GROUPINGS),
+    "top_k": COUNT,
+    "mix_steps": Rule(int, low=1, optional=True),
     "lambda": Rule(float, low=0),
     "source_scale_lr": Rule(float, low=0),  # 0 freezes the source scales at 1
 }
@@ -243,21 +232,27 @@ def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
     }
 
 
-NEEDS_SOURCES = frozenset(METHODS) - {"pt", "only-target"}
-"""Methods that transfer from source tasks and so refuse an empty source list."""
-
-NEEDS_TARGET_TPV = frozenset(METHODS) - {"pt", "tpv-sum", "mix"}
-"""Methods that compare sources with the target's stage-1 vector (or start from it)."""
-
-
 def _stage1_matches(config: dict[str, Any], settings: dict[str, Any]) -> bool:
     return all(config.get(key) == settings[key] for key in ("model", "prompt_length", "init_seed"))
 
 
-def find_stage1_run(runs_dir: str | Path, task: str, settings: dict[str, Any]) -> Path:
-    """The newest completed stage-1 run of `task` sharing model, prompt length and init seed."""
+SPLIT_KEYS = ("seed", "k_shot", "max_eval", "data_dir")
+"""The settings that make a run's data split and shots: a target's T_t should share them with its
+stage-2 run, so both see the same training shots and neither checks itself on the other's test rows."""
+
+
+def _split_of(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: config.get(key) for key in SPLIT_KEYS}
+
+
+def find_stage1_run(
+    runs_dir: str | Path, task: str, settings: dict[str, Any], same_split: bool = False
+) -> Path:
+    """The newest completed stage-1 run of `task` sharing model, prompt length and init seed; with
+    `same_split`, the newest of those with the seed and split of `settings` when there is one."""
     from dtvg_engine.runfolder import TPV, list_run_dirs, read_config, summarize
 
+    found = []
     for run_dir in reversed(list_run_dirs(runs_dir)):
         config = read_config(run_dir)
         if (
@@ -267,7 +262,11 @@ def find_stage1_run(runs_dir: str | Path, task: str, settings: dict[str, Any]) -
         ):
             continue
         if (run_dir / TPV).is_file() and summarize(run_dir).status == "completed":
-            return run_dir
+            if not same_split or _split_of(config) == _split_of(settings):
+                return run_dir
+            found.append(run_dir)
+    if found:
+        return found[0]
     raise UserError(
         f"no finished stage-1 run of {task!r} with model {settings['model']}, prompt length "
         f"{settings['prompt_length']} and init seed {settings['init_seed']} in {runs_dir}; run "
@@ -305,13 +304,18 @@ def stage2_config(
     tpv_runs: list[str] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """The resolved config of a stage-2 run: the method, and the stage-1 runs it transfers from."""
+    """The resolved config of a stage-2 run: the method, and the stage-1 runs it transfers from.
+
+    `method` is a registry name or an entry with a grouping rule (`dtvg:prefix`). The target's own
+    stage-1 run, for the methods that need it, is the newest with this run's seed and split (else the
+    newest; `describe_stage1_runs` says which). A `fair_budget` method's `steps` become T_t's stage-1
+    steps plus these; `mix_steps` left unset becomes the sources' stage-1 steps together.
+    """
     stage2_keys = set(STAGE2_DEFAULTS) - {"method"}
     unknown = set(overrides) - set(TRAINING_DEFAULTS) - stage2_keys
     if unknown:
         raise UserError(f"unknown stage-2 setting(s): {', '.join(sorted(unknown))}")
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    spec_method, fixed = method_registry.parse(method)
     spec = tasks.get_task(target)
     if not spec.has_train:
         raise UserError(
@@ -323,29 +327,74 @@ def stage2_config(
         raise UserError(f"target {target!r} is also listed among its sources; remove it from --sources")
     if len(set(sources)) != len(sources):
         raise UserError(f"--sources lists a task twice: {','.join(sources)}")
-    if method in NEEDS_SOURCES and not sources and not tpv_runs:
+    if spec_method.uses_sources and not sources and not tpv_runs:
         raise UserError(f"method {method!r} transfers from source tasks; give them with --sources A,B,...")
     settings = {
         **TRAINING_DEFAULTS,
         **STAGE2_DEFAULTS,
         **{k: v for k, v in overrides.items() if v is not None},
+        **fixed,
     }
     check_settings(settings)
 
     explicit = _runs_by_task(runs_dir, tpv_runs or [], settings)
-    sources = sources or [task for task in explicit if task != target]
-    needed = list(sources) + ([target] if method in NEEDS_TARGET_TPV else [])
-    if method == "pt":
-        needed = []
-    stage1_runs = {task: explicit.get(task) or find_stage1_run(runs_dir, task, settings) for task in needed}
+    sources = (sources or [task for task in explicit if task != target]) if spec_method.uses_sources else []
+    stage1_runs = {task: explicit.get(task) or find_stage1_run(runs_dir, task, settings) for task in sources}
+    if spec_method.needs_target_run:
+        stage1_runs[target] = explicit.get(target) or find_stage1_run(
+            runs_dir, target, settings, same_split=True
+        )
+    planned = _stage1_budgets(spec_method, settings, stage1_runs, target)
     return {
         "stage": "stage2",
         "target": target,
-        "sources": list(sources) if method != "pt" else [],
+        "sources": list(sources),
         # by run id, resolved in the run's own runs directory: a runs directory can be moved whole
         "stage1_runs": {task: path.name for task, path in stage1_runs.items()},
         "primary_metric": spec.primary,
         "created": time.time(),
         **settings,
-        "method": method,
+        **planned,
+        "method": spec_method.name,
     }
+
+
+def _stage1_budgets(
+    method: method_registry.Method, settings: dict[str, Any], stage1_runs: dict[str, Path], target: str
+) -> dict[str, Any]:
+    """The step settings a method takes from its stage-1 runs: a budget-fair method trains T_t's
+    stage-1 steps on top of its own (`target_stage1_steps` records them); `mix` without `mix_steps`
+    trains the sources' prompt as long as the sources' stage-1 runs were trained together."""
+    from dtvg_engine.runfolder import read_config
+
+    planned: dict[str, Any] = {}
+    if method.fair_budget:
+        earlier = int(read_config(stage1_runs[target])["steps"])
+        planned |= {"steps": settings["steps"] + earlier, "target_stage1_steps": earlier}
+    if method.init == "mix" and settings["mix_steps"] is None:
+        sources = [task for task in stage1_runs if task != target]
+        planned["mix_steps"] = sum(int(read_config(stage1_runs[task])["steps"]) for task in sources)
+    return planned
+
+
+def _data_of(config: dict[str, Any]) -> str:
+    shots = f"{config['k_shot']}-shot" if config.get("k_shot") else "full data"
+    return f"seed {config.get('seed')}, {shots}"
+
+
+def describe_stage1_runs(runs_dir: str | Path, config: dict[str, Any]) -> list[str]:
+    """Which stage-1 run a stage-2 config transfers from for each task, and whether the target's own
+    run T_t shares its seed and split (the CLI prints these lines, the worker logs them)."""
+    from dtvg_engine.runfolder import read_config
+
+    lines = []
+    for task, run_id in config["stage1_runs"].items():
+        made = read_config(Path(runs_dir) / run_id)
+        line = f"stage-1 run of {task}: {run_id} ({_data_of(made)})"
+        if task == config["target"]:
+            if _split_of(made) == _split_of(config):
+                line += ", T_t with the same seed and split as this run"
+            else:
+                line += f", T_t of another seed or split than this run's ({_data_of(config)})"
+        lines.append(line)
+    return lines

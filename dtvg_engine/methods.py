@@ -1,9 +1,10 @@
 """Stage-2 methods (DESIGN §7): how each one builds the prompt it tunes from the stage-1 vectors.
 
-Two families:
-- grouped methods (`dtvg` and its ablations) tune P_mix = P_init + α_t⊙T_t + Σ_{s∈S'} α_s⊙T_s (eq. 6),
-  re-selecting the source group S' every step from the rescaled vectors (`GroupedPrompt`);
-- baselines tune a plain soft prompt from an initialization chosen by the method (`SoftPrompt`).
+What each method is lives in `method_registry`; this module turns a registry record into a tuner:
+- grouped methods (`init="t_t"`: `dtvg` and its ablations) tune P_mix = P_init + α_t⊙T_t + Σ_{s∈S'} α_s⊙T_s
+  (eq. 6), re-selecting the source group S' by their `group_rule` from the rescaled vectors at every
+  forward pass, evaluation included, as the authors' code does (`GroupedPrompt`);
+- baselines tune a plain soft prompt from the start their `init` names (`SoftPrompt`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dtvg_engine import grouping
+from dtvg_engine import grouping, method_registry
 from dtvg_engine.merge import ScaledTaskVectors
 from dtvg_engine.training import SoftPrompt, Tuner
-
-GROUPED = ("dtvg", "fixed-group", "only-target", "ts-only", "kc-only", "all-sources")
-"""Methods that merge task vectors with learnable scales and log a group every step."""
 
 Chooser = Callable[[Tensor, dict[str, Tensor]], grouping.GroupResult]
 
@@ -41,10 +39,7 @@ class GroupedPrompt(Tuner):
         if not self.vectors.source_names:  # only-target: nothing to group
             self.group = []
             return self.vectors([]), None
-        target, sources = self.vectors.rescaled_target(), self.vectors.rescaled_sources()
-        result = self.choose(target, sources)
-        if self.fixed and self.group is not None:
-            result = fixed_group(target, sources, result, self.group)
+        result = self.regroup()
         self.group = result.selected
         event = {
             "ranked": [{"task": name, "sim": sim} for name, sim in result.ranked],
@@ -55,9 +50,21 @@ class GroupedPrompt(Tuner):
         }
         return self.vectors(self.group), event
 
+    def regroup(self) -> grouping.GroupResult:
+        """The group for the current parameters (the kept one for `fixed-group` after its first step)."""
+        target, sources = self.vectors.rescaled_target(), self.vectors.rescaled_sources()
+        result = self.choose(target, sources)
+        if self.fixed and self.group is not None:
+            result = fixed_group(target, sources, result, self.group)
+        return result
+
     def prompt(self) -> Tensor:
+        """P_mix with the group re-chosen from the parameters as they are now: evaluation and the saved
+        prompt see the group of the current scales and T_t, not the one of the step before the last
+        optimizer update (the authors regroup on every forward pass)."""
         with torch.no_grad():
-            return self.vectors(self.group or []).detach()
+            group = self.regroup().selected if self.vectors.source_names else []
+            return self.vectors(group).detach()
 
     def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         return self.vectors.param_groups(config["lr"], config["source_scale_lr"], config["weight_decay"])
@@ -79,51 +86,68 @@ def fixed_group(
     return grouping.GroupResult(list(group), now.ranked, ts, kc)
 
 
-def chooser(method: str, config: dict[str, Any]) -> Chooser:
-    """The group rule of a grouped method, as a call to `grouping.select_group`."""
-    if method == "all-sources":
+def chooser(method: method_registry.Method, config: dict[str, Any]) -> Chooser:
+    """A grouped method's `group_rule` as a call to `grouping.select_group`."""
+    if method.group_rule == "all":
         return lambda target, sources: fixed_group(
             target, sources, grouping.select_group(target, sources, "ts-only"), list(sources)
         )
-    variant = {"dtvg": config["grouping"], "fixed-group": config["grouping"]}.get(method, method)
+    variant = config["grouping"] if method.group_rule == "setting" else method.group_rule
     lam = config["lambda"]
     return lambda target, sources: grouping.select_group(target, sources, variant, lam=lam)
 
 
 def grouped_tuner(
-    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+    method: method_registry.Method, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
 ) -> GroupedPrompt:
     """A grouped method's tuner: the target starts from its stage-1 vector T_t, every scale from one."""
     target = config["target"]
-    sources = {} if method == "only-target" else {name: tpvs[name] for name in config["sources"]}
+    sources = {name: tpvs[name] for name in config["sources"]} if method.group_rule else {}
     vectors = ScaledTaskVectors(p_init, sources, target, target_init=tpvs[target])
-    return GroupedPrompt(vectors, chooser(method, config), fixed=method == "fixed-group")
+    return GroupedPrompt(vectors, chooser(method, config), fixed=method.frozen)
 
 
 def baseline_init(
-    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+    method: method_registry.Method,
+    config: dict[str, Any],
+    p_init: Tensor,
+    tpvs: dict[str, Tensor],
+    mix_prompt: Callable[[], Tensor] | None,
 ) -> tuple[Tensor, str]:
-    """The starting prompt of a single-prompt baseline, and a line saying how it was chosen."""
-    sources = config["sources"]
-    if method == "pt":
-        return p_init, "pt: prompt tuning from the shared initialization"
-    if method == "tpv-sum":
-        return p_init + sum(tpvs[s] for s in sources), f"tpv-sum: P_init + Σ TPV of {', '.join(sources)}"
-    ranked = rank_sources(method, sources, p_init, tpvs, config["target"])
-    best = ranked[0][0]
+    """The starting prompt of a single-prompt baseline (its `init`), and a line saying how it was chosen."""
+    if method.init == "p_init":
+        return (
+            p_init,
+            f"{method.name}: prompt tuning from the shared initialization for {config['steps']} steps",
+        )
+    if method.init == "mix":
+        if mix_prompt is None:
+            raise ValueError("mix needs the trainer of the sources' prompt (stage2.mix_prompt)")
+        return mix_prompt(), f"{method.name}: prompt tuning from the prompt trained on the sources' data"
+    ranked = rank_sources(method.ranking, config["sources"], p_init, tpvs, config["target"])
     ranking = ", ".join(f"{s} {v:.4g}" for s, v in ranked)
-    return p_init + tpvs[best], f"{method}: initialised from {best}'s prompt (similarities: {ranking})"
+    if method.init == "top-1":
+        best = ranked[0][0]
+        return p_init + tpvs[
+            best
+        ], f"{method.name}: initialised from {best}'s prompt (similarities: {ranking})"
+    chosen = [name for name, _ in ranked[: config["top_k"]]]  # top-k-sum
+    start = p_init + sum(tpvs[name] for name in chosen)
+    return (
+        start,
+        f"{method.name}: P_init + Σ TPV of {', '.join(chosen)}, the top {len(chosen)} by eq. 2 ({ranking})",
+    )
 
 
 def rank_sources(
-    method: str, sources: list[str], p_init: Tensor, tpvs: dict[str, Tensor], target: str
+    ranking: str | None, sources: list[str], p_init: Tensor, tpvs: dict[str, Tensor], target: str
 ) -> list[tuple[str, float]]:
     """How a one-for-one method ranks the sources for a target, best first (ties by name).
 
-    `spot` scores by SPoT's cosine of mean-pooled prompts P* = P_init + T, `tpv-top1` by DTVG's eq. 2 on
-    the task prompt vectors.
+    `spot` scores by SPoT's cosine of mean-pooled prompts P* = P_init + T, `eq2` by DTVG's eq. 2 on the
+    task prompt vectors.
     """
-    if method == "spot":
+    if ranking == "spot":
         anchor = (p_init + tpvs[target]).mean(0)
         scores = {
             s: float(torch.cosine_similarity((p_init + tpvs[s]).mean(0), anchor, dim=0)) for s in sources
@@ -134,12 +158,21 @@ def rank_sources(
 
 
 def build_tuner(
-    method: str, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+    config: dict[str, Any],
+    p_init: Tensor,
+    tpvs: dict[str, Tensor],
+    mix_prompt: Callable[[], Tensor] | None = None,
 ) -> tuple[Tuner, str]:
-    """The tuner of any stage-2 method except `mix` (which first trains on source data, see stage2)."""
-    if method in GROUPED:
-        return grouped_tuner(
-            method, config, p_init, tpvs
-        ), f"{method}: grouping every step over {config['sources']}"
-    init, note = baseline_init(method, config, p_init, tpvs)
+    """The tuner of the run's method, and a line saying how it starts.
+
+    `mix_prompt` trains the all-for-one prompt on the sources' data: `init="mix"` needs it.
+    """
+    method = method_registry.get(config["method"])
+    if method.grouped:
+        tuner = grouped_tuner(method, config, p_init, tpvs)
+        if not method.group_rule:
+            return tuner, f"{method.name}: P_init + α_t⊙T_t, no sources"
+        rule = config["grouping"] if method.group_rule == "setting" else method.group_rule
+        return tuner, f"{method.name}: grouping ({rule}) every step over {', '.join(config['sources'])}"
+    init, note = baseline_init(method, config, p_init, tpvs, mix_prompt)
     return SoftPrompt(init), note

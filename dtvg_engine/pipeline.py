@@ -119,7 +119,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
 def _check_methods(path: Path, spec: dict[str, Any]) -> None:
     """Every entry of `methods` is a registered method, optionally with its grouping rule
     (`dtvg:prefix`), and no two entries name the same runs (`dtvg` is `dtvg:greedy` by default)."""
-    grouping = _grouping(spec)
+    grouping = grouping_of(spec)
     seen: dict[tuple[tuple[str, Any], ...], str] = {}
     for entry in spec["methods"]:
         try:
@@ -131,7 +131,7 @@ def _check_methods(path: Path, spec: dict[str, Any]) -> None:
         seen[settings] = entry
 
 
-def _grouping(spec: dict[str, Any]) -> str:
+def grouping_of(spec: dict[str, Any]) -> str:
     """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
     stage2 = spec.get("stage2", {})
     return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
@@ -140,7 +140,7 @@ def _grouping(spec: dict[str, Any]) -> str:
 def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
     """The entry of the study's `methods` a stage-2 run's config is a run of, if any."""
     for entry in spec["methods"]:
-        wanted = method_registry.entry_settings(entry, _grouping(spec))
+        wanted = method_registry.entry_settings(entry, grouping_of(spec))
         if all(config.get(key) == value for key, value in wanted.items()):
             return entry
     return None

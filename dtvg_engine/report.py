@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import grouping, metrics, pipeline, tasks
+from dtvg_engine import grouping, method_registry, metrics, pipeline, tasks
 from dtvg_engine.events import Group, read_events
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
@@ -36,11 +36,13 @@ class Study:
     """(target, seed) → the target's own stage-1 run for that seed (its vector T_t)."""
 
 
-def _belongs(config: dict[str, Any], spec: dict[str, Any], runs_dir: Path) -> bool:
+def _belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs_dir: Path) -> bool:
     if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
         return False  # methods that use no sources (pt) record none
     wanted = {key: spec[key] for key in SETTINGS if key in spec} | spec.get("stage2", {})
-    if any(config.get(key) != value for key, value in wanted.items()):
+    wanted |= method_registry.entry_settings(entry, pipeline.grouping_of(spec))  # dtvg:prefix's rule
+    seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
+    if any(seen.get(key) != value for key, value in wanted.items()):
         return False
     own = config["stage1_runs"].get(config["target"])  # T_t must come from this seed's own shots
     return own is None or read_config(runs_dir / own).get("seed") == config["seed"]
@@ -51,12 +53,12 @@ def find_study(spec: dict[str, Any], runs_dir: Path) -> Study:
     runs: dict[tuple[str, str, int], Path] = {}
     for run_dir in list_run_dirs(runs_dir):  # oldest first, so a newer run replaces an older one
         config = read_config(run_dir)
-        key = (config.get("target"), config.get("method"), config.get("seed"))
+        key = (config.get("target"), pipeline.entry_of(spec, config), config.get("seed"))
         if (
             key[0] in spec["targets"]
-            and key[1] in spec["methods"]
+            and key[1] is not None
             and key[2] in spec["seeds"]
-            and _belongs(config, spec, runs_dir)
+            and _belongs(config, spec, key[1], runs_dir)
             and summarize(run_dir).status == "completed"
         ):
             runs[key] = run_dir
@@ -137,6 +139,10 @@ def results_section(results: dict[str, Any], study: Study) -> list[str]:
 
 PAIRS = (
     ("dtvg", "pt"),
+    ("dtvg", "pt-fair"),
+    ("dtvg:prefix", "pt"),
+    ("dtvg:prefix", "pt-fair"),
+    ("dtvg", "dtvg:prefix"),
     ("dtvg", "spot"),
     ("dtvg", "tpv-top1"),
     ("dtvg", "tpv-sum"),
@@ -236,7 +242,8 @@ def picks_section(
         vectors = {**sources, target: vector}
         row = [target, str(seed)]
         for method in ("tpv-top1", "spot"):
-            ranked = rank_sources(method, list(sources), p_init, vectors, target)
+            ranking = method_registry.get(method).ranking
+            ranked = rank_sources(ranking, list(sources), p_init, vectors, target)
             row.append(", ".join(f"{s} {v:.3g}" for s, v in ranked))
         rows.append(row)
     return _table(
@@ -322,7 +329,8 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
         *paired_section(study),
         "",
     ]
-    for method in ("dtvg", "fixed-group"):
+    grouped = [m for m in spec["methods"] if method_registry.parse(m)[0].group_rule == "setting"]
+    for method in grouped:  # dtvg and fixed-group, with each grouping rule the study lists
         if any(key[1] == method for key in study.runs):
             lines += [f"## Source groups of `{method}`", "", *groups_section(study, method), ""]
     return "\n".join(lines), results

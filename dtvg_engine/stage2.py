@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from dtvg_engine import tasks, tpv
+from dtvg_engine import metrics, tasks, tpv
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.config import describe_stage1_runs
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
-from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, replacing
+from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, read_config, replacing
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
-from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, fit, linear_schedule
+from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, evaluate, fit, linear_schedule
+
+MIX_PROMPT = "mix_prompt.safetensors"
+"""`mix`: the sources' trained prompt, inside the run's checkpoint folder (read back on resume)."""
 
 
 def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[str, torch.Tensor]:
@@ -43,30 +48,44 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
 
 
 def mix_prompt(
-    backbone: Backbone, config: dict[str, Any], p_init: torch.Tensor, events: EventWriter
+    backbone: Backbone, config: dict[str, Any], p_init: torch.Tensor, run_dir: Path, events: EventWriter
 ) -> torch.Tensor:
-    """SPoT's multi-task prompt: one prompt tuned on the union of the sources' training data.
+    """SPoT's all-for-one prompt: one prompt tuned on the union of the sources' training data.
 
-    Each step draws one source task with probability proportional to its training size
-    (examples-proportional mixing) and a batch of it; as many steps as the target run has.
+    Each step draws one source with probability proportional to its training size (examples-proportional
+    mixing) and a batch of it, for `mix_steps` steps (the sources' stage-1 budget unless set); every
+    `eval_every` steps the prompt is scored on the sources' validation splits (the mean of their task
+    scores) and the best one is kept, as each source's own stage-1 prompt was. The sources' splits are
+    those of their stage-1 runs. The result is kept in the checkpoint folder, so a resumed run goes
+    straight on to the target.
     """
+    saved = run_dir / CHECKPOINT / MIX_PROMPT
+    if saved.is_file():
+        events.emit("log", level="info", message=f"mix: the sources' prompt from {CHECKPOINT}/{MIX_PROMPT}")
+        return load_file(saved)["prompt"]
     data_dir = config.get("data_dir") or default_data_dir()
-    scorers, items = {}, {}
+    scorers, train, validation = {}, {}, {}
     for source in config["sources"]:
-        splits = load_splits(source, data_dir, seed=config["seed"], max_eval=config["max_eval"])
+        made = read_config(run_dir.parent / config["stage1_runs"][source])
+        splits = load_splits(
+            source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
+        )
         scorers[source] = LabelScorer(backbone, tasks.get_task(source), config["max_input_tokens"])
-        items[source] = scorers[source].encode(splits.train)
+        train[source] = scorers[source].encode(splits.train)
+        validation[source] = scorers[source].encode(splits.validation)
     tuner = SoftPrompt(p_init).to(backbone.device)
     optimizer = torch.optim.AdamW(tuner.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    steps = config["steps"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(max(1, steps // 10), steps))
+    steps = config["mix_steps"]
+    warmup = max(1, round(config["warmup_ratio"] * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, steps))
     rng = random.Random(config["seed"])
-    names = list(items)
+    names = list(train)
+    best_score, best = None, tuner.prompt().clone()
     for step in range(1, steps + 1):
-        source = rng.choices(names, weights=[len(items[n]) for n in names])[0]
+        source = rng.choices(names, weights=[len(train[n]) for n in names])[0]
         rows = [
-            items[source][i]
-            for i in batch_indices(len(items[source]), config["batch_size"], step, config["seed"])
+            train[source][i]
+            for i in batch_indices(len(train[source]), config["batch_size"], step, config["seed"])
         ]
         loss = scorers[source].loss(tuner.weight, scorers[source].collate(rows))
         optimizer.zero_grad(set_to_none=True)
@@ -75,12 +94,28 @@ def mix_prompt(
         optimizer.step()
         schedule.step()
         if step % config["eval_every"] == 0 or step == steps:
+            by_source = {
+                name: metrics.score(
+                    scorers[name].task,
+                    evaluate(scorers[name], tuner.prompt(), validation[name], config["eval_batch_size"]),
+                )
+                for name in names
+            }
+            score = statistics.fmean(by_source.values())
+            is_best = best_score is None or score > best_score
+            if is_best:
+                best_score, best = score, tuner.prompt().clone()
+            scores = ", ".join(f"{name} {value:.3f}" for name, value in by_source.items())
             events.emit(
                 "log",
                 level="info",
-                message=f"mix: source step {step}/{steps} ({source}) loss {loss.item():.4f}",
+                message=f"mix: source step {step}/{steps}, loss {loss.item():.4f}, validation "
+                f"{score:.4f} ({scores}){' best' if is_best else ''}",
             )
-    return tuner.prompt().cpu()
+    best = best.cpu()
+    saved.parent.mkdir(exist_ok=True)
+    save_file({"prompt": best}, saved)
+    return best
 
 
 def run(
@@ -89,14 +124,11 @@ def run(
     target = tasks.get_task(config["target"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
     tpvs = load_vectors(config, init_id, run_dir.parent)
-    method = config["method"]
-    if method == "mix":
-        tuner, note = (
-            SoftPrompt(mix_prompt(backbone, config, p_init, events)),
-            "mix: prompt tuned on the sources' data",
-        )
-    else:
-        tuner, note = build_tuner(method, config, p_init, tpvs)
+    for line in describe_stage1_runs(run_dir.parent, config):
+        events.emit("log", level="info", message=line)
+    tuner, note = build_tuner(
+        config, p_init, tpvs, lambda: mix_prompt(backbone, config, p_init, run_dir, events)
+    )
     events.emit("log", level="info", message=note)
     scorer = LabelScorer(backbone, target, config["max_input_tokens"])
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
@@ -104,7 +136,7 @@ def run(
         return outcome
     final = tuner.prompt().cpu()
     with replacing(run_dir / PROMPT) as tmp:
-        metadata = {"init_id": init_id, "task": target.name, "method": method}
+        metadata = {"init_id": init_id, "task": target.name, "method": config["method"]}
         save_file({"prompt": final}, tmp, metadata=metadata)
     events.emit("artifact", kind="prompt", path=PROMPT)
     export_adapter(backbone, final, run_dir / ADAPTER)

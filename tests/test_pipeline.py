@@ -23,7 +23,7 @@ model = "tiny-llama"
 prompt_length = 4
 sources = ["mnli", "sst2"]
 targets = ["rte"]
-methods = ["pt", "dtvg"]
+methods = ["pt", "dtvg", "dtvg:prefix"]
 seeds = [0, 1]
 jobs = 2
 [stage1]
@@ -38,7 +38,7 @@ eval_every = 3
 k_shot = 16
 """
 
-ONE_RUN_STUDY = STUDY.replace('methods = ["pt", "dtvg"]', 'methods = ["pt"]').replace("[0, 1]", "[0]")
+ONE_RUN_STUDY = re.sub(r"methods = \[.*\]", 'methods = ["pt"]', STUDY).replace("[0, 1]", "[0]")
 """The same study with a single stage-2 run."""
 
 
@@ -54,15 +54,18 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list_run_dirs(runs_dir)
     stages = sorted(read_config(r)["stage"] for r in runs)
-    assert stages == ["stage1"] * 4 + ["stage2"] * 4  # mnli, sst2, rte per seed; 2 methods x 2 seeds
+    assert stages == ["stage1"] * 4 + ["stage2"] * 6  # mnli, sst2, rte per seed; 3 methods x 2 seeds
+    groupings = []
     for run in runs:  # a grouped run's target vector T_t comes from its own seed's shots
         config = read_config(run)
         if config.get("method") == "dtvg":
             assert read_config(runs_dir / config["stage1_runs"]["rte"])["seed"] == config["seed"]
+            groupings.append(config["grouping"])
+    assert sorted(groupings) == ["greedy", "greedy", "prefix", "prefix"]  # both rules in one study
     assert all(summarize(r).status == "completed" for r in runs)
     results = json.loads((runs_dir / "tiny-results.json").read_text())
     rows = {(r["target"], r["method"]): r for r in results["rows"]}
-    assert set(rows) == {("rte", "pt"), ("rte", "dtvg")}
+    assert set(rows) == {("rte", "pt"), ("rte", "dtvg"), ("rte", "dtvg:prefix")}
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
     assert sum(bool(r.get("best")) for r in rows.values()) == 1
     assert "| rte | dtvg | accuracy |" in (runs_dir / "tiny-results.md").read_text()
@@ -70,7 +73,7 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     again = pipeline(experiment, runs_dir, data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert list_run_dirs(runs_dir) == runs  # nothing retrained
-    assert again.stdout.count("reused") == 8
+    assert again.stdout.count("reused") == 10
 
     table = tmp_path / "results" / "tiny.json"
     report = subprocess.run(
@@ -93,11 +96,13 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
         {k: row[k] for k in ("target", "method", "mean", "std", "seeds")} for row in results["rows"]
     ]
     text = report.stdout
-    assert "# Study `tiny`: 4 finished stage-2 runs" in text
+    assert "# Study `tiny`: 6 finished stage-2 runs" in text
+    assert "| target | pt | dtvg | dtvg:prefix | constant |" in text
     assert re.search(
         r"^\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+.* \| [\d.]+ \|$", text, re.M
     )  # pt ... constant
-    stage1, similarity, groups = re.split(r"^## Similarity.*$|^## Source groups of `dtvg`$", text, flags=re.M)
+    pattern = r"^## Similarity.*$|^## Source groups of `dtvg`$|^## Source groups of `dtvg:prefix`$"
+    stage1, similarity, groups, prefix_groups = re.split(pattern, text, flags=re.M)
     assert "| rte | target, seed 0 | 16-shot |" in stage1 and "| rte | target, seed 1 | 16-shot |" in stage1
     matrices = similarity.split("## One-for-one")[0]
     for task in ("mnli", "sst2", "rte"):  # both matrices list every task (targets at the first seed)
@@ -107,8 +112,8 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
             rf"^\| {pair} \| [+-]\d+\.\d \([+-]\d+\.\d, [+-]\d+\.\d\) \| \d / \d / \d \|$", text, re.M
         )
     assert "dtvg − spot" not in text
-    per_seed = re.findall(r"^\| rte \| [01] \| 1: ", groups, flags=re.M)  # each seed's group from step 1
-    assert len(per_seed) == 2
+    for section in (groups, prefix_groups):  # each seed's group from step 1, for each rule
+        assert len(re.findall(r"^\| rte \| [01] \| 1: ", section, flags=re.M)) == 2
 
 
 def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
@@ -153,6 +158,8 @@ def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(
         (lambda s: 'colour = "blue"\n' + s, "unknown key(s) colour"),
         (lambda s: s.replace('"rte"', '"nosuchtask"'), "unknown task 'nosuchtask'"),
         (lambda s: s.replace('"pt", "dtvg"', '"pt", "magic"'), "unknown method 'magic'"),
+        (lambda s: s.replace('"dtvg:prefix"', '"dtvg:greedy"'), "dtvg and dtvg:greedy, which are the"),
+        (lambda s: s.replace('"dtvg:prefix"', '"pt:prefix"'), "pt takes no grouping rule"),
         (lambda s: s.replace('targets = ["rte"]', 'targets = ["mnli"]'), "both source and target"),
         (lambda s: s.replace("steps = 3\nmax_eval", "stepz = 3\nmax_eval", 1), "unknown key(s) in [stage1]"),
         (lambda s: s.replace("[stage1]", "[stage1"), "not valid TOML"),

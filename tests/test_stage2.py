@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from dtvg_engine import config as configs
-from dtvg_engine.runfolder import EVENTS, PROMPT, create_run, summarize
+from dtvg_engine import method_registry
+from dtvg_engine.runfolder import EVENTS, PROMPT, create_run, read_config, summarize
 from dtvg_engine.worker import run_worker
 
 TINY = {"model": "tiny-llama", "prompt_length": 4, "k_shot": 16, "max_eval": 16, "eval_every": 3}
@@ -32,7 +33,7 @@ def stage1_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pat
 def run_stage2(runs: Path, data_dir: Path, method: str, **extra) -> tuple[Path, list[dict]]:
     settings = {"steps": 4, "data_dir": str(data_dir), **TINY, **extra}
     config = configs.stage2_config("rte", SOURCES, method, runs, **settings)
-    run_dir = create_run(runs, "stage2", f"rte-{method}", config)
+    run_dir = create_run(runs, "stage2", f"rte-{method.replace(':', '-')}", config)
     assert run_worker(run_dir) == 0, (run_dir / EVENTS).read_text()[-2000:]
     return run_dir, [json.loads(line) for line in (run_dir / EVENTS).read_text().splitlines()]
 
@@ -41,7 +42,7 @@ def groups(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] == "group"]
 
 
-@pytest.mark.parametrize("method", configs.METHODS)
+@pytest.mark.parametrize("method", method_registry.NAMES)
 def test_every_method_completes_and_exports_its_prompt(
     stage1_runs: Path, data_dir: Path, method: str
 ) -> None:
@@ -50,8 +51,9 @@ def test_every_method_completes_and_exports_its_prompt(
     assert load_file(run_dir / PROMPT)["prompt"].shape == (4, 64)
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     steps = [e["step"] for e in events if e["type"] == "step"]
-    assert steps == [1, 2, 3, 4]
-    grouped = method in ("dtvg", "fixed-group", "ts-only", "kc-only", "all-sources")
+    fair = method_registry.get(method).fair_budget  # pt-fair also trains T_t's 4 stage-1 steps
+    assert steps == list(range(1, (8 if fair else 4) + 1))
+    grouped = method_registry.get(method).grouped and method_registry.get(method).group_rule
     assert [g["step"] for g in groups(events)] == (steps if grouped else [])
 
 
@@ -82,6 +84,36 @@ def test_source_scales_train_at_their_own_rate(stage1_runs: Path, data_dir: Path
     assert all(set(g["scales"][s] for s in SOURCES) == {1.0} for g in groups(events))
     first = next(e for e in events if e["type"] == "step")
     assert first["lr"]["source_scales"] == 0.0 and first["lr"]["target"] > 0
+
+
+def test_pt_fair_trains_t_ts_stage1_steps_on_top_of_stage2s(stage1_runs: Path, data_dir: Path) -> None:
+    """Grouped methods start from T_t, tuned for its stage-1 steps on these shots: pt-fair gets them too."""
+    run_dir, events = run_stage2(stage1_runs, data_dir, "pt-fair")
+    config = read_config(run_dir)
+    own = read_config(stage1_runs / config["stage1_runs"]["rte"])
+    assert (config["steps"], config["target_stage1_steps"]) == (own["steps"] + 4, own["steps"])
+    assert own["seed"] == config["seed"] and config["sources"] == []
+    assert max(e["step"] for e in events if e["type"] == "step") == own["steps"] + 4
+
+
+def test_mix_trains_a_source_scale_budget_and_keeps_its_best_checkpoint(
+    stage1_runs: Path, data_dir: Path
+) -> None:
+    """The all-for-one prompt trains as long as the sources did in stage 1 (it used to get the target
+    run's steps), is validated on the sources' validation sets, and its best prompt is the start."""
+    run_dir, events = run_stage2(stage1_runs, data_dir, "mix")
+    assert read_config(run_dir)["mix_steps"] == 3 * 4  # three sources, 4 stage-1 steps each
+    mix = [e["message"] for e in events if e["type"] == "log" and e["message"].startswith("mix: source")]
+    assert [m.split(",")[0] for m in mix] == [f"mix: source step {s}/12" for s in (3, 6, 9, 12)]
+    assert "best" in mix[0] and all(f"{s} " in mix[0] for s in SOURCES)  # each source's score
+    assert (run_dir / "checkpoint" / "mix_prompt.safetensors").is_file()  # a resumed run reuses it
+
+
+def test_a_grouped_method_entry_names_its_rule(stage1_runs: Path, data_dir: Path) -> None:
+    run_dir, events = run_stage2(stage1_runs, data_dir, "dtvg:prefix")
+    config = read_config(run_dir)
+    assert (config["method"], config["grouping"]) == ("dtvg", "prefix")
+    assert any("grouping (prefix)" in e["message"] for e in events if e["type"] == "log")
 
 
 def test_tpv_baselines_start_from_a_source_prompt(stage1_runs: Path, data_dir: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from dtvg_engine import config as configs
-from dtvg_engine import launcher
+from dtvg_engine import launcher, method_registry
 from dtvg_engine.cli.common import RunsDir, out, runs_root
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, summarize
@@ -90,7 +90,12 @@ def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
 @run_app.command("stage2")
 def run_stage2(
     target: Annotated[str, typer.Option(help="The low-resource target task.")],
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(configs.METHODS)}.")] = "dtvg",
+    method: Annotated[
+        str,
+        typer.Option(
+            help=f"One of {', '.join(method_registry.NAMES)}; a grouped one may name its rule: dtvg:prefix."
+        ),
+    ] = "dtvg",
     sources: Annotated[str, typer.Option(help="Source tasks, comma-separated.")] = "",
     tpv: Annotated[
         list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
@@ -100,6 +105,10 @@ def run_stage2(
     ] = "greedy",
     lam: Annotated[float, typer.Option("--lambda", help="λ of TS + λ·KC (exhaustive grouping).")] = 1.0,
     source_scale_lr: Annotated[float, typer.Option(help="Learning rate of the source scales.")] = 0.4,
+    top_k: Annotated[int, typer.Option(help="tpv-sum: add the TPVs of the top K sources by eq. 2.")] = 2,
+    mix_steps: Annotated[
+        int | None, typer.Option(help="mix: steps on the sources' data (default: their stage-1 steps).")
+    ] = None,
     model: Annotated[str, typer.Option(help="Must match the stage-1 runs.")] = "smollm2-135m",
     prompt_length: Annotated[int, typer.Option()] = 100,
     steps: Annotated[int, typer.Option()] = 100,
@@ -129,11 +138,16 @@ def run_stage2(
         tpv_runs=tpv,
         grouping=grouping,
         source_scale_lr=source_scale_lr,
+        top_k=top_k,
+        mix_steps=mix_steps,
         **{"lambda": lam},
         **_training_settings(locals(), data),
     )
     load_splits(target, data, seed=seed, k_shot=k_shot, max_eval=max_eval)
-    _start([create_run(root, "stage2", f"{target}-{method}", config)], detach, 1)
+    for line in configs.describe_stage1_runs(root, config):  # which T_t; on stderr: --detach prints the id
+        typer.echo(line, err=True)
+    label = f"{target}-{method_registry.run_label(method)}"
+    _start([create_run(root, "stage2", label, config)], detach, 1)
 
 
 @run_app.command("pipeline")

@@ -32,7 +32,7 @@ from textual.widgets import (
 )
 
 from dtvg_engine import config as configs
-from dtvg_engine import launcher, tasks
+from dtvg_engine import launcher, method_registry, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import TPV, create_run
 from dtvg_tui import keys
@@ -110,7 +110,10 @@ class NewRunScreen(Screen[None]):
                 yield _row(
                     "Method",
                     Select(
-                        [(m, m) for m in configs.METHODS], value="dtvg", id="s2-method", allow_blank=False
+                        [(m, m) for m in method_registry.NAMES],
+                        value="dtvg",
+                        id="s2-method",
+                        allow_blank=False,
                     ),
                 )
                 yield _row(
@@ -121,7 +124,7 @@ class NewRunScreen(Screen[None]):
                 yield _row(
                     "Grouping",
                     Select(
-                        [(g, g) for g in configs.GROUPINGS],
+                        [(g, g) for g in method_registry.GROUPINGS],
                         value="greedy",
                         id="s2-grouping",
                         allow_blank=False,

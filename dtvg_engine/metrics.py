@@ -122,3 +122,10 @@ def score(task: Task, values: dict[str, float]) -> float:
     always answering "equivalent" would be MRPC's best checkpoint.
     """
     return sum(values[name] for name in task.score_metrics) / len(task.score_metrics)
+
+
+def constant_score(task: Task, golds: Values) -> float:
+    """The best `score` a constant prediction gets against `golds`: the floor a model that learned
+    nothing but the label prior reaches (the majority class for accuracy). For regression the constants
+    tried are the label words' values."""
+    return max(score(task, compute(task, [label] * len(golds), golds)) for label in range(task.num_labels))

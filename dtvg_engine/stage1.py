@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dtvg_engine import tasks, tpv
+from dtvg_engine import metrics, tasks, tpv
 from dtvg_engine.backbones import load_backbone
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.errors import UserError
@@ -19,16 +19,21 @@ from dtvg_engine.export import export_adapter
 from dtvg_engine.prompts import shared_init
 from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, replacing, write_json_atomic
 from dtvg_engine.scoring import LabelScorer
+from dtvg_engine.study import CONSTANT_KEY
 from dtvg_engine.training import Outcome, SoftPrompt, fit
 
 
 def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
-    """The task's seeded splits; the split actually made is recorded in config.json."""
+    """The task's seeded splits; the split actually made is recorded in config.json, with the best
+    score a constant prediction gets on its test rows (the floor a study's table reads scores against)."""
     data_dir = config.get("data_dir") or default_data_dir()
     splits = load_splits(
         task_name, data_dir, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"]
     )
-    write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": splits.split_info})
+    task = tasks.get_task(task_name)
+    floor = metrics.constant_score(task, [tasks.label_of(task, row) for row in splits.test])
+    split = {**splits.split_info, CONSTANT_KEY: floor}
+    write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": split})
     sizes = splits.split_info["sizes"]
     events.emit("log", level="info", message=f"{task_name}: {sizes} ({splits.split_info['rule']})")
     return splits

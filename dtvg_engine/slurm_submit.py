@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -29,7 +30,8 @@ from submitit.core.utils import FailedJobError
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import LOG, check_action
+from dtvg_engine.history import History
+from dtvg_engine.runfolder import EVENTS, LOG, check_action
 
 SUBMITIT_DIR = "_slurm"
 """Under the runs directory: one folder of submitit's files per submission."""
@@ -216,6 +218,7 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
     try:
         submitted = _submit([SlurmRun(str(d)) for d in run_dirs], folder, resources, name, jobs)
     except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
         for run_dir, record in before.items():
             if record is None:
                 (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)
@@ -235,6 +238,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
                 "previous_jobs": previous,
             },
         )
+        if (run_dir / EVENTS).exists():  # a resumed run: the index must not keep calling it stopped
+            History(run_dir.parent).upsert(run_dir)
     return [job.job_id for job in submitted]
 
 

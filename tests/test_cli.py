@@ -16,6 +16,7 @@ import pytest
 from tinydb import TinyDB
 
 from dtvg_engine.config import stage1_config
+from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import create_run
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
@@ -131,8 +132,11 @@ def test_tpv_show_on_a_run_without_tpv(runs_dir, pending_run):
 def test_stop_and_resume_refuse_runs_in_the_wrong_state(runs_dir, pending_run):
     line = assert_bad_input(dtvg("runs", "stop", pending_run.name, "--runs-dir", runs_dir))
     assert "not running" in line
+    with EventWriter(pending_run / "events.jsonl") as events:  # now it has completed
+        events.emit("run_started", run_id=pending_run.name, stage="stage1", method="pt", task="rte", pid=1, config={})
+        events.emit("run_finished", status="completed", summary={}, error=None)
     line = assert_bad_input(dtvg("run", "resume", pending_run.name, "--runs-dir", runs_dir))
-    assert "pending" in line
+    assert "completed" in line  # a queued run resumes (tests/test_shared_runs.py), a completed one not
 
 
 def test_runs_list_json_on_an_empty_runs_dir(runs_dir):

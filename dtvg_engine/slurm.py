@@ -13,14 +13,17 @@ Standard library only, because the dashboard imports it; submitting (through sub
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine.errors import UserError
 from dtvg_engine.events import RunState
 
 JOB_FILE = "slurm.json"
@@ -33,6 +36,115 @@ QUEUED_STATES = frozenset(
 """Job states in which the job waits for its (next) start."""
 
 _SQUEUE_TIMEOUT_S = 30
+
+# ----- what a job asks for -----
+
+DEFAULT_TIME = "4:00:00"
+"""Time limit of a run's job unless told: a run that needs longer is requeued at the limit and goes on."""
+
+REFUSED_OPTIONS = frozenset({"array", "output", "error", "open-mode", "wrap", "parsable", "signal"})
+"""sbatch options dtvg sets itself (submitit's files and the warning signal the worker answers)."""
+
+RESOURCE_KEYS = ("partition", "time", "gpus", "cpus", "mem")
+"""The resources with an option of their own (`--slurm-partition`, …); anything else goes in `options`."""
+
+_TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
+
+
+def time_minutes(text: str) -> int:
+    """A Slurm time limit ("90", "1:30:00", "2-00:00:00", "1-12") in whole minutes, rounded up."""
+    match = _TIME.match(str(text).strip())
+    if not match:
+        raise UserError(f"slurm time {text!r}: use minutes, HH:MM:SS or D-HH:MM:SS (as sbatch --time)")
+    days, a, b, c = (int(v) if v else None for v in match.group("days", "a", "b", "c"))
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = a * 3600 + b * 60 + c
+    elif b is not None:  # MM:SS
+        seconds = a * 60 + b
+    else:  # MM
+        seconds = a * 60
+    if seconds <= 0:
+        raise UserError(f"slurm time {text!r} must be longer than zero")
+    return math.ceil(seconds / 60)
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """`--slurm-option` values ("account=lab", "--qos=high", "exclusive") as sbatch option → value."""
+    options: dict[str, str] = {}
+    for item in items:
+        name, _, value = item.strip().lstrip("-").partition("=")
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+            raise UserError(f"--slurm-option {item!r}: expected NAME=VALUE or NAME, e.g. account=mylab")
+        options[name] = value
+    return options
+
+
+@dataclass
+class Resources:
+    """What each run's job asks Slurm for."""
+
+    partition: str | None = None
+    time: str = DEFAULT_TIME
+    """Time limit, as sbatch --time."""
+    gpus: int | None = None
+    """GPUs per job (a DTVG run uses one)."""
+    cpus: int | None = None
+    """CPUs per job."""
+    mem: str | None = None
+    """Memory per job, as sbatch --mem ("16G")."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Any other sbatch option: name → value ("" for a flag such as exclusive)."""
+
+    def __post_init__(self) -> None:
+        time_minutes(self.time)
+        for name, value in (("gpus", self.gpus), ("cpus", self.cpus)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise UserError(f"slurm {name} must be a whole number ≥ 0 (got {value!r})")
+        refused = sorted(set(self.options) & REFUSED_OPTIONS)
+        if refused:
+            raise UserError(f"slurm option(s) {', '.join(refused)} are set by dtvg itself; leave them out")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str) -> Resources:
+        """Resources from a pipeline's `[slurm]` table (or a run's record); `where` names it in errors."""
+        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options"})
+        if unknown:
+            allowed = ", ".join((*RESOURCE_KEYS, "options"))
+            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} in [slurm]; allowed: {allowed}")
+        options = table.get("options", {})
+        if not isinstance(options, Mapping):
+            raise UserError(f"{where}: 'options' must be a table of sbatch option = value")
+        values = {key: table[key] for key in RESOURCE_KEYS if table.get(key) is not None}
+        for key in ("partition", "mem", "time"):
+            if key in values:
+                values[key] = str(values[key])
+        return cls(**values, options={str(k): "" if v is True else str(v) for k, v in options.items()})
+
+    def override(self, **changes: Any) -> Resources:
+        """These resources with the given (not None) values replaced, options merged."""
+        options = {**self.options, **(changes.pop("options", None) or {})}
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return Resources(**{**asdict(self), **kept, "options": options})
+
+    def sbatch_parameters(self) -> dict[str, Any]:
+        """submitit's SlurmExecutor parameters for these resources."""
+        params: dict[str, Any] = {
+            "time": time_minutes(self.time),
+            "stderr_to_stdout": True,
+            # the job may be put back in the queue: at preemption, at its time limit
+            "additional_parameters": {"requeue": True, **{k: v or True for k, v in self.options.items()}},
+        }
+        for key, name in (("partition", "partition"), ("gpus", "gpus_per_node"), ("cpus", "cpus_per_task")):
+            if getattr(self, key):
+                params[name] = getattr(self, key)
+        if self.mem:
+            params["mem"] = self.mem
+        return params
+
+
+# ----- the queue -----
 
 
 @dataclass(frozen=True)

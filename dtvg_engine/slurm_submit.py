@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
-import re
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,113 +30,10 @@ from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, LOG, check_action
+from dtvg_engine.slurm import Resources
 
 SUBMITIT_DIR = "_slurm"
 """Under the runs directory: one folder of submitit's files per submission."""
-
-DEFAULT_TIME = "4:00:00"
-"""Time limit of a run's job unless told: a run that needs longer is requeued at the limit and goes on."""
-
-REFUSED_OPTIONS = frozenset({"array", "output", "error", "open-mode", "wrap", "parsable", "signal"})
-"""sbatch options dtvg sets itself (submitit's files and the warning signal the worker answers)."""
-
-RESOURCE_KEYS = ("partition", "time", "gpus", "cpus", "mem")
-"""The resources with an option of their own (`--slurm-partition`, …); anything else goes in `options`."""
-
-_TIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
-
-
-def time_minutes(text: str) -> int:
-    """A Slurm time limit ("90", "1:30:00", "2-00:00:00", "1-12") in whole minutes, rounded up."""
-    match = _TIME.match(str(text).strip())
-    if not match:
-        raise UserError(f"slurm time {text!r}: use minutes, HH:MM:SS or D-HH:MM:SS (as sbatch --time)")
-    days, a, b, c = (int(v) if v else None for v in match.group("days", "a", "b", "c"))
-    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # HH:MM:SS
-        seconds = a * 3600 + b * 60 + c
-    elif b is not None:  # MM:SS
-        seconds = a * 60 + b
-    else:  # MM
-        seconds = a * 60
-    if seconds <= 0:
-        raise UserError(f"slurm time {text!r} must be longer than zero")
-    return math.ceil(seconds / 60)
-
-
-def parse_options(items: list[str]) -> dict[str, str]:
-    """`--slurm-option` values ("account=lab", "--qos=high", "exclusive") as sbatch option → value."""
-    options: dict[str, str] = {}
-    for item in items:
-        name, _, value = item.strip().lstrip("-").partition("=")
-        if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
-            raise UserError(f"--slurm-option {item!r}: expected NAME=VALUE or NAME, e.g. account=mylab")
-        options[name] = value
-    return options
-
-
-@dataclass
-class Resources:
-    """What each run's job asks Slurm for."""
-
-    partition: str | None = None
-    time: str = DEFAULT_TIME
-    """Time limit, as sbatch --time."""
-    gpus: int | None = None
-    """GPUs per job (a DTVG run uses one)."""
-    cpus: int | None = None
-    """CPUs per job."""
-    mem: str | None = None
-    """Memory per job, as sbatch --mem ("16G")."""
-    options: dict[str, str] = field(default_factory=dict)
-    """Any other sbatch option: name → value ("" for a flag such as exclusive)."""
-
-    def __post_init__(self) -> None:
-        time_minutes(self.time)
-        for name, value in (("gpus", self.gpus), ("cpus", self.cpus)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise UserError(f"slurm {name} must be a whole number ≥ 0 (got {value!r})")
-        refused = sorted(set(self.options) & REFUSED_OPTIONS)
-        if refused:
-            raise UserError(f"slurm option(s) {', '.join(refused)} are set by dtvg itself; leave them out")
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str) -> Resources:
-        """Resources from a pipeline's `[slurm]` table (or a run's record); `where` names it in errors."""
-        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options"})
-        if unknown:
-            allowed = ", ".join((*RESOURCE_KEYS, "options"))
-            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} in [slurm]; allowed: {allowed}")
-        options = table.get("options", {})
-        if not isinstance(options, Mapping):
-            raise UserError(f"{where}: 'options' must be a table of sbatch option = value")
-        values = {key: table[key] for key in RESOURCE_KEYS if table.get(key) is not None}
-        for key in ("partition", "mem", "time"):
-            if key in values:
-                values[key] = str(values[key])
-        return cls(**values, options={str(k): "" if v is True else str(v) for k, v in options.items()})
-
-    def override(self, **changes: Any) -> Resources:
-        """These resources with the given (not None) values replaced, options merged."""
-        options = {**self.options, **(changes.pop("options", None) or {})}
-        kept = {k: v for k, v in changes.items() if v is not None}
-        return Resources(**{**asdict(self), **kept, "options": options})
-
-    def sbatch_parameters(self) -> dict[str, Any]:
-        """submitit's SlurmExecutor parameters for these resources."""
-        params: dict[str, Any] = {
-            "time": time_minutes(self.time),
-            "stderr_to_stdout": True,
-            # the job may be put back in the queue: at preemption, at its time limit
-            "additional_parameters": {"requeue": True, **{k: v or True for k, v in self.options.items()}},
-        }
-        for key, name in (("partition", "partition"), ("gpus", "gpus_per_node"), ("cpus", "cpus_per_task")):
-            if getattr(self, key):
-                params[name] = getattr(self, key)
-        if self.mem:
-            params["mem"] = self.mem
-        return params
 
 
 class SlurmRun:
@@ -174,18 +69,22 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(f)
 
 
-def _executor(folder: Path, resources: Resources, name: str, parallel: int) -> submitit.SlurmExecutor:
+def _executor(
+    folder: Path, resources: Resources, name: str, parallel: int, **more: Any
+) -> submitit.SlurmExecutor:
+    """submitit's executor for one submission: these resources, at most `parallel` array tasks at once."""
     try:
         executor = submitit.SlurmExecutor(folder=folder)
     except RuntimeError as exc:  # no srun: not a Slurm machine
         raise UserError(f"--executor slurm: {exc} (sbatch and srun must be on PATH)") from None
-    executor.update_parameters(job_name=name, array_parallelism=parallel, **resources.sbatch_parameters())
+    executor.update_parameters(
+        job_name=name, array_parallelism=parallel, **resources.sbatch_parameters(), **more
+    )
     return executor
 
 
-def _submit(calls: list[Callable[[], Any]], folder: Path, resources: Resources, name: str, parallel: int):
-    """Submit the calls as one job (one call) or one job array; return submitit's jobs."""
-    executor = _executor(folder, resources, name, parallel)
+def _submit(executor: submitit.SlurmExecutor, calls: list[Callable[[], Any]]) -> list[submitit.Job]:
+    """Submit the calls as one job (one call) or one job array; `UserError` when sbatch refuses."""
     refused = io.StringIO()
     try:
         with contextlib.redirect_stderr(refused):  # submitit prints sbatch's complaint itself
@@ -216,7 +115,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
     folder = submission_folder(run_dirs[0].parent)
     name = f"dtvg-{run_dirs[0].name}" if len(run_dirs) == 1 else f"dtvg-{len(run_dirs)}-runs"
     try:
-        submitted = _submit([SlurmRun(str(d)) for d in run_dirs], folder, resources, name, jobs)
+        executor = _executor(folder, resources, name, jobs)
+        submitted = _submit(executor, [SlurmRun(str(d)) for d in run_dirs])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         for run_dir, record in before.items():
@@ -241,6 +141,52 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
         if (run_dir / EVENTS).exists():  # a resumed run: the index must not keep calling it stopped
             History(run_dir.parent).upsert(run_dir)
     return [job.job_id for job in submitted]
+
+
+PIPELINE_TIME = "30:00"
+"""Time limit of a pipeline's continuation job: it only plans, submits and writes the results."""
+
+
+@dataclass
+class PipelineOnSlurm:
+    """A pipeline whose runs go to Slurm: each stage is one job array, and what remains of the pipeline
+    is a job that starts once that array has ended and runs the (resumable) pipeline again from the
+    next stage, so no process has to stay alive on the login node."""
+
+    experiment: Path
+    runs_dir: Path
+    resources: Resources
+    jobs: int | None = None
+    """`--jobs` (None: the file's `jobs`): runs of an array at once."""
+    data_dir: str | None = None
+    """`--data-dir`, when given."""
+    stage: int = 1
+    """The first stage this pass may submit: 1, 2, or 3 (both stages were submitted: the results)."""
+
+    def submit(self, run_dirs: list[Path], jobs: int) -> list[str]:
+        """Submit one stage's runs as one job array, at most `jobs` at a time."""
+        return submit_runs(run_dirs, self.resources, jobs)
+
+    def continue_after(self, job_ids: list[str]) -> str:
+        """Submit the pipeline's next pass as a job that starts once these jobs have ended; its id."""
+        after = replace(self, stage=self.stage + 1)
+        small = Resources(
+            partition=self.resources.partition, time=PIPELINE_TIME, options=self.resources.options
+        )
+        name = f"dtvg-pipeline-{self.experiment.stem}"
+        dependency = "afterany:" + ":".join(job_ids)
+        folder = submission_folder(self.runs_dir)  # it submits jobs itself: outside srun, as submitit advises
+        executor = _executor(folder, small, name, 1, dependency=dependency, use_srun=False)
+        return _submit(executor, [after])[0].job_id
+
+    def __call__(self) -> None:
+        """The continuation job: run the pipeline's next pass and print what it did (to submitit's log)."""
+        from dtvg_engine.pipeline import markdown, run_pipeline
+
+        results = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
+        print("\n".join(results["report"]), flush=True)
+        if "rows" in results:
+            print(markdown(results), flush=True)
 
 
 def resubmit(run_dir: Path) -> str:

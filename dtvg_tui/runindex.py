@@ -5,7 +5,8 @@ first screen shows at once; `RunIndex.scan()` (run in a background thread) then 
 date. A run is re-read only when its files changed, and only from the byte offset where the last read
 stopped, so a stage-2 run writing 50 events per second costs its new lines, not its whole stream.
 Runs whose summary changed in a way the index records (status, best metric, tags, note, …) are written
-back through `History.upsert`, under its file lock.
+back through `History.upsert`, under its file lock. The jobs of the Slurm runs a scan looks at are
+asked about in one `squeue` call per scan (`slurm.Queue`), never one per run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Event, EventReader, RunStarted, RunState, parse_line
 from dtvg_engine.history import History
@@ -90,8 +92,7 @@ def summary_events(lines: list[bytes]) -> list[Event]:
     for i in range(len(lines) - 1, -1, -1):
         if kinds[i] == b"step":
             parsed[i] = event = parse_line(lines[i])
-            if event is not None:
-                break
+            break
     return [event for _, event in sorted(parsed.items()) if event is not None]
 
 
@@ -114,6 +115,7 @@ class _Tracked:
     mtime: int | None = None
     meta_mtime: int | None = -1
     pid_mtime: int | None = -1
+    job_mtime: int | None = -1
     meta: dict[str, Any] = field(default_factory=dict)
     summary: RunSummary | None = None
 
@@ -136,9 +138,9 @@ class _Tracked:
             if self.reader.at_end:
                 return True
 
-    def summarize(self) -> RunSummary:
+    def summarize(self, queue: slurm.Queue | None = None) -> RunSummary:
         """The same summary as `runfolder.summarize`, from the folded state."""
-        return build_summary(self.run_dir, self.config, self.meta, self.state)
+        return build_summary(self.run_dir, self.config, self.meta, self.state, queue)
 
 
 class RunIndex:
@@ -178,6 +180,7 @@ class RunIndex:
         """
         seen: set[str] = set()
         changed: list[RunSummary] = []
+        dirty_runs: list[_Tracked] = []
         for run_dir in list_run_dirs(self.runs_dir):
             run_id = run_dir.name
             seen.add(run_id)
@@ -198,11 +201,17 @@ class RunIndex:
             if pid_mtime != tracked.pid_mtime:
                 tracked.pid_mtime = pid_mtime
                 dirty = True
+            job_mtime = _mtime(run_dir / slurm.JOB_FILE)
+            if job_mtime != tracked.job_mtime:  # submitted to Slurm (again)
+                tracked.job_mtime = job_mtime
+                dirty = True
             if tracked.summary is not None and tracked.summary.status in ("running", "pending"):
-                dirty = True  # a worker that died says nothing: its pid has to be checked
-            if not dirty:
-                continue
-            summary = tracked.summarize()
+                dirty = True  # a worker that died says nothing: its pid (or Slurm job) has to be checked
+            if dirty:
+                dirty_runs.append(tracked)
+        queue = slurm.Queue.of_runs(tracked.run_dir for tracked in dirty_runs)
+        for tracked in dirty_runs:
+            summary = tracked.summarize(queue)
             if summary != tracked.summary:
                 tracked.summary = summary
                 changed.append(summary)

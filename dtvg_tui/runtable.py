@@ -1,7 +1,8 @@
 """The Runs table as plain data: its columns, how a run fills them, sorting and filtering (no Textual).
 
 Filter syntax: words match anywhere (id, stage, method, task, model, status, tags, note), all of them
-must match; `status:failed`, `tag:best`, `stage:stage2`, `method:dtvg`, `task:rte` match one field.
+must match; `status:failed`, `tag:best`, `stage:stage2`, `method:dtvg`, `task:rte`, `executor:slurm`
+match one field. A Slurm run waiting in the queue shows the queue's state ("queued (Priority)").
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "status",
         "Status",
-        lambda s: s.status,
+        lambda s: status_text(s),
         lambda s: STATUSES.index(s.status) if s.status in STATUSES else 9,
     ),
+    Column("executor", "Executor", lambda s: executor_text(s), lambda s: (s.executor, s.job_id or "")),
     Column("step", "Step", lambda s: fmt_progress(s.step, s.total_steps), lambda s: s.step),
     Column("best_metric", "Best", lambda s: fmt_metric(s.best_metric), lambda s: s.best_metric),
     Column("started", "Started", lambda s: fmt_time(s.started), lambda s: s.started),
@@ -51,7 +53,25 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 _BY_KEY = {c.key: c for c in COLUMNS}
 
-_FIELDS = {"status": "status", "stage": "stage", "method": "method", "task": "task", "model": "model"}
+_FIELDS = {
+    "status": "status",
+    "stage": "stage",
+    "method": "method",
+    "task": "task",
+    "model": "model",
+    "executor": "executor",
+}
+
+
+def status_text(summary: RunSummary) -> str:
+    """The run's status; for a Slurm run waiting in the queue, the queue's word: "queued (Priority)"."""
+    queued = summary.status == "pending" and (summary.slurm_state or "").startswith("queued")
+    return summary.slurm_state if queued else summary.status
+
+
+def executor_text(summary: RunSummary) -> str:
+    """Where the run runs: "local", or "slurm" and its job id."""
+    return f"slurm {summary.job_id}" if summary.executor == "slurm" and summary.job_id else summary.executor
 
 
 def row_cells(summary: RunSummary) -> tuple[str, ...]:

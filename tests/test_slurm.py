@@ -16,7 +16,7 @@ from slurm_cluster import slurm_cluster, wait_for  # noqa: F401 - the fixture, u
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import RunState, event_from_dict
-from dtvg_engine.slurm_submit import Resources, parse_options, time_minutes
+from dtvg_engine.slurm import Resources, parse_options, time_minutes
 
 # ----- resources -----
 

@@ -45,6 +45,11 @@ def slurm_cluster() -> Iterator[str]:
         os.environ["SLURM_CONF"] = saved
 
 
+def on_cluster(test: Callable) -> Callable:
+    """Mark a test `slurm` and give it the test cluster (the `slurm_cluster` fixture)."""
+    return pytest.mark.slurm(pytest.mark.usefixtures("slurm_cluster")(test))
+
+
 def wait_for(what: str, check: Callable[[], object], timeout: float = 180, every: float = 0.5) -> object:
     """Poll `check` until it returns something truthy and return that; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -92,7 +92,8 @@ def summary_events(lines: list[bytes]) -> list[Event]:
     for i in range(len(lines) - 1, -1, -1):
         if kinds[i] == b"step":
             parsed[i] = event = parse_line(lines[i])
-            break
+            if event is not None:
+                break
     return [event for _, event in sorted(parsed.items()) if event is not None]
 
 

@@ -19,23 +19,32 @@ steps = 200
 [stage2]                         # training settings, k_shot, grouping, lambda, source_scale_lr
 steps = 100
 k_shot = 32
+[slurm]                          # with --executor slurm: each run's job (the --slurm-* options win)
+partition = "gpu"
+time = "4:00:00"
+gpus = 1
+options = { account = "mylab" }  # any other sbatch option
 ```
+
+With `--executor slurm` each stage is one job array (at most `jobs` runs at a time), and what remains
+of the pipeline is a job that waits for that array and runs the pipeline again from the next stage
+(`slurm_submit.PipelineOnSlurm`), so nothing has to stay alive on the login node.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, tasks
+from dtvg_engine import method_registry, slurm, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
+from dtvg_engine.study import entry_of, grouping_of, record_study, results_rows
 
 TOP_KEYS = {
     "name",
@@ -51,6 +60,7 @@ TOP_KEYS = {
     "jobs",
     "stage1",
     "stage2",
+    "slurm",
 }
 SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device")
 """Top-level settings that apply to every run of the study."""
@@ -113,6 +123,9 @@ def load_experiment(path: Path) -> dict[str, Any]:
         if bad:
             raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(bad))}")
         configs.check_settings(settings, label=lambda key, table=table: f"{path}: [{table}] {key}")
+    if not isinstance(spec.get("slurm", {}), dict):
+        raise UserError(f"{path}: slurm must be a table ([slurm] followed by key = value lines)")
+    slurm.Resources.from_table(spec.get("slurm", {}), str(path))
     return spec
 
 
@@ -129,21 +142,6 @@ def _check_methods(path: Path, spec: dict[str, Any]) -> None:
         if settings in seen:
             raise UserError(f"{path}: methods lists {seen[settings]} and {entry}, which are the same runs")
         seen[settings] = entry
-
-
-def grouping_of(spec: dict[str, Any]) -> str:
-    """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
-    stage2 = spec.get("stage2", {})
-    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
-
-
-def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
-    """The entry of the study's `methods` a stage-2 run's config is a run of, if any."""
-    for entry in spec["methods"]:
-        wanted = method_registry.entry_settings(entry, grouping_of(spec))
-        if all(config.get(key) == value for key, value in wanted.items()):
-            return entry
-    return None
 
 
 def _check_name(name: Any, label: str) -> None:
@@ -190,18 +188,23 @@ def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
 def _reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:
     """An existing run with these settings (and its status), or a new run folder ("new").
 
-    A run that was queued by an earlier, interrupted pipeline but never launched (no worker pid) counts
-    as new, so it is run this time.
+    A run that was queued by an earlier, interrupted pipeline but never launched (no worker pid, no
+    Slurm job) counts as new, so it is run this time.
     """
     for run_dir in reversed(list_run_dirs(runs_dir)):
         if _same_settings(read_config(run_dir), wanted):
             status = summarize(run_dir).status
-            return run_dir, "new" if status == "pending" and read_pid(run_dir) is None else status
+            launched = read_pid(run_dir) is not None or slurm.job_id_of(run_dir) is not None
+            return run_dir, "new" if status == "pending" and not launched else status
     return create_run(runs_dir, stage, label, wanted), "new"
 
 
-def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str]) -> None:
-    """Run what is new, resume what was stopped, killed or failed; leave completed and live runs alone."""
+def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any = None) -> list[str]:
+    """Run what is new, resume what was stopped, killed or failed; leave completed and live runs alone.
+
+    `on_slurm` (a `slurm_submit.PipelineOnSlurm`): submit them as one job array instead; return the
+    Slurm jobs this stage waits for (those submitted and those of its live Slurm runs).
+    """
     from dtvg_engine.watch import run_foreground
 
     todo = [run_dir for run_dir, status in plan if status in ("new", "stopped", "killed", "failed")]
@@ -212,19 +215,38 @@ def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str]) -> None
             report.append(f"resuming {run_dir.name} ({status})")
         elif status in ("running", "pending"):
             report.append(f"{run_dir.name} is {status} in another process; not started twice")
+    if on_slurm is not None:
+        live = [
+            job
+            for run_dir, status in plan
+            if status in ("running", "pending") and (job := slurm.active_job(run_dir))
+        ]
+        submitted = on_slurm.submit(todo, jobs) if todo else []
+        if submitted:
+            array = submitted[0].split("_")[0]  # an array's tasks are <job>_<index>
+            report.append(f"submitted {len(todo)} run(s) to Slurm as job {array}, {jobs} at a time")
+        return submitted + live
     if todo:
         for run_dir, status in zip(todo, run_foreground(todo, jobs), strict=True):
             if status != "completed":
                 report.append(
                     f"{run_dir.name} ended {status}: {summarize(run_dir).error or 'see worker.log'}"
                 )
+    return []
 
 
-def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: str | None = None) -> dict:
-    """Run (or resume) the whole study and write its results table; return the results."""
+def run_pipeline(
+    path: Path, runs_dir: Path, jobs: int | None = None, data_dir: str | None = None, on_slurm: Any = None
+) -> dict:
+    """Run (or resume) the whole study and write its results table; return the results.
+
+    `on_slurm` (a `slurm_submit.PipelineOnSlurm`): submit the runs of its stage (`on_slurm.stage`) and
+    what follows instead; then the results hold only the name and the report.
+    """
     spec = load_experiment(path)
     if data_dir:
         spec["data_dir"] = data_dir
+    record_study(runs_dir, spec, path)  # so the dashboard can open and stop the study
     jobs = jobs or spec["jobs"]
     shared = _shared(spec)
     stage1 = spec.get("stage1", {})
@@ -247,7 +269,8 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
                 config = configs.stage1_config(task, **shared, **{**target_stage1, "seed": seed})
                 plan1.append(_reuse_or_create(runs_dir, "stage1", f"{task}-s{seed}", config))
                 target_runs[task, seed] = plan1[-1][0]
-    _execute(plan1, jobs, report)
+    if _run_stage(1, plan1, jobs, report, on_slurm):
+        return {"name": spec["name"], "report": report}
 
     finished = {run_dir for run_dir, _ in plan1 if summarize(run_dir).status == "completed"}
     source_runs = [run_dir.name for run_dir, _ in source_plan if run_dir in finished]
@@ -276,7 +299,8 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
                     continue
                 label = f"{target}-{method_registry.run_label(method)}-s{seed}"
                 plan2.append(_reuse_or_create(runs_dir, "stage2", label, wanted))
-    _execute(plan2, jobs, report)
+    if _run_stage(2, plan2, jobs, report, on_slurm):
+        return {"name": spec["name"], "report": report}
 
     results = results_table(spec, [run_dir for run_dir, _ in plan2])
     results["report"] = report
@@ -284,6 +308,21 @@ def run_pipeline(path: Path, runs_dir: Path, jobs: int | None = None, data_dir: 
     results["unfinished"] = {run_id: status for run_id, status in statuses.items() if status != "completed"}
     write_results(runs_dir, results)
     return results
+
+
+def _run_stage(stage: int, plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any) -> bool:
+    """Run one stage's plan; True when it went to Slurm and the pipeline goes on in a job after it.
+
+    A pass on Slurm after this stage (`on_slurm.stage` > `stage`) leaves the stage as it is: a run
+    that failed there is not submitted again and again.
+    """
+    if on_slurm is not None and on_slurm.stage > stage:
+        return False
+    waiting = _execute(plan, jobs, report, on_slurm)
+    if not waiting:
+        return False
+    report.append(f"the rest of the pipeline: Slurm job {on_slurm.continue_after(waiting)}, once they end")
+    return True
 
 
 def test_primary(run_dir: Path) -> float | None:
@@ -300,25 +339,7 @@ def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
         value = test_primary(run_dir)
         if value is not None:
             scores.setdefault((config["target"], entry_of(spec, config)), []).append(value)
-    rows = []
-    for target in spec["targets"]:
-        for method in spec["methods"]:
-            values = scores.get((target, method), [])
-            rows.append(
-                {
-                    "target": target,
-                    "method": method,
-                    "metric": tasks.get_task(target).primary,
-                    "mean": statistics.fmean(values) if values else None,
-                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
-                    "seeds": len(values),
-                }
-            )
-    for target in spec["targets"]:
-        ranked = [r for r in rows if r["target"] == target and r["mean"] is not None]
-        if ranked:
-            max(ranked, key=lambda r: r["mean"])["best"] = True
-    return {"name": spec["name"], "rows": rows}
+    return {"name": spec["name"], "rows": results_rows(spec, scores)}
 
 
 def markdown(results: dict[str, Any]) -> str:

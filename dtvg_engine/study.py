@@ -94,14 +94,41 @@ def _has(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(config.get(key) == value for key, value in wanted.items())
 
 
-def belongs(config: dict[str, Any], spec: dict[str, Any], runs: Runs) -> bool:
-    """Whether a stage-2 run's config is one the study plans (its target, method and seed aside)."""
+def grouping_of(spec: dict[str, Any]) -> str:
+    """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
+    stage2 = spec.get("stage2", {})
+    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
+
+
+def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """The entry of the study's `methods` a stage-2 run's config is a run of, if any (`dtvg:prefix` is
+    `dtvg` with the prefix rule)."""
+    for entry in spec["methods"]:
+        wanted = method_registry.entry_settings(entry, grouping_of(spec))
+        if _has(config, wanted):
+            return entry
+    return None
+
+
+def belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs: Runs) -> bool:
+    """Whether a stage-2 run's config is one the study plans for `entry` (target and seed aside)."""
     if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
         return False  # methods that use no sources (pt) record none
-    if not _has(config, _settings(spec, "stage2")):
+    wanted = _settings(spec, "stage2") | method_registry.entry_settings(entry, grouping_of(spec))
+    seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
+    if not _has(seen, wanted):
         return False
     own = (config.get("stage1_runs") or {}).get(config.get("target"))  # T_t from this seed's own shots
     return own is None or runs.configs.get(own, {}).get("seed") == config.get("seed")
+
+
+def _stage2_key(spec: dict[str, Any], config: dict[str, Any], runs: Runs) -> tuple[str, str, int] | None:
+    """(target, entry, seed) of a stage-2 run of the study, None for any other run."""
+    target, entry, seed = config.get("target"), entry_of(spec, config), config.get("seed")
+    if target in spec["targets"] and entry is not None and seed in spec["seeds"]:
+        if belongs(config, spec, entry, runs):
+            return target, entry, seed
+    return None
 
 
 @dataclass
@@ -121,14 +148,8 @@ def find_study(spec: dict[str, Any], runs: Runs) -> Study:
     """The study's completed stage-2 runs (newest wins) and the stage-1 runs behind them."""
     found: dict[tuple[str, str, int], Path] = {}
     for run_id, config in runs.configs.items():  # oldest first, so a newer run replaces an older one
-        key = (config.get("target"), config.get("method"), config.get("seed"))
-        if (
-            key[0] in spec["targets"]
-            and key[1] in spec["methods"]
-            and key[2] in spec["seeds"]
-            and belongs(config, spec, runs)
-            and runs.status(run_id) == "completed"
-        ):
+        key = _stage2_key(spec, config, runs)
+        if key is not None and runs.status(run_id) == "completed":
             found[key] = runs.runs_dir / run_id
     sources: dict[str, Path] = {}
     targets: dict[tuple[str, int], Path] = {}
@@ -162,7 +183,7 @@ class Slot:
     task: str
     """The stage-1 task, or the stage-2 target."""
     method: str
-    """The stage-2 method; "pt" for stage 1."""
+    """The stage-2 method entry of the study (`dtvg`, `dtvg:prefix`); "pt" for stage 1."""
     seed: int | None
     """None for a source's stage-1 run, which serves every seed."""
     run_id: str | None

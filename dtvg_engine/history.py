@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from tinydb.storages import MemoryStorage, Storage
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES
-from dtvg_engine.runfolder import list_run_dirs, summarize, write_json_atomic
+from dtvg_engine.runfolder import RunSummary, list_run_dirs, summarize, write_json_atomic
 
 HISTORY = "history.json"
 TABLE = "runs"
@@ -30,6 +31,8 @@ TABLE = "runs"
 
 SETTLED_STATUSES = (*TERMINAL_STATUSES, "killed")
 """Statuses that change only when a worker runs again, and that worker updates the index itself."""
+SUMMARY_KEYS = frozenset(field.name for field in fields(RunSummary))
+"""The keys of a document; one indexed without some (by an older version) is summarized again."""
 
 
 class AtomicJSONStorage(Storage):
@@ -155,8 +158,8 @@ class History:
         docs = []
         for run_dir in list_run_dirs(self.runs_dir):
             doc = by_id.get(run_dir.name)
-            if doc is None or doc.get("status") not in SETTLED_STATUSES:
-                doc = self._summarize(run_dir)
+            if doc is None or doc.get("status") not in SETTLED_STATUSES or not SUMMARY_KEYS <= doc.keys():
+                doc = self._summarize(run_dir)  # unsettled, or indexed by a version without some fields
             if doc:
                 docs.append(doc)
         return docs

@@ -13,14 +13,38 @@ Three things make a step fast on CPU (DESIGN §9) without changing the numbers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from dtvg_engine import tasks
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.errors import UserError
+
+if TYPE_CHECKING:
+    from dtvg_engine.data import Splits
+
+INPUT_TOKENS_CAP = 256
+"""The longest default input, in tokens: the papers' `max_source_length`."""
+INPUT_COVERAGE = 0.95
+"""The share of a task's inputs the default length holds whole."""
+LENGTH_SAMPLE = 4000
+"""At most this many of a run's rows are measured for the default length (evenly spread)."""
+
+Item = tuple[list[int], float]
+"""One encoded example: its token ids and its gold label."""
+
+
+def covering_length(
+    lengths: Sequence[int], coverage: float = INPUT_COVERAGE, cap: int = INPUT_TOKENS_CAP
+) -> int:
+    """The smallest length that holds `coverage` of `lengths` whole, at most `cap`."""
+    ordered = sorted(lengths)
+    return min(ordered[max(0, math.ceil(coverage * len(ordered)) - 1)], cap)
 
 
 @dataclass
@@ -42,31 +66,113 @@ class Batch:
 class LabelScorer:
     """Encodes one task's examples for one backbone and scores its label words."""
 
-    def __init__(self, backbone: Backbone, task: tasks.Task, max_input_tokens: int) -> None:
+    def __init__(self, backbone: Backbone, task: tasks.Task, max_input_tokens: int, rule: str = "") -> None:
         self.backbone = backbone
         self.task = task
         self.max_input_tokens = max_input_tokens
+        """Inputs longer than this (end-of-sequence token included) are cut in their longest text field."""
+        self.rule = rule or "--max-input-tokens"
+        """Where `max_input_tokens` came from, for the run's log."""
         tok = backbone.tokenizer
         self.word_ids = torch.tensor(
             [tok(w, add_special_tokens=False).input_ids[0] for w in task.label_words]
         )
         """First-token id of every label word, in label-id order."""
+        frame = len(self._ids(dict.fromkeys(task.text_fields, ""))) + self._eos
+        if max_input_tokens < frame:
+            raise UserError(
+                f"--max-input-tokens {max_input_tokens} cannot hold {task.name}'s template and answer "
+                f"cue ({frame} tokens with every text field empty); use at least {frame + 16}"
+            )
+
+    @classmethod
+    def fitted(
+        cls, backbone: Backbone, task: tasks.Task, max_input_tokens: int | None, rows: Sequence[dict]
+    ) -> LabelScorer:
+        """A scorer whose input length is `max_input_tokens`, or, when that is None, the length that
+        holds 95% of these rows' inputs whole, at most 256 tokens (the papers' input length)."""
+        if max_input_tokens is not None:
+            return cls(backbone, task, max_input_tokens)
+        step = max(1, math.ceil(len(rows) / LENGTH_SAMPLE))
+        sample = [tasks.render(task, row) for row in rows[::step]]
+        eos = 1 if backbone.is_seq2seq else 0
+        lengths = [len(ids) + eos for ids in backbone.tokenizer(sample, add_special_tokens=False).input_ids]
+        length = covering_length(lengths)
+        rule = (
+            f"holds {INPUT_COVERAGE:.0%} of the {len(sample)} inputs measured whole; "
+            f"at most {INPUT_TOKENS_CAP}"
+        )
+        return cls(backbone, task, length, rule)
 
     # --- encoding -----------------------------------------------------------------------------------
 
-    def encode(self, rows: Sequence[dict]) -> list[tuple[list[int], float]]:
-        """Token ids (truncated from the left, so the answer cue survives) and gold label per row."""
+    @property
+    def _eos(self) -> int:
+        return 1 if self.backbone.is_seq2seq else 0
+
+    @property
+    def _budget(self) -> int:
+        """Tokens the rendered text may take (the seq2seq end-of-sequence token comes on top)."""
+        return self.max_input_tokens - self._eos
+
+    def _ids(self, row: Mapping) -> list[int]:
+        return self.backbone.tokenizer(tasks.render(self.task, row), add_special_tokens=False).input_ids
+
+    def encode(self, rows: Sequence[dict]) -> list[Item]:
+        """Token ids and gold label per row; inputs too long are cut in their longest text field."""
+        return self.encode_counted(rows)[0]
+
+    def encode_counted(self, rows: Sequence[dict]) -> tuple[list[Item], int]:
+        """`encode`, and how many of the rows had to be cut."""
         tok = self.backbone.tokenizer
         texts = [tasks.render(self.task, row) for row in rows]
         encoded = tok(texts, add_special_tokens=False).input_ids
-        keep = self.max_input_tokens - (1 if self.backbone.is_seq2seq else 0)
-        items = []
+        items, cut = [], 0
         for ids, row in zip(encoded, rows, strict=True):
-            ids = ids[-keep:]
+            if len(ids) > self._budget:
+                ids, cut = self.cut_fields(row), cut + 1
             if self.backbone.is_seq2seq:
                 ids = ids + [tok.eos_token_id]
             items.append((ids, tasks.label_of(self.task, row)))
-        return items
+        return items, cut
+
+    def cut_fields(self, row: Mapping) -> list[int]:
+        """The row's input within budget: its longest text field loses one token at a time (from its
+        end, so every field keeps its beginning) until the input fits; the template and the answer cue
+        are never cut (DESIGN §7). Field lengths are counted on each field alone, so the whole input is
+        tokenized again after each round and cut further if the joins tokenized longer."""
+        tok = self.backbone.tokenizer
+        texts = {name: tasks.clean(row[name]) for name in self.task.text_fields}
+        spans = {
+            name: tok(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+            for name, text in texts.items()
+        }
+        keep = {name: len(span) for name, span in spans.items()}
+        while True:
+            shortened = {name: texts[name][: spans[name][n - 1][1]] if n else "" for name, n in keep.items()}
+            ids = self._ids({**row, **shortened})
+            if len(ids) <= self._budget:
+                return ids
+            for _ in range(len(ids) - self._budget):
+                longest = max(keep, key=lambda name: keep[name])  # ties: the first field of the template
+                keep[longest] = max(0, keep[longest] - 1)  # all empty fits: the constructor checked it
+
+    def encode_splits(self, splits: Splits) -> tuple[list[Item], list[Item], list[Item], str]:
+        """The encoded train, validation and test rows, and the run's log line on their length."""
+        parts = {
+            name: self.encode_counted(rows)
+            for name, rows in (
+                ("train", splits.train),
+                ("validation", splits.validation),
+                ("test", splits.test),
+            )
+        }
+        counts = ", ".join(f"{name} {cut} of {len(items)}" for name, (items, cut) in parts.items())
+        note = (
+            f"{self.task.name} inputs: at most {self.max_input_tokens} tokens ({self.rule}); "
+            f"cut in their longest text field: {counts}"
+        )
+        return parts["train"][0], parts["validation"][0], parts["test"][0], note
 
     def collate(self, items: Sequence[tuple[list[int], float]]) -> Batch:
         pad = self.backbone.tokenizer.pad_token_id
@@ -89,12 +195,11 @@ class LabelScorer:
         """Full-vocabulary logits [B, V] at each example's answer position, for soft prompt [r, d]."""
         device = self.backbone.device
         input_ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        prompt = prompt.to(device=device, dtype=self.backbone.model.dtype)
-        # bf16 autocast on a GPU (DESIGN §8); the CPU path stays in float32.
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if self.backbone.is_seq2seq:
-                return self._seq2seq_logits(prompt, input_ids, mask)
-            return self._causal_logits(prompt, input_ids, mask, batch.answer_index.to(device))
+        # The fp32 prompt enters in the model's precision (`--precision`); gradients flow back to fp32.
+        prompt = prompt.to(device=device, dtype=self.backbone.dtype)
+        if self.backbone.is_seq2seq:
+            return self._seq2seq_logits(prompt, input_ids, mask)
+        return self._causal_logits(prompt, input_ids, mask, batch.answer_index.to(device))
 
     def _causal_logits(
         self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, answer_index: torch.Tensor

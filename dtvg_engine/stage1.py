@@ -77,7 +77,8 @@ def run(
     task = tasks.get_task(config["task"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, task.name)
     tuner = SoftPrompt(start_prompt(config, p_init, init_id))
-    scorer = LabelScorer(backbone, task, config["max_input_tokens"])
+    rows = splits.train + splits.validation + splits.test
+    scorer = LabelScorer.fitted(backbone, task, config["max_input_tokens"], rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -70,9 +70,15 @@ def mix_prompt(
         splits = load_splits(
             source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
         )
-        scorers[source] = LabelScorer(backbone, tasks.get_task(source), config["max_input_tokens"])
-        train[source] = scorers[source].encode(splits.train)
-        validation[source] = scorers[source].encode(splits.validation)
+        rows = splits.train + splits.validation
+        scorers[source] = LabelScorer.fitted(
+            backbone, tasks.get_task(source), config["max_input_tokens"], rows
+        )
+        train[source], cut = scorers[source].encode_counted(splits.train)
+        validation[source], cut_too = scorers[source].encode_counted(splits.validation)
+        limit, total = scorers[source].max_input_tokens, len(rows)
+        message = f"mix: {source} inputs at most {limit} tokens, {cut + cut_too} of {total} cut"
+        events.emit("log", level="info", message=message)
     tuner = SoftPrompt(p_init).to(backbone.device)
     optimizer = torch.optim.AdamW(tuner.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     steps = config["mix_steps"]
@@ -97,7 +103,13 @@ def mix_prompt(
             by_source = {
                 name: metrics.score(
                     scorers[name].task,
-                    evaluate(scorers[name], tuner.prompt(), validation[name], config["eval_batch_size"]),
+                    evaluate(
+                        scorers[name],
+                        tuner.prompt(),
+                        validation[name],
+                        config["eval_batch_size"],
+                        config.get("eval_order", "length"),
+                    ),
                 )
                 for name in names
             }
@@ -130,7 +142,8 @@ def run(
         config, p_init, tpvs, lambda: mix_prompt(backbone, config, p_init, run_dir, events)
     )
     events.emit("log", level="info", message=note)
-    scorer = LabelScorer(backbone, target, config["max_input_tokens"])
+    rows = splits.train + splits.validation + splits.test
+    scorer = LabelScorer.fitted(backbone, target, config["max_input_tokens"], rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -185,10 +185,10 @@ def trainable_tasks() -> list[str]:
 
 def render(task: Task, row: Mapping[str, Any]) -> str:
     """The model input for one row: the task template filled with the row's text fields."""
-    return task.template.format(**{name: _clean(row[name]) for name in task.text_fields})
+    return task.template.format(**{name: clean(row[name]) for name in task.text_fields})
 
 
-def _clean(value: Any) -> str:
+def clean(value: Any) -> str:
     """Text with surrounding whitespace removed, so templates join fields with exactly one space."""
     return str(value).strip()
 

@@ -198,8 +198,8 @@ def fit(
     steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
     task = scorer.task
     torch.manual_seed(seed)
-    train_items = scorer.encode(splits.train)
-    val_items = scorer.encode(splits.validation)
+    train_items, val_items, test_items, cut_note = scorer.encode_splits(splits)
+    events.emit("log", level="info", message=cut_note)
     tuner.to(scorer.backbone.device)
 
     groups = tuner.param_groups(config)
@@ -268,7 +268,7 @@ def fit(
             save_checkpoint(step)
 
     tuner.restore(state["best"])
-    test = evaluate(scorer, tuner.prompt(), scorer.encode(splits.test), config["eval_batch_size"])
+    test = evaluate(scorer, tuner.prompt(), test_items, config["eval_batch_size"])
     value = metrics.score(task, test)
     events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

@@ -8,13 +8,16 @@ padding to the longest example) must not change the loss, the prompt gradient or
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dtvg_engine import tasks
 from dtvg_engine.data import load_splits
-from dtvg_engine.scoring import LabelScorer
+from dtvg_engine.errors import UserError
+from dtvg_engine.scoring import LabelScorer, covering_length
 
 PROMPT_LENGTH = 6
 ATOL = 1e-5
@@ -135,26 +138,52 @@ def test_padding_does_not_change_an_examples_logits(model, request, rte_rows):
 
 
 @pytest.mark.parametrize("model", ["llama", "t5"])
-def test_truncation_keeps_the_answer_cue(model, request, rte_rows):
+def test_long_inputs_lose_the_end_of_their_longest_field(model, request, data_dir):
+    """Inputs used to be cut from the left, so RTE's premise lost its beginning; now the longest text
+    field loses its end, and the template, the other field and the answer cue stay whole."""
     backbone = request.getfixturevalue(model)
     tok = backbone.tokenizer
     task = tasks.get_task("rte")
-    limit = 8
-    scorer = LabelScorer(backbone, task, max_input_tokens=limit)
-    full = LabelScorer(backbone, task, max_input_tokens=10_000)
-    cue = tok(" True or false? Answer:", add_special_tokens=False).input_ids
-    encoded = zip(scorer.encode(rte_rows), full.encode(rte_rows), rte_rows, strict=True)
-    for (ids, gold), (full_ids, _), row in encoded:
-        assert len(ids) == limit
-        assert gold == row["label"]
-        text_ids = ids[:-1] if backbone.is_seq2seq else ids
+    rows = load_splits("rte", data_dir, seed=0, max_eval=40).validation
+    limit = 40
+    items, cut = LabelScorer(backbone, task, max_input_tokens=limit).encode_counted(rows)
+    full = LabelScorer(backbone, task, max_input_tokens=10_000).encode(rows)
+    assert 0 < cut < len(rows)
+    assert cut == sum(len(ids) > limit for ids, _ in full)
+    for (ids, gold), (full_ids, _), row in zip(items, full, rows, strict=True):
+        assert len(ids) <= limit and gold == row["label"]
+        if len(full_ids) <= limit:
+            assert ids == full_ids  # what fits is not touched
+            continue
         if backbone.is_seq2seq:
             assert ids[-1] == tok.eos_token_id
-            assert full_ids[-1] == tok.eos_token_id
-            full_ids = full_ids[:-1]
-        assert text_ids == full_ids[-len(text_ids) :]  # the end of the input survives
-        assert text_ids[-len(cue) :] == cue
-        assert tok.decode(text_ids).endswith("Answer:")
+            ids = ids[:-1]
+        text = tok.decode(ids)
+        premise, hypothesis = row["sentence1"].strip(), row["sentence2"].strip()
+        assert text.startswith(premise.split()[0])  # the premise keeps its beginning
+        assert text.endswith(" True or false? Answer:") and " Question: " in text  # the template
+        assert len(ids) >= limit - 3  # cut no more than it needs (one token per round, joins may differ)
+        if len(tok(hypothesis).input_ids) < 8 and len(tok(premise).input_ids) > 30:
+            assert f" Question: {hypothesis} True or false?" in text  # the short field stays whole
+
+
+def test_the_default_length_holds_95_percent_of_the_inputs(llama, data_dir):
+    assert covering_length(list(range(1, 101))) == 95
+    assert covering_length([300] * 20 + [10]) == 256  # the papers' 256 is the cap
+    task = tasks.get_task("rte")
+    splits = load_splits("rte", data_dir, seed=0, k_shot=16, max_eval=200)
+    rows = splits.train + splits.validation + splits.test
+    scorer = LabelScorer.fitted(llama, task, None, rows)
+    lengths = sorted(len(ids) for ids, _ in LabelScorer(llama, task, 10_000).encode(rows))
+    assert scorer.max_input_tokens == min(256, lengths[math.ceil(0.95 * len(lengths)) - 1])
+    assert scorer.max_input_tokens > 64  # the old default cut three of four RTE inputs
+    assert scorer.encode_counted(rows)[1] <= 0.05 * len(rows)
+    assert LabelScorer.fitted(llama, task, 48, rows).max_input_tokens == 48  # a setting wins
+
+
+def test_a_length_below_the_template_is_refused(llama):
+    with pytest.raises(UserError, match="cannot hold rte's template and answer cue"):
+        LabelScorer(llama, tasks.get_task("rte"), max_input_tokens=8)
 
 
 def test_stsb_regression_predictions_lie_in_range(llama, t5, data_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -186,6 +187,14 @@ def test_event_stream_follows_the_contract(pair):
         test = evals[-1]
         assert test["split"] == "test" and test["step"] == best["step"] and test["best"] is False
         assert [e for e in evals if e["split"] == "test"] == [test]
+
+        lengths = [
+            e["message"] for e in of_type(events, "log") if "cut in their longest text field" in e["message"]
+        ]
+        assert len(lengths) == 1  # the input length the run used, and how many examples it cut
+        assert re.search(
+            r"inputs: at most \d+ tokens \(holds 95% .*train \d+ of 16, validation \d+ of", lengths[0]
+        )
 
         for e in of_type(events, "checkpoint"):
             assert (run_dir / e["path"]).is_file()

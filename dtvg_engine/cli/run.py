@@ -31,7 +31,13 @@ def run_stage1(
     k_shot: Annotated[int | None, typer.Option(help="Train on K examples (class-stratified).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every E steps.")] = 25,
     max_eval: Annotated[int, typer.Option(help="Cap validation/test examples.")] = 200,
-    max_input_tokens: Annotated[int, typer.Option(help="Truncate inputs (from the left) to this.")] = 64,
+    max_input_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Cut longer inputs in their longest text field (default: the length that holds 95% of "
+            "the task's inputs whole, at most 256)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Data split, sampling and batch-order seed.")] = 0,
     init_seed: Annotated[int, typer.Option(help="Seed of the shared prompt initialization.")] = 0,
     data_dir: Annotated[
@@ -117,7 +123,7 @@ def run_stage2(
     k_shot: Annotated[int | None, typer.Option(help="Train on K target examples.")] = None,
     eval_every: Annotated[int, typer.Option()] = 25,
     max_eval: Annotated[int, typer.Option()] = 200,
-    max_input_tokens: Annotated[int, typer.Option()] = 64,
+    max_input_tokens: Annotated[int | None, typer.Option(help="As for stage 1.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     init_seed: Annotated[int, typer.Option()] = 0,
     data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,

@@ -110,15 +110,42 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return out
 
 
-def evaluate(scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int) -> dict[str, float]:
-    """The task's metrics for `prompt` on encoded examples."""
-    preds: list[float] = []
-    golds: list[float] = []
-    for start in range(0, len(items), batch_size):
-        batch = scorer.collate(items[start : start + batch_size])
-        preds += scorer.predict(prompt, batch)
-        golds += batch.golds
-    return metrics.compute(scorer.task, preds, golds)
+def predictions(
+    scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int, order: str = "length"
+) -> list[float]:
+    """`prompt`'s prediction for every encoded example, in the order given.
+
+    With `order="length"` the batches are cut from the examples sorted longest first, so each is padded
+    to about its own members' length instead of the longest of a random handful (with whole inputs,
+    most of a data-order batch is padding); the predictions are put back in data order. Padding is
+    masked, so an example's prediction does not depend on its batch. `order="data"` batches as given.
+    """
+    ranked = list(range(len(items)))
+    if order == "length":
+        ranked.sort(key=lambda i: len(items[i][0]), reverse=True)
+    preds = [0.0] * len(items)
+    for start in range(0, len(ranked), batch_size):
+        chunk = ranked[start : start + batch_size]
+        batch = scorer.collate([items[i] for i in chunk])
+        for i, pred in zip(chunk, scorer.predict(prompt, batch), strict=True):
+            preds[i] = pred
+    return preds
+
+
+def evaluate(
+    scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int, order: str = "length"
+) -> dict[str, float]:
+    """The task's metrics for `prompt` on encoded examples (batched as `predictions` says)."""
+    preds = predictions(scorer, prompt, items, batch_size, order)
+    return metrics.compute(scorer.task, preds, [gold for _, gold in items])
+
+
+def _rate_settings(config: dict[str, Any], rates: dict[str, float]) -> str:
+    """The learning-rate settings this run trains with, for the NaN-loss message: either may be the cause."""
+    flags = [f"--lr (now {config['lr']})"]
+    if "source_scales" in rates:
+        flags.append(f"--source-scale-lr (now {config['source_scale_lr']})")
+    return " or ".join(flags)
 
 
 # ----- checkpoints: tensors in a safetensors file, everything else as JSON in its header ------------------
@@ -245,9 +272,11 @@ def fit(
         )
         prompt, group = tuner.step_prompt(step)
         loss = scorer.loss(prompt, batch)
-        if not math.isfinite(loss.item()):
-            raise RunFailed(f"loss became {loss.item()} at step {step}; lower --lr (now {config['lr']})")
         rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+        if not math.isfinite(loss.item()):
+            raise RunFailed(
+                f"loss became {loss.item()} at step {step}; lower {_rate_settings(config, rates)}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])

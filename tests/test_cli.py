@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from tinydb import TinyDB
 
 from dtvg_engine.config import stage1_config
@@ -68,8 +70,29 @@ BAD_STAGE1 = {
     "k-shot above the train size": (["rte", "--k-shot", "100000"], "k_shot"),
     "zero jobs": (["rte", "--jobs", "0"], "--jobs"),
     "unknown device": (["rte", "--device", "gpu"], "gpu"),
+    "lr nan": (["rte", "--lr", "nan"], "--lr must be a finite number above 0 (got nan)"),
+    "lr inf": (["rte", "--lr", "inf"], "--lr must be a finite number above 0 (got inf)"),
+    "huge prompt length": (
+        ["rte", "--prompt-length", "100000"],
+        "--prompt-length must be an integer from 1 to",
+    ),
+    "empty train file": (["rte", "--data-dir", "{tmp}/empty"], "{tmp}/empty/rte/train.jsonl has no rows"),
+    "init prompt of the wrong shape": (
+        ["rte", "--init-prompt", "{tmp}/wrong-shape.safetensors"],
+        "holds a prompt of shape [5, 64], but init tiny-llama-r4-s0 has 4 tokens",
+    ),
 }
 """case: (arguments after `dtvg run stage1`, text the error line must hold); {tmp} is the case's folder."""
+
+
+def bad_files(data_dir: Path, tmp: Path) -> None:
+    """The broken inputs the cases name: a malformed and an empty rte train file, and a prompt file of
+    init tiny-llama-r4-s0 (4 tokens) whose tensor has 5 rows."""
+    corrupt_copy(data_dir, tmp / "bad")
+    shutil.copytree(data_dir / "rte", tmp / "empty" / "rte")
+    (tmp / "empty" / "rte" / "train.jsonl").write_text("\n")
+    wrong = np.zeros((5, 64), dtype=np.float32)
+    save_file({"prompt": wrong}, tmp / "wrong-shape.safetensors", metadata={"init_id": "tiny-llama-r4-s0"})
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +106,7 @@ def bad_stage1(tmp_path_factory, data_dir) -> dict[str, tuple[Path, Path, subpro
         tmp = tmp_path_factory.mktemp("bad-input")
         runs_dir = tmp / "runs"
         runs_dir.mkdir()
-        corrupt_copy(data_dir, tmp / "bad")
+        bad_files(data_dir, tmp)
         # The case's own options come last, so they override the defaults before them.
         command = [DTVG, "run", "stage1", *TINY, "--runs-dir", str(runs_dir), "--data-dir", str(data_dir)]
         command += [arg.replace("{tmp}", str(tmp)) for arg in args]
@@ -195,3 +218,54 @@ def test_list_show_tag_and_rm_a_real_run(runs_dir, data_dir):
     assert not (runs_dir / run_id).exists()
     assert history_ids(runs_dir) == []
     assert json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout) == []
+
+
+@pytest.fixture(scope="module")
+def tuned_runs(tmp_path_factory, data_dir) -> Path:
+    """A runs directory with finished tiny stage-1 runs of rte and mnli (one init, tiny-llama-r4-s0)."""
+    runs_dir = tmp_path_factory.mktemp("tuned") / "runs"
+    result = dtvg("run", "stage1", "rte", "mnli", *TINY, "--runs-dir", runs_dir, "--data-dir", data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return runs_dir
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--lambda", "nan"), ("--source-scale-lr", "-5"), ("--lr", "inf")]
+)
+def test_bad_stage2_numbers_are_exit_2_and_no_run(tuned_runs, data_dir, option, value):
+    before = run_folders(tuned_runs)
+    command = ["run", "stage2", "--target", "rte", "--sources", "mnli", *TINY, option, value]
+    line = assert_bad_input(dtvg(*command, "--runs-dir", tuned_runs, "--data-dir", data_dir))
+    assert f"{option} must be a finite number" in line and f"(got {float(value)})" in line
+    assert run_folders(tuned_runs) == before
+
+
+def test_nan_loss_from_the_source_scale_rate_names_it(tuned_runs, data_dir):
+    """A source-scale rate that blows the loss up is named in the failure, not only --lr."""
+    command = ["run", "stage2", "--target", "rte", "--sources", "mnli", "--method", "all-sources", *TINY]
+    command += ["--steps", "3", "--source-scale-lr", "1e30", "--runs-dir", tuned_runs, "--data-dir", data_dir]
+    result = dtvg(*command)
+    assert result.returncode == 1, result.stdout + result.stderr
+    shown = json.loads(dtvg("runs", "show", "all-sources", "--json", "--runs-dir", tuned_runs).stdout)
+    assert shown["status"] == "failed"
+    assert "loss became nan" in shown["error"] and "--source-scale-lr (now 1e+30)" in shown["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--scale", "nan"], "--scale must be a finite number (got nan)"),
+        (["--scale", "-inf"], "--scale must be a finite number (got -inf)"),
+        (["--out", "{tmp}"], "is a folder; give a file name such as"),
+        (["--out", "{tmp}/a-file/prompt.safetensors"], "a-file is not a folder"),
+    ],
+)
+def test_tpv_combine_refuses_bad_scale_and_out(tuned_runs, tmp_path, args, words):
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "combined.safetensors"
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    line = assert_bad_input(
+        dtvg("tpv", "combine", "rte + mnli", "--out", out, *args, "--runs-dir", tuned_runs)
+    )
+    assert words.replace("{tmp}", str(tmp_path)) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written

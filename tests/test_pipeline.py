@@ -163,6 +163,30 @@ def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(
         (lambda s: s.replace('targets = ["rte"]', 'targets = ["mnli"]'), "both source and target"),
         (lambda s: s.replace("steps = 3\nmax_eval", "stepz = 3\nmax_eval", 1), "unknown key(s) in [stage1]"),
         (lambda s: s.replace("[stage1]", "[stage1"), "not valid TOML"),
+        (lambda s: s.replace('"tiny"', '"../../x"'), "name must be a plain file name"),
+        (lambda s: s.replace('"tiny"', '"/tmp/x"'), "name must be a plain file name"),
+        (lambda s: s.replace('"tiny"', "7"), "name must be a plain file name"),
+        (lambda s: s.replace("[0, 1]", '"zero"'), "seeds must be a non-empty list of integers"),
+        (lambda s: s.replace("[0, 1]", "[0, 0]"), "seeds lists 0 more than once"),
+        (lambda s: s.replace("[0, 1]", "[-1]"), "seeds must be an integer of at least 0 (got -1)"),
+        (lambda s: s.replace('targets = ["rte"]', 'targets = "rte"'), "targets must be a non-empty list"),
+        (lambda s: s.replace("prompt_length = 4", "prompt_length = 8.5"), "prompt_length must be an integer"),
+        (lambda s: s.replace("prompt_length = 4", "prompt_length = 100000"), "prompt_length must be"),
+        (
+            lambda s: s.replace("jobs = 2", 'jobs = "two"'),
+            "jobs must be an integer of at least 1 (got 'two')",
+        ),
+        (lambda s: s.replace('model = "tiny-llama"', "model = 3"), "model must be a string (got 3)"),
+        (lambda s: 'device = "gpu"\n' + s, "device must be one of auto, cpu, cuda (got 'gpu')"),
+        (lambda s: s.replace("k_shot = 16\n[stage2]", "k_shot = 16.5\n[stage2]"), "[stage1] k_shot must be"),
+        (lambda s: s + "lambda = nan\n", "[stage2] lambda must be a finite number of at least 0 (got nan)"),
+        (lambda s: s + "source_scale_lr = -5\n", "[stage2] source_scale_lr must be a finite number"),
+        (lambda s: s + "lr = inf\n", "[stage2] lr must be a finite number above 0 (got inf)"),
+        (
+            lambda s: s.replace("[stage2]\nsteps = 3", "[stage2]\nsteps = true"),
+            "[stage2] steps must be an integer",
+        ),
+        (lambda s: s.split("[stage1]")[0] + "stage1 = 5\n", "stage1 must be a table"),
     ],
 )
 def test_bad_experiment_files_are_refused(tmp_path: Path, change, words: str) -> None:
@@ -172,10 +196,39 @@ def test_bad_experiment_files_are_refused(tmp_path: Path, change, words: str) ->
         load_experiment(experiment)
 
 
-def test_bad_experiment_file_exits_2_without_runs(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: "colour = 1\n" + s,
+        lambda s: s.replace('"tiny"', '"../escaped"'),
+        lambda s: s.replace('"tiny"', '"{tmp}/escaped"'),
+        lambda s: s.replace("jobs = 2", 'jobs = "two"'),
+    ],
+)
+def test_bad_experiment_file_exits_2_without_runs(
+    tmp_path: Path, runs_dir: Path, data_dir: Path, change
+) -> None:
     experiment = tmp_path / "bad.toml"
-    experiment.write_text("colour = 1\n" + STUDY)
+    experiment.write_text(change(STUDY).replace("{tmp}", str(tmp_path)))
     result = pipeline(experiment, runs_dir, data_dir)
     assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
     assert list_run_dirs(runs_dir) == []
+    assert not list(tmp_path.glob("escaped*"))  # no results written outside the runs directory
+
+
+def test_a_failed_run_makes_the_pipeline_exit_1(tmp_path: Path, runs_dir: Path, data_dir: Path) -> None:
+    """Exit 0 only when every run completed; results of a dotted name land at <name>-results.md as named."""
+    study = ONE_RUN_STUDY.replace('"tiny"', '"tiny.v2"').replace('["mnli", "sst2"]', '["mnli"]')
+    experiment = tmp_path / "failing.toml"
+    experiment.write_text(study + "lr = 1e30\n")  # the stage-2 run's loss becomes NaN
+    result = pipeline(experiment, runs_dir, data_dir)
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    (failed,) = [r for r in list_run_dirs(runs_dir) if summarize(r).status != "completed"]
+    assert read_config(failed)["stage"] == "stage2" and summarize(failed).status == "failed"
+    assert f"1 run(s) did not complete: {failed.name} (failed)" in result.stdout
+    md, js = runs_dir / "tiny.v2-results.md", runs_dir / "tiny.v2-results.json"
+    assert f"results: {md} and {js}" in result.stdout
+    assert json.loads(js.read_text())["unfinished"] == {failed.name: "failed"}
+    assert sorted(p.name for p in runs_dir.glob("tiny*")) == sorted([md.name, js.name])

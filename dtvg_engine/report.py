@@ -18,6 +18,7 @@ from dtvg_engine import grouping, method_registry, metrics, pipeline, tasks
 from dtvg_engine.events import Group, read_events
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
+from dtvg_engine.study import entry_of, grouping_of
 
 SETTINGS = ("model", "prompt_length")
 """Top-level study settings a stage-2 run must share to count (data_dir and device may differ)."""
@@ -40,7 +41,7 @@ def _belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs_dir:
     if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
         return False  # methods that use no sources (pt) record none
     wanted = {key: spec[key] for key in SETTINGS if key in spec} | spec.get("stage2", {})
-    wanted |= method_registry.entry_settings(entry, pipeline.grouping_of(spec))  # dtvg:prefix's rule
+    wanted |= method_registry.entry_settings(entry, grouping_of(spec))  # dtvg:prefix's rule
     seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
     if any(seen.get(key) != value for key, value in wanted.items()):
         return False
@@ -53,7 +54,7 @@ def find_study(spec: dict[str, Any], runs_dir: Path) -> Study:
     runs: dict[tuple[str, str, int], Path] = {}
     for run_dir in list_run_dirs(runs_dir):  # oldest first, so a newer run replaces an older one
         config = read_config(run_dir)
-        key = (config.get("target"), pipeline.entry_of(spec, config), config.get("seed"))
+        key = (config.get("target"), entry_of(spec, config), config.get("seed"))
         if (
             key[0] in spec["targets"]
             and key[1] is not None

@@ -298,7 +298,11 @@ def test_runs_rm_dot_dot_is_refused_even_when_the_parent_looks_like_a_run(tmp_pa
     project = tmp_path / "project"
     runs_dir = project / "runs"
     runs_dir.mkdir(parents=True)
-    rf.write_json_atomic(project / rf.CONFIG, {"stage": "stage1"})  # the parent looks like a run
+    rf.write_json_atomic(project / rf.CONFIG, {"stage": "stage1"})  # the parent looks like a finished run
+    emit(
+        project, "run_started", run_id="x", stage="stage1", method="pt", task="rte", pid=dead_pid(), config={}
+    )
+    emit(project, "run_finished", status="completed", summary={}, error=None)
     (project / "thesis.tex").write_text("years of work")
     for ref in ("..", ".", "runs/..", "", "../runs"):
         assert_bad_input(dtvg("runs", "rm", ref, "--runs-dir", runs_dir))
@@ -424,22 +428,20 @@ def test_a_queued_run_can_be_removed_and_not_stopped(runs_dir, data_dir):
 
 
 def test_a_run_whose_dead_workers_pid_was_reused_is_not_stuck(runs_dir, data_dir):
-    """Its last word is run_started with a pid that now belongs to another process (here: us)."""
-    run = tiny_run(runs_dir, data_dir)
-    emit(
-        run,
-        "run_started",
-        run_id=run.name,
-        stage="stage1",
-        method="pt",
-        task="rte",
-        pid=os.getpid(),
-        config={},
-    )
-    assert rf.summarize(run).status == "running"  # as far as the pid can tell
-    assert "not running" in assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
-    removed = dtvg("runs", "rm", run.name, "--runs-dir", runs_dir)
-    assert removed.returncode == 0, removed.stderr
+    """Its last word is run_started with a pid that now belongs to an unrelated process."""
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        run = tiny_run(runs_dir, data_dir)
+        emit(run, "run_started", run_id=run.name, stage="stage1", method="pt", task="rte",
+             pid=unrelated.pid, config={})  # fmt: skip
+        assert rf.summarize(run).status == "running"  # as far as the pid can tell
+        assert "not running" in assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
+        assert unrelated.poll() is None  # never signalled: it is not the run's worker
+        removed = dtvg("runs", "rm", run.name, "--runs-dir", runs_dir)
+        assert removed.returncode == 0, removed.stderr
+    finally:
+        unrelated.kill()
+        unrelated.wait()
 
 
 def test_status_rules_are_one_table():
@@ -503,12 +505,12 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         rf.write_json_atomic(tmp_path / "a.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
         with rf.replacing(tmp_path / "b.safetensors") as tmp:  # safetensors writes a 0600 file itself
             save_file({"x": np.ones(2)}, str(tmp))
+        assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == mode
     finally:
         os.umask(old)
-    for name in ("a.json", "b.safetensors"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.safetensors"]
 
 

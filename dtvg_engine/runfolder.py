@@ -344,7 +344,7 @@ def claim_run(run_dir: str | os.PathLike[str]) -> int:
     try:
         fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise UserError(f"cannot start a worker for run {run_dir.name}: {e.strerror} ({run_dir})") from e
+        raise UserError(f"cannot lock run {run_dir.name}: {e.strerror} ({run_dir / WORKER_LOCK})") from e
     for _ in range(_CLAIM_TRIES):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -420,21 +420,29 @@ def refusal(action: str, run_id: str, status: str, owner: int | None) -> str | N
     return None
 
 
-def check_action(run_dir: str | os.PathLike[str], action: str) -> None:
-    """`UserError` when `action` cannot be done to the run now (see `refusal`).
+def action_refusal(
+    run_dir: str | os.PathLike[str], action: str, summary: RunSummary | None = None
+) -> str | None:
+    """Why `action` cannot be done to the run now, or None (see `refusal`); `summary`: its summary, if
+    the caller has a fresh one.
 
     A run whose Slurm job is in the queue is owned by that job (its worker may run on another host).
     """
     run_dir = Path(run_dir)
-    summary = summarize(run_dir)
+    summary = summary or summarize(run_dir)
     if summary.slurm_state is not None:
         if action == "stop":
-            return
-        raise UserError(
+            return None
+        return (
             f"run {run_dir.name} is Slurm job {summary.job_id} ({summary.slurm_state}); "
             f"stop it first with `dtvg runs stop {run_dir.name}`"
         )
-    reason = refusal(action, run_dir.name, summary.status, run_owner(run_dir))
+    return refusal(action, run_dir.name, summary.status, run_owner(run_dir))
+
+
+def check_action(run_dir: str | os.PathLike[str], action: str) -> None:
+    """`UserError` when `action` cannot be done to the run now (see `action_refusal`)."""
+    reason = action_refusal(run_dir, action)
     if reason:
         raise UserError(reason)
 

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import STATUSES, RunSummary, refusal, run_owner, tail_log, update_meta
+from dtvg_engine.runfolder import STATUSES, RunSummary, action_refusal, tail_log, update_meta
 from dtvg_tui import keys, runtable
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_time
 from dtvg_tui.screens.dialogs import ConfirmScreen, PromptScreen
@@ -364,7 +364,7 @@ def control_run(screen: Screen, summary: RunSummary | None, what: str) -> None:
         return
     run_dir = Path(summary.run_dir)
     action = "resume" if what == "resume" else "stop"  # the CLI's rule, from runfolder
-    reason = refusal(action, summary.run_id, summary.status, run_owner(run_dir))
+    reason = action_refusal(run_dir, action, summary)
     if reason:
         screen.notify(reason, severity="warning")
         return
@@ -387,8 +387,7 @@ def control_run(screen: Screen, summary: RunSummary | None, what: str) -> None:
                 ok = launcher.kill_run(run_dir)
                 message = "Killed the worker's process group." if ok else "Not running."
             else:
-                pid = launcher.launch_worker(run_dir)
-                message = f"Resumed {summary.run_id} (worker pid {pid})."
+                message = f"Resumed {summary.run_id} ({launcher.resume_run(run_dir)})."
         except (UserError, OSError) as e:
             screen.notify(str(e), severity="error")
             return

@@ -21,6 +21,7 @@ from filelock import FileLock
 from tinydb import TinyDB, where
 from tinydb.storages import MemoryStorage, Storage
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES
 from dtvg_engine.runfolder import RunSummary, list_run_dirs, summarize, write_json_atomic
@@ -110,10 +111,10 @@ class History:
         memory.table(TABLE).insert_multiple(docs)
         AtomicJSONStorage(self.path).write(memory.storage.read() or {})
 
-    def _summarize(self, run_dir: Path) -> dict[str, Any] | None:
+    def _summarize(self, run_dir: Path, queue: slurm.Queue | None = None) -> dict[str, Any] | None:
         """The run's document, or None for a folder whose config.json cannot be read."""
         try:
-            return summarize(run_dir).to_dict()
+            return summarize(run_dir, queue).to_dict()
         except UserError:
             return None
 
@@ -155,11 +156,18 @@ class History:
     def _current(self, indexed: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         """The documents of the run folders now, reusing the indexed ones of settled runs."""
         by_id = {doc["run_id"]: doc for doc in indexed or []}
+        run_dirs = list_run_dirs(self.runs_dir)
+        stale = {
+            run_dir  # unsettled, or indexed by a version without some fields
+            for run_dir in run_dirs
+            if (doc := by_id.get(run_dir.name)) is None
+            or doc.get("status") not in SETTLED_STATUSES
+            or not SUMMARY_KEYS <= doc.keys()
+        }
+        queue = slurm.Queue.of_runs(stale)  # one squeue call for every Slurm run among them
         docs = []
-        for run_dir in list_run_dirs(self.runs_dir):
-            doc = by_id.get(run_dir.name)
-            if doc is None or doc.get("status") not in SETTLED_STATUSES or not SUMMARY_KEYS <= doc.keys():
-                doc = self._summarize(run_dir)  # unsettled, or indexed by a version without some fields
+        for run_dir in run_dirs:
+            doc = self._summarize(run_dir, queue) if run_dir in stale else by_id[run_dir.name]
             if doc:
                 docs.append(doc)
         return docs

@@ -222,9 +222,8 @@ def plan(spec: dict[str, Any], runs: Runs) -> list[Slot]:
                 candidates.setdefault(("stage1", task, "pt", None), []).append(run_id)
             if task in spec["targets"] and _has(config, target_stage1):
                 candidates.setdefault(("stage1", task, "pt", config.get("seed")), []).append(run_id)
-        elif belongs(config, spec, runs):
-            key = ("stage2", config.get("target"), config.get("method"), config.get("seed"))
-            candidates.setdefault(key, []).append(run_id)
+        elif (key := _stage2_key(spec, config, runs)) is not None:
+            candidates.setdefault(("stage2", *key), []).append(run_id)
     keys = [("stage1", task, "pt", None) for task in spec["sources"]]
     if any(method_registry.parse(method)[0].needs_target_run for method in spec["methods"]):
         keys += [("stage1", task, "pt", seed) for task in spec["targets"] for seed in spec["seeds"]]

@@ -38,15 +38,26 @@ def run_stage2(runs: Path, data_dir: Path, method: str, **extra) -> tuple[Path, 
     return run_dir, [json.loads(line) for line in (run_dir / EVENTS).read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def finished(stage1_runs: Path, data_dir: Path):
+    """One finished run of a method at the module's settings, made once and shared by the tests."""
+    made: dict[str, tuple[Path, list[dict]]] = {}
+
+    def run_of(method: str) -> tuple[Path, list[dict]]:
+        if method not in made:
+            made[method] = run_stage2(stage1_runs, data_dir, method)
+        return made[method]
+
+    return run_of
+
+
 def groups(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] == "group"]
 
 
 @pytest.mark.parametrize("method", method_registry.NAMES)
-def test_every_method_completes_and_exports_its_prompt(
-    stage1_runs: Path, data_dir: Path, method: str
-) -> None:
-    run_dir, events = run_stage2(stage1_runs, data_dir, method)
+def test_every_method_completes_and_exports_its_prompt(finished, method: str) -> None:
+    run_dir, events = finished(method)
     assert summarize(run_dir).status == "completed"
     assert load_file(run_dir / PROMPT)["prompt"].shape == (4, 64)
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
@@ -57,8 +68,8 @@ def test_every_method_completes_and_exports_its_prompt(
     assert [g["step"] for g in groups(events)] == (steps if grouped else [])
 
 
-def test_dtvg_group_events_follow_the_schema(stage1_runs: Path, data_dir: Path) -> None:
-    _, events = run_stage2(stage1_runs, data_dir, "dtvg")
+def test_dtvg_group_events_follow_the_schema(finished) -> None:
+    _, events = finished("dtvg")
     for group in groups(events):
         sims = [r["sim"] for r in group["ranked"]]
         assert sims == sorted(sims, reverse=True)
@@ -69,13 +80,11 @@ def test_dtvg_group_events_follow_the_schema(stage1_runs: Path, data_dir: Path) 
         assert isinstance(group["ts"], float) and isinstance(group["kc"], float)
 
 
-def test_fixed_group_keeps_the_first_group_and_all_sources_takes_all(
-    stage1_runs: Path, data_dir: Path
-) -> None:
-    _, fixed = run_stage2(stage1_runs, data_dir, "fixed-group")
+def test_fixed_group_keeps_the_first_group_and_all_sources_takes_all(finished) -> None:
+    _, fixed = finished("fixed-group")
     chosen = [tuple(g["selected"]) for g in groups(fixed)]
     assert len(set(chosen)) == 1
-    _, everything = run_stage2(stage1_runs, data_dir, "all-sources")
+    _, everything = finished("all-sources")
     assert all(sorted(g["selected"]) == sorted(SOURCES) for g in groups(everything))
 
 
@@ -86,9 +95,9 @@ def test_source_scales_train_at_their_own_rate(stage1_runs: Path, data_dir: Path
     assert first["lr"]["source_scales"] == 0.0 and first["lr"]["target"] > 0
 
 
-def test_pt_fair_trains_t_ts_stage1_steps_on_top_of_stage2s(stage1_runs: Path, data_dir: Path) -> None:
+def test_pt_fair_trains_t_ts_stage1_steps_on_top_of_stage2s(stage1_runs: Path, finished) -> None:
     """Grouped methods start from T_t, tuned for its stage-1 steps on these shots: pt-fair gets them too."""
-    run_dir, events = run_stage2(stage1_runs, data_dir, "pt-fair")
+    run_dir, events = finished("pt-fair")
     config = read_config(run_dir)
     own = read_config(stage1_runs / config["stage1_runs"]["rte"])
     assert (config["steps"], config["target_stage1_steps"]) == (own["steps"] + 4, own["steps"])
@@ -96,12 +105,10 @@ def test_pt_fair_trains_t_ts_stage1_steps_on_top_of_stage2s(stage1_runs: Path, d
     assert max(e["step"] for e in events if e["type"] == "step") == own["steps"] + 4
 
 
-def test_mix_trains_a_source_scale_budget_and_keeps_its_best_checkpoint(
-    stage1_runs: Path, data_dir: Path
-) -> None:
+def test_mix_trains_a_source_scale_budget_and_keeps_its_best_checkpoint(finished) -> None:
     """The all-for-one prompt trains as long as the sources did in stage 1 (it used to get the target
     run's steps), is validated on the sources' validation sets, and its best prompt is the start."""
-    run_dir, events = run_stage2(stage1_runs, data_dir, "mix")
+    run_dir, events = finished("mix")
     assert read_config(run_dir)["mix_steps"] == 3 * 4  # three sources, 4 stage-1 steps each
     mix = [e["message"] for e in events if e["type"] == "log" and e["message"].startswith("mix: source")]
     assert [m.split(",")[0] for m in mix] == [f"mix: source step {s}/12" for s in (3, 6, 9, 12)]
@@ -109,15 +116,39 @@ def test_mix_trains_a_source_scale_budget_and_keeps_its_best_checkpoint(
     assert (run_dir / "checkpoint" / "mix_prompt.safetensors").is_file()  # a resumed run reuses it
 
 
-def test_a_grouped_method_entry_names_its_rule(stage1_runs: Path, data_dir: Path) -> None:
-    run_dir, events = run_stage2(stage1_runs, data_dir, "dtvg:prefix")
+def test_a_grouped_method_entry_names_its_rule(finished) -> None:
+    run_dir, events = finished("dtvg:prefix")
     config = read_config(run_dir)
     assert (config["method"], config["grouping"]) == ("dtvg", "prefix")
     assert any("grouping (prefix)" in e["message"] for e in events if e["type"] == "log")
 
 
-def test_tpv_baselines_start_from_a_source_prompt(stage1_runs: Path, data_dir: Path) -> None:
-    _, events = run_stage2(stage1_runs, data_dir, "tpv-top1")
+def test_stage2_by_hand_takes_the_target_run_of_its_own_seed(stage1_runs: Path, data_dir: Path) -> None:
+    """`dtvg run stage2` used to take the newest target run whatever its seed; it now takes the run with
+    its own seed and split (T_t tuned on the same shots) and says which run it used."""
+    (own,) = [r for r in stage1_runs.glob("*-stage1-rte") if read_config(r)["seed"] == 0]
+    newer = configs.stage1_config("rte", steps=2, seed=1, data_dir=str(data_dir), **TINY)
+    newer_dir = create_run(stage1_runs, "stage1", "rte-s1", newer)
+    assert run_worker(newer_dir) == 0
+    settings = {"steps": 4, "data_dir": str(data_dir), **TINY}
+    assert (
+        configs.stage2_config("rte", SOURCES, "dtvg", stage1_runs, **settings)["stage1_runs"]["rte"]
+        == own.name
+    )
+    run_dir, events = run_stage2(stage1_runs, data_dir, "dtvg", seed=1)
+    assert read_config(run_dir)["stage1_runs"]["rte"] == newer_dir.name
+    logs = [e["message"] for e in events if e["type"] == "log"]
+    said = f"stage-1 run of rte: {newer_dir.name} (seed 1, 16-shot), T_t with the same seed and split"
+    assert any(line.startswith(said) for line in logs)
+    other = configs.stage2_config("rte", SOURCES, "dtvg", stage1_runs, **{**settings, "seed": 2})
+    assert other["stage1_runs"]["rte"] == newer_dir.name  # no run of seed 2: the newest, and it says so
+    assert "T_t of another seed or split than this run's (seed 2, 16-shot)" in " ".join(
+        configs.describe_stage1_runs(stage1_runs, other)
+    )
+
+
+def test_tpv_baselines_start_from_a_source_prompt(finished) -> None:
+    _, events = finished("tpv-top1")
     note = next(e["message"] for e in events if e["type"] == "log" and e["message"].startswith("tpv-top1"))
     assert any(f"from {s}'s prompt" in note for s in SOURCES)
 

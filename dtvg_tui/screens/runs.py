@@ -44,6 +44,7 @@ class RunsScreen(Screen[None]):
         self._cells: dict[str, tuple[str, ...]] = {}
         self._scanning = False
         self._scanned_once = False
+        self._scans_applied = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -69,6 +70,11 @@ class RunsScreen(Screen[None]):
 
     # ----- data -----
 
+    @property
+    def scanned(self) -> bool:
+        """Whether a scan of the run folders is in the summaries (before, they are the index's)."""
+        return self._scans_applied > 0
+
     def refresh_runs(self) -> None:
         """Start a background scan of the runs directory unless one is running."""
         if not self._scanning:
@@ -91,6 +97,7 @@ class RunsScreen(Screen[None]):
 
     def _apply(self, changed: list[RunSummary], gone: list[str], first: bool) -> None:
         self._scanning = False
+        self._scans_applied += 1
         if first:  # the index may list runs whose folders are gone
             known = {s.run_id for s in self.app.index.all()}
             gone = [*gone, *(run_id for run_id in self.summaries if run_id not in known)]

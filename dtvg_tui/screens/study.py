@@ -69,6 +69,14 @@ def progress_text(snapshot: Snapshot, pipeline: int | None) -> Text:
     return text
 
 
+def _shown_path(path: Path) -> str:
+    """A path as the user would type it here: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _cell(row: dict[str, Any], seeds: int) -> Text:
     """A table cell: mean ± std in percent, the seeds it is over, the best of its target in bold."""
     if row["mean"] is None:
@@ -100,8 +108,12 @@ class StudyScreen(Screen[None]):
         self.pipeline: int | None = None
         """The pid of the study's pipeline while it runs."""
         self._loading = False
+        self._after_scan = False
+        self._retrying = False
         self.shown_at: float | None = None
         """`time.perf_counter()` when the table was first drawn (for the scale benchmark)."""
+        self.details_shown = False
+        """Whether the groups and the similarity heatmap have been drawn once."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -121,9 +133,8 @@ class StudyScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.data = StudyData(self.spec, self.app.runs_dir)
-        self.sub_title = f"Study {self.spec['name']}" + (
-            f" — {self.pipeline_file}" if self.pipeline_file else ""
-        )
+        where = f" — {_shown_path(self.pipeline_file)}" if self.pipeline_file else ""
+        self.sub_title = f"Study {self.spec['name']}{where}"
         table = self.query_one("#study-table", DataTable)
         table.add_column("target", key="target")
         for method in self.spec["methods"]:
@@ -150,14 +161,24 @@ class StudyScreen(Screen[None]):
     # ----- data -----
 
     def refresh_study(self) -> None:
-        """Re-read the study in a worker thread, unless a read is under way."""
+        """Re-read the study in a worker thread, unless a read is under way.
+
+        The runs' summaries are the Runs screen's. Until its first scan of the folders is done (it shows
+        the history index meanwhile) the study is read again every 0.2 s, so that the scan's result
+        shows at once rather than a refresh interval later.
+        """
+        runs = self.app.runs_screen
         if not self._loading and self.data is not None:
             self._loading = True
-            self._load(self.data, dict(self._summaries()))
+            self._after_scan = runs.scanned
+            self._load(self.data, dict(runs.summaries))
+        if not self._after_scan and not self._retrying:
+            self._retrying = True
+            self.set_timer(0.2, self._retry)
 
-    def _summaries(self) -> dict:
-        runs = getattr(self.app, "runs_screen", None)
-        return runs.summaries if runs is not None else {}
+    def _retry(self) -> None:
+        self._retrying = False
+        self.refresh_study()
 
     @work(thread=True, group="study", exit_on_error=False)
     def _load(self, data: StudyData, summaries: dict) -> None:
@@ -221,6 +242,7 @@ class StudyScreen(Screen[None]):
                 table.add_row(row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test)
 
     def _show_details(self, snapshot: Snapshot) -> None:
+        self.details_shown = True
         heatmap = self.query_one("#study-heatmap", Heatmap)
         if snapshot.similarity is not None:
             heatmap.show(*snapshot.similarity)
@@ -481,10 +503,10 @@ class StudiesScreen(Screen[None]):
         for found in self.studies:
             table.add_row(
                 Text(found.name, style="bold"),
-                str(found.path) if found.path else Text("no study file", style="dim"),
+                _shown_path(found.path) if found.path else Text("no study file", style="dim"),
                 "yes" if found.results else "",
             )
-        where = ", ".join(str(f) for f in self.folders)
+        where = ", ".join(_shown_path(f) for f in self.folders) or "experiments/"
         self.query_one("#studies-help", Static).update(
             Text(
                 f"Pipeline files in {where}, and the studies whose pipelines ran in {self.app.runs_dir}. "

@@ -8,15 +8,24 @@ Slurm lost. The others need no cluster.
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from slurm_cluster import slurm_cluster, wait_for  # noqa: F401 - the fixture, used by name
+from slurm_cluster import on_cluster, slurm_cluster, wait_for  # noqa: F401 - the fixture, used by on_cluster
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import RunState, event_from_dict
+from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, event_from_dict, read_events
+from dtvg_engine.pipeline import results_paths
+from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, list_run_dirs, summarize
 from dtvg_engine.slurm import Resources, parse_options, time_minutes
+
+_VENV_DTVG = Path(sys.executable).with_name("dtvg")
+DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
 
 # ----- resources -----
 
@@ -143,8 +152,8 @@ def sbatch(*args: str) -> str:
     return done.stdout.strip().split(";")[0]
 
 
-@pytest.mark.slurm
-def test_one_squeue_call_answers_for_queued_running_and_forgotten_jobs(slurm_cluster, tmp_path) -> None:  # noqa: F811
+@on_cluster
+def test_one_squeue_call_answers_for_queued_running_and_forgotten_jobs(tmp_path) -> None:
     out = f"--output={tmp_path}/%j.out"
     running = sbatch(out, "--wrap", "sleep 60")
     queued = sbatch(out, "--begin=now+1hour", "--wrap", "true")
@@ -158,3 +167,184 @@ def test_one_squeue_call_answers_for_queued_running_and_forgotten_jobs(slurm_clu
     finally:
         subprocess.run(["scancel", running, queued], check=False)
     wait_for("the cancelled jobs to leave the queue", lambda: slurm.squeue([running, queued]) == {}, 30)
+
+
+# ----- runs, pipelines, stop, resume and preemption on the cluster -----
+
+TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
+TINY += ["--max-input-tokens", "64", "--batch-size", "4", "--device", "cpu"]
+SETTLED = ("completed", "failed", "stopped", "killed")
+STEPS = 20
+"""Steps of a run that is stopped, preempted or killed while it trains (each step takes a moment)."""
+
+
+def dtvg(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DTVG, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def submit_stage1(runs_dir: Path, data_dir: Path, steps: int, *more: str) -> Path:
+    """One tiny rte stage-1 run submitted with `dtvg run stage1 --executor slurm`; its folder."""
+    result = dtvg(
+        "run", "stage1", "rte", *TINY, "--steps", steps, "--eval-every", max(1, steps // 2),
+        "--data-dir", data_dir, "--runs-dir", runs_dir, "--executor", "slurm", "--slurm-time", "10", *more,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_id,) = result.stdout.split()
+    return runs_dir / run_id
+
+
+def settled(run_dir: Path) -> RunSummary | None:
+    """The run's summary once it finished (or was stopped or killed) and its job left the queue."""
+    summary = summarize(run_dir)
+    return summary if summary.status in SETTLED and summary.slurm_state is None else None
+
+
+def running(run_dir: Path) -> RunSummary | None:
+    """The run's summary once its worker started on the cluster (it loads, then trains a step a moment:
+    what is done to it now lands before it could finish)."""
+    summary = summarize(run_dir)
+    return summary if summary.status == "running" else None
+
+
+def lifecycle(run_dir: Path) -> list:
+    return [e for e in read_events(run_dir / EVENTS) if isinstance(e, RunStarted | RunFinished | Log)]
+
+
+@on_cluster
+def test_a_run_submitted_to_slurm_completes_and_records_where_it_ran(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, 2, "--slurm-cpus", "1")
+    record = slurm.read_job(run_dir)
+    job_id = record["job_id"]
+    assert record["resources"]["time"] == "10" and record["resources"]["cpus"] == 1
+    summary = wait_for("the run to complete", lambda: settled(run_dir))
+    assert summary.status == "completed", (run_dir / LOG).read_text()[-2000:]
+    (start,) = [e for e in lifecycle(run_dir) if isinstance(e, RunStarted)]
+    assert (start.executor, start.job_id, start.host) == ("slurm", job_id, socket.gethostname())
+    assert (run_dir / TPV).is_file()
+    (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+    assert (doc["executor"], doc["job_id"], doc["status"]) == ("slurm", job_id, "completed")
+    # submitit's own files live in a folder of this submission, which the run's record names
+    assert (Path(record["folder"]) / f"{job_id}_submitted.pkl").is_file()
+
+
+@on_cluster
+def test_sbatch_refusing_a_run_is_one_line_and_leaves_no_run(runs_dir, data_dir) -> None:
+    result = dtvg(
+        "run", "stage1", "rte", *TINY, "--data-dir", data_dir, "--runs-dir", runs_dir,
+        "--executor", "slurm", "--slurm-gpus", "8",  # the test node has no GPU
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
+    assert list_run_dirs(runs_dir) == []
+
+
+def test_bad_executor_and_slurm_options_are_refused_before_any_run(runs_dir, data_dir) -> None:
+    for args, message in (
+        (["--executor", "cloud"], "choose local or slurm"),
+        (["--executor", "slurm", "--slurm-time", "1h"], "slurm time"),
+        (["--executor", "slurm", "--slurm-option", "output=x.log"], "set by dtvg itself"),
+    ):
+        result = dtvg("run", "stage1", "rte", *TINY, "--data-dir", data_dir, "--runs-dir", runs_dir, *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert list_run_dirs(runs_dir) == []
+
+
+@on_cluster
+def test_stop_ends_the_job_stopped_and_resume_resubmits_it(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    first_job = slurm.read_job(run_dir)["job_id"]
+    wait_for("the worker to start", lambda: running(run_dir))
+    result = dtvg("runs", "stop", run_dir.name, "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    summary_at_stop = wait_for("the run to stop", lambda: settled(run_dir))
+    assert summary_at_stop.status == "stopped" and summary_at_stop.step < STEPS
+    assert slurm.stop_requested(run_dir)  # so the worker did not take it for a preemption
+
+    result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    record = slurm.read_job(run_dir)
+    assert record["job_id"] != first_job and record["previous_jobs"] == [first_job]
+    assert not slurm.stop_requested(run_dir)
+    summary = wait_for("the resumed run to complete", lambda: settled(run_dir))
+    assert summary.status == "completed" and summary.step == STEPS
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [first_job, record["job_id"]]
+    assert [e.status for e in events if isinstance(e, RunFinished)] == ["stopped", "completed"]
+    resumed = f"resumed from checkpoint at step {summary_at_stop.step}"
+    assert any(isinstance(e, Log) and e.message == resumed for e in events)
+
+
+@on_cluster
+def test_a_preempted_job_is_requeued_and_goes_on_from_its_checkpoint(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    wait_for("the worker to start", lambda: running(run_dir))
+    # what Slurm sends a preempted job (as submitit's own preemption test does): SIGTERM, then USR2
+    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    seen = set()
+
+    def done() -> RunSummary | None:
+        summary = summarize(run_dir)
+        seen.add(summary.status)
+        return settled(run_dir)
+
+    summary = wait_for("the requeued job to complete the run", done, every=0.3)
+    assert summary.status == "completed" and summary.step == STEPS
+    assert "pending" in seen  # requeued: waiting in the queue, not stopped, not killed
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id, job_id]  # the same job
+    assert [e.status for e in events if isinstance(e, RunFinished)] == ["completed"]
+    (requeued,) = [e for e in events if isinstance(e, Log) and "requeueing" in e.message]
+    step = int(requeued.message.split(" at step ")[1].split(";")[0])
+    assert step < STEPS
+    assert any(isinstance(e, Log) and e.message == f"resumed from checkpoint at step {step}" for e in events)
+
+
+@on_cluster
+def test_a_job_slurm_lost_shows_killed_and_resumes(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    wait_for("the worker to start", lambda: running(run_dir))
+    result = dtvg("runs", "stop", run_dir.name, "--kill", "--runs-dir", runs_dir)  # gone, without a word
+    assert result.returncode == 0, result.stderr
+    assert wait_for("the job to leave the queue", lambda: settled(run_dir)).status == "killed"
+    (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+    assert doc["status"] == "killed"
+    result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    assert wait_for("the resumed run to complete", lambda: settled(run_dir)).status == "completed"
+
+
+@on_cluster
+def test_a_pipeline_is_job_arrays_with_its_dependent_stage(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "onslurm.toml"
+    tiny = "steps = 2\neval_every = 1\nmax_eval = 16\nk_shot = 16\nmax_input_tokens = 64\n"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\njobs = 1\n'
+        f'[stage1]\n{tiny}[stage2]\n{tiny}[slurm]\ntime = "10"\n'
+    )
+    result = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stdout + result.stderr  # returns at once: the jobs go on
+    stage1 = list_run_dirs(runs_dir)
+    assert len(stage1) == 2 and all(summarize(d).stage == "stage1" for d in stage1)
+    jobs = [slurm.read_job(d)["job_id"] for d in stage1]
+    array = {job.split("_")[0] for job in jobs}
+    assert len(array) == 1 and sorted(job.split("_")[1] for job in jobs) == ["0", "1"]  # one array
+
+    # at most `jobs` = 1 at a time: while one runs, the other waits for the array's limit
+    def one_waits() -> bool:
+        states = {summarize(d).slurm_state for d in stage1}
+        return "queued (JobArrayTaskLimit)" in states and "running" in states
+
+    wait_for("one task running, the other held by the array's limit", one_waits, timeout=60, every=0.2)
+    md, _ = results_paths(runs_dir, "onslurm")
+    wait_for("the last pipeline job to write the results", md.is_file, timeout=300)
+    (stage2,) = [d for d in list_run_dirs(runs_dir) if d not in stage1]
+    assert summarize(stage2).status == "completed" and summarize(stage2).method == "dtvg"
+    ended = max(summarize(d).ended for d in stage1)
+    assert slurm.read_job(stage2)["submitted"] > ended  # stage 2 was submitted once stage 1 had ended
+    assert slurm.read_job(stage2)["job_id"].split("_")[0] not in array
+    assert "| rte | dtvg |" in md.read_text() and "—" not in md.read_text().split("| rte | dtvg |")[1]

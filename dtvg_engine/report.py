@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import grouping, method_registry, metrics, pipeline, tasks
-from dtvg_engine.events import Group, read_events
+from dtvg_engine.events import Group, read_events, read_state
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
-from dtvg_engine.study import entry_of, grouping_of
+from dtvg_engine.study import entry_of, grouping_of, recorded_constant
 
 SETTINGS = ("model", "prompt_length")
 """Top-level study settings a stage-2 run must share to count (data_dir and device may differ)."""
@@ -92,11 +92,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def constant_score(run_dir: Path) -> float:
     """The best test score a constant prediction gets on this run's test split (a stage-2 run's target,
     a stage-1 run's task): the floor a model that learned nothing but the label prior reaches (the
-    majority class for accuracy). For regression the constant is one of the label words' values.
+    majority class for accuracy). The value the run recorded with its split, else computed from the data.
     """
     from dtvg_engine.data import load_splits
 
     config = read_config(run_dir)
+    recorded = recorded_constant(config)
+    if recorded is not None:
+        return recorded
     task = tasks.get_task(config.get("target") or config["task"])
     splits = load_splits(
         task.name,
@@ -106,23 +109,28 @@ def constant_score(run_dir: Path) -> float:
         max_eval=config["max_eval"],
     )
     golds = [tasks.label_of(task, row) for row in splits.test]  # trec keeps its label in coarse_label
-    return max(
-        metrics.score(task, metrics.compute(task, [label] * len(golds), golds))
-        for label in range(task.num_labels)
-    )
+    return metrics.constant_score(task, golds)
 
 
-def results_section(results: dict[str, Any], study: Study) -> list[str]:
+def target_constants(study: Study) -> dict[str, float | None]:
+    """Per target: the best constant score on its test splits, averaged over the seeds (every method of a
+    seed is tested on the same split, so one run per seed stands for it); None without a finished run."""
+    constants = {}
+    for target in study.spec["targets"]:
+        by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}
+        values = [constant_score(run) for run in by_seed.values()]
+        constants[target] = statistics.fmean(values) if values else None
+    return constants
+
+
+def results_section(results: dict[str, Any], study: Study, constants: dict[str, float | None]) -> list[str]:
     """Targets × methods, test score mean ± std over seeds, best per target in bold, and the average;
     last, the best constant prediction on the same test splits."""
     spec = study.spec
     cell = {(r["target"], r["method"]): r for r in results["rows"]}
     rows = []
-    floors = []
-    for target in spec["targets"]:
-        by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}  # a split per seed
-        floor = [constant_score(run) for run in by_seed.values()]
-        floors.append(statistics.fmean(floor) if floor else None)
+    floors = [constants[target] for target in spec["targets"]]
+    for target, floor in zip(spec["targets"], floors, strict=True):
         row = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
         for method in spec["methods"]:
             r = cell[target, method]
@@ -130,7 +138,7 @@ def results_section(results: dict[str, Any], study: Study) -> list[str]:
             if r["mean"] is not None and r["seeds"] < len(spec["seeds"]):
                 text += f" ({r['seeds']} of {len(spec['seeds'])} seeds)"
             row.append(f"**{text}**" if r.get("best") else text)
-        rows.append([*row, _pct(floors[-1])])
+        rows.append([*row, _pct(floor)])
     averages = ["average"]
     for means in [[cell[t, m]["mean"] for t in spec["targets"]] for m in spec["methods"]] + [floors]:
         averages.append("—" if None in means else _pct(sum(means) / len(means)))
@@ -181,31 +189,67 @@ def paired_section(study: Study) -> list[str]:
     return _table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
 
 
-def stage1_section(study: Study) -> list[str]:
+def stage1_records(study: Study) -> list[tuple[Path, dict[str, Any]]]:
+    """Every stage-1 run the study's transfers start from, with what `--json-out` writes of it: task,
+    role ("source" or "target"), seed, test score and the constant floor of its test split (fractions)."""
+    labelled = [(task, "source", run) for task, run in study.sources.items()]
+    labelled += [(task, "target", run) for (task, _), run in study.targets.items()]
+    records = []
+    for task, role, run_dir in labelled:
+        record = {"task": task, "role": role, "seed": read_config(run_dir)["seed"]}
+        record |= {"test": pipeline.test_primary(run_dir), "constant": constant_score(run_dir)}
+        records.append((run_dir, record))
+    return records
+
+
+def stage1_section(records: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     """How well stage 1 learned each task: the vectors every transfer starts from.
 
     A target's stage-1 run is plain prompt tuning on its k shots for the stage-1 steps: its test score is
     what the target reaches with no source at all.
     """
     rows = []
-    labelled = [(task, "source", run) for task, run in study.sources.items()]
-    labelled += [(task, f"target, seed {seed}", run) for (task, seed), run in study.targets.items()]
-    for task, role, run_dir in labelled:
+    for run_dir, record in records:
         config, summary = read_config(run_dir), summarize(run_dir)
         shots = f"{config['k_shot']}-shot" if config.get("k_shot") else "full"
-        test = pipeline.test_primary(run_dir)
+        role = "source" if record["role"] == "source" else f"target, seed {record['seed']}"
         rows.append(
             [
-                task,
+                record["task"],
                 role,
                 shots,
                 f"`{run_dir.name}`",
                 str(config["steps"]),
                 _pct(summary.best_metric),
-                _pct(test),
+                _pct(record["test"]),
+                _pct(record["constant"]),
             ]
         )
-    return _table(["task", "role", "data", "run", "steps", "best validation", "test"], rows)
+    header = ["task", "role", "data", "run", "steps", "best validation", "test", "constant"]
+    return _table(header, rows)
+
+
+def tested_metrics(run_dir: Path) -> dict[str, float]:
+    """Every metric of a run's test evaluation (at its best validation checkpoint)."""
+    test = read_state(run_dir / EVENTS).last_eval.get("test")
+    return dict(test.metrics) if test is not None else {}
+
+
+def metrics_section(study: Study) -> list[str]:
+    """Each metric the targets report, mean ± std over seeds per method: the score is their mean, and
+    a paper may report one of them (DTVG reports CB's accuracy)."""
+    spec = study.spec
+    rows = []
+    for target in spec["targets"]:
+        for name in tasks.get_task(target).metrics:
+            row = [target, name]
+            for method in spec["methods"]:
+                runs = [run for (t, m, _), run in study.runs.items() if (t, m) == (target, method)]
+                values = [v for v in (tested_metrics(run).get(name) for run in runs) if v is not None]
+                spread = statistics.pstdev(values) if values else None
+                row.append(f"{_pct(statistics.fmean(values))} ± {_pct(spread)}" if values else "—")
+            rows.append(row)
+    return _table(["target", "metric", *spec["methods"]], rows)
 
 
 def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
@@ -295,19 +339,27 @@ def groups_section(study: Study, method: str) -> list[str]:
 
 
 def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
-    """The Markdown report of a study and its results table (the pipeline's rows)."""
+    """The Markdown report of a study and its results: the pipeline's rows, and beside them `constant`
+    (target → best constant score) and `stage1` (one record per stage-1 run, see `stage1_records`)."""
     study = find_study(spec, runs_dir)
     results = pipeline.results_table(spec, list(study.runs.values()))
+    constants = target_constants(study)
+    stage1 = stage1_records(study)
+    results |= {"constant": constants, "stage1": [record for _, record in stage1]}
     lines = [
         f"# Study `{spec['name']}`: {len(study.runs)} finished stage-2 runs",
         "",
         "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)",
         "",
-        *results_section(results, study),
+        *results_section(results, study, constants),
+        "",
+        "## Every metric (test, mean ± std over seeds; the score above is the mean of the task's metrics)",
+        "",
+        *metrics_section(study),
         "",
         "## Stage 1",
         "",
-        *stage1_section(study),
+        *stage1_section(stage1),
         "",
     ]
     if study.sources and study.targets:

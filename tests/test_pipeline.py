@@ -92,12 +92,25 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
         text=True,
     )
     assert report.returncode == 0, report.stderr[-3000:]
-    assert json.loads(table.read_text())["rows"] == [
+    written = json.loads(table.read_text())
+    assert written["rows"] == [
         {k: row[k] for k in ("target", "method", "mean", "std", "seeds")} for row in results["rows"]
     ]
+    assert list(written["constant"]) == ["rte"] and 0 < written["constant"]["rte"] <= 1
+    stage1_runs = sorted((r["task"], r["role"], r["seed"]) for r in written["stage1"])
+    assert stage1_runs == [
+        ("mnli", "source", 0),
+        ("rte", "target", 0),
+        ("rte", "target", 1),
+        ("sst2", "source", 0),
+    ]
+    assert all(0 <= r["test"] <= 1 and 0 < r["constant"] <= 1 for r in written["stage1"])
     text = report.stdout
     assert "# Study `tiny`: 6 finished stage-2 runs" in text
     assert "| target | pt | dtvg | dtvg:prefix | constant |" in text
+    assert re.search(
+        r"^\| rte \| accuracy \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \|", text, re.M
+    )  # every metric
     assert re.search(
         r"^\| rte \(accuracy\) \| \**[\d.]+ ± [\d.]+.* \| [\d.]+ \|$", text, re.M
     )  # pt ... constant

@@ -227,7 +227,11 @@ def runs_report(
     experiment: Annotated[Path, typer.Argument(help="The study's experiment file (TOML).")],
     runs_dir: RunsDir = None,
     json_out: Annotated[
-        Path | None, typer.Option(help="Also write the table as JSON rows: target, method, mean, std, seeds.")
+        Path | None,
+        typer.Option(
+            help="Also write the table as JSON: rows (target, method, mean, std, seeds), constant (target: "
+            "best constant score) and stage1 (task, role, seed, test, constant); scores as fractions."
+        ),
     ] = None,
 ) -> None:
     """A study's finished runs as Markdown: scores, stage 1, similarities, source picks, groups."""
@@ -239,7 +243,8 @@ def runs_report(
         keys = ("target", "method", "mean", "std", "seeds")
         json_out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{k: row[k] for k in keys} for row in results["rows"]]
-        write_json_atomic(json_out, {"name": results["name"], "rows": rows})
+        table = {"name": results["name"], "rows": rows, "constant": results["constant"]}
+        write_json_atomic(json_out, {**table, "stage1": results["stage1"]})
     typer.echo(text)
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from dtvg_engine import config as configs
-from dtvg_engine import launcher, method_registry
+from dtvg_engine import launcher, method_registry, slurm
+from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, summarize
@@ -52,11 +53,19 @@ def run_stage1(
         bool, typer.Option("--detach", help="Start workers in the background and return.")
     ] = False,
     jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+    executor: so.Executor = "local",
+    slurm_partition: so.Partition = None,
+    slurm_time: so.Time = None,
+    slurm_gpus: so.Gpus = None,
+    slurm_cpus: so.Cpus = None,
+    slurm_mem: so.Mem = None,
+    slurm_option: so.Options = None,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     from dtvg_engine.data import default_data_dir, load_splits
 
     configs.check_value("--jobs", jobs, configs.JOBS_RULE)
+    resources = so.resources(locals()) if so.on_slurm(executor) else None
     root = runs_root(runs_dir)
     data = Path(data_dir) if data_dir else default_data_dir()
     settings = _training_settings(locals(), data)
@@ -65,7 +74,7 @@ def run_stage1(
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
     run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
-    _start(run_dirs, detach, jobs)
+    _start(run_dirs, detach, jobs, resources)
 
 
 def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
@@ -75,8 +84,12 @@ def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
     return settings
 
 
-def _start(run_dirs: list[Path], detach: bool, jobs: int) -> None:
-    """Launch created runs in the background, or follow them here until they end."""
+def _start(run_dirs: list[Path], detach: bool, jobs: int, resources: so.Resources | None = None) -> None:
+    """Launch created runs in the background, or follow them here until they end; with `resources`,
+    submit them to Slurm instead (always in the background)."""
+    if resources is not None:
+        so.submit_new(run_dirs, resources, jobs)
+        return
     if detach:
         for run_dir in run_dirs:
             launcher.launch_worker(run_dir)
@@ -130,10 +143,18 @@ def run_stage2(
     device: Annotated[str, typer.Option()] = "auto",
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
+    executor: so.Executor = "local",
+    slurm_partition: so.Partition = None,
+    slurm_time: so.Time = None,
+    slurm_gpus: so.Gpus = None,
+    slurm_cpus: so.Cpus = None,
+    slurm_mem: so.Mem = None,
+    slurm_option: so.Options = None,
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
     from dtvg_engine.data import default_data_dir, load_splits
 
+    resources = so.resources(locals()) if so.on_slurm(executor) else None
     root = runs_root(runs_dir)
     data = Path(data_dir) if data_dir else default_data_dir()
     config = configs.stage2_config(
@@ -153,7 +174,7 @@ def run_stage2(
     for line in configs.describe_stage1_runs(root, config):  # which T_t; on stderr: --detach prints the id
         typer.echo(line, err=True)
     label = f"{target}-{method_registry.run_label(method)}"
-    _start([create_run(root, "stage2", label, config)], detach, 1)
+    _start([create_run(root, "stage2", label, config)], detach, 1, resources)
 
 
 @run_app.command("pipeline")
@@ -162,19 +183,38 @@ def run_pipeline(
     runs_dir: RunsDir = None,
     jobs: Annotated[int | None, typer.Option(help="Runs at once (overrides the file).")] = None,
     data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+    executor: so.Executor = "local",
+    slurm_partition: so.Partition = None,
+    slurm_time: so.Time = None,
+    slurm_gpus: so.Gpus = None,
+    slurm_cpus: so.Cpus = None,
+    slurm_mem: so.Mem = None,
+    slurm_option: so.Options = None,
 ) -> None:
     """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed.
 
-    Exits 1 unless every run of the study completed.
+    Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
+    of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+    from dtvg_engine.pipeline import load_experiment, markdown, results_paths, run_pipeline
 
     if jobs is not None:
         configs.check_value("--jobs", jobs, configs.JOBS_RULE)
     root = runs_root(runs_dir)
-    results = run_pipeline(experiment, root, jobs, str(data_dir.resolve()) if data_dir else None)
+    data = str(data_dir.resolve()) if data_dir else None
+    on_slurm = None
+    if so.on_slurm(executor):
+        table = load_experiment(experiment).get("slurm")
+        base = so.Resources.from_table(table, str(experiment)) if table else None
+        on_slurm = so.submitter().PipelineOnSlurm(
+            experiment.resolve(), root.resolve(), so.resources(locals(), base), jobs, data
+        )
+    results = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
     for line in results["report"]:
         out.print(line, markup=False, highlight=False)
+    if "rows" not in results:  # submitted: the last pipeline job writes the results
+        print(f"results, once every job has ended: {results_paths(root, results['name'])[0]}")
+        return
     out.print(markdown(results), markup=False, highlight=False)
     md, js = results_paths(root, results["name"])
     print(f"results: {md} and {js}")
@@ -206,8 +246,15 @@ def run_resume(
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
 ) -> None:
-    """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one."""
+    """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one.
+
+    A run that ran on Slurm is submitted again, with the resources it asked for.
+    """
     run_dir = find_run(runs_root(runs_dir), run)
+    if slurm.read_job(run_dir) is not None:
+        job_id = so.submitter().resubmit(run_dir)
+        print(f"{run_dir.name}: Slurm job {job_id}")
+        return
     check_action(run_dir, "resume")
     checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

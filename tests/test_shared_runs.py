@@ -275,6 +275,7 @@ COMMANDS_TAKING_RUN = [
     ["runs", "stop"],
     ["runs", "tag", "{run}", "x"],
     ["runs", "note", "{run}", "x"],
+    ["runs", "compare", "{run}", "{run}"],
     ["run", "resume"],
     ["tpv", "show"],
 ]

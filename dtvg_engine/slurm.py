@@ -1,4 +1,5 @@
-"""Slurm runs as the run folders and the queue see them: the job record, job states, stop, kill, requeue.
+"""Slurm runs as the run folders and the queue see them: resources, the job record, job states, stop,
+kill, requeue.
 
 A run submitted to Slurm keeps its submission record, `slurm.json`, in its folder: the job id, the
 resources it asked for, where submitit keeps its files, and whether a stop was requested. Its status

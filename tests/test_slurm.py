@@ -348,3 +348,26 @@ def test_a_pipeline_is_job_arrays_with_its_dependent_stage(runs_dir, data_dir, t
     assert slurm.read_job(stage2)["submitted"] > ended  # stage 2 was submitted once stage 1 had ended
     assert slurm.read_job(stage2)["job_id"].split("_")[0] not in array
     assert "| rte | dtvg |" in md.read_text() and "—" not in md.read_text().split("| rte | dtvg |")[1]
+
+
+@on_cluster
+def test_a_pipeline_run_again_leaves_its_queued_jobs_alone(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "heldstudy.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["pt"]\n'
+        '[slurm]\ntime = "10"\noptions = { begin = "now+1hour" }\n'  # held in the queue
+    )
+    try:
+        first = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+        assert first.returncode == 0, first.stderr
+        (run_dir,) = list_run_dirs(runs_dir)
+        job_id = slurm.read_job(run_dir)["job_id"]
+        again = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+        assert again.returncode == 0, again.stderr
+        assert "is pending in another process; not started twice" in again.stdout
+        assert list_run_dirs(runs_dir) == [run_dir] and slurm.read_job(run_dir)["job_id"] == job_id
+        assert summarize(run_dir).slurm_state == "queued (BeginTime)"
+    finally:
+        subprocess.run(["scancel", "--name", "dtvg-pipeline-heldstudy"], check=False)
+        subprocess.run(["scancel", *[j for d in list_run_dirs(runs_dir) if (j := slurm.job_id_of(d))]])

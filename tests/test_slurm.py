@@ -158,7 +158,7 @@ def test_one_squeue_call_answers_for_queued_running_and_forgotten_jobs(tmp_path)
     running = sbatch(out, "--wrap", "sleep 60")
     queued = sbatch(out, "--begin=now+1hour", "--wrap", "true")
     try:
-        wait_for("the job to run", lambda: slurm.Queue([running]).get(running).state == "RUNNING", 30)
+        wait_for("the job to run", lambda: slurm.Queue([running]).get(running).state == "RUNNING", 180)
         queue = slurm.Queue([running, queued, "999999"])
         assert queue.get(running).describe() == "running"
         assert queue.get(queued).describe() == "queued (BeginTime)"
@@ -339,9 +339,9 @@ def test_a_pipeline_is_job_arrays_with_its_dependent_stage(runs_dir, data_dir, t
         states = {summarize(d).slurm_state for d in stage1}
         return "queued (JobArrayTaskLimit)" in states and "running" in states
 
-    wait_for("one task running, the other held by the array's limit", one_waits, timeout=60, every=0.2)
+    wait_for("one task running, the other held by the array's limit", one_waits, timeout=240, every=0.2)
     md, _ = results_paths(runs_dir, "onslurm")
-    wait_for("the last pipeline job to write the results", md.is_file, timeout=300)
+    wait_for("the last pipeline job to write the results", md.is_file, timeout=420)
     (stage2,) = [d for d in list_run_dirs(runs_dir) if d not in stage1]
     assert summarize(stage2).status == "completed" and summarize(stage2).method == "dtvg"
     ended = max(summarize(d).ended for d in stage1)

@@ -91,6 +91,7 @@ start() {
     stop >/dev/null 2>&1 || true
     command -v slurmctld >/dev/null || die "Slurm is not installed; run: bash scripts/slurm-test-cluster.sh install"
     [ "$(id -u)" = 0 ] || die "the test cluster runs its daemons as root; run this as root"
+    rm -rf "$DIR/state" "$DIR/spool"  # a fresh cluster: no jobs of an earlier one come back
     mkdir -p "$DIR/state" "$DIR/spool" "$MUNGE"
     chmod 0755 "$DIR"
     chown munge:munge "$MUNGE"

@@ -67,7 +67,8 @@ def submitter() -> Any:
     try:
         from dtvg_engine import slurm_submit
     except ImportError as exc:
-        raise UserError(f"--executor slurm needs submitit ({exc}); pip install 'dtvg-studio[slurm]'") from None
+        install = "pip install 'dtvg-studio[slurm]'"
+        raise UserError(f"--executor slurm needs submitit ({exc}): {install}") from None
     return slurm_submit
 
 

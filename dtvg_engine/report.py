@@ -10,83 +10,29 @@ stopped changing. This module gathers all of that from the run folders; it train
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import grouping, method_registry, metrics, pipeline, tasks
-from dtvg_engine.events import Group, read_events, read_state
+from dtvg_engine import grouping, method_registry, metrics, tasks
+from dtvg_engine.events import read_state
 from dtvg_engine.methods import rank_sources
-from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, list_run_dirs, read_config, summarize
-from dtvg_engine.study import entry_of, grouping_of, recorded_constant
-
-SETTINGS = ("model", "prompt_length")
-"""Top-level study settings a stage-2 run must share to count (data_dir and device may differ)."""
-
-
-@dataclass
-class Study:
-    """A study file and the finished runs that belong to it."""
-
-    spec: dict[str, Any]
-    runs: dict[tuple[str, str, int], Path]
-    """(target, method, seed) → the newest completed stage-2 run with the study's settings."""
-    sources: dict[str, Path]
-    """Source task → the stage-1 run the stage-2 runs transferred from."""
-    targets: dict[tuple[str, int], Path]
-    """(target, seed) → the target's own stage-1 run for that seed (its vector T_t)."""
-
-
-def _belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs_dir: Path) -> bool:
-    if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
-        return False  # methods that use no sources (pt) record none
-    wanted = {key: spec[key] for key in SETTINGS if key in spec} | spec.get("stage2", {})
-    wanted |= method_registry.entry_settings(entry, grouping_of(spec))  # dtvg:prefix's rule
-    seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
-    if any(seen.get(key) != value for key, value in wanted.items()):
-        return False
-    own = config["stage1_runs"].get(config["target"])  # T_t must come from this seed's own shots
-    return own is None or read_config(runs_dir / own).get("seed") == config["seed"]
-
-
-def find_study(spec: dict[str, Any], runs_dir: Path) -> Study:
-    """The study's completed stage-2 runs (newest wins) and the stage-1 runs behind them."""
-    runs: dict[tuple[str, str, int], Path] = {}
-    for run_dir in list_run_dirs(runs_dir):  # oldest first, so a newer run replaces an older one
-        config = read_config(run_dir)
-        key = (config.get("target"), entry_of(spec, config), config.get("seed"))
-        if (
-            key[0] in spec["targets"]
-            and key[1] is not None
-            and key[2] in spec["seeds"]
-            and _belongs(config, spec, key[1], runs_dir)
-            and summarize(run_dir).status == "completed"
-        ):
-            runs[key] = run_dir
-    sources: dict[str, Path] = {}
-    targets: dict[tuple[str, int], Path] = {}
-    for (target, _, seed), run_dir in runs.items():
-        for task, run_id in read_config(run_dir)["stage1_runs"].items():
-            if task == target:
-                targets[target, seed] = runs_dir / run_id
-            else:
-                sources[task] = runs_dir / run_id
-    return Study(
-        spec,
-        runs,
-        {task: sources[task] for task in spec["sources"] if task in sources},
-        {key: targets[key] for key in sorted(targets, key=lambda k: (spec["targets"].index(k[0]), k[1]))},
-    )
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(row) + " |" for row in rows
-    ]
+from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, read_config, summarize
+from dtvg_engine.study import (
+    Results,
+    Runs,
+    Study,
+    find_study,
+    group_steps,
+    markdown_table,
+    pct,
+    recorded_constant,
+    results,
+    source_shares,
+    test_score,
+    trajectory,
+)
 
 
 def constant_score(run_dir: Path) -> float:
@@ -112,40 +58,6 @@ def constant_score(run_dir: Path) -> float:
     return metrics.constant_score(task, golds)
 
 
-def target_constants(study: Study) -> dict[str, float | None]:
-    """Per target: the best constant score on its test splits, averaged over the seeds (every method of a
-    seed is tested on the same split, so one run per seed stands for it); None without a finished run."""
-    constants = {}
-    for target in study.spec["targets"]:
-        by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}
-        values = [constant_score(run) for run in by_seed.values()]
-        constants[target] = statistics.fmean(values) if values else None
-    return constants
-
-
-def results_section(results: dict[str, Any], study: Study, constants: dict[str, float | None]) -> list[str]:
-    """Targets × methods, test score mean ± std over seeds, best per target in bold, and the average;
-    last, the best constant prediction on the same test splits."""
-    spec = study.spec
-    cell = {(r["target"], r["method"]): r for r in results["rows"]}
-    rows = []
-    floors = [constants[target] for target in spec["targets"]]
-    for target, floor in zip(spec["targets"], floors, strict=True):
-        row = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
-        for method in spec["methods"]:
-            r = cell[target, method]
-            text = "—" if r["mean"] is None else f"{_pct(r['mean'])} ± {_pct(r['std'])}"
-            if r["mean"] is not None and r["seeds"] < len(spec["seeds"]):
-                text += f" ({r['seeds']} of {len(spec['seeds'])} seeds)"
-            row.append(f"**{text}**" if r.get("best") else text)
-        rows.append([*row, _pct(floor)])
-    averages = ["average"]
-    for means in [[cell[t, m]["mean"] for t in spec["targets"]] for m in spec["methods"]] + [floors]:
-        averages.append("—" if None in means else _pct(sum(means) / len(means)))
-    rows.append(averages)
-    return _table(["target", *spec["methods"], "constant"], rows)
-
-
 PAIRS = (
     ("dtvg", "pt"),
     ("dtvg", "pt-fair"),
@@ -164,13 +76,11 @@ PAIRS = (
 prompt tuning on the same shots, with no source."""
 
 
-def paired_section(study: Study) -> list[str]:
+def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[str]:
     """Per target, method A − method B in test points seed by seed (same shots and split within a seed)."""
 
-    tests = {key: pipeline.test_primary(run) for key, run in study.runs.items()}  # each events file once
-    tests |= {
-        (target, "T_t", seed): pipeline.test_primary(run) for (target, seed), run in study.targets.items()
-    }
+    tests = {key: test(run) for key, run in study.runs.items()}
+    tests |= {(target, "T_t", seed): test(run) for (target, seed), run in study.targets.items()}
 
     rows = []
     methods = {*study.spec["methods"], "T_t"}
@@ -186,20 +96,7 @@ def paired_section(study: Study) -> list[str]:
             row.append(f"{sum(diffs) / len(diffs):+.1f} ({seeds})" if diffs else "—")
         row.append(f"{sum(d > 0 for d in every)} / {every.count(0)} / {sum(d < 0 for d in every)}")
         rows.append(row)
-    return _table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
-
-
-def stage1_records(study: Study) -> list[tuple[Path, dict[str, Any]]]:
-    """Every stage-1 run the study's transfers start from, with what `--json-out` writes of it: task,
-    role ("source" or "target"), seed, test score and the constant floor of its test split (fractions)."""
-    labelled = [(task, "source", run) for task, run in study.sources.items()]
-    labelled += [(task, "target", run) for (task, _), run in study.targets.items()]
-    records = []
-    for task, role, run_dir in labelled:
-        record = {"task": task, "role": role, "seed": read_config(run_dir)["seed"]}
-        record |= {"test": pipeline.test_primary(run_dir), "constant": constant_score(run_dir)}
-        records.append((run_dir, record))
-    return records
+    return markdown_table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
 
 
 def stage1_section(records: list[tuple[Path, dict[str, Any]]]) -> list[str]:
@@ -220,13 +117,13 @@ def stage1_section(records: list[tuple[Path, dict[str, Any]]]) -> list[str]:
                 shots,
                 f"`{run_dir.name}`",
                 str(config["steps"]),
-                _pct(summary.best_metric),
-                _pct(record["test"]),
-                _pct(record["constant"]),
+                pct(summary.best_metric),
+                pct(record["test"]),
+                pct(record["constant"]),
             ]
         )
     header = ["task", "role", "data", "run", "steps", "best validation", "test", "constant"]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def tested_metrics(run_dir: Path) -> dict[str, float]:
@@ -247,9 +144,9 @@ def metrics_section(study: Study) -> list[str]:
                 runs = [run for (t, m, _), run in study.runs.items() if (t, m) == (target, method)]
                 values = [v for v in (tested_metrics(run).get(name) for run in runs) if v is not None]
                 spread = statistics.pstdev(values) if values else None
-                row.append(f"{_pct(statistics.fmean(values))} ± {_pct(spread)}" if values else "—")
+                row.append(f"{pct(statistics.fmean(values))} ± {pct(spread)}" if values else "—")
             rows.append(row)
-    return _table(["target", "metric", *spec["methods"]], rows)
+    return markdown_table(["target", "metric", *spec["methods"]], rows)
 
 
 def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
@@ -274,7 +171,7 @@ def similarity_section(vectors: dict[str, Any]) -> list[str]:
     for metric, title in (("dot", "DTVG eq. 2 (dot of token sums / r²)"), ("cosine", "cosine")):
         names, matrix = grouping.similarity_matrix(vectors, metric)
         rows = [[name, *(f"{v:.3g}" for v in row)] for name, row in zip(names, matrix, strict=True)]
-        lines += [f"**{title}**", "", *_table(["", *names], rows), ""]
+        lines += [f"**{title}**", "", *markdown_table(["", *names], rows), ""]
     return lines
 
 
@@ -291,21 +188,9 @@ def picks_section(
             ranked = rank_sources(ranking, list(sources), p_init, vectors, target)
             row.append(", ".join(f"{s} {v:.3g}" for s, v in ranked))
         rows.append(row)
-    return _table(
+    return markdown_table(
         ["target", "seed", "eq. 2 ranking (tpv-top1 takes the first)", "SPoT cosine ranking (spot)"], rows
     )
-
-
-def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
-    """(step, selected sources) of every `group` event of a run."""
-    return [(e.step, tuple(e.selected)) for e in read_events(run_dir / EVENTS) if isinstance(e, Group)]
-
-
-def trajectory(steps: list[tuple[int, tuple[str, ...]]]) -> list[tuple[int, tuple[str, ...]]]:
-    """The steps where the group changed as a set (and the first); a mere re-ranking is no change."""
-    return [
-        (step, group) for i, (step, group) in enumerate(steps) if i == 0 or set(group) != set(steps[i - 1][1])
-    ]
 
 
 def _group_text(group: tuple[str, ...]) -> str:
@@ -323,7 +208,7 @@ def groups_section(study: Study, method: str) -> list[str]:
                 continue
             steps = group_steps(run_dir)
             changes = trajectory(steps)
-            shares = [sum(s in group for _, group in steps) / len(steps) for s in sources]
+            shares = source_shares(steps, sources)
             rows.append(
                 [
                     target,
@@ -335,23 +220,19 @@ def groups_section(study: Study, method: str) -> list[str]:
                 ]
             )
     header = ["target", "seed", "group from step", "changes", "settled at", *(f"{s} in" for s in sources)]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
-def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
-    """The Markdown report of a study and its results: the pipeline's rows, and beside them `constant`
-    (target → best constant score) and `stage1` (one record per stage-1 run, see `stage1_records`)."""
-    study = find_study(spec, runs_dir)
-    results = pipeline.results_table(spec, list(study.runs.values()))
-    constants = target_constants(study)
-    stage1 = stage1_records(study)
-    results |= {"constant": constants, "stage1": [record for _, record in stage1]}
+def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
+    """The Markdown report of a study, and its results table (what `--json-out` writes of it)."""
+    runs = Runs.read(runs_dir)
+    study = find_study(spec, runs)
+    test = cache(test_score)  # each events file read once
+    table = results(study, runs, test, constant_score)
     lines = [
         f"# Study `{spec['name']}`: {len(study.runs)} finished stage-2 runs",
         "",
-        "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)",
-        "",
-        *results_section(results, study, constants),
+        *table.table_lines(),
         "",
         "## Every metric (test, mean ± std over seeds; the score above is the mean of the task's metrics)",
         "",
@@ -359,7 +240,7 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
         "",
         "## Stage 1",
         "",
-        *stage1_section(stage1),
+        *stage1_section(table.stage1),
         "",
     ]
     if study.sources and study.targets:
@@ -379,11 +260,11 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, dict[str, Any]]:
     lines += [
         "## Paired differences (test points, mean over seeds and each seed's difference)",
         "",
-        *paired_section(study),
+        *paired_section(study, test),
         "",
     ]
     grouped = [m for m in spec["methods"] if method_registry.parse(m)[0].group_rule == "setting"]
     for method in grouped:  # dtvg and fixed-group, with each grouping rule the study lists
         if any(key[1] == method for key in study.runs):
             lines += [f"## Source groups of `{method}`", "", *groups_section(study, method), ""]
-    return "\n".join(lines), results
+    return "\n".join(lines), table

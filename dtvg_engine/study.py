@@ -349,29 +349,45 @@ def results_rows(spec: dict[str, Any], scores: dict[tuple[str, str], list[float]
     return rows
 
 
-def study_scores(study: Study, tests: dict[Path, float | None]) -> dict[tuple[str, str], list[float]]:
-    """(target, method) → the test score of each seed's run, from `tests` (a run → its test score)."""
+def study_scores(study: Study, test: Callable[[Path], float | None]) -> dict[tuple[str, str], list[float]]:
+    """(target, method) → the test score of each seed's run."""
     scores: dict[tuple[str, str], list[float]] = {}
     for (target, method, _), run_dir in study.runs.items():
-        value = tests[run_dir]
+        value = test(run_dir)
         if value is not None:
             scores.setdefault((target, method), []).append(value)
     return scores
 
 
-def floors(study: Study, constant: Callable[[Path], float | None]) -> list[float | None]:
-    """Per target (in study order): the constant-prediction floor, averaged over the seeds' test splits.
-
-    Every method of a seed is tested on the same split, so one run per seed stands for it; None for a
-    target with no finished run, or one whose runs did not record the floor.
-    """
-    means: list[float | None] = []
+def target_constants(study: Study, constant: Callable[[Path], float | None]) -> dict[str, float | None]:
+    """Per target: the best constant score on its test splits, averaged over the seeds (every method of a
+    seed is tested on the same split, so one run per seed stands for it); None without a finished run,
+    or while one of them has no floor (`constant` gives None)."""
+    constants: dict[str, float | None] = {}
     for target in study.spec["targets"]:
         by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}
         values = [constant(run) for run in by_seed.values()]
         known = [value for value in values if value is not None]
-        means.append(statistics.fmean(known) if known and len(known) == len(values) else None)
-    return means
+        constants[target] = statistics.fmean(known) if known and len(known) == len(values) else None
+    return constants
+
+
+def stage1_runs(study: Study) -> list[tuple[str, str, Path]]:
+    """(task, role, run) of each source's stage-1 run, then of each target's per seed."""
+    labelled = [(task, "source", run) for task, run in study.sources.items()]
+    return labelled + [(task, "target", run) for (task, _), run in study.targets.items()]
+
+
+def stage1_records(
+    study: Study, runs: Runs, test: Callable[[Path], float | None], constant: Callable[[Path], float | None]
+) -> list[tuple[Path, dict[str, Any]]]:
+    """Every stage-1 run the study's transfers start from, with what the table's JSON holds of it: task,
+    role ("source" or "target"), seed, test score and the constant floor of its test split (fractions)."""
+    records = []
+    for task, role, run_dir in stage1_runs(study):
+        record = {"task": task, "role": role, "seed": runs.configs.get(run_dir.name, {}).get("seed")}
+        records.append((run_dir, record | {"test": test(run_dir), "constant": constant(run_dir)}))
+    return records
 
 
 def pct(value: float | None) -> str:
@@ -397,70 +413,74 @@ TABLE_TITLE = (
     "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)"
 )
 
-
-def averages(
-    spec: dict[str, Any], rows: list[dict[str, Any]], floor: list[float | None]
-) -> list[float | None]:
-    """Each method's mean over the targets, then the floor's (None while a target has none)."""
-    cell = {(r["target"], r["method"]): r["mean"] for r in rows}
-    means: list[float | None] = []
-    for column in [[cell[t, m] for t in spec["targets"]] for m in spec["methods"]] + [floor]:
-        known = [value for value in column if value is not None]
-        means.append(sum(known) / len(known) if known and len(known) == len(column) else None)
-    return means
-
-
-def table_lines(spec: dict[str, Any], rows: list[dict[str, Any]], floor: list[float | None]) -> list[str]:
-    """The results table as the report writes it (and the dashboard exports it): its heading, then
-    targets × methods with the best per target in bold, the constant floor last, and the average row."""
-    cell = {(r["target"], r["method"]): r for r in rows}
-    lines = []
-    for target, target_floor in zip(spec["targets"], floor, strict=True):
-        line = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
-        for method in spec["methods"]:
-            text = cell_text(cell[target, method], len(spec["seeds"]))
-            line.append(f"**{text}**" if cell[target, method].get("best") else text)
-        lines.append([*line, pct(target_floor)])
-    lines.append(["average", *(pct(mean) for mean in averages(spec, rows, floor))])
-    return [TABLE_TITLE, "", *markdown_table(["target", *spec["methods"], "constant"], lines)]
-
-
-def table_markdown(spec: dict[str, Any], rows: list[dict[str, Any]], floor: list[float | None]) -> str:
-    """`table_lines` as one text, ending in a newline (the exported .md file)."""
-    return "\n".join(table_lines(spec, rows, floor)) + "\n"
-
-
 JSON_KEYS = ("target", "method", "mean", "std", "seeds")
-
-
-def table_json(name: str, rows: list[dict[str, Any]]) -> str:
-    """The table as JSON rows, as `dtvg runs report --json-out` writes it (and the dashboard exports it)."""
-    doc = {"name": name, "rows": [{key: row[key] for key in JSON_KEYS} for row in rows]}
-    return json.dumps(doc, indent=2) + "\n"
+"""What the table's JSON holds of each row."""
 
 
 @dataclass
 class Results:
-    """A study's results table and what it is made of, ready to show or export."""
+    """A study's results table and what it is made of: what the report writes and the dashboard shows
+    and exports (`markdown`, `document`)."""
 
     study: Study
     rows: list[dict[str, Any]]
-    floors: list[float | None]
+    """`results_rows`: per target and method, mean, std, seeds and the best mark."""
+    constants: dict[str, float | None]
+    """Per target: the constant-prediction floor (`target_constants`)."""
+    stage1: list[tuple[Path, dict[str, Any]]]
+    """The stage-1 runs and their records (`stage1_records`)."""
+
+    @property
+    def floors(self) -> list[float | None]:
+        return [self.constants[target] for target in self.study.spec["targets"]]
+
+    def averages(self) -> list[float | None]:
+        """Each method's mean over the targets, then the floor's (None while a target has none)."""
+        spec = self.study.spec
+        cell = {(r["target"], r["method"]): r["mean"] for r in self.rows}
+        means: list[float | None] = []
+        for column in [[cell[t, m] for t in spec["targets"]] for m in spec["methods"]] + [self.floors]:
+            known = [value for value in column if value is not None]
+            means.append(sum(known) / len(known) if known and len(known) == len(column) else None)
+        return means
+
+    def table_lines(self) -> list[str]:
+        """The table in Markdown, under its heading: targets × methods with the best per target in bold,
+        the constant floor last, and the average row."""
+        spec = self.study.spec
+        cell = {(r["target"], r["method"]): r for r in self.rows}
+        lines = []
+        for target, floor in zip(spec["targets"], self.floors, strict=True):
+            line = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
+            for method in spec["methods"]:
+                text = cell_text(cell[target, method], len(spec["seeds"]))
+                line.append(f"**{text}**" if cell[target, method].get("best") else text)
+            lines.append([*line, pct(floor)])
+        lines.append(["average", *(pct(mean) for mean in self.averages())])
+        return [TABLE_TITLE, "", *markdown_table(["target", *spec["methods"], "constant"], lines)]
 
     @property
     def markdown(self) -> str:
-        return table_markdown(self.study.spec, self.rows, self.floors)
+        """The exported Markdown: `table_lines`, as the report holds them."""
+        return "\n".join(self.table_lines()) + "\n"
 
-    @property
-    def json(self) -> str:
-        return table_json(self.study.spec["name"], self.rows)
+    def document(self) -> dict[str, Any]:
+        """The table as JSON (scores as fractions): the rows, the floor per target, the stage-1 runs."""
+        rows = [{key: row[key] for key in JSON_KEYS} for row in self.rows]
+        doc = {"name": self.study.spec["name"], "rows": rows, "constant": self.constants}
+        return doc | {"stage1": [record for _, record in self.stage1]}
 
 
 def results(
-    study: Study, tests: dict[Path, float | None], constant: Callable[[Path], float | None]
+    study: Study, runs: Runs, test: Callable[[Path], float | None], constant: Callable[[Path], float | None]
 ) -> Results:
-    """The study's table from each finished run's test score, and the floor from `constant`."""
-    return Results(study, results_rows(study.spec, study_scores(study, tests)), floors(study, constant))
+    """The study's table from each finished run's `test` score and each test split's `constant` floor."""
+    return Results(
+        study,
+        results_rows(study.spec, study_scores(study, test)),
+        target_constants(study, constant),
+        stage1_records(study, runs, test, constant),
+    )
 
 
 # ----- stage 1 ------------------------------------------------------------------------------------------
@@ -468,7 +488,7 @@ def results(
 
 @dataclass(frozen=True)
 class Stage1Row:
-    """One stage-1 run a study's transfers start from."""
+    """One stage-1 run a study's transfers start from, as the dashboard lists it."""
 
     task: str
     role: str
@@ -480,15 +500,6 @@ class Stage1Row:
     best: float | None
     """Best validation score."""
     test: float | None
-
-
-STAGE1_HEADER = ["task", "role", "data", "run", "steps", "best validation", "test"]
-
-
-def stage1_runs(study: Study) -> list[tuple[str, str, Path]]:
-    """(task, role, run) of each source's stage-1 run, then of each target's per seed."""
-    labelled = [(task, "source", run) for task, run in study.sources.items()]
-    return labelled + [(task, f"target, seed {seed}", run) for (task, seed), run in study.targets.items()]
 
 
 def stage1_row(task: str, role: str, run_dir: Path, runs: Runs, test: float | None) -> Stage1Row:

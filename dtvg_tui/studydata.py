@@ -104,8 +104,12 @@ class StudyData:
         runs = study.Runs(self.runs_dir, configs, summaries.get)
         slots = study.plan(self.spec, runs)
         found = study.find_study(self.spec, runs)
-        tests = {run_dir: self._test(run_dir, runs) for run_dir in found.runs.values()}
-        results = study.results(found, tests, lambda run_dir: study.recorded_constant(configs[run_dir.name]))
+        results = study.results(
+            found,
+            runs,
+            lambda run_dir: self._test(run_dir, runs),
+            lambda run_dir: study.recorded_constant(configs.get(run_dir.name, {})),
+        )
         stage1 = []
         for slot in (s for s in slots if s.stage == "stage1"):
             role = "source" if slot.seed is None else f"target, seed {slot.seed}"

@@ -158,12 +158,15 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
         str(runs),
     ]
     report = subprocess.run([*command, "--json-out", str(table)], capture_output=True, text=True, check=True)
-    found = study.find_study(spec(), study.Runs.read(runs))
-    tests = {path: study.test_score(path) for path in found.runs.values()}
-    results = study.results(found, tests, lambda path: study.recorded_constant(read_config(path)))
+    runs_ = study.Runs.read(runs)
+    found = study.find_study(spec(), runs_)
+    results = study.results(
+        found, runs_, study.test_score, lambda path: study.recorded_constant(read_config(path))
+    )
     assert results.markdown in report.stdout
-    assert table.read_text() == results.json
-    assert all(row["seeds"] == 2 for row in json.loads(results.json)["rows"])
+    assert json.loads(table.read_text()) == results.document()
+    assert all(row["seeds"] == 2 for row in results.document()["rows"])
+    assert len(results.document()["stage1"]) == 3 + 4 and None not in results.constants.values()
     assert "—" not in results.markdown  # every cell, the floor and the averages have a value
 
 

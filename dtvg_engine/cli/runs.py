@@ -238,13 +238,10 @@ def runs_report(
     from dtvg_engine.pipeline import load_experiment
     from dtvg_engine.report import report
 
-    text, results = report(load_experiment(experiment), runs_root(runs_dir))
-    if json_out:
-        keys = ("target", "method", "mean", "std", "seeds")
+    text, table = report(load_experiment(experiment), runs_root(runs_dir))
+    if json_out:  # the document the dashboard's study view exports too (dtvg_engine.study.Results)
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{k: row[k] for k in keys} for row in results["rows"]]
-        table = {"name": results["name"], "rows": rows, "constant": results["constant"]}
-        write_json_atomic(json_out, {**table, "stage1": results["stage1"]})
+        write_json_atomic(json_out, table.document())
     typer.echo(text)
 
 

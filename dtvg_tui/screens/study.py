@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from dtvg_engine import study
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import write_text_atomic
+from dtvg_engine.runfolder import write_json_atomic, write_text_atomic
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration
 from dtvg_tui.screens.dialogs import ConfirmScreen
@@ -45,7 +45,7 @@ BAR_WIDTH = 30
 
 
 def progress_text(snapshot: Snapshot, pipeline: int | None) -> Text:
-    """The study's progress line: a bar, the count in each state, the time left, the pipeline."""
+    """The study's progress: a bar, the count in each state and the time left; then its pipeline."""
     counts, total = snapshot.counts, len(snapshot.slots)
     done = round(BAR_WIDTH * counts["done"] / total) if total else 0
     text = Text()
@@ -63,9 +63,9 @@ def progress_text(snapshot: Snapshot, pipeline: int | None) -> Text:
     else:
         text.append("   time left: after the first finished run", style="dim")
     if pipeline is not None:
-        text.append(f"   pipeline running (pid {pipeline})", style="cyan")
+        text.append(f"\npipeline running (pid {pipeline}) · s: stop the study", style="cyan")
     else:
-        text.append("   pipeline not running (g: start/resume)", style="dim")
+        text.append("\npipeline not running · g: start or resume the study", style="dim")
     return text
 
 
@@ -216,7 +216,7 @@ class StudyScreen(Screen[None]):
             for method in self.spec["methods"]:
                 table.update_cell(target, method, _cell(cells[target, method], seeds), update_width=True)
             table.update_cell(target, "constant", study.pct(floor), update_width=True)
-        averages = study.averages(self.spec, results.rows, results.floors)
+        averages = results.averages()
         for key, value in zip([*self.spec["methods"], "constant"], averages, strict=True):
             table.update_cell("average", key, Text(study.pct(value), style="italic"), update_width=True)
         finished = len(results.study.runs)
@@ -372,7 +372,7 @@ class StudyScreen(Screen[None]):
         stem = Path(self.app.runs_dir) / f"{self.spec['name']}-table"
         try:
             write_text_atomic(stem.with_suffix(".md"), results.markdown)
-            write_text_atomic(stem.with_suffix(".json"), results.json)
+            write_json_atomic(stem.with_suffix(".json"), results.document())
         except OSError as e:
             self.notify(f"cannot export: {e}", severity="error")
             return

@@ -34,10 +34,11 @@ def make_app(runs: Path, **kwargs) -> DtvgApp:  # noqa: ANN003
 
 def expected(runs: Path) -> study.Results:
     """The table as the study module computes it from the folders (as `dtvg runs report` does)."""
-    spec = study.load_study(STUDY_FILE)[0]
-    found = study.find_study(spec, study.Runs.read(runs))
-    tests = {path: study.test_score(path) for path in found.runs.values()}
-    return study.results(found, tests, lambda path: study.recorded_constant(read_config(path)))
+    spec, runs_ = study.load_study(STUDY_FILE)[0], study.Runs.read(runs)
+    found = study.find_study(spec, runs_)
+    return study.results(
+        found, runs_, study.test_score, lambda path: study.recorded_constant(read_config(path))
+    )
 
 
 def put_cursor(screen: StudyScreen, target: str, method: str) -> None:

@@ -31,7 +31,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from dtvg_engine.config import check_model_name, model_slug
+from dtvg_engine.config import PRECISIONS, check_model_name, model_slug
 from dtvg_engine.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -52,6 +52,9 @@ class Backbone:
     device: torch.device
     source: str
     """Where the weights were loaded from; recorded in exported adapters as the base model."""
+    init_embeddings: torch.Tensor
+    """The input embedding matrix in fp32, as loaded: P_init is sampled from it, so it is the same
+    whatever precision the model runs in (shared with the model's own weights in fp32)."""
 
     @property
     def hidden_size(self) -> int:
@@ -61,6 +64,11 @@ class Backbone:
     def slug(self) -> str:
         """A filesystem-safe short name, used in init file names."""
         return model_slug(self.name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the frozen model computes in (its LM head excepted, see `_run_in`)."""
+        return self.model.get_input_embeddings().weight.dtype
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -81,8 +89,40 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_backbone(name: str = DEFAULT_MODEL, device: str = "auto") -> Backbone:
-    """Load a frozen backbone by built-in name, local path or hub id."""
+CPU_BF16_AUTO = False
+"""Whether `--precision auto` takes bf16 on a CPU with native bf16 instructions. Only where a measured
+comparison showed bf16 does not change results beyond seed noise (docs/performance.md, "fp32 or bf16")."""
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX), not by emulation."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The frozen model's dtype for `--precision auto|fp32|bf16` on `device`.
+
+    `auto` is bf16 on a GPU that supports it, and on a CPU with native bf16 when `CPU_BF16_AUTO` says
+    the measured comparison allows it; fp32 everywhere else. Only the frozen model changes: the soft
+    prompt, its optimizer and the loss stay in fp32 (scoring casts the prompt on its way in).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use --precision {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.float32
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16":
+        if device.type == "cuda" and not gpu_bf16:
+            raise UserError("this GPU has no bf16 support; use --precision fp32 or auto")
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    return torch.bfloat16 if CPU_BF16_AUTO and native_cpu_bf16() else torch.float32
+
+
+def load_backbone(name: str = DEFAULT_MODEL, device: str = "auto", precision: str = "fp32") -> Backbone:
+    """Load a frozen backbone by built-in name, local path or hub id, its weights in `precision`."""
     if name == "smollm2-135m":
         path = _smollm2_cached()
         model, tokenizer, source = AutoModelForCausalLM.from_pretrained(path), _tokenizer(), str(path)
@@ -93,12 +133,30 @@ def load_backbone(name: str = DEFAULT_MODEL, device: str = "auto") -> Backbone:
     else:
         model, tokenizer, source = _from_pretrained(name)
     dev = resolve_device(device)
-    model.to(dev).eval()
+    model.to(dev, torch.float32).eval()  # a checkpoint stored in half precision is widened first
     model.requires_grad_(False)
+    embeddings = model.get_input_embeddings().weight.detach()
+    dtype = resolve_precision(precision, dev)
+    if dtype != torch.float32:
+        _run_in(model, dtype)
     model.name_or_path = source  # exported adapters name it as their base model
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(name, model, tokenizer, bool(model.config.is_encoder_decoder), dev, source)
+    return Backbone(name, model, tokenizer, bool(model.config.is_encoder_decoder), dev, source, embeddings)
+
+
+def _run_in(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Cast the frozen model to `dtype`, all but its LM head, which stays fp32 and takes fp32 inputs.
+
+    The head is a sliver of the work (we apply it at the answer position only) but decides the answer:
+    bf16 logits of typical size (16-32) are 0.125 apart, enough to tie or swap two label words, and
+    the loss is read from them. A head tied to the input embeddings is untied: those go to `dtype`.
+    """
+    head = model.get_output_embeddings()
+    weight = head.weight.detach()  # still fp32
+    model.to(dtype)
+    head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    head.register_forward_pre_hook(lambda module, args: tuple(a.float() for a in args))
 
 
 def _smollm2_gguf() -> Path:

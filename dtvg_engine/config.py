@@ -21,6 +21,11 @@ BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
 """Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+"""`--precision` of the frozen model (`backbones.resolve_precision`); the prompt always trains in fp32."""
+EVAL_ORDERS = ("length", "data")
+"""How evaluation batches are formed: from the examples sorted by length (least padding), or in data
+order (the reference the study benchmark measures against). Predictions and metrics are the same."""
 
 
 def check_model_name(name: str) -> None:
@@ -62,6 +67,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "init_seed": 0,
     "device": "auto",
+    "precision": "auto",
+    "eval_order": "length",
     "data_dir": None,
     "init_prompt": None,
 }
@@ -146,6 +153,8 @@ SETTING_RULES: dict[str, Rule] = {
     "seed": SEED,
     "init_seed": SEED,
     "device": Rule(str, choices=DEVICES),
+    "precision": Rule(str, choices=PRECISIONS),
+    "eval_order": Rule(str, choices=EVAL_ORDERS),
     "data_dir": PATH,
     "init_prompt": PATH,
     "grouping": Rule(str, choices=GROUPINGS),
@@ -157,7 +166,19 @@ SETTING_RULES: dict[str, Rule] = {
 """The rule of every training and stage-2 setting (the method is checked against the method list)."""
 
 JOBS_RULE = COUNT
-"""`--jobs` / a study's `jobs`: how many runs at once."""
+"""`--jobs` / a study's `jobs`: how many runs at once, or `auto` (see `parse_jobs`)."""
+
+
+def parse_jobs(label: str, value: Any) -> int | str:
+    """`--jobs N|auto` or a study's `jobs`: a positive count, or "auto" (as many workers as the cores,
+    GPUs and memory hold, `workers.parallel_runs`); a one-line UserError naming `label` otherwise."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not JOBS_RULE.accepts(value):
+        raise UserError(f"{label} must be a positive integer or auto (got {value!r})")
+    return value
 
 
 def cli_flag(key: str) -> str:

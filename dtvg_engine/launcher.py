@@ -47,14 +47,19 @@ def _reap() -> None:
 
 
 def spawn_detached(
-    command: list[str], log_path: str | os.PathLike[str], lock_fd: int | None = None
+    command: list[str],
+    log_path: str | os.PathLike[str],
+    lock_fd: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `command` in its own session (process group), output appended to `log_path`.
 
     `lock_fd`, a run's claim, is inherited by the child (its number in `WORKER_LOCK_FD`), so the claim
-    lives exactly as long as the worker. Kept in `_children` so it is reaped when it exits.
+    lives exactly as long as the worker. `env` is added to this process's environment (a worker slot's
+    threads and GPU, `workers.slot_environments`). Kept in `_children` so it is reaped when it exits.
     """
-    env = {**os.environ, WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else None
+    extra = {**(env or {}), **({WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else {})}
+    env = {**os.environ, **extra} if extra else None
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
             command,
@@ -70,13 +75,15 @@ def spawn_detached(
     return child
 
 
-def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = None) -> int:
+def launch_worker(
+    run_dir: str | os.PathLike[str], command: list[str] | None = None, env: dict[str, str] | None = None
+) -> int:
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
     The run is claimed first and the claim handed to the worker. `UserError`, before anything starts,
     when another worker owns the run, when it may not be (re)started (`runfolder.refusal`) or when its
     checkpoint cannot be loaded safely. `command` replaces the worker command line; tests use it to
-    launch a stand-in.
+    launch a stand-in. `env`: the worker slot's environment (see `spawn_detached`).
     """
     _reap()
     run_dir = Path(run_dir)
@@ -91,7 +98,7 @@ def launch_worker(run_dir: str | os.PathLike[str], command: list[str] | None = N
             raise UserError(f"run {run_dir.name} is Slurm job {job_id}; stop it first with `dtvg runs stop`")
         checkpoint_path(run_dir)
         (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now
-        worker = spawn_detached(command, run_dir / LOG, lock)
+        worker = spawn_detached(command, run_dir / LOG, lock, env)
         record_owner(lock, worker.pid)
         write_text_atomic(run_dir / PIDFILE, f"{worker.pid}\n")
     finally:

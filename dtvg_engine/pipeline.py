@@ -13,7 +13,8 @@ sources = ["mnli", "qnli"]
 targets = ["rte"]
 methods = ["pt", "dtvg"]
 seeds = [0, 1, 2]
-jobs = 1
+jobs = "auto"                    # or a number; auto: as many runs at once as the cores or GPUs hold
+precision = "auto"               # the frozen model: auto, fp32 or bf16
 [stage1]                         # any training setting: steps, batch_size, lr, eval_every, ...
 steps = 200
 [stage2]                         # training settings, k_shot, grouping, lambda, source_scale_lr
@@ -40,7 +41,7 @@ from typing import Any
 import tomllib
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, slurm, tasks
+from dtvg_engine import method_registry, slurm, tasks, workers
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
@@ -53,6 +54,7 @@ TOP_KEYS = {
     "init_seed",
     "data_dir",
     "device",
+    "precision",
     "sources",
     "targets",
     "methods",
@@ -62,11 +64,11 @@ TOP_KEYS = {
     "stage2",
     "slurm",
 }
-SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device")
+SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device", "precision")
 """Top-level settings that apply to every run of the study."""
-IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split"}
+IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_size", "eval_order"}
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
-from other stage-1 vectors is another run)."""
+from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
 
 
 NAME_LIMIT = 200
@@ -98,14 +100,14 @@ def load_experiment(path: Path) -> dict[str, Any]:
         )
     spec.setdefault("name", path.stem)
     spec.setdefault("seeds", [0])
-    spec.setdefault("jobs", 1)
+    spec.setdefault("jobs", "auto")
     _check_name(spec["name"], f"{path}: name")
     for key in TASK_LISTS:
         _check_list(path, key, spec.get(key), str)
     _check_list(path, "seeds", spec["seeds"], int)
     for seed in spec["seeds"]:
         configs.check_value(f"{path}: seeds", seed, configs.SETTING_RULES["seed"])
-    configs.check_value(f"{path}: jobs", spec["jobs"], configs.JOBS_RULE)
+    spec["jobs"] = configs.parse_jobs(f"{path}: jobs", spec["jobs"])
     configs.check_settings(_shared(spec), label=lambda key: f"{path}: {key}")
     for task in spec["sources"] + spec["targets"]:
         tasks.get_task(task)
@@ -221,10 +223,11 @@ def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slur
             for run_dir, status in plan
             if status in ("running", "pending") and (job := slurm.active_job(run_dir))
         ]
-        submitted = on_slurm.submit(todo, jobs) if todo else []
+        width = workers.array_width(jobs, len(todo))
+        submitted = on_slurm.submit(todo, width) if todo else []
         if submitted:
             array = submitted[0].split("_")[0]  # an array's tasks are <job>_<index>
-            report.append(f"submitted {len(todo)} run(s) to Slurm as job {array}, {jobs} at a time")
+            report.append(f"submitted {len(todo)} run(s) to Slurm as job {array}, {width} at a time")
         return submitted + live
     if todo:
         for run_dir, status in zip(todo, run_foreground(todo, jobs), strict=True):

@@ -33,8 +33,8 @@ def sample_init(backbone: Backbone, prompt_length: int, init_seed: int) -> torch
     picks = torch.multinomial(
         torch.ones(len(candidates)), prompt_length, replacement=replace, generator=generator
     )
-    weight = backbone.model.get_input_embeddings().weight
-    return weight[candidates[picks].to(weight.device)].detach().float().cpu().clone()
+    weight = backbone.init_embeddings  # fp32 in every precision, so P_init is too
+    return weight[candidates[picks].to(weight.device)].detach().cpu().clone()
 
 
 def shared_init(

@@ -65,7 +65,14 @@ def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> 
 
 def prepare(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
     """What every run starts from: the backbone, the task's splits, and the shared P_init with its id."""
-    backbone = load_backbone(config["model"], config["device"])
+    # A config written before --precision existed ran in fp32.
+    backbone = load_backbone(config["model"], config["device"], config.get("precision", "fp32"))
+    events.emit(
+        "log",
+        level="info",
+        message=f"{config['model']} on {backbone.device} in {str(backbone.dtype).removeprefix('torch.')} "
+        f"(--precision {config.get('precision', 'fp32')}), {torch.get_num_threads()} torch threads",
+    )
     splits = load_task_data(run_dir, config, events, task_name)
     p_init, init_id = shared_init(run_dir.parent, backbone, config["prompt_length"], config["init_seed"])
     return backbone, splits, p_init, init_id

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, tasks
+from dtvg_engine import method_registry, tasks, workers
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line, read_events
 from dtvg_engine.runfolder import (
@@ -276,7 +276,7 @@ def seconds_left(spec: dict[str, Any], slots: list[Slot], runs: Runs) -> float |
         done = min(summary.step, total) if summary else 0
         rate = rates.get(slot.stage) or next(iter(rates.values()))
         left += (total - done) * rate
-    return left / max(1, int(spec.get("jobs", 1)))
+    return left / workers.parallel_runs(spec.get("jobs", "auto"))
 
 
 # ----- results ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dtvg_engine import launcher
+from dtvg_engine import launcher, workers
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventReader, RunState
 from dtvg_engine.runfolder import EVENTS, pid_alive, planned_steps, read_config, summarize
@@ -32,6 +32,8 @@ class _Followed:
         self.state = RunState()
         """This run's new events, folded."""
         self.pid: int | None = None
+        self.slot: dict[str, str] = {}
+        """The worker slot's environment (threads, GPU) while it runs."""
         self.finished = False
         config = read_config(run_dir)
         label = config.get("task") or f"{config.get('target')} ← {config.get('method')}"
@@ -60,7 +62,7 @@ class _Followed:
 def _launch(run: _Followed, progress: Progress, console: Console) -> bool:
     """Start a followed run's worker; False (and why, printed) when the run may not start now."""
     try:
-        run.pid = launcher.launch_worker(run.run_dir)
+        run.pid = launcher.launch_worker(run.run_dir, env=run.slot)
     except UserError as exc:  # e.g. another process's worker owns it
         console.print(f"{run.run_dir.name} not started: {exc}", markup=False, highlight=False)
         progress.update(run.task_id, status="not started")
@@ -87,9 +89,13 @@ def _interrupt(live: list[_Followed], queued: list[_Followed], progress: Progres
         )
 
 
-def run_foreground(run_dirs: list[Path], jobs: int = 1, console: Console | None = None) -> list[str]:
-    """Run the given (already created) runs, `jobs` at a time; return their final statuses."""
+def run_foreground(run_dirs: list[Path], jobs: int | str = 1, console: Console | None = None) -> list[str]:
+    """Run the given (already created) runs, `jobs` at a time (a count or `auto`); return their final
+    statuses. Each worker runs in a slot with its share of the cores, or its GPU (`workers`)."""
     console = console or Console(stderr=True)
+    free = workers.slot_environments(jobs, [read_config(d).get("device", "auto") for d in run_dirs])
+    if len(run_dirs) > 1:
+        console.print(workers.describe(free), highlight=False)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -103,13 +109,18 @@ def run_foreground(run_dirs: list[Path], jobs: int = 1, console: Console | None 
         live: list[_Followed] = []
         try:
             while queue or live:
-                while queue and len(live) < jobs:
+                while queue and free:
                     run = queue.pop(0)
+                    run.slot = free.pop(0)
                     if _launch(run, progress, console):
                         live.append(run)
+                    else:
+                        free.insert(0, run.slot)
                 time.sleep(POLL_S)
                 for run in live:
                     run.poll(progress)
+                    if run.finished:
+                        free.append(run.slot)
                 live = [run for run in live if not run.finished]
         except KeyboardInterrupt:
             _interrupt(live, queue, progress, console)

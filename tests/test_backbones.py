@@ -84,7 +84,9 @@ def test_existing_local_folder_is_an_accepted_name(tmp_path):
 
 
 def test_slug_is_filesystem_safe(llama):
-    llama_like = backbones.Backbone("Org/My Model_v2", llama.model, llama.tokenizer, False, llama.device, "x")
+    llama_like = backbones.Backbone(
+        "Org/My Model_v2", llama.model, llama.tokenizer, False, llama.device, "x", llama.init_embeddings
+    )
     assert llama_like.slug == "org-my-model-v2"
 
 

@@ -8,11 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from dtvg_engine import config as configs
-from dtvg_engine import launcher, method_registry, slurm
+from dtvg_engine import launcher, method_registry, slurm, workers
 from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root
 from dtvg_engine.cli.runs import show_table
-from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, summarize
+from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
+
+PRECISION_HELP = "The frozen model's precision: auto (bf16 on a GPU, fp32 on CPU), fp32 or bf16."
+JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
 
 run_app = typer.Typer(
     help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True
@@ -45,6 +48,7 @@ def run_stage1(
         Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     init_prompt: Annotated[
         Path | None, typer.Option(help="Start from a prompt written by `dtvg tpv combine`.")
     ] = None,
@@ -52,7 +56,7 @@ def run_stage1(
     detach: Annotated[
         bool, typer.Option("--detach", help="Start workers in the background and return.")
     ] = False,
-    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+    jobs: Annotated[str, typer.Option(help=JOBS_HELP)] = "auto",
     executor: so.Executor = "local",
     slurm_partition: so.Partition = None,
     slurm_time: so.Time = None,
@@ -64,7 +68,7 @@ def run_stage1(
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     from dtvg_engine.data import default_data_dir, load_splits
 
-    configs.check_value("--jobs", jobs, configs.JOBS_RULE)
+    jobs = configs.parse_jobs("--jobs", jobs)
     resources = so.resources(locals()) if so.on_slurm(executor) else None
     root = runs_root(runs_dir)
     data = Path(data_dir) if data_dir else default_data_dir()
@@ -84,15 +88,19 @@ def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
     return settings
 
 
-def _start(run_dirs: list[Path], detach: bool, jobs: int, resources: so.Resources | None = None) -> None:
+def _start(
+    run_dirs: list[Path], detach: bool, jobs: int | str, resources: so.Resources | None = None
+) -> None:
     """Launch created runs in the background, or follow them here until they end; with `resources`,
     submit them to Slurm instead (always in the background)."""
     if resources is not None:
-        so.submit_new(run_dirs, resources, jobs)
+        so.submit_new(run_dirs, resources, workers.array_width(jobs, len(run_dirs)))
         return
-    if detach:
-        for run_dir in run_dirs:
-            launcher.launch_worker(run_dir)
+    if detach:  # all start now, each with its share of the cores
+        devices = [read_config(run_dir).get("device", "auto") for run_dir in run_dirs]
+        slots = workers.slot_environments(len(run_dirs), devices)
+        for run_dir, slot in zip(run_dirs, slots, strict=True):
+            launcher.launch_worker(run_dir, env=slot)
             print(run_dir.name)
         return
     from dtvg_engine.watch import run_foreground
@@ -141,6 +149,7 @@ def run_stage2(
     init_seed: Annotated[int, typer.Option()] = 0,
     data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
     device: Annotated[str, typer.Option()] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
     executor: so.Executor = "local",
@@ -181,7 +190,7 @@ def run_stage2(
 def run_pipeline(
     experiment: Annotated[Path, typer.Argument(help="An experiment TOML file.")],
     runs_dir: RunsDir = None,
-    jobs: Annotated[int | None, typer.Option(help="Runs at once (overrides the file).")] = None,
+    jobs: Annotated[str | None, typer.Option(help=JOBS_HELP + " Overrides the file.")] = None,
     data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
     executor: so.Executor = "local",
     slurm_partition: so.Partition = None,
@@ -199,7 +208,7 @@ def run_pipeline(
     from dtvg_engine.pipeline import load_experiment, markdown, results_paths, run_pipeline
 
     if jobs is not None:
-        configs.check_value("--jobs", jobs, configs.JOBS_RULE)
+        jobs = configs.parse_jobs("--jobs", jobs)
     root = runs_root(runs_dir)
     data = str(data_dir.resolve()) if data_dir else None
     on_slurm = None
@@ -226,7 +235,7 @@ def run_pipeline(
 
 def demo(
     runs_dir: RunsDir = None,
-    jobs: Annotated[int, typer.Option(help="Runs at once.")] = 1,
+    jobs: Annotated[str, typer.Option(help=JOBS_HELP)] = "auto",
 ) -> None:
     """A complete small experiment on the bundled model and data: 3 sources, target rte, pt vs dtvg."""
     from importlib.resources import files

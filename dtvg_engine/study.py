@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, tasks, workers
+from dtvg_engine import method_registry, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line, read_events
 from dtvg_engine.runfolder import (
@@ -276,7 +276,7 @@ def seconds_left(spec: dict[str, Any], slots: list[Slot], runs: Runs) -> float |
         done = min(summary.step, total) if summary else 0
         rate = rates.get(slot.stage) or next(iter(rates.values()))
         left += (total - done) * rate
-    return left / workers.parallel_runs(spec.get("jobs", "auto"))
+    return left / max(1, int(spec.get("jobs", 1)))
 
 
 # ----- results ------------------------------------------------------------------------------------------
@@ -671,18 +671,21 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
     return child.pid, log
 
 
-def stop_pipeline(runs_dir: Path, name: str, run_dirs: Iterable[Path]) -> tuple[bool, int]:
-    """Stop the study: end its pipeline (so it starts no further run), then ask each of its running
-    runs to stop gracefully (checkpoint, status stopped). Returns whether a pipeline was running and
-    how many runs were asked to stop; starting the study again resumes them."""
+def stop_study(spec: dict[str, Any], runs_dir: Path) -> tuple[bool, int]:
+    """Stop the study: end its pipeline first (so it starts no further run), then ask each of the study's
+    runs that is still running to stop gracefully (checkpoint, status stopped). Returns whether a
+    pipeline was running and how many runs were asked to stop; starting the study again resumes them."""
     from dtvg_engine import launcher
 
-    pid = pipeline_pid(runs_dir, name)
+    pid = pipeline_pid(runs_dir, spec["name"])
     if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)  # the pipeline alone: its workers run in their own sessions
         except ProcessLookupError:
             pass
         launcher.wait_for_exit(pid, timeout=10)
-    stopped = sum(1 for run_dir in run_dirs if launcher.stop_run(run_dir))
-    return pid is not None, stopped
+    runs = Runs.read(runs_dir)  # read after the pipeline ended: it may have launched a run just before
+    live = [
+        runs.runs_dir / slot.run_id for slot in plan(spec, runs) if slot.state == "running" and slot.run_id
+    ]
+    return pid is not None, sum(1 for run_dir in live if launcher.stop_run(run_dir))

@@ -345,24 +345,32 @@ class StudyScreen(Screen[None]):
         self.notify(f"Started the study (pipeline pid {pid}, log {log}).")
 
     def action_stop(self) -> None:
+        """Stop the study (after confirming): its pipeline ends, its running runs stop gracefully."""
         if self.snapshot is None:
             return
-        live = [s for s in self.snapshot.slots if s.state == "running" and s.run_id]
+        live = self.snapshot.counts["running"]
         if self.pipeline is None and not live:
             self.notify("Nothing of this study is running.", severity="warning")
             return
 
         def stop(confirmed: bool | None) -> None:
-            if not confirmed or self.snapshot is None:
-                return
-            run_dirs = [Path(self.app.runs_dir) / s.run_id for s in live if s.run_id]
-            had_pipeline, stopped = study.stop_pipeline(Path(self.app.runs_dir), self.spec["name"], run_dirs)
-            ended = "ended its pipeline, " if had_pipeline else ""
-            self.notify(f"Stopping the study: {ended}asked {stopped} run(s) to stop; g resumes it.")
-            self.refresh_study()
+            if confirmed:
+                self._stop()
 
-        question = f"Stop study {self.spec['name']}? (its pipeline ends, its {len(live)} running run(s) stop)"
+        question = f"Stop study {self.spec['name']}? (its pipeline ends, its {live} running run(s) stop)"
         self.app.push_screen(ConfirmScreen(question, "Stop"), stop)
+
+    @work(thread=True, group="study-stop", exit_on_error=False)
+    def _stop(self) -> None:
+        try:
+            had_pipeline, stopped = study.stop_study(self.spec, Path(self.app.runs_dir))
+        except (UserError, OSError) as e:
+            self.app.call_from_thread(self.notify, f"cannot stop the study: {e}", severity="error")
+            return
+        ended = "ended its pipeline, " if had_pipeline else ""
+        message = f"Stopping the study: {ended}asked {stopped} run(s) to stop; g resumes it."
+        self.app.call_from_thread(self.notify, message)
+        self.app.call_from_thread(self.refresh_study)
 
     def action_export(self) -> None:
         """Write the table as `dtvg runs report` writes it: `<runs>/<name>-table.md` and `.json`."""

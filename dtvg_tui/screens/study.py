@@ -128,6 +128,7 @@ class StudyScreen(Screen[None]):
             with TabPane("Similarity (3)", id="study-similarity"), VerticalScroll():
                 yield Heatmap(id="study-heatmap")
             with TabPane("Groups (4)", id="study-groups"):
+                yield Static(id="study-groups-note")
                 yield DataTable(id="study-groups-table", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -250,11 +251,15 @@ class StudyScreen(Screen[None]):
             heatmap.show_error(snapshot.similarity_error or "")
         table = self.query_one("#study-groups-table", DataTable)
         table.clear()
-        if not snapshot.groups:
-            table.add_row(
-                Text("No grouped method has finished a run yet.", style="dim"),
-                *[""] * (3 + len(self.spec["sources"])),
+        self.query_one("#study-groups-note", Static).update(
+            Text(
+                "How often each source was in the group: the share of the steps, mean over the seeds "
+                "finished; changes: how many times the group changed in a run."
+                if snapshot.groups
+                else "No grouped method of this study has finished a run yet.",
+                style="dim",
             )
+        )
         for row in snapshot.groups:
             shares = [Text(f"{share:.0%}", style="green" if share >= 0.5 else "") for share in row.shares]
             table.add_row(row.target, row.method, str(row.seeds), f"{row.changes:.1f}", *shares)

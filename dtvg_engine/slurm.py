@@ -29,7 +29,8 @@ from dtvg_engine.events import RunState
 
 JOB_FILE = "slurm.json"
 """A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
-`previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (unix time)."""
+`previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (and with `--kill`, `kill_requested`;
+unix times)."""
 
 QUEUED_STATES = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "POWER_UP_NODE"}
@@ -311,9 +312,25 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def kill(run_dir: str | os.PathLike[str]) -> bool:
-    """Kill the run's job now (SIGKILL to its whole job); the run shows "killed". False when not queued."""
+    """End the run's job now; the run shows "killed". False when its job is not in the queue.
+
+    Slurm cancels a job with SIGTERM first (SIGKILL only after its KillWait), which the worker would
+    answer with a checkpoint; so the request is recorded first, and the worker reads it and exits at
+    once (`kill_requested`).
+    """
+    record = read_job(run_dir)
     job_id = active_job(run_dir)
-    return job_id is not None and _scancel("--full", "--signal=KILL", job_id)
+    if record is None or job_id is None:
+        return False
+    now = time.time()
+    write_job(run_dir, {**record, "stop_requested": now, "kill_requested": now})
+    return _scancel(job_id)
+
+
+def kill_requested(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether `dtvg runs stop --kill` asked this submission to end now."""
+    record = read_job(run_dir)
+    return bool(record and record.get("kill_requested"))
 
 
 def stop_requested(run_dir: str | os.PathLike[str]) -> bool:

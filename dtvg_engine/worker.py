@@ -83,6 +83,8 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
 
     def request_stop(signum: int, frame: object) -> None:
         stop["requested"] = True
+        if job_id and slurm.kill_requested(run_dir):  # Slurm cancels with SIGTERM: end now, as a kill
+            os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -174,8 +174,9 @@ def test_one_squeue_call_answers_for_queued_running_and_forgotten_jobs(tmp_path)
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
 TINY += ["--max-input-tokens", "64", "--batch-size", "4", "--device", "cpu"]
 SETTLED = ("completed", "failed", "stopped", "killed")
-STEPS = 20
-"""Steps of a run that is stopped, preempted or killed while it trains (each step takes a moment)."""
+STEPS = 60
+"""Steps of a run that is stopped, preempted or killed as soon as its worker starts: enough that what
+is done to it lands long before it could finish (loading takes seconds, then each step a moment)."""
 
 
 def dtvg(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -255,7 +256,7 @@ def test_bad_executor_and_slurm_options_are_refused_before_any_run(runs_dir, dat
 def test_stop_ends_the_job_stopped_and_resume_resubmits_it(runs_dir, data_dir) -> None:
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
     first_job = slurm.read_job(run_dir)["job_id"]
-    wait_for("the worker to start", lambda: running(run_dir))
+    wait_for("the worker to start", lambda: running(run_dir), every=0.1)
     result = dtvg("runs", "stop", run_dir.name, "--runs-dir", runs_dir)
     assert result.returncode == 0, result.stderr
     summary_at_stop = wait_for("the run to stop", lambda: settled(run_dir))
@@ -280,7 +281,7 @@ def test_stop_ends_the_job_stopped_and_resume_resubmits_it(runs_dir, data_dir) -
 def test_a_preempted_job_is_requeued_and_goes_on_from_its_checkpoint(runs_dir, data_dir) -> None:
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
     job_id = slurm.read_job(run_dir)["job_id"]
-    wait_for("the worker to start", lambda: running(run_dir))
+    wait_for("the worker to start", lambda: running(run_dir), every=0.1)
     # what Slurm sends a preempted job (as submitit's own preemption test does): SIGTERM, then USR2
     subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
@@ -306,10 +307,12 @@ def test_a_preempted_job_is_requeued_and_goes_on_from_its_checkpoint(runs_dir, d
 @on_cluster
 def test_a_job_slurm_lost_shows_killed_and_resumes(runs_dir, data_dir) -> None:
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
-    wait_for("the worker to start", lambda: running(run_dir))
+    wait_for("the worker to start", lambda: running(run_dir), every=0.1)
     result = dtvg("runs", "stop", run_dir.name, "--kill", "--runs-dir", runs_dir)  # gone, without a word
     assert result.returncode == 0, result.stderr
     assert wait_for("the job to leave the queue", lambda: settled(run_dir)).status == "killed"
+    # Slurm cancels with SIGTERM first: the worker must end at once, not checkpoint and requeue the job
+    assert not [e for e in lifecycle(run_dir) if isinstance(e, RunFinished) or "requeue" in str(e)]
     (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
     assert doc["status"] == "killed"
     result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)

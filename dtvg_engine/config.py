@@ -259,7 +259,7 @@ def _stage1_matches(config: dict[str, Any], settings: dict[str, Any]) -> bool:
     return all(config.get(key) == settings[key] for key in ("model", "prompt_length", "init_seed"))
 
 
-SPLIT_KEYS = ("seed", "k_shot", "max_eval", "data_dir")
+SPLIT_KEYS = ("seed", "k_shot", "max_eval")
 """The settings that make a run's data split and shots: a target's T_t should share them with its
 stage-2 run, so both see the same training shots and neither checks itself on the other's test rows."""
 

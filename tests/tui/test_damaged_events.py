@@ -94,3 +94,14 @@ async def test_the_run_detail_finishes_loading_a_file_with_a_torn_last_line(tmp_
         )
         text = screen_text(app)
         assert "step 300/300" in text and "loading" not in text
+
+
+def test_the_runs_table_is_not_fooled_by_a_second_type_key(tmp_path: Path):
+    runs = tmp_path / "runs"
+    good = completed_run(pid=dead_pid())[:-2]  # died after step 300, or did it?
+    finish = b',"type":"run_finished","status":"failed","summary":{},"error":"disk full"}'
+    for key in (b'"type"', b'"\\u0074ype"'):  # JSON keeps the last of two keys: this step line is a finish
+        hostile = good[-1][:-1] + finish.replace(b'"type"', key)
+        run_dir = make_run(runs, "hostile", [*good, hostile])
+        (summary,) = [s for s in RunIndex(runs).scan()[0] if s.run_dir == str(run_dir)]
+        assert summary == summarize(run_dir) and (summary.status, summary.error) == ("failed", "disk full")

@@ -32,6 +32,9 @@ INPUT_TOKENS_CAP = 256
 """The longest default input, in tokens: the papers' `max_source_length`."""
 INPUT_COVERAGE = 0.95
 """The share of a task's inputs the default length holds whole."""
+INPUT_TOKENS_FLOOR = 64
+"""The default length is never below this (or the longest input, when that is shorter): a task of short
+inputs (wic, cola, trec) keeps every input whole instead of losing its longest 5 %."""
 LENGTH_SAMPLE = 4000
 """At most this many of a run's rows are measured for the default length (evenly spread)."""
 
@@ -40,11 +43,16 @@ Item = tuple[list[int], float]
 
 
 def covering_length(
-    lengths: Sequence[int], coverage: float = INPUT_COVERAGE, cap: int = INPUT_TOKENS_CAP
+    lengths: Sequence[int],
+    coverage: float = INPUT_COVERAGE,
+    cap: int = INPUT_TOKENS_CAP,
+    floor: int = INPUT_TOKENS_FLOOR,
 ) -> int:
-    """The smallest length that holds `coverage` of `lengths` whole, at most `cap`."""
+    """The smallest length that holds `coverage` of `lengths` whole, at most `cap`, and at least `floor`
+    or the longest input, whichever is shorter."""
     ordered = sorted(lengths)
-    return min(ordered[max(0, math.ceil(coverage * len(ordered)) - 1)], cap)
+    covering = ordered[max(0, math.ceil(coverage * len(ordered)) - 1)]
+    return min(max(covering, min(floor, ordered[-1])), cap)
 
 
 @dataclass
@@ -90,7 +98,8 @@ class LabelScorer:
         cls, backbone: Backbone, task: tasks.Task, max_input_tokens: int | None, rows: Sequence[dict]
     ) -> LabelScorer:
         """A scorer whose input length is `max_input_tokens`, or, when that is None, the length that
-        holds 95% of these rows' inputs whole, at most 256 tokens (the papers' input length)."""
+        holds 95% of these rows' inputs whole (never fewer than 64 tokens or the longest input), at most 256
+        tokens (the papers' input length)."""
         if max_input_tokens is not None:
             return cls(backbone, task, max_input_tokens)
         step = max(1, math.ceil(len(rows) / LENGTH_SAMPLE))
@@ -100,7 +109,7 @@ class LabelScorer:
         length = covering_length(lengths)
         rule = (
             f"holds {INPUT_COVERAGE:.0%} of the {len(sample)} inputs measured whole; "
-            f"at most {INPUT_TOKENS_CAP}"
+            f"at least {INPUT_TOKENS_FLOOR} (or the longest), at most {INPUT_TOKENS_CAP}"
         )
         return cls(backbone, task, length, rule)
 

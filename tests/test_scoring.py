@@ -169,6 +169,8 @@ def test_long_inputs_lose_the_end_of_their_longest_field(model, request, data_di
 
 def test_the_default_length_holds_95_percent_of_the_inputs(llama, data_dir):
     assert covering_length(list(range(1, 101))) == 95
+    assert covering_length(list(range(1, 41))) == 40  # short inputs (wic, trec) are all kept whole
+    assert covering_length(list(range(1, 81))) == 76  # the floor is 64 or the longest, whichever is less
     assert covering_length([300] * 20 + [10]) == 256  # the papers' 256 is the cap
     task = tasks.get_task("rte")
     splits = load_splits("rte", data_dir, seed=0, k_shot=16, max_eval=200)

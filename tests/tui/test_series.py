@@ -145,3 +145,25 @@ def test_run_series_folds_a_resumed_run():
     assert series.duration == 5.0 and series.samples_per_s == 13.0 and series.step == 3
     assert series.best is not None and series.best.primary == 0.5
     assert list(series.logs)[-1][1:] == ("warning", "slow")
+
+
+def test_run_series_is_the_engine_fold_with_columns_on_top():
+    from dtvg_engine.events import RunState
+
+    events = parsed(
+        {"type": "run_started", "time": 0.0, "run_id": "r", "stage": "stage1", "method": "pt", "task": "rte",
+         "pid": 1, "config": {"steps": 2}},
+        {"type": "step", "time": 1.0, "step": 1, "loss": 2.0, "lr": {"prompt": 0.3}, "samples_per_s": 10.0},
+        {"type": "step", "time": 2.0, "step": "2", "loss": 1.0, "lr": {}, "samples_per_s": 1.0},  # skipped
+        # a test eval of a run that never evaluated on validation names no step: no point on a curve
+        {"type": "eval", "time": 3.0, "step": None, "split": "test", "metrics": {}, "primary": 0.5,
+         "best": False},
+        {"type": "run_finished", "time": 4.0, "status": "completed", "summary": {}, "error": None},
+    )  # fmt: skip
+    series, state = RunSeries(), RunState()
+    series.feed(events)
+    state.feed(events)
+    assert (series.status, series.step, series.duration, series.best_metric, series.started) == (
+        state.status, state.step, state.duration, state.best_metric, state.started,
+    ) == ("completed", 1, 4.0, None, 0.0)  # fmt: skip
+    assert series.last_eval["test"].primary == 0.5 and series.evals == {} and series.task == "rte"

@@ -41,12 +41,13 @@ COLUMNS: tuple[Column, ...] = (
         lambda s: status_text(s),
         lambda s: STATUSES.index(s.status) if s.status in STATUSES else 9,
     ),
-    Column("executor", "Executor", lambda s: executor_text(s), lambda s: (s.executor, s.job_id or "")),
     Column("step", "Step", lambda s: fmt_progress(s.step, s.total_steps), lambda s: s.step),
     Column("best_metric", "Best", lambda s: fmt_metric(s.best_metric), lambda s: s.best_metric),
     Column("started", "Started", lambda s: fmt_time(s.started), lambda s: s.started),
     Column("duration", "Duration", lambda s: fmt_duration(s.duration), lambda s: s.duration),
     Column("tags", "Tags", lambda s: ",".join(s.tags), lambda s: ",".join(s.tags)),
+    # Last: where a run executes matters less at a glance than its tags, and a narrow terminal cuts the right.
+    Column("executor", "Executor", lambda s: executor_text(s), lambda s: (s.executor, s.job_id or "")),
 )
 """The table's columns, left to right."""
 

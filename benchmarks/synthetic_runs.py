@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,96 @@ def make_scale_runs(runs_dir: Path, count: int = 500, big_lines: int = 100_000) 
         config,
         training_events(run_id, config, steps, T0, seconds_per_step=0.05, sources=sources, seed=3),
     )
+
+
+def write_tpv(path: Path, rows: int, dim: int, seed: int) -> None:
+    """A stage-1 vector file in the safetensors layout (8-byte header length, JSON header, float32 data)."""
+    rng = random.Random(seed)
+    values = [rng.gauss(0.0, 0.1) for _ in range(rows * dim)]
+    header = json.dumps({"tpv": {"dtype": "F32", "shape": [rows, dim], "data_offsets": [0, 4 * len(values)]}})
+    blob = header.encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + struct.pack(f"<{len(values)}f", *values))
+
+
+STUDY_SOURCES = ["mnli", "qnli", "qqp", "sst2", "snli"]
+STUDY_TARGETS = ["rte", "cb", "mrpc", "wic"]
+STUDY_METHODS = ["pt", "tpv-top1", "tpv-sum", "dtvg", "dtvg:prefix"]
+
+
+def study_spec(seeds: int) -> dict[str, Any]:
+    """The study `make_study_runs` fills: 4 targets × 5 methods × `seeds` seeds."""
+    return {
+        "name": "scale-study",
+        "model": "tiny-llama",
+        "prompt_length": 8,
+        "sources": STUDY_SOURCES,
+        "targets": STUDY_TARGETS,
+        "methods": STUDY_METHODS,
+        "seeds": list(range(seeds)),
+        "jobs": 1,
+        "stage1": {"steps": 20, "eval_every": 10},
+        "stage2": {"steps": 30, "eval_every": 10, "k_shot": 16},
+    }
+
+
+def study_toml(spec: dict[str, Any]) -> str:
+    """`spec` as a pipeline file."""
+
+    def value(v: Any) -> str:
+        return json.dumps(v)  # lists of strings and numbers are the same in TOML and JSON
+
+    lines = [f"{key} = {value(spec[key])}" for key in spec if not isinstance(spec[key], dict)]
+    for table in ("stage1", "stage2"):
+        lines += [f"[{table}]", *(f"{key} = {value(v)}" for key, v in spec[table].items())]
+    return "\n".join(lines) + "\n"
+
+
+def make_study_runs(runs_dir: Path, seeds: int = 15) -> dict[str, Any]:
+    """A finished study of 4 × 5 × `seeds` stage-2 runs (300 for 15 seeds) and its stage-1 runs: what a
+    pipeline leaves (configs as it writes them, test evals, the constant floor, TPV files, a group event
+    per step of the grouped runs). Returns its spec."""
+    spec = study_spec(seeds)
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    split = {"test_constant": 0.5}
+    stage1: dict[tuple[str, int | None], str] = {}
+    planned = [(task, None) for task in STUDY_SOURCES]
+    planned += [(task, seed) for task in STUDY_TARGETS for seed in spec["seeds"]]
+    for i, (task, seed) in enumerate(planned):
+        run_id = f"20250201-{i // 60:02d}{i % 60:02d}00-stage1-{task}" + ("" if seed is None else f"-s{seed}")
+        extra = {"k_shot": 16, "seed": seed} if seed is not None else {}
+        config = stage1_config(task, steps=20, eval_every=10, split=split, **extra)
+        events = training_events(run_id, config, 20, T0 + 30 * i, seed=i)
+        events.insert(-1, {**events[-2], "split": "test", "best": False})
+        write_tpv(write_run(runs_dir, run_id, config, events) / "tpv.safetensors", 8, 64, i)
+        stage1[task, seed] = run_id
+    i = 0
+    for target in STUDY_TARGETS:
+        for method in STUDY_METHODS:
+            name, _, rule = method.partition(":")
+            grouped = name == "dtvg"
+            for seed in spec["seeds"]:
+                i += 1
+                run_id = (
+                    f"20250202-{i // 60:02d}{i % 60:02d}00-stage2-{target}-{method.replace(':', '-')}-s{seed}"
+                )
+                used = {s: stage1[s, None] for s in STUDY_SOURCES} if name != "pt" else {}
+                used |= {target: stage1[target, seed]} if name != "pt" else {}
+                config = stage2_config(
+                    target,
+                    STUDY_SOURCES if name != "pt" else [],
+                    name,
+                    steps=30,
+                    eval_every=10,
+                    k_shot=16,
+                    seed=seed,
+                    grouping=rule or "greedy",
+                    stage1_runs=used,
+                    split=split,
+                )
+                events = training_events(
+                    run_id, config, 30, T0 + 60 * i, seed=i, sources=STUDY_SOURCES if grouped else None
+                )
+                events.insert(-1, {**events[-2], "split": "test", "best": False})
+                write_run(runs_dir, run_id, config, events)
+    return spec

@@ -17,16 +17,16 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, tasks
+from dtvg_engine import method_registry, tasks, workers
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line, read_events
+from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line
 from dtvg_engine.runfolder import (
     EVENTS,
     TPV,
@@ -100,12 +100,17 @@ def grouping_of(spec: dict[str, Any]) -> str:
     return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
 
 
+@cache
+def _entry_settings(entry: str, grouping: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(method_registry.entry_settings(entry, grouping).items())
+
+
 def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
     """The entry of the study's `methods` a stage-2 run's config is a run of, if any (`dtvg:prefix` is
     `dtvg` with the prefix rule)."""
+    grouping = grouping_of(spec)
     for entry in spec["methods"]:
-        wanted = method_registry.entry_settings(entry, grouping_of(spec))
-        if _has(config, wanted):
+        if all(config.get(key) == value for key, value in _entry_settings(entry, grouping)):
             return entry
     return None
 
@@ -114,7 +119,7 @@ def belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs: Runs
     """Whether a stage-2 run's config is one the study plans for `entry` (target and seed aside)."""
     if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
         return False  # methods that use no sources (pt) record none
-    wanted = _settings(spec, "stage2") | method_registry.entry_settings(entry, grouping_of(spec))
+    wanted = _settings(spec, "stage2") | dict(_entry_settings(entry, grouping_of(spec)))
     seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
     if not _has(seen, wanted):
         return False
@@ -276,7 +281,7 @@ def seconds_left(spec: dict[str, Any], slots: list[Slot], runs: Runs) -> float |
         done = min(summary.step, total) if summary else 0
         rate = rates.get(slot.stage) or next(iter(rates.values()))
         left += (total - done) * rate
-    return left / max(1, int(spec.get("jobs", 1)))
+    return left / workers.parallel_runs(spec.get("jobs", "auto"))
 
 
 # ----- results ------------------------------------------------------------------------------------------
@@ -286,17 +291,23 @@ _TAIL = 64 << 10
 """Bytes read from the end of an events file first: the test eval is among a run's last few events."""
 
 
-def _events_of(lines: Iterable[bytes], kind: bytes) -> list[Event]:
-    """The events of type `kind` among `lines`, parsed by the schema (other lines are not parsed)."""
-    marker = b'"type":"' + kind + b'"'
-    events = (parse_line(line) for line in lines if marker in line)
-    return [event for event in events if event is not None]
+def _events_of(lines: Iterable[bytes], kind: bytes, *markers: bytes) -> Iterator[Event]:
+    """The events of type `kind` among `lines` (holding every one of `markers`), parsed by the schema;
+    the other lines are not parsed."""
+    wanted = (b'"type":"' + kind + b'"', *markers)
+    events = (parse_line(line) for line in lines if all(marker in line for marker in wanted))
+    return (event for event in events if event is not None)
+
+
+def _last_test(lines: list[bytes]) -> Eval | None:
+    tests = (e for e in _events_of(reversed(lines), b"eval", b'"test"') if isinstance(e, Eval))
+    return next((e for e in tests if e.split == "test"), None)
 
 
 def test_score(run_dir: Path) -> float | None:
     """A run's test score (at its best validation checkpoint): its last test `eval` event's `primary`,
     read from the end of its events file; None when it has none."""
-    path = Path(run_dir) / EVENTS
+    path = os.path.join(run_dir, EVENTS)  # os.path: a study view reads hundreds of these at once
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -304,11 +315,10 @@ def test_score(run_dir: Path) -> float | None:
             chunk = f.read()
     except OSError:
         return None
-    lines = chunk.split(b"\n")[1 if size > _TAIL else 0 :]  # a cut first line is no line
-    tests = [e for e in _events_of(lines, b"eval") if isinstance(e, Eval) and e.split == "test"]
-    if not tests and size > _TAIL:  # a run that wrote much after its test: read it whole
-        tests = [e for e in read_events(path) if isinstance(e, Eval) and e.split == "test"]
-    return tests[-1].primary if tests else None
+    test = _last_test(chunk.split(b"\n")[1 if size > _TAIL else 0 :])  # a cut first line is no line
+    if test is None and size > _TAIL:  # a run that wrote much after its test: read it whole
+        test = _last_test(EventReader(path).read_lines())
+    return test.primary if test else None
 
 
 CONSTANT_KEY = "test_constant"
@@ -525,7 +535,7 @@ def stage1_row(task: str, role: str, run_dir: Path, runs: Runs, test: float | No
 
 def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
     """(step, selected sources) of every `group` event of a run (only those lines are parsed)."""
-    groups = _events_of(EventReader(Path(run_dir) / EVENTS).read_lines(), b"group")
+    groups = list(_events_of(EventReader(Path(run_dir) / EVENTS).read_lines(), b"group"))
     return [(e.step, tuple(e.selected)) for e in groups if isinstance(e, Group)]
 
 

@@ -73,8 +73,8 @@ class StudyData:
         self._similarity: tuple[tuple, Any] | None = None
 
     def _config(self, run_id: str) -> dict[str, Any] | None:
-        try:
-            mtime = os.stat(self.runs_dir / run_id / CONFIG).st_mtime_ns
+        try:  # os.path, not pathlib: this runs for every run of the runs directory, every refresh
+            mtime = os.stat(os.path.join(self.runs_dir, run_id, CONFIG)).st_mtime_ns
         except OSError:
             return None
         cached = self._configs.get(run_id)

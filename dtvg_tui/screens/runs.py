@@ -45,6 +45,7 @@ class RunsScreen(Screen[None]):
         self._scanning = False
         self._scanned_once = False
         self._scans_applied = 0
+        self._stale = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -120,8 +121,19 @@ class RunsScreen(Screen[None]):
                 cells.append(text)
         return cells
 
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self.render_table()
+
     def render_table(self) -> None:
-        """Show the filtered, sorted runs; rows that did not move are updated in place."""
+        """Show the filtered, sorted runs; rows that did not move are updated in place.
+
+        While another screen covers this one (a study opened with `--study`, a run's detail) the table
+        is only marked stale and drawn when the screen shows again: hundreds of rows cost a first paint.
+        """
+        self._stale = self.app.screen is not self
+        if self._stale:
+            return
         table = self.query_one("#runs-table", DataTable)
         shown = runtable.view(
             self.summaries.values(), self.query_text, self.status_filter, self.sort_column, self.sort_reverse

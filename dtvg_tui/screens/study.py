@@ -111,7 +111,8 @@ class StudyScreen(Screen[None]):
         self._after_scan = False
         self._retrying = False
         self.shown_at: float | None = None
-        """`time.perf_counter()` when the table was first drawn (for the scale benchmark)."""
+        """`time.time()` when the table of a study with every planned run finished was first painted
+        (the scale benchmark waits for it)."""
         self.details_shown = False
         """Whether the groups and the similarity heatmap have been drawn once."""
 
@@ -201,9 +202,9 @@ class StudyScreen(Screen[None]):
         self.query_one("#study-progress", Static).update(progress_text(snapshot, pipeline))
         self._show_table(snapshot)
         self._show_stage1(snapshot)
-        self._show_bars()
-        if self.shown_at is None:
-            self.shown_at = time.perf_counter()
+        if self.shown_at is None and snapshot.counts["done"] == len(snapshot.slots):
+            self.call_after_refresh(lambda: setattr(self, "shown_at", time.time()))
+        self.call_after_refresh(self._show_bars)  # the numbers first: plotext takes a frame of its own
 
     def _show_table(self, snapshot: Snapshot) -> None:
         table = self.query_one("#study-table", DataTable)

@@ -3,6 +3,7 @@ the constant-prediction floor as a line (people read a comparison faster as a pi
 
 from __future__ import annotations
 
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 
@@ -12,6 +13,11 @@ class ScoreBars(PlotextPlot):
     def __init__(self, *, id: str | None = None) -> None:  # noqa: A002
         super().__init__(id=id)
         self._key: object = None
+
+    def render(self) -> RenderResult:
+        if self._key is None:  # nothing to plot yet: building plotext's empty frame costs a first paint
+            return ""
+        return super().render()
 
     def show(
         self,

@@ -102,10 +102,12 @@ start() {
     chown munge:munge "$MUNGE/munge.key"
     chmod 0600 "$MUNGE/munge.key"
     write_conf
+    # 9>&-: the daemons must not inherit the lock of `locked`, or they would hold it for ever and every
+    # later start, stop or test fixture would wait on it
     runuser -u munge -- munged --socket="$SOCKET" --key-file="$MUNGE/munge.key" \
-        --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed"
-    slurmctld -f "$CONF"
-    slurmd -f "$CONF"
+        --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munged.seed" 9>&-
+    slurmctld -f "$CONF" 9>&-
+    slurmd -f "$CONF" 9>&-
     # the node registers and turns idle in about a second
     for _ in $(seq 1 60); do
         if SLURM_CONF="$CONF" sinfo -h -o %t 2>/dev/null | grep -qx idle; then

@@ -8,8 +8,6 @@ group, exactly as `dtvg run … --detach` does.
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -340,23 +338,11 @@ class NewRunScreen(Screen[None]):
         self.dismiss()
 
     def _launch_pipeline(self) -> None:
+        """Start `dtvg run pipeline FILE` as the study view's `g` does (a bad file is refused here)."""
+        from dtvg_engine.study import start_pipeline
+
         path = Path(self._value("pl-file")).expanduser()
-        if not path.is_file():
-            raise UserError(f"pipeline file not found: {path}")
-        logs = Path(self.app.runs_dir) / "_pipelines"
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{path.stem}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "dtvg_engine.cli",
-            "run",
-            "pipeline",
-            str(path.resolve()),
-            "--runs-dir",
-            str(Path(self.app.runs_dir).resolve()),
-        ]
-        launcher.spawn_detached(command, log_path)
+        _, log_path = start_pipeline(path, Path(self.app.runs_dir))
         self.notify(f"Pipeline started; its runs appear here as they start (log: {log_path})")
         self.dismiss()
 

@@ -61,7 +61,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "k_shot": None,
     "eval_every": 25,
-    "eval_batch_size": 32,
+    "eval_batch_size": 16,
     "max_eval": 200,
     "max_input_tokens": None,
     "seed": 0,
@@ -74,7 +74,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 """Stage-1 settings and their defaults (lr 0.3 and weight decay 1e-5 as in the papers). Inputs longer
 than `max_input_tokens` are cut in their longest text field; None fits it to the task's data (the length
-that holds 95% of the run's inputs whole, at most 256 tokens, the papers' input length)."""
+that holds 95% of the run's inputs whole, at most 256 tokens, the papers' input length). Evaluation runs
+in length-sorted batches of `eval_batch_size` rows: 16 evaluated the most rows per CPU second with whole
+inputs (8 as fast, 32 and 64 slower: more padding; benchmarks/eval_batch_size.py, docs/performance.md)."""
 
 STAGE2_DEFAULTS: dict[str, Any] = {
     "method": "dtvg",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 AUTO = "auto"
 
-WORKER_MEMORY = 2 << 30
-"""Memory to keep free per CPU worker: a smollm2-135m worker peaks at about 1.7 GB (docs/performance.md)."""
+WORKER_MEMORY = 4 << 30
+"""Memory to keep free per CPU worker: a smollm2-135m stage-1 worker with whole inputs (up to 171 tokens,
+batch 8, fp32) peaked at 3.4 GB resident (docs/performance.md)."""
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 """Thread-pool sizes read at start by torch (OpenMP), MKL, and the tokenizer (rayon)."""

@@ -12,6 +12,7 @@ writes them, and the export writes exactly the report's table.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class StudyScreen(Screen[None]):
         (the scale benchmark waits for it)."""
         self.details_shown = False
         """Whether the groups and the similarity heatmap have been drawn once."""
+        self._rows: dict[str, list[tuple[str | Text, ...]]] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -196,8 +198,6 @@ class StudyScreen(Screen[None]):
             self._loading = False
 
     def _show(self, snapshot: Snapshot, pipeline: int | None) -> None:
-        import time
-
         self.snapshot, self.pipeline = snapshot, pipeline
         self.query_one("#study-progress", Static).update(progress_text(snapshot, pipeline))
         self._show_table(snapshot)
@@ -232,16 +232,29 @@ class StudyScreen(Screen[None]):
         )
 
     def _show_stage1(self, snapshot: Snapshot) -> None:
-        table = self.query_one("#study-stage1-table", DataTable)
-        table.clear()
+        rows: list[tuple[str | Text, ...]] = []
         for slot, row in snapshot.stage1:
-            role = "source" if slot.seed is None else f"target, seed {slot.seed}"
             state = Text(slot.state, style=STATE_STYLES[slot.state])
             if row is None:
-                table.add_row(slot.task, role, state, "", "not started", "", "", "")
+                role = "source" if slot.seed is None else f"target, seed {slot.seed}"
+                rows.append((slot.task, role, state, "", "not started", "", "", ""))
             else:
                 best, test = study.pct(row.best), study.pct(row.test)
-                table.add_row(row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test)
+                rows.append((row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test))
+        self._fill("study-stage1-table", rows)
+
+    def _fill(self, table_id: str, rows: list[tuple[str | Text, ...]]) -> None:
+        """Show `rows` in a table, rebuilt only when they changed (a refresh must not move its cursor)."""
+        if self._rows.get(table_id) == rows:
+            return
+        self._rows[table_id] = rows
+        table = self.query_one(f"#{table_id}", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for row in rows:
+            table.add_row(*row)
+        if rows:
+            table.move_cursor(row=min(max(cursor, 0), len(rows) - 1), animate=False)
 
     def _show_details(self, snapshot: Snapshot) -> None:
         self.details_shown = True
@@ -250,8 +263,6 @@ class StudyScreen(Screen[None]):
             heatmap.show(*snapshot.similarity)
         else:
             heatmap.show_error(snapshot.similarity_error or "")
-        table = self.query_one("#study-groups-table", DataTable)
-        table.clear()
         self.query_one("#study-groups-note", Static).update(
             Text(
                 "How often each source was in the group: the share of the steps, mean over the seeds "
@@ -261,9 +272,11 @@ class StudyScreen(Screen[None]):
                 style="dim",
             )
         )
+        rows: list[tuple[str | Text, ...]] = []
         for row in snapshot.groups:
             shares = [Text(f"{share:.0%}", style="green" if share >= 0.5 else "") for share in row.shares]
-            table.add_row(row.target, row.method, str(row.seeds), f"{row.changes:.1f}", *shares)
+            rows.append((row.target, row.method, str(row.seeds), f"{row.changes:.1f}", *shares))
+        self._fill("study-groups-table", rows)
 
     # ----- the cursor: chart, cell runs, compare -----
 

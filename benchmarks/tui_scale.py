@@ -13,9 +13,10 @@ process (interpreter start and imports included) measures:
 
 Then, in another fresh process, the study view (`dtvg-tui --study`) of a finished study of 300 stage-2
 runs and their 65 stage-1 runs (4 targets × 5 methods × 15 seeds, also generated): process start → the
-whole table is filled, and → the groups and the similarity heatmap are drawn.
+whole table is painted, and → the groups and the similarity heatmap are drawn; then the view opened
+again from the running dashboard (as S and enter open it) → its table is painted.
 
-Targets: first screen < 1 s, detail < 1 s, study table < 1 s, RSS < 250 MB. Prints the figures; the
+Targets: first screen < 1 s, detail < 1 s, study view opened < 1 s, RSS < 250 MB. Prints the figures; the
 last line is JSON.
 """
 
@@ -120,6 +121,14 @@ async def main():
             await asyncio.sleep(0.01)
         out["details_s"] = time.time() - t_start
         out["group_rows"] = len(screen.snapshot.groups)
+        # as a user opens it from the running dashboard (S, enter): a new view reads the study afresh
+        app.pop_screen()
+        await pilot.pause(0.5)
+        opened = time.time()
+        app.open_study(__import__("pathlib").Path(study_file))
+        while not isinstance(app.screen, StudyScreen) or app.screen.shown_at is None:
+            await asyncio.sleep(0.005)
+        out["open_s"] = app.screen.shown_at - opened
 asyncio.run(main())
 print("RESULT " + json.dumps(out), flush=True)
 """
@@ -235,11 +244,12 @@ def main() -> None:
         "study_runs": study["runs"],
         "study_table_s": round(study["table_s"], 3),
         "study_details_s": round(study["details_s"], 3),
+        "study_open_s": round(study["open_s"], 3),
         "load_average": os.getloadavg()[0],  # other load on the machine skews every figure
         "targets_met": {
             "first_screen_lt_1s": result["first_screen_s"] < 1,
             "detail_lt_1s": result["detail_shown_s"] < 1,
-            "study_table_lt_1s": study["table_s"] < 1,
+            "study_open_lt_1s": study["open_s"] < 1,
             "rss_lt_250mb": result["rss_mb"] < 250,
         },
     }
@@ -265,7 +275,8 @@ def main() -> None:
         print(
             f"study view of {study['runs']} runs ({study['finished_runs']} stage-2): the whole table "
             f"{figures['study_table_s']:.3f} s after process start, groups and heatmap at "
-            f"{figures['study_details_s']:.3f} s ({study['group_rows']} group rows)"
+            f"{figures['study_details_s']:.3f} s ({study['group_rows']} group rows); opened from the "
+            f"running dashboard, its table is painted in {figures['study_open_s']:.3f} s"
         )
     print(json.dumps(figures))
 

@@ -120,7 +120,7 @@ async def main():
         while not screen.details_shown:
             await asyncio.sleep(0.01)
         out["details_s"] = time.time() - t_start
-        out["group_rows"] = len(screen.snapshot.groups)
+        out["group_rows"] = len(screen.query_one("#study-groups-table").rows)
         # as a user opens it from the running dashboard (S, enter): a new view reads the study afresh
         app.pop_screen()
         await pilot.pause(0.5)

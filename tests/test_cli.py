@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import assert_bad_input
 from safetensors.numpy import save_file
 from tinydb import TinyDB
 
@@ -36,17 +37,6 @@ def dtvg(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 def run_folders(runs_dir: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
-
-
-def assert_bad_input(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2 and exactly one line on stderr starting with "error:"; returns that line."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def corrupt_copy(data_dir: Path, target: Path) -> Path:

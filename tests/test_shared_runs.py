@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_bad_input
 
 from dtvg_engine import launcher
 from dtvg_engine import runfolder as rf
@@ -36,17 +37,6 @@ def dtvg(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [DTVG, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
-
-
-def assert_bad_input(result: subprocess.CompletedProcess[str]) -> str:
-    """Exit code 2 and exactly one line on stderr starting with "error:"; returns that line."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def wait_for(predicate, timeout: float, what: str, run_dir: Path | None = None) -> None:

@@ -5,12 +5,11 @@ stage-1 runs, the target's per seed, and four stage-2 runs, each with validation
 through the real `dtvg run pipeline` in child processes of this one, each in its own runs directory:
 
 - the **reference** settings, how a study ran before issue 13: the frozen model in fp32, one worker at a
-  time with every core, every batch whole as drawn (`batching = "data"`), evaluation in data order at the
-  training batch size (8; the default was then 32, which `eval_batch_size.py` measured slower in data
-  order, so the reference is the faster of the two);
+  time with every core, evaluation batches in data order (`eval_order = "data"`) at the training batch
+  size (8; the default was then 32, which `eval_batch_size.py` measured slower in data order, so the
+  reference is the faster of the two);
 - the **defaults**: `--precision auto`, `--jobs auto` (one worker per share of the cores, or per GPU),
-  length-sorted evaluation batches of the default size and training batches run as two length-sorted
-  halves on a CPU (`batching = "length"`).
+  evaluation in length-sorted batches of the default size.
 
 Inputs are whole in both (the fitted length: 95% of a task's inputs whole, at most 256 tokens). It prints
 both wall times, their ratio, the CPU seconds the workers used, and the largest difference between the
@@ -66,7 +65,7 @@ k_shot = 32
 """
 """The study (prompt length 8, as the fewshot study); `top` and `stage` take a setting's overrides."""
 
-REFERENCE = {"top": 'precision = "fp32"\njobs = 1', "stage": 'batching = "data"\neval_batch_size = 8'}
+REFERENCE = {"top": 'precision = "fp32"\njobs = 1', "stage": 'eval_order = "data"\neval_batch_size = 8'}
 """The settings before issue 13. Unset, `jobs = 1` gives the one worker every core (torch's default)."""
 DEFAULTS = {"top": "", "stage": ""}
 
@@ -148,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = " ".join(map(str, key))
         say(f"  {name:<22} test {reference[key]} vs {ours[key]}: max |diff| {diff:.4f}")
     (ref_wall, ref_cpu), (our_wall, our_cpu) = times["reference"], times["defaults"]
-    say(f"reference {ref_wall:8.1f} s   (fp32, 1 worker x all cores, whole batches, data-order evaluation)")
-    say(f"defaults  {our_wall:8.1f} s   (--precision auto, --jobs auto, batching by length)")
+    say(f"reference {ref_wall:8.1f} s   (fp32, 1 worker x all cores, data-order evaluation)")
+    say(f"defaults  {our_wall:8.1f} s   (--precision auto, --jobs auto, length-sorted evaluation)")
     say(
         f"ratio     {ref_wall / our_wall:8.2f}x   (CPU seconds: {ref_cpu:.0f} vs {our_cpu:.0f}, "
         f"{ref_cpu / our_cpu:.2f}x)"

@@ -23,11 +23,10 @@ BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 """`--precision` of the frozen model (`backbones.resolve_precision`); the prompt always trains in fp32."""
-BATCHINGS = ("length", "data")
-"""How batches are padded. `length`: evaluation batches are cut from the rows sorted by length, and on a
-CPU a training batch runs as two halves of similar length, so each pads to about its own length (same
-predictions; same loss and gradient up to float rounding). `data`: every batch whole, as drawn (how runs
-were batched before; the reference benchmarks/study_throughput.py measures against)."""
+EVAL_ORDERS = ("length", "data")
+"""How evaluation batches are cut: from the rows sorted by length, so each pads to about its own length,
+or in data order (how runs evaluated before; the reference benchmarks/study_throughput.py measures
+against). The predictions are the same either way."""
 
 
 def check_model_name(name: str) -> None:
@@ -70,7 +69,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "init_seed": 0,
     "device": "auto",
     "precision": "auto",
-    "batching": "length",
+    "eval_order": "length",
     "data_dir": None,
     "init_prompt": None,
 }
@@ -158,7 +157,7 @@ SETTING_RULES: dict[str, Rule] = {
     "init_seed": SEED,
     "device": Rule(str, choices=DEVICES),
     "precision": Rule(str, choices=PRECISIONS),
-    "batching": Rule(str, choices=BATCHINGS),
+    "eval_order": Rule(str, choices=EVAL_ORDERS),
     "data_dir": PATH,
     "init_prompt": PATH,
     "grouping": Rule(str, choices=GROUPINGS),

@@ -70,26 +70,6 @@ class Batch:
     golds: list[float]
     """Gold labels as given by the task (class ids, or scores for regression)."""
 
-    def part(self, rows: torch.Tensor) -> Batch:
-        """These rows alone, cut to the longest of them (rows are right-padded)."""
-        width = int(self.attention_mask[rows].sum(1).max())
-        return Batch(
-            self.input_ids[rows, :width],
-            self.attention_mask[rows, :width],
-            self.answer_index[rows],
-            self.target_ids[rows],
-            [self.golds[i] for i in rows.tolist()],
-        )
-
-    def by_length(self, parts: int) -> list[Batch]:
-        """The batch as `parts` batches of rows of similar length, each padded only to its own longest."""
-        order = self.attention_mask.sum(1).argsort(stable=True)
-        return [self.part(rows) for rows in order.tensor_split(parts) if len(rows)]
-
-
-TRAIN_PARTS = 2
-"""A training batch on a CPU runs as this many parts of similar length (`LabelScorer.loss`)."""
-
 
 class LabelScorer:
     """Encodes one task's examples for one backbone and scores its label words."""
@@ -265,21 +245,16 @@ class LabelScorer:
         )
         return out.logits[:, 0]
 
-    def loss(self, prompt: torch.Tensor, batch: Batch, by_length: bool = True) -> torch.Tensor:
+    def loss(self, prompt: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean full-vocabulary cross-entropy of the gold label word's first token.
 
-        On a CPU, with `by_length`, the batch runs as two halves of similar length, each padded to its
-        own longest example: with whole inputs a drawn batch of 8 is a quarter to a half padding, and a
-        step took 23% less CPU time, for the same loss and gradient up to float rounding (1e-6;
-        docs/performance.md). A GPU takes the batch whole: at these sizes it is bound by kernel
-        launches, not by tokens.
+        The batch runs whole, as drawn. Two length-sorted halves, each padded to its own longest, took
+        23% less CPU time per step with whole inputs but change float rounding (1e-6), and short runs
+        amplified that into other trajectories and test scores (docs/performance.md); whole batches
+        keep a run's results the same whatever the thread count or evaluation settings.
         """
-        split = by_length and self.backbone.device.type == "cpu"
-        total = torch.zeros((), device=self.backbone.device)
-        for part in batch.by_length(TRAIN_PARTS) if split else [batch]:
-            logits = self.answer_logits(prompt, part).float()
-            total = total + F.cross_entropy(logits, part.target_ids.to(logits.device), reduction="sum")
-        return total / len(batch.golds)
+        logits = self.answer_logits(prompt, batch).float()
+        return F.cross_entropy(logits, batch.target_ids.to(logits.device))
 
     @torch.no_grad()
     def predict(self, prompt: torch.Tensor, batch: Batch) -> list[float]:

@@ -93,8 +93,7 @@ def mix_prompt(
             train[source][i]
             for i in batch_indices(len(train[source]), config["batch_size"], step, config["seed"])
         ]
-        by_length = config.get("batching", "length") == "length"
-        loss = scorers[source].loss(tuner.weight, scorers[source].collate(rows), by_length)
+        loss = scorers[source].loss(tuner.weight, scorers[source].collate(rows))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tuner.parameters(), config["max_grad_norm"])
@@ -109,7 +108,7 @@ def mix_prompt(
                         tuner.prompt(),
                         validation[name],
                         config["eval_batch_size"],
-                        config.get("batching", "length"),
+                        config.get("eval_order", "length"),
                     ),
                 )
                 for name in names

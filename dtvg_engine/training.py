@@ -223,7 +223,7 @@ def fit(
 ) -> Outcome:
     """Train `tuner` for `config["steps"]` steps (resuming from the run's checkpoint if there is one)."""
     steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
-    eval_batch, batching = config["eval_batch_size"], config.get("batching", "length")
+    eval_batch, eval_order = config["eval_batch_size"], config.get("eval_order", "length")
     task = scorer.task
     torch.manual_seed(seed)
     train_items, val_items, test_items, cut_note = scorer.encode_splits(splits)
@@ -272,7 +272,7 @@ def fit(
             [train_items[i] for i in batch_indices(len(train_items), batch_size, step, seed)]
         )
         prompt, group = tuner.step_prompt(step)
-        loss = scorer.loss(prompt, batch, by_length=batching == "length")
+        loss = scorer.loss(prompt, batch)
         rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
         if not math.isfinite(loss.item()):
             raise RunFailed(
@@ -289,7 +289,7 @@ def fit(
         events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
 
         if step % config["eval_every"] == 0 or step == steps:
-            scores = evaluate(scorer, tuner.prompt(), val_items, eval_batch, batching)
+            scores = evaluate(scorer, tuner.prompt(), val_items, eval_batch, eval_order)
             value = metrics.score(task, scores)
             best = state["best_metric"] is None or value > state["best_metric"]
             if best:
@@ -298,7 +298,7 @@ def fit(
             save_checkpoint(step)
 
     tuner.restore(state["best"])
-    test = evaluate(scorer, tuner.prompt(), test_items, eval_batch, batching)
+    test = evaluate(scorer, tuner.prompt(), test_items, eval_batch, eval_order)
     value = metrics.score(task, test)
     events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

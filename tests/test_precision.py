@@ -40,8 +40,8 @@ def test_resolve_precision_on_cpu(monkeypatch):
 def test_an_unknown_precision_is_refused_before_any_run():
     with pytest.raises(UserError, match="--precision must be one of auto, fp32, bf16"):
         stage1_config("rte", precision="fp16")
-    with pytest.raises(UserError, match="--batching must be one of length, data"):
-        stage1_config("rte", batching="random")
+    with pytest.raises(UserError, match="--eval-order must be one of length, data"):
+        stage1_config("rte", eval_order="random")
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5"])

@@ -1,12 +1,10 @@
-"""Batches padded to about their own length (issue 13). Evaluation in length-sorted batches gives the
-predictions and metrics of data order; on a CPU a training batch runs as two length-sorted halves, for the
-same loss and gradient. In data order every batch is padded to its longest member, which with whole
-inputs is much of the work."""
+"""Evaluation in length-sorted batches (issue 13): the predictions and metrics of data order, with less
+padding. In data order every batch is padded to its longest member, which with whole inputs is most of
+the work; sorted by length, a batch is padded to about its own members' length."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dtvg_engine import metrics
 from dtvg_engine.data import load_splits
@@ -17,21 +15,16 @@ from dtvg_engine.training import evaluate, predictions
 
 
 class WidthScorer(LabelScorer):
-    """A real scorer that also counts the padding of every batch it collates, and the shapes it scores."""
+    """A real scorer that also counts the padding of every batch it collates."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.padding = 0
-        self.shapes: list[tuple[int, int]] = []
 
     def collate(self, items) -> Batch:
         batch = super().collate(items)
         self.padding += int((batch.attention_mask == 0).sum())
         return batch
-
-    def answer_logits(self, prompt, batch: Batch) -> torch.Tensor:
-        self.shapes.append(tuple(batch.input_ids.shape))
-        return super().answer_logits(prompt, batch)
 
 
 def scorer_and_items(backbone, task_name: str, data_dir):
@@ -49,9 +42,9 @@ def test_sorted_batches_give_data_order_predictions_with_less_padding(model, tas
 
     in_data_order = predictions(scorer, prompt, items, 8, order="data")
     data_padding, scorer.padding = scorer.padding, 0
-    by_length = predictions(scorer, prompt, items, 8, order="length")
+    sorted_order = predictions(scorer, prompt, items, 8, order="length")
 
-    assert by_length == in_data_order  # same label for every example, in data order
+    assert sorted_order == in_data_order  # same label for every example, in data order
     assert scorer.padding < data_padding / 3  # a fraction of the padding at the same batch size
     golds = [gold for _, gold in items]  # the default evaluation, any batch size: the same metrics
     assert evaluate(scorer, prompt, items, 64) == metrics.compute(scorer.task, in_data_order, golds)
@@ -63,29 +56,8 @@ def test_sorted_regression_scores_agree_to_rounding(llama, data_dir):
     scorer, items = scorer_and_items(llama, "stsb", data_dir)
     prompt = sample_init(llama, 8, 0)
     in_data_order = predictions(scorer, prompt, items, 8, order="data")
-    by_length = predictions(scorer, prompt, items, 32, order="length")
-    assert max(abs(a - b) for a, b in zip(in_data_order, by_length, strict=True)) < 1e-5
+    sorted_order = predictions(scorer, prompt, items, 32, order="length")
+    assert max(abs(a - b) for a, b in zip(in_data_order, sorted_order, strict=True)) < 1e-5
     sorted_metrics = evaluate(scorer, prompt, items, 32)
     for name, value in evaluate(scorer, prompt, items, 8, order="data").items():
         assert sorted_metrics[name] == pytest.approx(value, abs=1e-5)
-
-
-@pytest.mark.parametrize("model", ["llama", "t5"])
-def test_a_training_batch_runs_as_two_length_sorted_halves(model, request, data_dir):
-    backbone = request.getfixturevalue(model)
-    rows = load_splits("rte", data_dir, seed=0).train[:8]
-    scorer = WidthScorer.fitted(backbone, get_task("rte"), None, rows)
-    batch = scorer.collate(scorer.encode(rows))
-    lengths = sorted(batch.attention_mask.sum(1).tolist())
-    results = []
-    for by_length in (False, True):
-        prompt = sample_init(backbone, 8, 0).requires_grad_(True)
-        scorer.shapes = []
-        loss = scorer.loss(prompt, batch, by_length=by_length)
-        loss.backward()
-        results.append((loss.item(), prompt.grad, scorer.shapes))
-    (whole, whole_grad, whole_shapes), (halves, halves_grad, halves_shapes) = results
-    assert whole_shapes == [(8, lengths[-1])]
-    assert halves_shapes == [(4, lengths[3]), (4, lengths[7])]  # each half padded to its own longest
-    assert halves == pytest.approx(whole, abs=1e-5)
-    torch.testing.assert_close(halves_grad, whole_grad, atol=1e-5, rtol=1e-4)

@@ -187,7 +187,7 @@ def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(existing.get(k) == wanted.get(k) for k in keys)
 
 
-def _reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:
+def reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:
     """An existing run with these settings (and its status), or a new run folder ("new").
 
     A run that was queued by an earlier, interrupted pipeline but never launched (no worker pid, no
@@ -201,7 +201,7 @@ def _reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, A
     return create_run(runs_dir, stage, label, wanted), "new"
 
 
-def _execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any = None) -> list[str]:
+def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any = None) -> list[str]:
     """Run what is new, resume what was stopped, killed or failed; leave completed and live runs alone.
 
     `on_slurm` (a `slurm_submit.PipelineOnSlurm`): submit them as one job array instead; return the
@@ -257,7 +257,7 @@ def run_pipeline(
     report: list[str] = []
 
     source_plan = [
-        _reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
+        reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
         for task in spec["sources"]
     ]
     plan1 = list(source_plan)
@@ -270,7 +270,7 @@ def run_pipeline(
         for task in spec["targets"]:
             for seed in spec["seeds"]:
                 config = configs.stage1_config(task, **shared, **{**target_stage1, "seed": seed})
-                plan1.append(_reuse_or_create(runs_dir, "stage1", f"{task}-s{seed}", config))
+                plan1.append(reuse_or_create(runs_dir, "stage1", f"{task}-s{seed}", config))
                 target_runs[task, seed] = plan1[-1][0]
     if _run_stage(1, plan1, jobs, report, on_slurm):
         return {"name": spec["name"], "report": report}
@@ -301,7 +301,7 @@ def run_pipeline(
                     report.append(f"skipped {target}/{method}/seed {seed}: {exc}")
                     continue
                 label = f"{target}-{method_registry.run_label(method)}-s{seed}"
-                plan2.append(_reuse_or_create(runs_dir, "stage2", label, wanted))
+                plan2.append(reuse_or_create(runs_dir, "stage2", label, wanted))
     if _run_stage(2, plan2, jobs, report, on_slurm):
         return {"name": spec["name"], "report": report}
 
@@ -321,7 +321,7 @@ def _run_stage(stage: int, plan: list[tuple[Path, str]], jobs: int, report: list
     """
     if on_slurm is not None and on_slurm.stage > stage:
         return False
-    waiting = _execute(plan, jobs, report, on_slurm)
+    waiting = execute(plan, jobs, report, on_slurm)
     if not waiting:
         return False
     report.append(f"the rest of the pipeline: Slurm job {on_slurm.continue_after(waiting)}, once they end")

@@ -79,6 +79,16 @@ that holds 95% of the run's inputs whole, at most 256 tokens, the papers' input 
 in length-sorted batches of `eval_batch_size` rows: 16 evaluated the most rows per CPU second with whole
 inputs (8 as fast, 32 and 64 slower: more padding; benchmarks/eval_batch_size.py, docs/performance.md)."""
 
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
+"""Settings swept for one backbone on validation data, over `TRAINING_DEFAULTS` (the papers' values,
+which every other backbone keeps). The sweep and its figures: docs/sweep.md."""
+
+
+def defaults_for(model: str) -> dict[str, Any]:
+    """The training defaults of runs on `model`: the papers' values, with the model's swept ones."""
+    return {**TRAINING_DEFAULTS, **MODEL_DEFAULTS.get(model, {})}
+
+
 STAGE2_DEFAULTS: dict[str, Any] = {
     "method": "dtvg",
     "grouping": "greedy",
@@ -242,7 +252,8 @@ def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
     spec = tasks.get_task(task)
     if not spec.has_train:
         raise UserError(f"task {task!r} has no train split (evaluation-only); pick a task with training data")
-    settings = {**TRAINING_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = {**defaults_for(given.get("model", TRAINING_DEFAULTS["model"])), **given}
     check_settings(settings)
     if settings["init_prompt"]:
         check_init_prompt(
@@ -355,10 +366,11 @@ def stage2_config(
         raise UserError(f"--sources lists a task twice: {','.join(sources)}")
     if spec_method.uses_sources and not sources and not tpv_runs:
         raise UserError(f"method {method!r} transfers from source tasks; give them with --sources A,B,...")
+    given = {k: v for k, v in overrides.items() if v is not None}
     settings = {
-        **TRAINING_DEFAULTS,
+        **defaults_for(given.get("model", TRAINING_DEFAULTS["model"])),
         **STAGE2_DEFAULTS,
-        **{k: v for k, v in overrides.items() if v is not None},
+        **given,
         **fixed,
     }
     check_settings(settings)

@@ -28,10 +28,12 @@ def run_stage1(
     model: Annotated[
         str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")
     ] = "smollm2-135m",
-    prompt_length: Annotated[int, typer.Option(help="Soft prompt tokens r.")] = 100,
+    prompt_length: Annotated[
+        int | None, typer.Option(help="Soft prompt tokens r (default: the model's, see README).")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
     batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 0.3,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate (default: the model's).")] = None,
     k_shot: Annotated[int | None, typer.Option(help="Train on K examples (class-stratified).")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every E steps.")] = 25,
     max_eval: Annotated[int, typer.Option(help="Cap validation/test examples.")] = 200,
@@ -137,10 +139,12 @@ def run_stage2(
         int | None, typer.Option(help="mix: steps on the sources' data (default: their stage-1 steps).")
     ] = None,
     model: Annotated[str, typer.Option(help="Must match the stage-1 runs.")] = "smollm2-135m",
-    prompt_length: Annotated[int, typer.Option()] = 100,
+    prompt_length: Annotated[int | None, typer.Option(help="As for stage 1.")] = None,
     steps: Annotated[int, typer.Option()] = 100,
     batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float, typer.Option(help="Learning rate of the target prompt and its scale.")] = 0.3,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the target prompt and its scale (as stage 1).")
+    ] = None,
     k_shot: Annotated[int | None, typer.Option(help="Train on K target examples.")] = None,
     eval_every: Annotated[int, typer.Option()] = 25,
     max_eval: Annotated[int, typer.Option()] = 200,

@@ -31,8 +31,8 @@ LRS = (3e-3, 3e-2, 0.3)  # 0.3: the papers' T5 rate; the DTVG paper took 1e-3 fo
 LENGTHS = (8, 100)  # 100: the papers' prompt length
 STAGES = {
     # stage: (tasks, settings); each setting runs on every task of its stage
-    "stage1": (("snli", "qqp"), {"steps": 150, "eval_every": 50, "max_eval": 200}),
-    "stage2": (("sst2", "cb"), {"steps": 40, "eval_every": 10, "max_eval": 200, "k_shot": 32}),
+    "stage1": (("snli", "qqp"), {"steps": 100, "eval_every": 50, "max_eval": 200}),
+    "stage2": (("sst2", "cb"), {"steps": 30, "eval_every": 10, "max_eval": 200, "k_shot": 32}),
 }
 
 

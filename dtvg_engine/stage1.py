@@ -22,17 +22,25 @@ from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.study import CONSTANT_KEY
 from dtvg_engine.training import Outcome, SoftPrompt, fit
 
+VALIDATION_CONSTANT_KEY = "validation_constant"
+"""Key of a run's config `split` record: the best score of a constant answer on its validation rows, the
+floor a setting or a source is judged against before any test score is read (experiments/bank.py)."""
+
 
 def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
     """The task's seeded splits; the split actually made is recorded in config.json, with the best
-    score a constant prediction gets on its test rows (the floor a study's table reads scores against)."""
+    score a constant prediction gets on its test rows (the floor a study's table reads scores against)
+    and on its validation rows."""
     data_dir = config.get("data_dir") or default_data_dir()
     splits = load_splits(
         task_name, data_dir, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"]
     )
     task = tasks.get_task(task_name)
-    floor = metrics.constant_score(task, [tasks.label_of(task, row) for row in splits.test])
-    split = {**splits.split_info, CONSTANT_KEY: floor}
+    floors = {
+        key: metrics.constant_score(task, [tasks.label_of(task, row) for row in rows])
+        for key, rows in ((CONSTANT_KEY, splits.test), (VALIDATION_CONSTANT_KEY, splits.validation))
+    }
+    split = {**splits.split_info, **floors}
     write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": split})
     sizes = splits.split_info["sizes"]
     events.emit("log", level="info", message=f"{task_name}: {sizes} ({splits.split_info['rule']})")

@@ -100,6 +100,8 @@ def test_stage1_run_completes_with_every_artifact(pair):
         assert split["task"] == task and split["k_shot"] == 16 and split["max_eval"] == 16
         assert split["sizes"] == {"train": 16, "validation": 16, "test": 16}
         assert "rule" in split and split["files"]["train"].endswith(f"{task}/train.jsonl")
+        # both floors a constant answer reaches: on the test rows, and on the validation rows
+        assert 0 < split["test_constant"] <= 1 and 0 < split["validation_constant"] <= 1
         assert "Traceback" not in (run_dir / "worker.log").read_text()
 
 

@@ -1,0 +1,67 @@
+"""Train the source bank's prompts (issue 10): full-data stage-1 runs of the study's source tasks on
+`smollm2-135m` at the model's swept defaults (`config.MODEL_DEFAULTS`, docs/sweep.md).
+
+    .venv/bin/python experiments/bank.py --runs-dir runs/bank [--data-dir ../shared/data]
+    .venv/bin/python scripts/ship_bank.py runs/bank/*-stage1-bank-*    # then ship the vectors
+
+Runs are reused and resumed as a study's are (`pipeline.reuse_or_create`): stop it with Ctrl-C (or
+`dtvg runs stop`) and start it again to go on from the last checkpoint, across sessions too. A source
+goes into the study only when its best validation score is at least 10 points above its validation
+constant (`--check` prints that for each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dtvg_engine import config as configs
+from dtvg_engine import pipeline
+from dtvg_engine.data import default_data_dir
+from dtvg_engine.events import read_state
+from dtvg_engine.runfolder import EVENTS, read_config
+from dtvg_engine.stage1 import VALIDATION_CONSTANT_KEY
+
+MODEL = "smollm2-135m"
+SOURCES = ("mnli", "snli", "qnli", "qqp", "sst5")  # NLI, QA-entailment, paraphrase, sentiment
+SETTINGS = {"steps": 600, "eval_every": 100, "max_eval": 200}  # each source: 600 steps x 8 = 4,800 rows
+
+
+def plan(runs_dir: Path, data_dir: str) -> list[tuple[Path, str]]:
+    """Each source's run folder, reused when one with these settings exists."""
+    return [
+        pipeline.reuse_or_create(
+            runs_dir,
+            "stage1",
+            f"bank-{task}",
+            configs.stage1_config(task, model=MODEL, data_dir=data_dir, **SETTINGS),
+        )
+        for task in SOURCES
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/bank"))
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--jobs", default="auto")
+    parser.add_argument("--check", action="store_true", help="only print each run's progress and best score")
+    args = parser.parse_args()
+    data_dir = str(Path(args.data_dir or default_data_dir()).resolve())
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.runs_dir, data_dir)
+    if not args.check:
+        report: list[str] = []
+        pipeline.execute(runs, configs.parse_jobs("--jobs", args.jobs), report)
+        print("\n".join(report))
+    for run_dir, _ in runs:
+        state = read_state(run_dir / EVENTS)
+        step = state.last_step.step if state.last_step else 0
+        best = f"{state.best.primary:.3f} at step {state.best.step}" if state.best else "—"
+        floor = read_config(run_dir).get("split", {}).get(VALIDATION_CONSTANT_KEY)
+        margin = f", {state.best.primary - floor:+.3f} over a constant answer" if state.best and floor else ""
+        print(f"{run_dir.name}: step {step}, best validation {best}{margin}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,8 @@ class Rule:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.optional
+        if self.kind is bool:
+            return isinstance(value, bool)
         if self.kind is str:
             return isinstance(value, str) and (not self.choices or value in self.choices)
         numeric = (int,) if self.kind is int else (int, float)
@@ -136,7 +138,9 @@ class Rule:
         if self.choices:
             what = f"one of {', '.join(self.choices)}"
         else:
-            what = {int: "an integer", float: "a finite number", str: "a string"}[self.kind]
+            what = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[
+                self.kind
+            ]
             if self.low is not None and self.high is not None:
                 what += f" from {self.low:g} to {self.high:g}"
             elif self.low is not None:
@@ -287,6 +291,15 @@ def find_stage1_run(
 ) -> Path:
     """The newest completed stage-1 run of `task` sharing model, prompt length and init seed; with
     `same_split`, the newest of those with the seed and split of `settings` when there is one."""
+    found = _newest_stage1_run(runs_dir, task, settings, same_split)
+    if found is None:
+        raise _no_stage1_run(runs_dir, task, settings)
+    return found
+
+
+def _newest_stage1_run(
+    runs_dir: str | Path, task: str, settings: dict[str, Any], same_split: bool = False
+) -> Path | None:
     from dtvg_engine.runfolder import TPV, list_run_dirs, read_config, summarize
 
     found = []
@@ -302,9 +315,11 @@ def find_stage1_run(
             if not same_split or _split_of(config) == _split_of(settings):
                 return run_dir
             found.append(run_dir)
-    if found:
-        return found[0]
-    raise UserError(
+    return found[0] if found else None
+
+
+def _no_stage1_run(runs_dir: str | Path, task: str, settings: dict[str, Any]) -> UserError:
+    return UserError(
         f"no finished stage-1 run of {task!r} with model {settings['model']}, prompt length "
         f"{settings['prompt_length']} and init seed {settings['init_seed']} in {runs_dir}; run "
         f"`dtvg run stage1 {task} --model {settings['model']} --prompt-length {settings['prompt_length']} "
@@ -339,14 +354,17 @@ def stage2_config(
     method: str,
     runs_dir: str | Path,
     tpv_runs: list[str] | None = None,
+    bank_tasks: Collection[str] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """The resolved config of a stage-2 run: the method, and the stage-1 runs it transfers from.
+    """The resolved config of a stage-2 run: the method, and the stage-1 vectors it transfers from.
 
     `method` is a registry name or an entry with a grouping rule (`dtvg:prefix`). The target's own
     stage-1 run, for the methods that need it, is the newest with this run's seed and split (else the
     newest; `describe_stage1_runs` says which). A `fair_budget` method's `steps` become T_t's stage-1
     steps plus these; `mix_steps` left unset becomes the sources' stage-1 steps together.
+    A source without a local run takes the source bank's vector of the same init (`bank_sources`,
+    `_source_vectors`); the pipeline names the sources it takes from the bank with `bank_tasks`.
     """
     stage2_keys = set(STAGE2_DEFAULTS) - {"method"}
     unknown = set(overrides) - set(TRAINING_DEFAULTS) - stage2_keys
@@ -377,41 +395,83 @@ def stage2_config(
 
     explicit = _runs_by_task(runs_dir, tpv_runs or [], settings)
     sources = (sources or [task for task in explicit if task != target]) if spec_method.uses_sources else []
-    stage1_runs = {task: explicit.get(task) or find_stage1_run(runs_dir, task, settings) for task in sources}
+    stage1_runs, bank_sources = _source_vectors(runs_dir, sources, settings, explicit, bank_tasks)
     if spec_method.needs_target_run:
         stage1_runs[target] = explicit.get(target) or find_stage1_run(
             runs_dir, target, settings, same_split=True
         )
-    planned = _stage1_budgets(spec_method, settings, stage1_runs, target)
-    return {
+    config = {
         "stage": "stage2",
         "target": target,
         "sources": list(sources),
         # by run id, resolved in the run's own runs directory: a runs directory can be moved whole
         "stage1_runs": {task: path.name for task, path in stage1_runs.items()},
+        # only when there are some, so a run made before the bank matches its settings still
+        **({"bank_sources": bank_sources} if bank_sources else {}),
         "primary_metric": spec.primary,
         "created": time.time(),
         **settings,
-        **planned,
         "method": spec_method.name,
     }
+    return config | _stage1_budgets(spec_method, config, runs_dir)
+
+
+def _source_vectors(
+    runs_dir: str | Path,
+    sources: list[str],
+    settings: dict[str, Any],
+    explicit: dict[str, Path],
+    bank_tasks: Collection[str] | None,
+) -> tuple[dict[str, Path], dict[str, dict[str, str]]]:
+    """Each source's stage-1 vector: its `--tpv` run, else the newest local completed run of the same
+    init, else the source bank's (task → init id and sha256 of the file, which the run checks). With
+    `bank_tasks` (the pipeline), those sources come from the bank and no other source does."""
+    from dtvg_engine import bank
+
+    ident = init_id(settings["model"], settings["prompt_length"], settings["init_seed"])
+    runs: dict[str, Path] = {}
+    banked: dict[str, dict[str, str]] = {}
+    for task in sources:
+        forced = bank_tasks is not None and task in bank_tasks
+        local = explicit.get(task) or (None if forced else _newest_stage1_run(runs_dir, task, settings))
+        vector = bank.find(ident, task) if local is None and (forced or bank_tasks is None) else None
+        if local is not None:
+            runs[task] = local
+        elif vector is not None:
+            bank.verified(vector.path, vector.sha256)  # a damaged file is refused before any run exists
+            banked[task] = {"init_id": ident, "sha256": vector.sha256}
+        else:
+            raise _no_stage1_run(runs_dir, task, settings)
+    if banked:
+        bank.check_init(Path(runs_dir), ident)
+    return runs, banked
+
+
+def stage1_settings(runs_dir: str | Path, config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The settings the stage-1 vector of `task` a stage-2 config transfers was tuned with (its split
+    and steps): its run's config, or the source bank's record of it."""
+    from dtvg_engine import bank
+    from dtvg_engine.runfolder import read_config
+
+    if task in config["stage1_runs"]:
+        return read_config(Path(runs_dir) / Path(config["stage1_runs"][task]).name)
+    return bank.named(task, config["bank_sources"][task]).config
 
 
 def _stage1_budgets(
-    method: method_registry.Method, settings: dict[str, Any], stage1_runs: dict[str, Path], target: str
+    method: method_registry.Method, config: dict[str, Any], runs_dir: str | Path
 ) -> dict[str, Any]:
-    """The step settings a method takes from its stage-1 runs: a budget-fair method trains T_t's
+    """The step settings a method takes from its stage-1 vectors: a budget-fair method trains T_t's
     stage-1 steps on top of its own (`target_stage1_steps` records them); `mix` without `mix_steps`
     trains the sources' prompt as long as the sources' stage-1 runs were trained together."""
-    from dtvg_engine.runfolder import read_config
-
     planned: dict[str, Any] = {}
     if method.fair_budget:
-        earlier = int(read_config(stage1_runs[target])["steps"])
-        planned |= {"steps": settings["steps"] + earlier, "target_stage1_steps": earlier}
-    if method.init == "mix" and settings["mix_steps"] is None:
-        sources = [task for task in stage1_runs if task != target]
-        planned["mix_steps"] = sum(int(read_config(stage1_runs[task])["steps"]) for task in sources)
+        earlier = int(stage1_settings(runs_dir, config, config["target"])["steps"])
+        planned |= {"steps": config["steps"] + earlier, "target_stage1_steps": earlier}
+    if method.init == "mix" and config["mix_steps"] is None:
+        planned["mix_steps"] = sum(
+            int(stage1_settings(runs_dir, config, task)["steps"]) for task in config["sources"]
+        )
     return planned
 
 
@@ -422,10 +482,16 @@ def _data_of(config: dict[str, Any]) -> str:
 
 def describe_stage1_runs(runs_dir: str | Path, config: dict[str, Any]) -> list[str]:
     """Which stage-1 run a stage-2 config transfers from for each task, and whether the target's own
-    run T_t shares its seed and split (the CLI prints these lines, the worker logs them)."""
+    run T_t shares its seed and split, or that a source's vector comes from the source bank (the CLI
+    prints these lines, the worker logs them)."""
+    from dtvg_engine import bank
     from dtvg_engine.runfolder import read_config
 
     lines = []
+    for task, shipped in (config.get("bank_sources") or {}).items():
+        vector = bank.find(shipped["init_id"], task)
+        where = vector.describe() if vector else f"from the source bank ({shipped['init_id']}), now missing"
+        lines.append(f"stage-1 vector of {task}: {where}")
     for task, run_id in config["stage1_runs"].items():
         made = read_config(Path(runs_dir) / run_id)
         line = f"stage-1 run of {task}: {run_id} ({_data_of(made)})"

@@ -1,7 +1,8 @@
 """`dtvg run pipeline experiment.toml`: a whole study in one file, resumable across sessions.
 
-Stage 1 runs for every task the study needs (sources at the `[stage1]` settings; targets with the
-target k-shot, once per seed), reusing any finished run with the same settings; then stage 2 for every
+Stage 1 runs for every task the study needs (sources at the `[stage1]` settings, but those the source
+bank holds for the study's init, unless `bank = false`; targets with the target k-shot, once per seed),
+reusing any finished run with the same settings; then stage 2 for every
 target × method × seed, again reusing finished runs and resuming stopped or killed ones. It ends with a
 results table: test primary metric, mean ± std over seeds per target and method, best method marked.
 
@@ -15,6 +16,7 @@ methods = ["pt", "dtvg"]
 seeds = [0, 1, 2]
 jobs = "auto"                    # or a number; auto: as many runs at once as the cores or GPUs hold
 precision = "auto"               # the frozen model: auto, fp32 or bf16
+bank = true                      # sources the source bank holds for this init are not trained (false: are)
 [stage1]                         # any training setting: steps, batch_size, lr, eval_every, ...
 steps = 200
 [stage2]                         # training settings, k_shot, grouping, lambda, source_scale_lr
@@ -40,12 +42,19 @@ from typing import Any
 
 import tomllib
 
+from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, slurm, tasks, workers
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
-from dtvg_engine.study import entry_of, grouping_of, record_study, results_rows
+from dtvg_engine.study import (
+    banked_sources,
+    entry_of,
+    grouping_of,
+    record_study,
+    results_rows,
+    study_init_id,
+)
 
 TOP_KEYS = {
     "name",
@@ -63,6 +72,7 @@ TOP_KEYS = {
     "stage1",
     "stage2",
     "slurm",
+    "bank",
 }
 SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device", "precision")
 """Top-level settings that apply to every run of the study."""
@@ -70,6 +80,9 @@ IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_s
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
 from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
 
+
+BANK_RULE = configs.Rule(bool)
+"""`bank = true|false`: whether the sources the source bank holds for the study's init come from it."""
 
 NAME_LIMIT = 200
 """The longest study name: `<name>-results.json` must still fit a file name (255 bytes)."""
@@ -108,6 +121,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
     for seed in spec["seeds"]:
         configs.check_value(f"{path}: seeds", seed, configs.SETTING_RULES["seed"])
     spec["jobs"] = configs.parse_jobs(f"{path}: jobs", spec["jobs"])
+    configs.check_value(f"{path}: bank", spec.setdefault("bank", True), BANK_RULE)
     configs.check_settings(_shared(spec), label=lambda key: f"{path}: {key}")
     for task in spec["sources"] + spec["targets"]:
         tasks.get_task(task)
@@ -249,6 +263,8 @@ def run_pipeline(
     spec = load_experiment(path)
     if data_dir:
         spec["data_dir"] = data_dir
+    ident = study_init_id(spec)
+    bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init not the bank's
     record_study(runs_dir, spec, path)  # so the dashboard can open and stop the study
     jobs = jobs or spec["jobs"]
     shared = _shared(spec)
@@ -256,9 +272,15 @@ def run_pipeline(
     stage2 = spec.get("stage2", {})
     report: list[str] = []
 
+    banked = banked_sources(spec)
+    if banked:
+        line = f"from the source bank ({ident}), not trained: {', '.join(banked)} (bank = false trains them)"
+        print(line, flush=True)
+        report.append(line)
     source_plan = [
         reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
         for task in spec["sources"]
+        if task not in banked
     ]
     plan1 = list(source_plan)
     # A target's own vector is tuned per seed, on that seed's k-shot sample and split (the papers run
@@ -294,6 +316,7 @@ def run_pipeline(
                         method,
                         runs_dir,
                         source_runs + ([own.name] if own in finished else []),
+                        bank_tasks=banked,
                         **shared,
                         **{**stage2, "seed": seed},
                     )

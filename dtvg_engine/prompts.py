@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.bank import ensure_init
 from dtvg_engine.config import init_id
 from dtvg_engine.runfolder import INITS_DIR, replacing
 
@@ -40,8 +41,13 @@ def sample_init(backbone: Backbone, prompt_length: int, init_seed: int) -> torch
 def shared_init(
     runs_dir: Path, backbone: Backbone, prompt_length: int, init_seed: int
 ) -> tuple[torch.Tensor, str]:
-    """Load P_init for these settings, creating it on first use; returns (P_init [r, d], init id)."""
+    """Load P_init for these settings, creating it on first use; returns (P_init [r, d], init id).
+
+    When the source bank has vectors of this init, P_init is the bank's (copied on first use; a
+    different local one is refused), so target prompts tune from the init the bank's TPVs came from.
+    """
     ident = init_id(backbone.name, prompt_length, init_seed)
+    ensure_init(Path(runs_dir), ident)
     path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

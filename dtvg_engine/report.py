@@ -15,7 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import grouping, method_registry, metrics, tasks
+from dtvg_engine import bank, grouping, method_registry, metrics, tasks
+from dtvg_engine.bank import BankVector
 from dtvg_engine.events import read_state
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, read_config, summarize
@@ -99,8 +100,9 @@ def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[s
     return markdown_table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
 
 
-def stage1_section(records: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    """How well stage 1 learned each task: the vectors every transfer starts from.
+def stage1_section(records: list[tuple[Path, dict[str, Any]]], banked: list[BankVector]) -> list[str]:
+    """How well stage 1 learned each task: the vectors every transfer starts from (the source bank's
+    included, with the scores it shipped them with).
 
     A target's stage-1 run is plain prompt tuning on its k shots for the stage-1 steps: its test score is
     what the target reaches with no source at all.
@@ -122,6 +124,11 @@ def stage1_section(records: list[tuple[Path, dict[str, Any]]]) -> list[str]:
                 pct(record["constant"]),
             ]
         )
+    for vector in banked:
+        made = vector.provenance
+        run = f"bank `{made.get('source_run')}`"
+        scores = [pct(vector.primary("validation")), pct(vector.primary("test")), pct(vector.constant)]
+        rows.append([vector.task, "source (bank)", "full", run, str(made.get("steps")), *scores])
     header = ["task", "role", "data", "run", "steps", "best validation", "test", "constant"]
     return markdown_table(header, rows)
 
@@ -158,9 +165,11 @@ def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[s
     loaded = {
         run_dir: load_tpv(run_dir / TPV) for run_dir in [*study.sources.values(), *study.targets.values()]
     }
-    (init_id,) = {meta["init_id"] for _, meta in loaded.values()}  # a study has one initialization
+    banked = {task: bank.load_vector(vector) for task, vector in study.banked.items()}
+    (init_id,) = {meta["init_id"] for _, meta in [*loaded.values(), *banked.values()]}  # one init
     p_init = load_file(runs_dir / INITS_DIR / f"{init_id}.safetensors")["prompt"]
     sources = {task: loaded[run_dir][0] for task, run_dir in study.sources.items()}
+    sources |= {task: vector for task, (vector, _) in banked.items()}
     targets = {key: loaded[run_dir][0] for key, run_dir in study.targets.items()}
     return sources, targets, p_init
 
@@ -240,10 +249,10 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
         "",
         "## Stage 1",
         "",
-        *stage1_section(table.stage1),
+        *stage1_section(table.stage1, list(study.banked.values())),
         "",
     ]
-    if study.sources and study.targets:
+    if (study.sources or study.banked) and study.targets:
         sources, targets, p_init = _vectors(study, runs_dir)
         first_seed = {
             target: vector for (target, seed), vector in targets.items() if seed == spec["seeds"][0]

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from dtvg_engine import metrics, tasks, tpv
+from dtvg_engine import bank, metrics, tasks, tpv
 from dtvg_engine.backbones import Backbone
-from dtvg_engine.config import describe_stage1_runs
+from dtvg_engine.config import describe_stage1_runs, stage1_settings
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
-from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, read_config, replacing
+from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, evaluate, fit, linear_schedule
@@ -28,7 +28,8 @@ MIX_PROMPT = "mix_prompt.safetensors"
 
 
 def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[str, torch.Tensor]:
-    """The stage-1 TPVs this run transfers from, refusing any made from another initialization."""
+    """The stage-1 TPVs this run transfers from, refusing any made from another initialization: its
+    stage-1 runs' and the source bank's (each file checked against the sha256 the config records)."""
     tpvs, metas = (
         {},
         [
@@ -43,6 +44,9 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
     for task, run_id in config["stage1_runs"].items():
         tpvs[task], meta = tpv.load_tpv(runs_dir / Path(run_id).name / TPV)
         metas.append(meta)
+    for task, shipped in (config.get("bank_sources") or {}).items():
+        tpvs[task], meta = bank.load_vector(bank.named(task, shipped), shipped["sha256"])
+        metas.append(meta)
     tpv.check_compatible(metas)
     return tpvs
 
@@ -56,8 +60,8 @@ def mix_prompt(
     mixing) and a batch of it, for `mix_steps` steps (the sources' stage-1 budget unless set); every
     `eval_every` steps the prompt is scored on the sources' validation splits (the mean of their task
     scores) and the best one is kept, as each source's own stage-1 prompt was. The sources' splits are
-    those of their stage-1 runs. The result is kept in the checkpoint folder, so a resumed run goes
-    straight on to the target.
+    those of their stage-1 runs (or the source bank's record of them). The result is kept in the
+    checkpoint folder, so a resumed run goes straight on to the target.
     """
     saved = run_dir / CHECKPOINT / MIX_PROMPT
     if saved.is_file():
@@ -66,7 +70,7 @@ def mix_prompt(
     data_dir = config.get("data_dir") or default_data_dir()
     scorers, train, validation = {}, {}, {}
     for source in config["sources"]:
-        made = read_config(run_dir.parent / config["stage1_runs"][source])
+        made = stage1_settings(run_dir.parent, config, source)
         splits = load_splits(
             source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
         )

@@ -18,13 +18,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine import bank, method_registry, tasks, workers
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, tasks, workers
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line
 from dtvg_engine.runfolder import (
@@ -94,6 +94,23 @@ def _has(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(config.get(key) == value for key, value in wanted.items())
 
 
+def study_init_id(spec: dict[str, Any]) -> str:
+    """The id of the shared init the study's runs tune from (its model, prompt length and init seed,
+    with the defaults its runs get)."""
+    shared = {key: spec[key] for key in ("model", "prompt_length", "init_seed") if key in spec}
+    made = configs.stage1_config(spec["sources"][0], **shared)
+    return configs.init_id(made["model"], made["prompt_length"], made["init_seed"])
+
+
+def banked_sources(spec: dict[str, Any]) -> list[str]:
+    """The study's sources the pipeline takes from the source bank instead of training them: those the
+    bank holds for the study's init, unless the study sets `bank = false`."""
+    if spec.get("bank") is False:
+        return []
+    ident = study_init_id(spec)
+    return [task for task in spec["sources"] if bank.find(ident, task) is not None]
+
+
 def grouping_of(spec: dict[str, Any]) -> str:
     """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
     stage2 = spec.get("stage2", {})
@@ -147,6 +164,8 @@ class Study:
     """Source task → the stage-1 run the stage-2 runs transferred from."""
     targets: dict[tuple[str, int], Path]
     """(target, seed) → the target's own stage-1 run for that seed (its vector T_t)."""
+    banked: dict[str, bank.BankVector] = field(default_factory=dict)
+    """Source task → the source bank's vector the stage-2 runs transferred from (`bank_sources`)."""
 
 
 def find_study(spec: dict[str, Any], runs: Runs) -> Study:
@@ -158,17 +177,24 @@ def find_study(spec: dict[str, Any], runs: Runs) -> Study:
             found[key] = runs.runs_dir / run_id
     sources: dict[str, Path] = {}
     targets: dict[tuple[str, int], Path] = {}
+    banked: dict[str, bank.BankVector] = {}
     for (target, _, seed), run_dir in found.items():
-        for task, run_id in runs.configs[run_dir.name]["stage1_runs"].items():
+        config = runs.configs[run_dir.name]
+        for task, run_id in config["stage1_runs"].items():
             if task == target:
                 targets[target, seed] = runs.runs_dir / run_id
             else:
                 sources[task] = runs.runs_dir / run_id
+        for task, shipped in (config.get("bank_sources") or {}).items():
+            vector = bank.find(shipped["init_id"], task)
+            if vector is not None and vector.sha256 == shipped["sha256"]:  # the vector the run used
+                banked[task] = vector
     return Study(
         spec,
         found,
         {task: sources[task] for task in spec["sources"] if task in sources},
         {key: targets[key] for key in sorted(targets, key=lambda k: (spec["targets"].index(k[0]), k[1]))},
+        {task: banked[task] for task in spec["sources"] if task in banked and task not in sources},
     )
 
 
@@ -214,8 +240,9 @@ def _pick(candidates: list[str], runs: Runs) -> str | None:
 def plan(spec: dict[str, Any], runs: Runs) -> list[Slot]:
     """Every run the study plans, as the pipeline plans them, each with the run that fills it.
 
-    Stage 1: each source once, and, when a method needs the target's own vector, each target once per
-    seed on that seed's shots (the stage-2 k-shot); stage 2: every target × method × seed.
+    Stage 1: each source once (but those taken from the source bank), and, when a method needs the
+    target's own vector, each target once per seed on that seed's shots (the stage-2 k-shot); stage 2:
+    every target × method × seed.
     """
     stage1 = _settings(spec, "stage1")
     target_stage1 = stage1 | {"k_shot": spec.get("stage2", {}).get("k_shot", stage1.get("k_shot"))}
@@ -229,7 +256,8 @@ def plan(spec: dict[str, Any], runs: Runs) -> list[Slot]:
                 candidates.setdefault(("stage1", task, "pt", config.get("seed")), []).append(run_id)
         elif (key := _stage2_key(spec, config, runs)) is not None:
             candidates.setdefault(("stage2", *key), []).append(run_id)
-    keys = [("stage1", task, "pt", None) for task in spec["sources"]]
+    banked = banked_sources(spec)
+    keys = [("stage1", task, "pt", None) for task in spec["sources"] if task not in banked]
     if any(method_registry.parse(method)[0].needs_target_run for method in spec["methods"]):
         keys += [("stage1", task, "pt", seed) for task in spec["targets"] for seed in spec["seeds"]]
     keys += [

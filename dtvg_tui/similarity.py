@@ -33,12 +33,17 @@ def similarity_matrix(vectors: list[Any]) -> list[list[float]]:
 def stage1_tpvs(config: dict[str, Any], runs_dir: Path) -> dict[str, Path]:
     """Task → tpv.safetensors of the stage-1 runs a stage-2 config names (target first when it has one).
 
-    `stage1_runs` names runs by id, found in the stage-2 run's own runs directory.
+    `stage1_runs` names runs by id, found in the stage-2 run's own runs directory; `bank_sources` names
+    the sources whose vectors came from the source bank (`dtvg_engine.bank`).
     """
+    from dtvg_engine import bank
+
     runs = config.get("stage1_runs") or {}
+    files = {task: Path(runs_dir) / Path(run_id).name / TPV for task, run_id in runs.items()}
+    for task, shipped in (config.get("bank_sources") or {}).items():
+        files[task] = bank.named(task, shipped).path
     target = config.get("target")
-    ordered = sorted(runs, key=lambda task: (task != target, task))
-    return {task: Path(runs_dir) / Path(runs[task]).name / TPV for task in ordered}
+    return {task: files[task] for task in sorted(files, key=lambda task: (task != target, task))}
 
 
 def load_matrix(config: dict[str, Any], runs_dir: Path) -> tuple[list[str], list[list[float]]]:

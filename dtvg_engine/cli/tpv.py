@@ -1,4 +1,4 @@
-"""`dtvg tpv ...`: task prompt vectors: show, similarity matrix, arithmetic."""
+"""`dtvg tpv ...`: task prompt vectors: show, similarity matrix, arithmetic, the source bank."""
 
 from __future__ import annotations
 
@@ -143,3 +143,35 @@ def _newest_stage1(root: Path, name: str) -> str:
         if config.get("stage") == "stage1" and config.get("task") == name and (run_dir / TPV).is_file():
             return run_dir.name
     return name
+
+
+@tpv_app.command("bank")
+def tpv_bank(as_json: JsonFlag = False) -> None:
+    """The source vectors shipped for stage 2: init, task, steps, validation and test scores."""
+    from dtvg_engine import bank
+    from dtvg_engine.study import pct
+
+    vectors = bank.entries()
+    if as_json:
+        print_json([vector.row() for vector in vectors])
+        return
+    if not vectors:
+        print(
+            f"the source bank is empty: {bank.bank_dir()} holds no vectors (a maintainer ships them with "
+            f"scripts/ship_bank.py; ${bank.BANK_ENV} names another bank)"
+        )
+        return
+    table = Table("init", "task", "steps", "validation", "test", "constant", "exported", title="source bank")
+    for vector in vectors:
+        made = vector.provenance
+        table.add_row(
+            vector.init_id,
+            vector.task,
+            str(made.get("steps")),
+            pct(vector.primary("validation")),
+            pct(vector.primary("test")),
+            pct(vector.constant),
+            str(made.get("exported")),
+        )
+    out.print(table)
+    out.print(f"from {bank.bank_dir()}", markup=False, highlight=False)

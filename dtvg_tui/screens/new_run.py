@@ -87,7 +87,7 @@ class NewRunScreen(Screen[None]):
         """Finished stage-1 runs by shared init."""
 
     def compose(self) -> ComposeResult:
-        d = configs.TRAINING_DEFAULTS
+        d = configs.defaults_for(configs.TRAINING_DEFAULTS["model"])  # the form opens on the default model
         trainable = tasks.trainable_tasks()
         yield Header()
         yield Static(id="new-run-error")

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import config as configs
-from dtvg_engine import metrics, pipeline, tasks
+from dtvg_engine import metrics, pipeline, tasks, tpv_plain
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS
+from dtvg_engine.runfolder import EVENTS, INITS_DIR, PROMPT
 
 MODEL = "smollm2-135m"
 LRS = (3e-3, 3e-2, 0.3)  # 0.3: the papers' T5 rate; the DTVG paper took 1e-3 for Llama-3.2
@@ -59,6 +59,15 @@ def validation_constant(task: str, settings: dict[str, Any], data_dir: str) -> f
     return metrics.constant_score(spec, [tasks.label_of(spec, row) for row in split.validation])
 
 
+def token_norm(path: Path) -> float | None:
+    """Mean L2 norm of a prompt's rows: how far the lr drove the tokens from the embeddings' scale."""
+    if not path.is_file():
+        return None
+    (rows, width), values = tpv_plain.read_tensor(path, "prompt")
+    norms = [sum(v * v for v in values[i * width : (i + 1) * width]) ** 0.5 for i in range(rows)]
+    return statistics.mean(norms)
+
+
 def collect(rows: list[tuple[str, str, float, int, Path, str]], data_dir: str) -> dict[str, Any]:
     """Best validation score per run, and per stage the setting with the best mean over its tasks."""
     out: dict[str, Any] = {"model": MODEL, "lrs": list(LRS), "lengths": list(LENGTHS), "stages": {}}
@@ -78,6 +87,8 @@ def collect(rows: list[tuple[str, str, float, int, Path, str]], data_dir: str) -
                     "val_best": best,
                     "completed": done,
                     "seconds": state.duration,
+                    "steps_done": state.last_step.step if state.last_step else 0,
+                    "prompt_norm": token_norm(run_dir / PROMPT),
                     "run_id": run_dir.name,
                 }
             )
@@ -88,6 +99,7 @@ def collect(rows: list[tuple[str, str, float, int, Path, str]], data_dir: str) -
                 if scores and all(s is not None for s in scores):
                     means[f"{length}/{lr:g}"] = statistics.mean(scores)
         best_key = max(means, key=means.get) if means else None
+        runs_dir = rows[0][4].parent
         out["stages"][stage] = {
             "tasks": list(names),
             "settings": settings,
@@ -96,6 +108,17 @@ def collect(rows: list[tuple[str, str, float, int, Path, str]], data_dir: str) -
             "mean_val": means,
             "best": best_key,
         }
+    # The defaults: one lr and prompt length serve both stages, so the pick is the setting with the best
+    # validation score averaged over all four tasks (fixed before the sweep's stage-2 runs were read).
+    tables = out["stages"].values()
+    shared = set.intersection(*(set(t["mean_val"]) for t in tables))
+    overall = {key: statistics.mean(t["mean_val"][key] for t in tables) for key in shared}
+    out["overall_mean_val"] = overall
+    out["chosen"] = max(overall, key=overall.get) if overall else None
+    out["init_norm"] = {
+        length: token_norm(runs_dir / INITS_DIR / f"{configs.init_id(MODEL, length, 0)}.safetensors")
+        for length in LENGTHS
+    }
     return out
 
 
@@ -106,26 +129,40 @@ def markdown(results: dict[str, Any]) -> str:
         names = table["tasks"]
         consts = ", ".join(f"{t} {table['constants'][t]:.3f}" for t in names)
         lines += [f"### {stage} ({consts} by a constant answer)", ""]
-        lines += ["| r | lr | " + " | ".join(names) + " | mean |", "|---|---|" + "---|" * (len(names) + 1)]
+        lines += [
+            "| r | lr | " + " | ".join(names) + " | mean | token norm | s/step |",
+            "|---|---|" + "---|" * (len(names) + 3),
+        ]
         for length in results["lengths"]:
             for lr in results["lrs"]:
-                cells = []
-                for task in names:
-                    run = next(
+                runs = [
+                    next(
                         r
                         for r in table["runs"]
-                        if (r["task"], r["lr"], r["prompt_length"]) == (task, lr, length)
+                        if (r["task"], r["lr"], r["prompt_length"]) == (t, lr, length)
                     )
-                    cells.append("—" if run["val_best"] is None else f"{run['val_best']:.3f}")
-                mean = table["mean_val"].get(f"{length}/{lr:g}")
-                mark = " **best**" if table["best"] == f"{length}/{lr:g}" else ""
-                lines.append(
-                    f"| {length} | {lr:g} | "
-                    + " | ".join(cells)
-                    + f" | {'—' if mean is None else f'{mean:.3f}'}{mark} |"
-                )
+                    for t in names
+                ]
+                cells = ["—" if run["val_best"] is None else f"{run['val_best']:.3f}" for run in runs]
+                norms = [run["prompt_norm"] for run in runs if run["prompt_norm"] is not None]
+                pace = [
+                    run["seconds"] / run["steps_done"] for run in runs if run["seconds"] and run["steps_done"]
+                ]
+                key, means = f"{length}/{lr:g}", table["mean_val"]
+                mark = " **best**" if table["best"] == key else ""
+                cells += [_mean(means.get(key), ".3f") + mark, _mean(norms, ".1f"), _mean(pace, ".2f")]
+                lines.append(f"| {length} | {lr:g} | " + " | ".join(cells) + " |")
         lines.append("")
+    if results["chosen"]:
+        lines.append(f"Chosen (best mean over all four tasks): r/lr = {results['chosen']}")
     return "\n".join(lines)
+
+
+def _mean(values: float | list[float] | None, spec: str) -> str:
+    """A table cell: the value (or the mean of the values) formatted, or a dash when there is none."""
+    if isinstance(values, list):
+        values = statistics.mean(values) if values else None
+    return "—" if values is None else format(values, spec)
 
 
 def main() -> None:

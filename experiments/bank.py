@@ -23,8 +23,8 @@ from dtvg_engine.runfolder import EVENTS, read_config
 from dtvg_engine.stage1 import VALIDATION_CONSTANT_KEY
 
 MODEL = "smollm2-135m"
-SOURCES = ("mnli", "snli", "qnli", "qqp", "sst5")  # NLI, QA-entailment, paraphrase, sentiment
-SETTINGS = {"steps": 600, "eval_every": 100, "max_eval": 200}  # each source: 600 steps x 8 = 4,800 rows
+SOURCES = ("snli", "qnli", "qqp", "sst5", "ag_news")  # NLI, QA entailment, paraphrase, sentiment, topic
+SETTINGS = {"steps": 800, "eval_every": 100, "max_eval": 200}  # each source: 800 steps x 8 = 6,400 rows
 
 
 def plan(runs_dir: Path, data_dir: str) -> list[tuple[Path, str]]:

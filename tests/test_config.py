@@ -38,3 +38,19 @@ def test_check_settings_names_the_setting_as_its_caller_spells_it() -> None:
         config.check_settings({"source_scale_lr": -5})
     with pytest.raises(UserError, match=r"^study.toml: \[stage2\] steps must be an integer of at least 1"):
         config.check_settings({"steps": 2.5}, label=lambda key: f"study.toml: [stage2] {key}")
+
+
+def test_swept_defaults_apply_to_their_model_only(tmp_path) -> None:
+    """smollm2-135m runs take the swept lr and prompt length (docs/sweep.md), every other backbone the
+    papers' values, and a setting given explicitly wins over both, in stage 1 and stage 2."""
+    swept = config.MODEL_DEFAULTS["smollm2-135m"]
+    assert set(swept) == {"lr", "prompt_length"}
+    assert swept != {k: config.TRAINING_DEFAULTS[k] for k in swept}, "the sweep moved the defaults"
+    own = config.stage1_config("rte")
+    assert own["model"] == "smollm2-135m" and {k: own[k] for k in swept} == swept
+    tiny = config.stage1_config("rte", model="tiny-llama")
+    assert {k: tiny[k] for k in swept} == {k: config.TRAINING_DEFAULTS[k] for k in swept}
+    assert config.stage1_config("rte", lr=0.05, prompt_length=12)["lr"] == 0.05
+    pt = config.stage2_config("rte", [], "pt", tmp_path)
+    assert {k: pt[k] for k in swept} == swept
+    assert config.stage2_config("rte", [], "pt", tmp_path, model="tiny-llama")["lr"] == 0.3

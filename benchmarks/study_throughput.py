@@ -63,7 +63,7 @@ max_eval = 100
 k_shot = 32
 {stage}
 """
-"""The study (prompt length 8, as the fewshot study); `top` and `stage` take a setting's overrides."""
+"""The study (prompt length 8, the smollm2-135m default); `top` and `stage` take a setting's overrides."""
 
 REFERENCE = {"top": 'precision = "fp32"\njobs = 1', "stage": 'eval_order = "data"\neval_batch_size = 8'}
 """The settings before issue 13. Unset, `jobs = 1` gives the one worker every core (torch's default)."""

@@ -207,12 +207,19 @@ def reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, An
     A run that was queued by an earlier, interrupted pipeline but never launched (no worker pid, no
     Slurm job) counts as new, so it is run this time.
     """
-    for run_dir in reversed(list_run_dirs(runs_dir)):
-        if _same_settings(read_config(run_dir), wanted):
-            status = summarize(run_dir).status
-            launched = read_pid(run_dir) is not None or slurm.job_id_of(run_dir) is not None
-            return run_dir, "new" if status == "pending" and not launched else status
-    return create_run(runs_dir, stage, label, wanted), "new"
+    run_dir = find_same(runs_dir, wanted)
+    if run_dir is None:
+        return create_run(runs_dir, stage, label, wanted), "new"
+    status = summarize(run_dir).status
+    launched = read_pid(run_dir) is not None or slurm.job_id_of(run_dir) is not None
+    return run_dir, "new" if status == "pending" and not launched else status
+
+
+def find_same(runs_dir: Path, wanted: dict[str, Any]) -> Path | None:
+    """The newest run with these settings, if there is one (nothing is created)."""
+    return next(
+        (d for d in reversed(list_run_dirs(runs_dir)) if _same_settings(read_config(d), wanted)), None
+    )
 
 
 def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any = None) -> list[str]:

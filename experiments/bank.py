@@ -1,7 +1,7 @@
 """Train the source bank's prompts (issue 10): full-data stage-1 runs of the study's source tasks on
 `smollm2-135m` at the model's swept defaults (`config.MODEL_DEFAULTS`, docs/sweep.md).
 
-    .venv/bin/python experiments/bank.py --runs-dir runs/bank [--data-dir ../shared/data]
+    .venv/bin/python experiments/bank.py --runs-dir runs/bank --data-dir ../shared/data [--check]
     .venv/bin/python scripts/ship_bank.py runs/bank/*-stage1-bank-*    # then ship the vectors
 
 Runs are reused and resumed as a study's are (`pipeline.reuse_or_create`): stop it with Ctrl-C (or
@@ -17,7 +17,6 @@ from pathlib import Path
 
 from dtvg_engine import config as configs
 from dtvg_engine import pipeline
-from dtvg_engine.data import default_data_dir
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, read_config
 from dtvg_engine.stage1 import VALIDATION_CONSTANT_KEY
@@ -27,15 +26,15 @@ SOURCES = ("snli", "qnli", "qqp", "sst5", "ag_news")  # NLI, QA entailment, para
 SETTINGS = {"steps": 800, "eval_every": 100, "max_eval": 200}  # each source: 800 steps x 8 = 6,400 rows
 
 
+def wanted(task: str, data_dir: str) -> dict:
+    """The config of a source's bank run."""
+    return configs.stage1_config(task, model=MODEL, data_dir=data_dir, **SETTINGS)
+
+
 def plan(runs_dir: Path, data_dir: str) -> list[tuple[Path, str]]:
     """Each source's run folder, reused when one with these settings exists."""
     return [
-        pipeline.reuse_or_create(
-            runs_dir,
-            "stage1",
-            f"bank-{task}",
-            configs.stage1_config(task, model=MODEL, data_dir=data_dir, **SETTINGS),
-        )
+        pipeline.reuse_or_create(runs_dir, "stage1", f"bank-{task}", wanted(task, data_dir))
         for task in SOURCES
     ]
 
@@ -43,18 +42,22 @@ def plan(runs_dir: Path, data_dir: str) -> list[tuple[Path, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/bank"))
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", required=True, help="the real task data, e.g. ../shared/data")
     parser.add_argument("--jobs", default="auto")
     parser.add_argument("--check", action="store_true", help="only print each run's progress and best score")
     args = parser.parse_args()
-    data_dir = str(Path(args.data_dir or default_data_dir()).resolve())
+    data_dir = str(Path(args.data_dir).resolve())
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    runs = plan(args.runs_dir, data_dir)
-    if not args.check:
+    if args.check:  # read only: a run not made yet is not made here
+        found = [pipeline.find_same(args.runs_dir, wanted(task, data_dir)) for task in SOURCES]
+        runs = [run_dir for run_dir in found if run_dir is not None]
+    else:
+        planned = plan(args.runs_dir, data_dir)
         report: list[str] = []
-        pipeline.execute(runs, configs.parse_jobs("--jobs", args.jobs), report)
+        pipeline.execute(planned, configs.parse_jobs("--jobs", args.jobs), report)
         print("\n".join(report))
-    for run_dir, _ in runs:
+        runs = [run_dir for run_dir, _ in planned]
+    for run_dir in runs:
         state = read_state(run_dir / EVENTS)
         step = state.last_step.step if state.last_step else 0
         best = f"{state.best.primary:.3f} at step {state.best.step}" if state.best else "—"

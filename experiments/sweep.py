@@ -5,7 +5,7 @@ low-resource target's prompt, 32 shots; the T_t every grouped method starts from
 cb. Every setting is picked by the best validation score; no test score is read. The held-out tasks
 (sst5, trec, ag_news, imdb) are not swept: they check that the chosen defaults generalize.
 
-    .venv/bin/python experiments/sweep.py --runs-dir runs/sweep [--data-dir ../shared/data]
+    .venv/bin/python experiments/sweep.py --runs-dir runs/sweep --data-dir ../shared/data
 
 Runs are reused and resumed as a study's are (`pipeline.reuse_or_create`), so an interrupted sweep goes on
 where it stopped. It writes `benchmarks/results/sweep.json` and prints a Markdown table per stage for
@@ -22,7 +22,7 @@ from typing import Any
 
 from dtvg_engine import config as configs
 from dtvg_engine import metrics, pipeline, tasks, tpv_plain
-from dtvg_engine.data import default_data_dir, load_splits
+from dtvg_engine.data import load_splits
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, PROMPT
 
@@ -168,11 +168,11 @@ def _mean(values: float | list[float] | None, spec: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/sweep"))
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", required=True, help="the real task data, e.g. ../shared/data")
     parser.add_argument("--jobs", default="auto")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep.json"))
     args = parser.parse_args()
-    data_dir = str(Path(args.data_dir or default_data_dir()).resolve())
+    data_dir = str(Path(args.data_dir).resolve())
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rows = plan(args.runs_dir, data_dir)
     report: list[str] = []

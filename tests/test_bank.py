@@ -174,7 +174,7 @@ def test_a_changed_or_truncated_bank_file_is_refused(
 
 
 def test_a_different_local_init_is_refused(
-    shipped: Path, runs_dir: Path, llama, monkeypatch: pytest.MonkeyPatch
+    shipped: Path, runs_dir: Path, data_dir: Path, llama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dtvg_engine.prompts import shared_init
 
@@ -185,6 +185,10 @@ def test_a_different_local_init_is_refused(
     args = ["run", "stage2", "--target", "rte", "--sources", "mnli", "--method", "tpv-sum"]
     line = assert_bad_input(dtvg(*args, *CLI, "--runs-dir", str(runs_dir), bank_dir=shipped))
     assert f"is not the source bank's init {INIT}" in line
+    # stage 1 too, before any run folder exists (its worker would refuse that P_init anyway)
+    args = ["run", "stage1", "rte", *CLI, "--steps", "3", "--data-dir", str(data_dir)]
+    line = assert_bad_input(dtvg(*args, "--runs-dir", str(runs_dir), bank_dir=shipped))
+    assert f"is not the source bank's init {INIT}" in line and list_run_dirs(runs_dir) == []
     with pytest.raises(UserError, match="not the source bank's init"):
         shared_init(runs_dir, llama, 4, 0)
     local.unlink()

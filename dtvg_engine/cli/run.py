@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from dtvg_engine import bank, launcher, method_registry, slurm, workers
 from dtvg_engine import config as configs
-from dtvg_engine import launcher, method_registry, slurm, workers
 from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root
 from dtvg_engine.cli.runs import show_table
@@ -79,6 +79,8 @@ def run_stage1(
     planned = [configs.stage1_config(task, **settings) for task in tasks]
     for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
         load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    first = planned[0]  # a P_init here that is not the bank's would be refused by every worker
+    bank.check_init(root, configs.init_id(first["model"], first["prompt_length"], first["init_seed"]))
     run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
     _start(run_dirs, detach, jobs, resources)
 

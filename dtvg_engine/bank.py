@@ -106,6 +106,8 @@ class BankInit:
     folder: Path
     init_sha256: str
     vectors: dict[str, BankVector]
+    settings: tuple[str, int, int] | None = None
+    """(model, prompt length, init seed) the init was sampled for, as its index records them."""
 
     @property
     def init_path(self) -> Path:
@@ -149,7 +151,14 @@ def read_init(init_id: str, root: Path | None = None) -> BankInit | None:
         if not _TASK_NAME.fullmatch(task) or not isinstance(made, dict) or not _text(made.get("sha256")):
             raise _damaged(index, f"bad entry {task!r}")
         found[task] = BankVector(init_id, task, folder / f"{task}.safetensors", made["sha256"], made)
-    return BankInit(init_id, folder, init["sha256"], found)
+    return BankInit(init_id, folder, init["sha256"], found, _init_settings(init))
+
+
+def _init_settings(init: dict[str, Any]) -> tuple[str, int, int] | None:
+    model, length, seed = init.get("model"), init.get("prompt_length"), init.get("init_seed")
+    if _text(model) and isinstance(length, int) and isinstance(seed, int):
+        return str(model), length, seed
+    return None
 
 
 def inits(root: Path | None = None) -> list[BankInit]:

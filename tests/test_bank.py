@@ -270,3 +270,64 @@ def test_the_bank_listing_imports_no_ml_stack(shipped: Path) -> None:
     env = {**os.environ, bank.BANK_ENV: str(shipped)}
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code], env=env)))
     assert not loaded & {"torch", "numpy", "transformers", "peft", "datasets", "safetensors"}
+
+
+def test_the_new_run_form_offers_bank_sources(
+    shipped: Path, runs_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's Stage 2 tab lists the bank's vectors beside the local runs of the same init and
+    launches a run that takes them from the bank."""
+    import asyncio
+    import time
+
+    from tui.helpers import kill_group
+
+    from dtvg_tui.app import DtvgApp
+    from dtvg_tui.screens.new_run import NewRunScreen
+
+    monkeypatch.setenv(bank.BANK_ENV, str(shipped))
+    target = stage1(runs_dir, "rte", data_dir, k_shot=16)  # the only local run: the target's own
+
+    async def launch() -> None:
+        app = DtvgApp(runs_dir, refresh_interval=0.2, follow_interval=0.1)
+        async with app.run_test(size=(120, 60)) as pilot:
+            await pilot.pause(0.5)
+            await pilot.press("n")
+            form = app.screen
+            assert isinstance(form, NewRunScreen)
+            form.query_one("#new-run-tabs").active = "tab-stage2"
+            form.query_one("#s2-target").focus()  # (the form opens with the Stage 1 task list focused)
+            await pilot.pause()
+            assert form.query_one("#s2-init").value == ("tiny-llama", 4, 0)  # local and bank: one init
+            form.query_one("#s2-target").value = "rte"
+            await pilot.pause()
+            sources = form.query_one("#s2-sources")
+            assert [(str(o.prompt), o.value) for o in sources.options] == [
+                ("mnli (bank)", "mnli"),
+                ("sst2 (bank)", "sst2"),
+            ]
+            sources.select("mnli")
+            settings = {"steps": "3", "k_shot": "16", "max_eval": "16", "data_dir": str(data_dir)}
+            for field, value in settings.items():
+                form.query_one(f"#s2-{field}").value = value
+            await pilot.pause()
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+            assert not isinstance(app.screen, NewRunScreen), str(form.query_one("#new-run-error").render())
+
+    asyncio.run(launch())
+    (run_dir,) = [r for r in list_run_dirs(runs_dir) if read_config(r)["stage"] == "stage2"]
+    config = read_config(run_dir)
+    assert config["sources"] == ["mnli"] and config["stage1_runs"] == {"rte": target.name}
+    assert config["bank_sources"] == {
+        "mnli": {"init_id": INIT, "sha256": bank.sha256_of(shipped / INIT / "mnli.safetensors")}
+    }
+    try:
+        deadline = time.monotonic() + 180
+        while read_state(run_dir / EVENTS).status not in ("completed", "failed"):
+            assert time.monotonic() < deadline, "the launched stage-2 worker did not finish in 180 s"
+            time.sleep(0.5)
+        log = (run_dir / "worker.log").read_text()
+        assert read_state(run_dir / EVENTS).status == "completed", log[-2000:]
+    finally:
+        kill_group(int((run_dir / "worker.pid").read_text()))

@@ -63,6 +63,14 @@ def finished_stage1_runs(summaries: list[Any]) -> dict[tuple[str, int, int], dic
     return by_init
 
 
+def bank_sources() -> dict[tuple[str, int, int], set[str]]:
+    """The source bank's tasks by init (model, prompt length, init seed): stage 2 takes a source's bank
+    vector when no local stage-1 run of that init has one (`config.stage2_config`)."""
+    from dtvg_engine import bank
+
+    return {init.settings: set(init.vectors) for init in bank.inits() if init.settings}
+
+
 def _row(label: str, widget: Any) -> Horizontal:
     return Horizontal(Label(label), widget, classes="form-row")
 
@@ -85,6 +93,13 @@ class NewRunScreen(Screen[None]):
         summaries = list(self.app.index.all()) if self.app else []
         self.inits = finished_stage1_runs(summaries)
         """Finished stage-1 runs by shared init."""
+        self.bank_problem = ""
+        """Why the source bank could not be read (a damaged index), shown on the Stage 2 tab."""
+        try:
+            self.bank = bank_sources()
+            """The source bank's tasks by shared init."""
+        except UserError as e:
+            self.bank, self.bank_problem = {}, f"✗ {e}"
 
     def compose(self) -> ComposeResult:
         d = configs.defaults_for(configs.TRAINING_DEFAULTS["model"])  # the form opens on the default model
@@ -98,12 +113,9 @@ class NewRunScreen(Screen[None]):
                 yield from self._training_rows("s1", d)
                 yield Button("Launch stage 1 (ctrl+l)", variant="success", id="s1-launch")
             with TabPane("Stage 2", id="tab-stage2"), VerticalScroll(classes="form", can_focus=False):
-                inits = [
-                    (f"{m}  r={r}  seed={s}  ({len(t)} tasks)", (m, r, s))
-                    for (m, r, s), t in self.inits.items()
-                ]
                 yield _row(
-                    "Initialization", Select(inits, id="s2-init", prompt="finished stage-1 runs by init")
+                    "Initialization",
+                    Select(self._init_options(), id="s2-init", prompt="stage-1 vectors by init"),
                 )
                 yield _row(
                     "Method",
@@ -117,7 +129,7 @@ class NewRunScreen(Screen[None]):
                 yield _row(
                     "Target", Select([(t, t) for t in trainable], id="s2-target", prompt="target task")
                 )
-                yield Label("Sources (finished stage-1 runs of this init):")
+                yield Label("Sources (finished stage-1 runs of this init, or the source bank's):")
                 yield SelectionList[str](id="s2-sources")
                 yield _row(
                     "Grouping",
@@ -139,6 +151,18 @@ class NewRunScreen(Screen[None]):
                 yield _row("Pipeline file", Input(placeholder="path/to/experiment.toml", id="pl-file"))
                 yield Button("Launch pipeline (ctrl+l)", variant="success", id="pl-launch")
         yield Footer()
+
+    def _init_options(self) -> list[tuple[str, tuple[str, int, int]]]:
+        """Every init with vectors: local finished stage-1 runs, the source bank's, or both."""
+        options = []
+        for init in sorted(set(self.inits) | set(self.bank)):
+            model, length, seed = init
+            counts = [
+                f"{len(self.inits[init])} local" if init in self.inits else "",
+                f"{len(self.bank[init])} in the bank" if init in self.bank else "",
+            ]
+            options.append((f"{model}  r={length}  seed={seed}  ({', '.join(c for c in counts if c)})", init))
+        return options
 
     def _training_rows(self, prefix: str, d: dict[str, Any], init_fields: bool = True) -> ComposeResult:
         if init_fields:
@@ -197,8 +221,10 @@ class NewRunScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = f"New run in {self.app.runs_dir}"
-        if len(self.inits) == 1:
-            self.query_one("#s2-init", Select).value = next(iter(self.inits))
+        # open on the one init there are local runs of (or, with none, the bank's one)
+        candidates = list(self.inits) or list(self.bank)
+        if len(candidates) == 1:
+            self.query_one("#s2-init", Select).value = candidates[0]
         self.query_one("#s1-tasks", SelectionList).focus()
 
     # ----- reading the form -----
@@ -256,7 +282,8 @@ class NewRunScreen(Screen[None]):
             raise UserError("pick a target task")
         method = self._value("s2-method")
         sources = list(self.query_one("#s2-sources", SelectionList).selected)
-        tpv_runs = [self.inits[init.value][s] for s in sources]  # type: ignore[index]
+        local = self.inits.get(init.value, {})  # type: ignore[call-overload]
+        tpv_runs = [local[s] for s in sources if s in local]  # the others come from the bank
         settings = self._settings("s2")
         return configs.stage2_config(
             target,
@@ -283,9 +310,12 @@ class NewRunScreen(Screen[None]):
         keep = set(sources.selected)
         sources.clear_options()
         if not init.is_blank():
-            for task in sorted(self.inits[init.value]):  # type: ignore[index]
+            local = self.inits.get(init.value, {})  # type: ignore[call-overload]
+            shipped = self.bank.get(init.value, set())  # type: ignore[call-overload]
+            for task in sorted(set(local) | shipped):
                 if task != target:
-                    sources.add_option((task, task, task in keep))
+                    label = task if task in local else f"{task} (bank)"
+                    sources.add_option((label, task, task in keep))
         self._validate()
 
     @on(Input.Changed)
@@ -304,7 +334,7 @@ class NewRunScreen(Screen[None]):
         except (UserError, ValueError) as e:
             error.update(f"✗ {e}")
             return
-        error.update("")
+        error.update(self.bank_problem if tab == "tab-stage2" else "")  # local runs still work without it
 
     @on(Button.Pressed, "#s1-launch")
     @on(Button.Pressed, "#s2-launch")

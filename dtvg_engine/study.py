@@ -102,13 +102,14 @@ def study_init_id(spec: dict[str, Any]) -> str:
     return configs.init_id(made["model"], made["prompt_length"], made["init_seed"])
 
 
-def banked_sources(spec: dict[str, Any]) -> list[str]:
-    """The study's sources the pipeline takes from the source bank instead of training them: those the
-    bank holds for the study's init, unless the study sets `bank = false`."""
+def banked_sources(spec: dict[str, Any]) -> dict[str, bank.BankVector]:
+    """The study's sources the pipeline takes from the source bank instead of training them (task →
+    vector, in study order): those the bank holds for the study's init, unless it sets `bank = false`."""
     if spec.get("bank") is False:
-        return []
+        return {}
     ident = study_init_id(spec)
-    return [task for task in spec["sources"] if bank.find(ident, task) is not None]
+    found = {task: bank.find(ident, task) for task in spec["sources"]}
+    return {task: vector for task, vector in found.items() if vector is not None}
 
 
 def grouping_of(spec: dict[str, Any]) -> str:
@@ -540,6 +541,20 @@ class Stage1Row:
     test: float | None
 
 
+def bank_row(vector: bank.BankVector) -> Stage1Row:
+    """A source the study takes from the source bank, with the scores it was shipped with."""
+    made = vector.provenance
+    return Stage1Row(
+        vector.task,
+        "source (bank)",
+        "full",
+        f"bank {made.get('source_run')}",
+        int(made.get("steps") or 0),
+        vector.primary("validation"),
+        vector.primary("test"),
+    )
+
+
 def stage1_row(task: str, role: str, run_dir: Path, runs: Runs, test: float | None) -> Stage1Row:
     """How well stage 1 learned `task` in one run: its data, steps, best validation and test score.
 
@@ -583,10 +598,19 @@ def source_shares(steps: list[tuple[int, tuple[str, ...]]], sources: list[str]) 
 
 
 def vector_files(
-    spec: dict[str, Any], sources: dict[str, Path], targets: dict[tuple[str, int], Path]
+    spec: dict[str, Any],
+    sources: dict[str, Path],
+    targets: dict[tuple[str, int], Path],
+    banked: dict[str, bank.BankVector] | None = None,
 ) -> dict[str, Path]:
-    """The stage-1 vectors the report compares: every source's, and each target's of the first seed."""
-    files = {task: run / TPV for task, run in sources.items()}
+    """The stage-1 vectors the report compares: every source's (a local run's, or the source bank's,
+    checked against its sha256), and each target's of the first seed."""
+    files = {}
+    for task in spec["sources"]:
+        if task in sources:
+            files[task] = sources[task] / TPV
+        elif task in (banked or {}):
+            files[task] = bank.verified(banked[task].path, banked[task].sha256)  # type: ignore[index]
     first = spec["seeds"][0]
     return files | {target: run / TPV for (target, seed), run in targets.items() if seed == first}
 

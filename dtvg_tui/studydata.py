@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import study
+from dtvg_engine import bank, study
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import CONFIG, RunSummary, read_config
 
@@ -45,6 +45,8 @@ class Snapshot:
     results: study.Results
     stage1: list[tuple[study.Slot, study.Stage1Row | None]]
     """Each planned stage-1 run and, once it has a run folder, its row."""
+    banked: list[study.Stage1Row]
+    """The sources taken from the source bank (no run of this runs directory)."""
     tests: dict[str, float | None]
     """Run id → test score of every finished run read so far."""
     groups: list[GroupRow] = field(default_factory=list)
@@ -71,6 +73,9 @@ class StudyData:
         self._tests: dict[str, float | None] = {}
         self._groups: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         self._similarity: tuple[tuple, Any] | None = None
+        self.banked: dict[str, bank.BankVector] | None = None
+        """The study's sources taken from the source bank, by task (read on the first load; a damaged
+        bank is that load's error)."""
 
     def _config(self, run_id: str) -> dict[str, Any] | None:
         try:  # os.path, not pathlib: this runs for every run of the runs directory, every refresh
@@ -96,6 +101,8 @@ class StudyData:
 
     def load(self, summaries: dict[str, RunSummary]) -> Snapshot:
         """The study now: which runs fill it, how far it got, its results and stage-1 tables."""
+        if self.banked is None:
+            self.banked = study.banked_sources(self.spec)
         configs = {}
         for run_id in sorted(summaries):
             config = self._config(run_id)
@@ -126,6 +133,7 @@ class StudyData:
             study.seconds_left(self.spec, slots, runs),
             results,
             stage1,
+            [study.bank_row(vector) for vector in self.banked.values()],
             dict(self._tests),
         )
 
@@ -138,16 +146,16 @@ class StudyData:
             for s in snapshot.slots
             if s.seed is not None and _done_stage1(s, s.seed)
         }
-        files = study.vector_files(self.spec, sources, targets)
-        if not files:
-            snapshot.similarity_error = "No stage-1 run of this study has finished yet."
-            return
-        key = tuple((name, str(path)) for name, path in files.items())
+        key = (tuple(sorted(sources.items())), tuple(sorted(targets.items())))
         if self._similarity is None or self._similarity[0] != key:
             from dtvg_engine.tpv_plain import similarity_matrix
 
             try:
-                self._similarity = (key, similarity_matrix(files))
+                files = study.vector_files(self.spec, sources, targets, self.banked or {})
+                found = (
+                    similarity_matrix(files) if files else "No stage-1 run of this study has finished yet."
+                )
+                self._similarity = (key, found)
             except UserError as e:
                 self._similarity = (key, str(e))
         value = self._similarity[1]

@@ -20,8 +20,9 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
 from dtvg_engine.pipeline import load_experiment
-from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config
+from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config, summarize
 from dtvg_engine.worker import run_worker
+from dtvg_tui.studydata import StudyData
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model": "tiny-llama", "prompt_length": 4, "max_eval": 16, "eval_every": 3}
@@ -238,6 +239,13 @@ def test_pipeline_takes_bank_sources_and_bank_false_trains_them(
     report = dtvg("runs", "report", str(experiment), "--runs-dir", str(runs_dir), bank_dir=shipped)
     assert report.returncode == 0, report.stderr[-3000:]
     assert report.stdout.count("source (bank)") == 2 and "| mnli |" in report.stdout  # rows, similarity
+    data = StudyData(spec, runs_dir)  # the study view lists them and compares their vectors too
+    snapshot = data.load({r.name: summarize(r) for r in list_run_dirs(runs_dir)})
+    assert [(row.task, row.role, row.steps) for row in snapshot.banked] == [
+        (task, "source (bank)", 3) for task in SOURCES
+    ]
+    data.load_details(snapshot)
+    assert snapshot.similarity is not None and snapshot.similarity[0] == [*SOURCES, "rte"]
 
     experiment.write_text("bank = false\n" + STUDY)
     result = dtvg(*args, bank_dir=shipped)

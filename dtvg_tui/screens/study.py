@@ -241,6 +241,10 @@ class StudyScreen(Screen[None]):
             else:
                 best, test = study.pct(row.best), study.pct(row.test)
                 rows.append((row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test))
+        shipped = Text("bank", style="green")  # shipped with the package: nothing to run
+        for row in snapshot.banked:
+            best, test = study.pct(row.best), study.pct(row.test)
+            rows.append((row.task, row.role, shipped, row.data, row.run_id, str(row.steps), best, test))
         self._fill("study-stage1-table", rows)
 
     def _fill(self, table_id: str, rows: list[tuple[str | Text, ...]]) -> None:

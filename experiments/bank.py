@@ -22,7 +22,10 @@ from dtvg_engine.runfolder import EVENTS, read_config
 from dtvg_engine.stage1 import VALIDATION_CONSTANT_KEY
 
 MODEL = "smollm2-135m"
-SOURCES = ("snli", "qnli", "qqp", "sst5", "ag_news")  # NLI, QA entailment, paraphrase, sentiment, topic
+SOURCES = ("snli", "qnli", "qqp", "sst5", "ag_news", "trec")
+"""NLI, QA entailment, paraphrase, sentiment, topic, question type. trec was added at 14:30 on 2026-12-01,
+before any study run, when qqp stood 5 points over its constant at step 400: the study needs 4 sources
+that learned, and a short-input task trains fast."""
 SETTINGS = {"steps": 800, "eval_every": 100, "max_eval": 200}  # each source: 800 steps x 8 = 6,400 rows
 
 

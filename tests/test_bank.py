@@ -339,3 +339,23 @@ def test_the_new_run_form_offers_bank_sources(
         assert read_state(run_dir / EVENTS).status == "completed", log[-2000:]
     finally:
         kill_group(int((run_dir / "worker.pid").read_text()))
+
+
+def test_the_package_bank_holds_sources_that_learned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every vector shipped with the package cleared a constant answer by 10 points on its validation
+    rows (the study's rule), and `dtvg demo` takes all its sources from them."""
+    from importlib.resources import files
+
+    monkeypatch.delenv(bank.BANK_ENV, raising=False)
+    shipped = bank.entries()
+    assert shipped, "the package ships no bank vectors"
+    for vector in shipped:
+        floor = vector.config["split"]["validation_constant"]
+        assert vector.primary("validation") >= floor + 0.10, (
+            vector.task,
+            vector.primary("validation"),
+            floor,
+        )
+        bank.verified(vector.path, vector.sha256)
+    demo = load_experiment(Path(str(files("dtvg_engine") / "experiments" / "demo.toml")))
+    assert list(study.banked_sources(demo)) == demo["sources"]  # the demo trains no source

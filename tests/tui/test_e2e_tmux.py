@@ -61,9 +61,11 @@ def test_launch_stage1_from_the_form_and_see_it_finish(tmp_path: Path):
             if value:
                 tmux("send-keys", "-t", SESSION, "C-u")
                 tmux("send-keys", "-t", SESSION, "-l", value[0])
-        time.sleep(0.5)
-        form = screen()
-        assert "✗" not in form and "tiny-llama" in form, form  # never launch the real 135M model here
+        wait_for("tiny-llama", 15)  # never launch the real 135M model here
+        deadline = time.monotonic() + 15  # under load the form takes a while to catch up with the keys
+        while "✗" in (form := screen()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "✗" not in form, form
         tmux("send-keys", "-t", SESSION, "C-l")
         wait_for("stage1-mnli", 15)
         shown = wait_for("completed", 240)

@@ -280,7 +280,8 @@ async def test_start_stop_and_resume_a_real_study(runs_dir: Path, data_dir: Path
 
             await pilot.press("g")  # resume: the same run goes on
             pipelines.append(view.pipeline)
-            await wait_until(pilot, lambda: summarize(runs_dir / run).status == "running", 120, "resumed")
+            resumed = lambda: summarize(runs_dir / run).status == "running"  # noqa: E731
+            await wait_until(pilot, resumed, 300, "resumed")  # a new pipeline and worker: slow under load
             assert [s.run_id for s in view.snapshot.slots if s.stage == "stage1"] == [run]
             await pilot.press("s")
             await pilot.pause(0.3)

@@ -605,12 +605,13 @@ def vector_files(
 ) -> dict[str, Path]:
     """The stage-1 vectors the report compares: every source's (a local run's, or the source bank's,
     checked against its sha256), and each target's of the first seed."""
+    banked = banked or {}
     files = {}
     for task in spec["sources"]:
         if task in sources:
             files[task] = sources[task] / TPV
-        elif task in (banked or {}):
-            files[task] = bank.verified(banked[task].path, banked[task].sha256)  # type: ignore[index]
+        elif task in banked:
+            files[task] = bank.verified(banked[task].path, banked[task].sha256)
     first = spec["seeds"][0]
     return files | {target: run / TPV for (target, seed), run in targets.items() if seed == first}
 

@@ -151,7 +151,7 @@ class StudyData:
             from dtvg_engine.tpv_plain import similarity_matrix
 
             try:
-                files = study.vector_files(self.spec, sources, targets, self.banked or {})
+                files = study.vector_files(self.spec, sources, targets, self.banked)
                 found = (
                     similarity_matrix(files) if files else "No stage-1 run of this study has finished yet."
                 )

@@ -232,6 +232,10 @@ class StudyScreen(Screen[None]):
         )
 
     def _show_stage1(self, snapshot: Snapshot) -> None:
+        def cells(row: study.Stage1Row, state: Text) -> tuple[str | Text, ...]:
+            best, test = study.pct(row.best), study.pct(row.test)
+            return (row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test)
+
         rows: list[tuple[str | Text, ...]] = []
         for slot, row in snapshot.stage1:
             state = Text(slot.state, style=STATE_STYLES[slot.state])
@@ -239,12 +243,9 @@ class StudyScreen(Screen[None]):
                 role = "source" if slot.seed is None else f"target, seed {slot.seed}"
                 rows.append((slot.task, role, state, "", "not started", "", "", ""))
             else:
-                best, test = study.pct(row.best), study.pct(row.test)
-                rows.append((row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test))
+                rows.append(cells(row, state))
         shipped = Text("bank", style="green")  # shipped with the package: nothing to run
-        for row in snapshot.banked:
-            best, test = study.pct(row.best), study.pct(row.test)
-            rows.append((row.task, row.role, shipped, row.data, row.run_id, str(row.steps), best, test))
+        rows += [cells(row, shipped) for row in snapshot.banked]
         self._fill("study-stage1-table", rows)
 
     def _fill(self, table_id: str, rows: list[tuple[str | Text, ...]]) -> None:

@@ -48,6 +48,7 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
 from dtvg_engine.study import (
+    Scores,
     banked_sources,
     entry_of,
     grouping_of,
@@ -366,12 +367,12 @@ def test_primary(run_dir: Path) -> float | None:
 
 def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
     """Mean ± std over seeds of the test primary metric, per target and method."""
-    scores: dict[tuple[str, str], list[float]] = {}
+    scores: Scores = {}
     for run_dir in run_dirs:
         config = read_config(run_dir)
         value = test_primary(run_dir)
         if value is not None:
-            scores.setdefault((config["target"], entry_of(spec, config)), []).append(value)
+            scores.setdefault((config["target"], entry_of(spec, config)), {})[config["seed"]] = value
     return {"name": spec["name"], "rows": results_rows(spec, scores)}
 
 

@@ -19,11 +19,12 @@ from dtvg_engine import bank, grouping, method_registry, metrics, tasks
 from dtvg_engine.bank import BankVector
 from dtvg_engine.events import read_state
 from dtvg_engine.methods import rank_sources
-from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, read_config, summarize
+from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, read_config
 from dtvg_engine.study import (
     Results,
     Runs,
     Study,
+    bank_row,
     find_study,
     group_steps,
     markdown_table,
@@ -31,6 +32,7 @@ from dtvg_engine.study import (
     recorded_constant,
     results,
     source_shares,
+    stage1_row,
     test_score,
     trajectory,
 )
@@ -71,10 +73,13 @@ PAIRS = (
     ("dtvg", "all-sources"),
     ("dtvg", "fixed-group"),
     ("tpv-top1", "spot"),
+    ("dtvg", "only-target"),
+    ("dtvg:prefix", "only-target"),
     ("dtvg", "T_t"),
 )
 """The comparisons the papers' claims rest on. `T_t` is the target's own stage-1 run for the seed:
-prompt tuning on the same shots, with no source."""
+prompt tuning on the same shots, with no source; `only-target` continues T_t for stage 2's steps, so
+"dtvg − only-target" is what the sources add at the same budget."""
 
 
 def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[str]:
@@ -100,37 +105,33 @@ def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[s
     return markdown_table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
 
 
-def stage1_section(records: list[tuple[Path, dict[str, Any]]], banked: list[BankVector]) -> list[str]:
+def stage1_section(
+    records: list[tuple[Path, dict[str, Any]]], banked: list[BankVector], runs: Runs
+) -> list[str]:
     """How well stage 1 learned each task: the vectors every transfer starts from (the source bank's
-    included, with the scores it shipped them with).
+    included, with the scores it shipped them with), each against its test split's constant floor.
 
     A target's stage-1 run is plain prompt tuning on its k shots for the stage-1 steps: its test score is
     what the target reaches with no source at all.
     """
-    rows = []
-    for run_dir, record in records:
-        config, summary = read_config(run_dir), summarize(run_dir)
-        shots = f"{config['k_shot']}-shot" if config.get("k_shot") else "full"
-        role = "source" if record["role"] == "source" else f"target, seed {record['seed']}"
-        rows.append(
-            [
-                record["task"],
-                role,
-                shots,
-                f"`{run_dir.name}`",
-                str(config["steps"]),
-                pct(summary.best_metric),
-                pct(record["test"]),
-                pct(record["constant"]),
-            ]
+    rows = [
+        stage1_row(
+            record["task"],
+            "source" if record["role"] == "source" else f"target, seed {record['seed']}",
+            run_dir,
+            runs,
+            record["test"],
+            record["constant"],
         )
-    for vector in banked:
-        made = vector.provenance
-        run = f"bank `{made.get('source_run')}`"
-        scores = [pct(vector.primary("validation")), pct(vector.primary("test")), pct(vector.constant)]
-        rows.append([vector.task, "source (bank)", "full", run, str(made.get("steps")), *scores])
+        for run_dir, record in records
+    ] + [bank_row(vector) for vector in banked]
+    cells = [
+        [row.task, row.role, row.data, f"`{row.run_id}`", str(row.steps), pct(row.best), pct(row.test)]
+        + [pct(row.constant)]
+        for row in rows
+    ]
     header = ["task", "role", "data", "run", "steps", "best validation", "test", "constant"]
-    return markdown_table(header, rows)
+    return markdown_table(header, cells)
 
 
 def tested_metrics(run_dir: Path) -> dict[str, float]:
@@ -249,7 +250,7 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
         "",
         "## Stage 1",
         "",
-        *stage1_section(table.stage1, list(study.banked.values())),
+        *stage1_section(table.stage1, list(study.banked.values()), runs),
         "",
     ]
     if (study.sources or study.banked) and study.targets:

@@ -364,13 +364,19 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def results_rows(spec: dict[str, Any], scores: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
-    """Per target and method: the test score's mean ± (population) std over seeds and the seed count;
-    the best mean of each target is marked `best`. `scores` maps (target, method) to one score per seed."""
+Scores = dict[tuple[str, str], dict[int, float]]
+"""(target, method) → seed → test score."""
+
+
+def results_rows(spec: dict[str, Any], scores: Scores) -> list[dict[str, Any]]:
+    """Per target and method: the test score's mean ± (population) std over seeds, the seed count and
+    each seed's score (`by_seed`, so paired differences can be read from the JSON alone); the best mean
+    of each target is marked `best`."""
     rows = []
     for target in spec["targets"]:
         for method in spec["methods"]:
-            values = scores.get((target, method), [])
+            by_seed = scores.get((target, method), {})
+            values = list(by_seed.values())
             rows.append(
                 {
                     "target": target,
@@ -379,6 +385,7 @@ def results_rows(spec: dict[str, Any], scores: dict[tuple[str, str], list[float]
                     "mean": statistics.fmean(values) if values else None,
                     "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
                     "seeds": len(values),
+                    "by_seed": {str(seed): by_seed[seed] for seed in sorted(by_seed)},
                 }
             )
     for target in spec["targets"]:
@@ -388,13 +395,13 @@ def results_rows(spec: dict[str, Any], scores: dict[tuple[str, str], list[float]
     return rows
 
 
-def study_scores(study: Study, test: Callable[[Path], float | None]) -> dict[tuple[str, str], list[float]]:
-    """(target, method) → the test score of each seed's run."""
-    scores: dict[tuple[str, str], list[float]] = {}
-    for (target, method, _), run_dir in study.runs.items():
+def study_scores(study: Study, test: Callable[[Path], float | None]) -> Scores:
+    """(target, method) → seed → the test score of that seed's run."""
+    scores: Scores = {}
+    for (target, method, seed), run_dir in study.runs.items():
         value = test(run_dir)
         if value is not None:
-            scores.setdefault((target, method), []).append(value)
+            scores.setdefault((target, method), {})[seed] = value
     return scores
 
 
@@ -452,7 +459,7 @@ TABLE_TITLE = (
     "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)"
 )
 
-JSON_KEYS = ("target", "method", "mean", "std", "seeds")
+JSON_KEYS = ("target", "method", "mean", "std", "seeds", "by_seed")
 """What the table's JSON holds of each row."""
 
 
@@ -507,7 +514,11 @@ class Results:
         """The table as JSON (scores as fractions): the rows, the floor per target, the stage-1 runs."""
         rows = [{key: row[key] for key in JSON_KEYS} for row in self.rows]
         doc = {"name": self.study.spec["name"], "rows": rows, "constant": self.constants}
-        return doc | {"stage1": [record for _, record in self.stage1]}
+        banked = [
+            {"task": v.task, "role": "bank", "seed": None, "test": v.primary("test"), "constant": v.constant}
+            for v in self.study.banked.values()
+        ]
+        return doc | {"stage1": [record for _, record in self.stage1] + banked}
 
 
 def results(
@@ -539,6 +550,8 @@ class Stage1Row:
     best: float | None
     """Best validation score."""
     test: float | None
+    constant: float | None = None
+    """The best constant prediction's score on the same test rows (the floor `test` is read against)."""
 
 
 def bank_row(vector: bank.BankVector) -> Stage1Row:
@@ -552,10 +565,13 @@ def bank_row(vector: bank.BankVector) -> Stage1Row:
         int(made.get("steps") or 0),
         vector.primary("validation"),
         vector.primary("test"),
+        vector.constant,
     )
 
 
-def stage1_row(task: str, role: str, run_dir: Path, runs: Runs, test: float | None) -> Stage1Row:
+def stage1_row(
+    task: str, role: str, run_dir: Path, runs: Runs, test: float | None, constant: float | None = None
+) -> Stage1Row:
     """How well stage 1 learned `task` in one run: its data, steps, best validation and test score.
 
     A target's stage-1 run is plain prompt tuning on its k shots: its test score is what the target
@@ -570,6 +586,7 @@ def stage1_row(task: str, role: str, run_dir: Path, runs: Runs, test: float | No
         int(config.get("steps") or 0),
         summary.best_metric if summary else None,
         test,
+        constant,
     )
 
 

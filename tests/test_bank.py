@@ -236,9 +236,24 @@ def test_pipeline_takes_bank_sources_and_bank_false_trains_them(
         ("stage1", "rte", "done"),
         ("stage2", "rte", "done"),
     ]
-    report = dtvg("runs", "report", str(experiment), "--runs-dir", str(runs_dir), bank_dir=shipped)
+    table = tmp_path / "banked.json"
+    report = dtvg(
+        "runs",
+        "report",
+        str(experiment),
+        "--runs-dir",
+        str(runs_dir),
+        "--json-out",
+        str(table),
+        bank_dir=shipped,
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     assert report.stdout.count("source (bank)") == 2 and "| mnli |" in report.stdout  # rows, similarity
+    shipped_scores = {v.task: (v.primary("test"), v.constant) for v in bank.entries(shipped)}
+    bank_lines = [line for line in report.stdout.splitlines() if "source (bank)" in line]
+    assert all(line.endswith(f"| {100 * shipped_scores[line.split()[1]][1]:.1f} |") for line in bank_lines)
+    written = [r for r in json.loads(table.read_text())["stage1"] if r["role"] == "bank"]
+    assert {r["task"]: (r["test"], r["constant"]) for r in written} == shipped_scores
     data = StudyData(spec, runs_dir)  # the study view lists them and compares their vectors too
     snapshot = data.load({r.name: summarize(r) for r in list_run_dirs(runs_dir)})
     assert [(row.task, row.role, row.steps) for row in snapshot.banked] == [

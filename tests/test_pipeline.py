@@ -67,6 +67,7 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     rows = {(r["target"], r["method"]): r for r in results["rows"]}
     assert set(rows) == {("rte", "pt"), ("rte", "dtvg"), ("rte", "dtvg:prefix")}
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
+    assert all(list(r["by_seed"]) == ["0", "1"] for r in rows.values())  # paired readings need the seed
     assert sum(bool(r.get("best")) for r in rows.values()) == 1
     assert "| rte | dtvg | accuracy |" in (runs_dir / "tiny-results.md").read_text()
 
@@ -94,7 +95,8 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert report.returncode == 0, report.stderr[-3000:]
     written = json.loads(table.read_text())
     assert written["rows"] == [
-        {k: row[k] for k in ("target", "method", "mean", "std", "seeds")} for row in results["rows"]
+        {k: row[k] for k in ("target", "method", "mean", "std", "seeds", "by_seed")}
+        for row in results["rows"]
     ]
     assert list(written["constant"]) == ["rte"] and 0 < written["constant"]["rte"] <= 1
     stage1_runs = sorted((r["task"], r["role"], r["seed"]) for r in written["stage1"])

@@ -37,6 +37,7 @@ of the pipeline is a job that waits for that array and runs the pipeline again f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,16 @@ def _shared(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     keys = (set(existing) | set(wanted)) - IGNORED_WHEN_MATCHING
-    return all(existing.get(k) == wanted.get(k) for k in keys)
+    return all(_same_value(k, existing.get(k), wanted.get(k)) for k in keys)
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Equal settings; a data dir spelled two ways (through a symlink, `--data-dir` resolved or the
+    study file's path as written) is the same data, so its runs are reused, not trained again."""
+    if key == "data_dir" and isinstance(a, str) and isinstance(b, str) and a != b:
+        local = "://" not in a + b  # a hub dataset (hf://...) is no path
+        return local and os.path.realpath(a) == os.path.realpath(b)
+    return a == b
 
 
 def reuse_or_create(runs_dir: Path, stage: str, label: str, wanted: dict[str, Any]) -> tuple[Path, str]:

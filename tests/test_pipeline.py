@@ -247,3 +247,20 @@ def test_a_failed_run_makes_the_pipeline_exit_1(tmp_path: Path, runs_dir: Path, 
     assert f"results: {md} and {js}" in result.stdout
     assert json.loads(js.read_text())["unfinished"] == {failed.name: "failed"}
     assert sorted(p.name for p in runs_dir.glob("tiny*")) == sorted([md.name, js.name])
+
+
+def test_a_data_dir_spelled_through_a_symlink_reuses_the_runs(runs_dir: Path, data_dir: Path, tmp_path: Path):
+    """The dashboard resumes a study with `--data-dir` (resolved) where its file names the data through
+    a symlink: the stopped run must be found again, not trained a second time in a new folder."""
+    from dtvg_engine import config as configs
+    from dtvg_engine.pipeline import reuse_or_create
+
+    link = tmp_path / "data-link"
+    link.symlink_to(data_dir)
+    as_written = configs.stage1_config("rte", model="tiny-llama", steps=2, data_dir=str(link))
+    first, status = reuse_or_create(runs_dir, "stage1", "rte", as_written)
+    assert status == "new"
+    resolved = {**as_written, "data_dir": str(data_dir.resolve())}
+    assert reuse_or_create(runs_dir, "stage1", "rte", resolved)[0] == first  # still to run, in its folder
+    other = {**as_written, "data_dir": str(tmp_path)}  # other data are other runs
+    assert reuse_or_create(runs_dir, "stage1", "rte", other)[0] != first

@@ -24,10 +24,9 @@ from datasets.exceptions import DatasetGenerationError
 from datasets.utils import logging as datasets_logging
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.tasks import TASKS, Task, get_task, label_of, target_id
+from dtvg_engine.tasks import HUB_PREFIX, TASKS, Task, get_task, label_of, target_id
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "bundled_data"
-HUB_PREFIX = "hf://"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HOLD_OUT = 1000
 HOLD_OUT_MIN_TRAIN = 2000

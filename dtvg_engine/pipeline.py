@@ -207,8 +207,8 @@ def _same_value(key: str, a: Any, b: Any) -> bool:
     """Equal settings; a data dir spelled two ways (through a symlink, `--data-dir` resolved or the
     study file's path as written) is the same data, so its runs are reused, not trained again."""
     if key == "data_dir" and isinstance(a, str) and isinstance(b, str) and a != b:
-        local = "://" not in a + b  # a hub dataset (hf://...) is no path
-        return local and os.path.realpath(a) == os.path.realpath(b)
+        hub = a.startswith(tasks.HUB_PREFIX) or b.startswith(tasks.HUB_PREFIX)  # a hub dataset is no path
+        return not hub and os.path.realpath(a) == os.path.realpath(b)
     return a == b
 
 

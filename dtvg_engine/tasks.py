@@ -20,6 +20,9 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 
+HUB_PREFIX = "hf://"
+"""How a data dir names a Hugging Face dataset instead of a local folder (`hf://owner/name`)."""
+
 YES_NO = (" yes", " no")
 NO_YES = (" no", " yes")
 

@@ -38,15 +38,6 @@ def recorded_runs(tmp_path: Path) -> Path:
     return runs
 
 
-def _table_measured(runs) -> bool:  # noqa: ANN001
-    """Whether the runs table has measured its new rows: a DataTable sizes its columns on idle, which
-    under load can come after a modal is pushed (the help snapshot then showed 3-wide columns)."""
-    from textual.widgets import DataTable
-
-    table = runs.query_one("#runs-table", DataTable)
-    return not table._require_update_dimensions and not table._updated_cells
-
-
 async def settle(pilot, timeout: float = 10.0) -> None:
     """Wait until the Runs screen has scanned the runs directory and no follower is still reading."""
     from dtvg_tui.screens.detail import RunFollowingScreen
@@ -57,7 +48,7 @@ async def settle(pilot, timeout: float = 10.0) -> None:
     while time.monotonic() < deadline:
         await pilot.pause(0.05)
         runs = next((s for s in app.screen_stack if isinstance(s, RunsScreen)), None)
-        ready = runs is not None and runs._scanned_once and not runs._scanning and _table_measured(runs)
+        ready = runs is not None and runs._scanned_once and not runs._scanning
         screen = app.screen
         if isinstance(screen, RunFollowingScreen):
             ready = ready and not screen.reading

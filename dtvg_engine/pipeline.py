@@ -41,8 +41,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
@@ -52,150 +50,15 @@ from dtvg_engine.study import (
     Scores,
     banked_sources,
     entry_of,
-    grouping_of,
     record_study,
     results_rows,
     study_init_id,
 )
+from dtvg_engine.studyfile import load_experiment, shared_settings
 
-TOP_KEYS = {
-    "name",
-    "model",
-    "prompt_length",
-    "init_seed",
-    "data_dir",
-    "device",
-    "precision",
-    "sources",
-    "targets",
-    "methods",
-    "seeds",
-    "jobs",
-    "stage1",
-    "stage2",
-    "slurm",
-    "bank",
-}
-SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device", "precision")
-"""Top-level settings that apply to every run of the study."""
 IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_size", "eval_order"}
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
 from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
-
-
-BANK_RULE = configs.Rule(bool)
-"""`bank = true|false`: whether the sources the source bank holds for the study's init come from it."""
-
-NAME_LIMIT = 200
-"""The longest study name: `<name>-results.json` must still fit a file name (255 bytes)."""
-
-TASK_LISTS = ("sources", "targets", "methods")
-_EXAMPLES = {  # shown when a list is malformed
-    "sources": '["mnli", "qnli"]',
-    "targets": '["rte"]',
-    "methods": '["pt", "dtvg"]',
-    "seeds": "[0, 1, 2]",
-}
-
-
-def load_experiment(path: Path) -> dict[str, Any]:
-    """Read and check an experiment file; every mistake is a one-line UserError naming the key."""
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"experiment file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"could not read experiment file {path} ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
-    unknown = set(spec) - TOP_KEYS
-    if unknown:
-        raise UserError(
-            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
-        )
-    spec.setdefault("name", path.stem)
-    spec.setdefault("seeds", [0])
-    spec.setdefault("jobs", "auto")
-    _check_name(spec["name"], f"{path}: name")
-    for key in TASK_LISTS:
-        _check_list(path, key, spec.get(key), str)
-    _check_list(path, "seeds", spec["seeds"], int)
-    for seed in spec["seeds"]:
-        configs.check_value(f"{path}: seeds", seed, configs.SETTING_RULES["seed"])
-    spec["jobs"] = configs.parse_jobs(f"{path}: jobs", spec["jobs"])
-    configs.check_value(f"{path}: bank", spec.setdefault("bank", True), BANK_RULE)
-    configs.check_settings(_shared(spec), label=lambda key: f"{path}: {key}")
-    for task in spec["sources"] + spec["targets"]:
-        tasks.get_task(task)
-    _check_methods(path, spec)
-    overlap = set(spec["sources"]) & set(spec["targets"])
-    if overlap:
-        raise UserError(f"{path}: {', '.join(sorted(overlap))} listed as both source and target")
-    stage1_keys = set(configs.TRAINING_DEFAULTS) - set(SHARED_KEYS)
-    stage2_keys = stage1_keys | set(configs.STAGE2_DEFAULTS) - {"method"}
-    for table, allowed in (("stage1", stage1_keys), ("stage2", stage2_keys)):
-        settings = spec.get(table, {})
-        if not isinstance(settings, dict):
-            raise UserError(f"{path}: {table} must be a table ([{table}] followed by key = value lines)")
-        bad = set(settings) - allowed
-        if bad:
-            raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(bad))}")
-        configs.check_settings(settings, label=lambda key, table=table: f"{path}: [{table}] {key}")
-    if not isinstance(spec.get("slurm", {}), dict):
-        raise UserError(f"{path}: slurm must be a table ([slurm] followed by key = value lines)")
-    slurm.Resources.from_table(spec.get("slurm", {}), str(path))
-    return spec
-
-
-def _check_methods(path: Path, spec: dict[str, Any]) -> None:
-    """Every entry of `methods` is a registered method, optionally with its grouping rule
-    (`dtvg:prefix`), and no two entries name the same runs (`dtvg` is `dtvg:greedy` by default)."""
-    grouping = grouping_of(spec)
-    seen: dict[tuple[tuple[str, Any], ...], str] = {}
-    for entry in spec["methods"]:
-        try:
-            settings = tuple(sorted(method_registry.entry_settings(entry, grouping).items()))
-        except UserError as exc:
-            raise UserError(f"{path}: methods: {exc}") from None
-        if settings in seen:
-            raise UserError(f"{path}: methods lists {seen[settings]} and {entry}, which are the same runs")
-        seen[settings] = entry
-
-
-def _check_name(name: Any, label: str) -> None:
-    """Refuse a study name that is not a plain file name: results go to `<runs_dir>/<name>-results.*`,
-    so a name with a folder in it (`../x`, `/tmp/x`) would write outside the runs directory."""
-    plain = (
-        isinstance(name, str)
-        and 0 < len(name) <= NAME_LIMIT
-        and name not in (".", "..")
-        and not any(c in name for c in "/\\")
-        and name.isprintable()
-    )
-    if not plain:
-        raise UserError(
-            f"{label} must be a plain file name (no folders, at most {NAME_LIMIT} characters), got {name!r}"
-        )
-
-
-def _check_list(path: Path, key: str, value: Any, kind: type) -> None:
-    """A study's list of tasks, methods or seeds: non-empty, of `kind`, each entry once."""
-    noun = "integers" if kind is int else "names"
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-    ):
-        raise UserError(
-            f"{path}: {key} must be a non-empty list of {noun}, e.g. {key} = {_EXAMPLES[key]} (got {value!r})"
-        )
-    twice = sorted({str(v) for v in value if value.count(v) > 1})
-    if twice:
-        raise UserError(f"{path}: {key} lists {', '.join(twice)} more than once")
-
-
-def _shared(spec: dict[str, Any]) -> dict[str, Any]:
-    return {key: spec[key] for key in SHARED_KEYS if key in spec}
 
 
 def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -285,7 +148,7 @@ def run_pipeline(
     bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init not the bank's
     record_study(runs_dir, spec, path)  # so the dashboard can open and stop the study
     jobs = jobs or spec["jobs"]
-    shared = _shared(spec)
+    shared = shared_settings(spec)
     stage1 = spec.get("stage1", {})
     stage2 = spec.get("stage2", {})
     report: list[str] = []

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine.atomic import write_json_atomic
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import RunState
 
@@ -240,8 +241,6 @@ def read_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_job(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Replace the run's submission record atomically."""
-    from dtvg_engine.runfolder import write_json_atomic  # runfolder imports this module
-
     write_json_atomic(Path(run_dir) / JOB_FILE, record)
 
 

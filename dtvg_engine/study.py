@@ -38,6 +38,7 @@ from dtvg_engine.runfolder import (
     write_json_atomic,
     write_text_atomic,
 )
+from dtvg_engine.studyfile import grouping_of, load_experiment
 
 SETTINGS = ("model", "prompt_length")
 """Top-level study settings a run must share to count (data_dir and device may differ)."""
@@ -110,12 +111,6 @@ def banked_sources(spec: dict[str, Any]) -> dict[str, bank.BankVector]:
     ident = study_init_id(spec)
     found = {task: bank.find(ident, task) for task in spec["sources"]}
     return {task: vector for task, vector in found.items() if vector is not None}
-
-
-def grouping_of(spec: dict[str, Any]) -> str:
-    """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
-    stage2 = spec.get("stage2", {})
-    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
 
 
 @cache
@@ -677,8 +672,6 @@ def read_record(path: Path) -> tuple[dict[str, Any], Path | None]:
 def load_study(path: Path) -> tuple[dict[str, Any], Path | None]:
     """A study and the pipeline file that runs it, from that TOML file (checked as the pipeline checks
     it) or from a pipeline's record in a runs directory."""
-    from dtvg_engine.pipeline import load_experiment
-
     path = Path(path)
     return read_record(path) if path.suffix == ".json" else (load_experiment(path), path)
 
@@ -734,7 +727,6 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
     `data_dir` is the `--data-dir` it ran with before (runs of another data dir are other runs).
     """
     from dtvg_engine import launcher
-    from dtvg_engine.pipeline import load_experiment
 
     name = load_experiment(path)["name"]
     running = pipeline_pid(runs_dir, name)

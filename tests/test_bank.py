@@ -19,8 +19,8 @@ from dtvg_engine import bank, study
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
-from dtvg_engine.pipeline import load_experiment
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config, summarize
+from dtvg_engine.studyfile import load_experiment
 from dtvg_engine.worker import run_worker
 from dtvg_tui.studydata import StudyData
 

@@ -14,8 +14,8 @@ import pytest
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.launcher import wait_for_exit
-from dtvg_engine.pipeline import load_experiment
 from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, summarize
+from dtvg_engine.studyfile import load_experiment
 
 STUDY = """
 name = "tiny"

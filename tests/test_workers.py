@@ -13,8 +13,8 @@ import pytest
 from dtvg_engine import workers
 from dtvg_engine.config import parse_jobs
 from dtvg_engine.errors import UserError
-from dtvg_engine.pipeline import load_experiment
 from dtvg_engine.runfolder import list_run_dirs
+from dtvg_engine.studyfile import load_experiment
 
 
 @pytest.fixture

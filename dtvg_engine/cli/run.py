@@ -211,7 +211,8 @@ def run_pipeline(
     Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import load_experiment, markdown, results_paths, run_pipeline
+    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+    from dtvg_engine.studyfile import load_experiment
 
     if jobs is not None:
         jobs = configs.parse_jobs("--jobs", jobs)

@@ -235,8 +235,8 @@ def runs_report(
     ] = None,
 ) -> None:
     """A study's finished runs as Markdown: scores, stage 1, similarities, source picks, groups."""
-    from dtvg_engine.pipeline import load_experiment
     from dtvg_engine.report import report
+    from dtvg_engine.studyfile import load_experiment
 
     text, table = report(load_experiment(experiment), runs_root(runs_dir))
     if json_out:  # the document the dashboard's study view exports too (dtvg_engine.study.Results)

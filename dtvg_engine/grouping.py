@@ -6,7 +6,8 @@ Everything here is a small function over such tensors, read top to bottom next t
 - ``sim``                   eq. 2, the task similarity of two TPVs
 - ``target_similarity``     eq. 3, TS of a group: mean sim to the target
 - ``knowledge_consistency`` eq. 4, KC of a group: mean pairwise sim
-- ``select_group``          eq. 5 solved greedily (Algorithm 2) or by one of the variants of DESIGN §7
+- ``select_group``          eq. 5 solved greedily (Algorithm 2) or by a variant
+                            (docs/architecture.md, 'Methods')
 
 Efficiency: eq. 2 only needs the token sum ``Σ_i v_i`` of each TPV, so ``select_group`` reduces every TPV
 to that one ``[d]`` vector once, and every similarity it needs is an entry of one small Gram matrix
@@ -119,7 +120,8 @@ def select_group(
     lam: float = 1.0,
     max_exhaustive: int = 12,
 ) -> GroupResult:
-    """Choose the source group S' for the target (DTVG eq. 5) with one of the variants of DESIGN §7.
+    """Choose the source group S' for the target (DTVG eq. 5) by one of the rules (docs/architecture.md,
+    'Methods').
 
     - ``greedy``: Algorithm 2 (see ``greedy_group``). Uses KC only; ``lam`` does not enter.
     - ``prefix``: the authors' public code: the best-KC prefix of the ranking (see ``prefix_group``).
@@ -191,10 +193,10 @@ def greedy_group(
     Start from S' = ∅ and walk the *whole* ranking Π; add s when ``sim(t, s) ≥ 0`` and
     ``Δ(S', s) = KC(S' ∪ {s}) − KC(S') ≥ 0``.
 
-    Ambiguity resolved: the prose of §3.3 says "until KC(S') is no longer increasing", which reads as
-    stopping at the first rejected source; Algorithm 2 has no break, and DESIGN §7 says to walk the whole
-    ranking, so a rejected source is skipped and later sources still get their chance. Consequences, all
-    straight from eq. 4: the first source with sim ≥ 0 always enters (KC of ∅ and of one member are both
+    Ambiguity resolved: the prose of §3.3 says "until KC(S') is no longer increasing", which reads as stopping
+    at the first rejected source; Algorithm 2 has no break, and docs/architecture.md ('Methods') says to walk
+    the whole ranking, so a rejected source is skipped and later sources still get their chance. Consequences,
+    all straight from eq. 4: the first source with sim ≥ 0 always enters (KC of ∅ and of one member are both
     0, Δ = 0); the second enters iff its sim to the first is ≥ 0; a source with sim < 0 to the target never
     enters (and since Π is sorted, none after it does either). Δ ≥ 0 at every addition, so KC never drops
     along the way.

@@ -1,4 +1,6 @@
-"""The history index (DESIGN §5): `runs/history.json`, a TinyDB database with one summary per run.
+"""The history index: `runs/history.json`, a TinyDB database with one summary per run.
+
+The contract: docs/architecture.md, 'History index'.
 
 It is derived from the run folders and rebuilt from them whenever it is missing or corrupt. Every
 change takes `history.json.lock` and replaces the file atomically, so the TUI and headless commands can

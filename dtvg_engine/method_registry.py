@@ -1,4 +1,4 @@
-"""The method registry: what every stage-2 method is, in one place (DESIGN §7).
+"""The method registry: what every stage-2 method is, in one place (docs/architecture.md, 'Methods').
 
 As peft registers each of its tuners once with everything the library needs to know about it, every
 stage-2 method here is one `Method` record: whether it tunes DTVG's grouped prompt (eq. 6), whether it
@@ -159,7 +159,7 @@ METHODS: dict[str, Method] = _registry(
         init="mix",
     ),
 )
-"""Every stage-2 method of DESIGN §7, by name."""
+"""Every stage-2 method (docs/architecture.md, 'Methods'), by name."""
 
 NAMES = tuple(METHODS)
 """The method names, in the registry's order (the `--method` help and the TUI's choices)."""

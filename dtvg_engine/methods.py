@@ -1,4 +1,6 @@
-"""Stage-2 methods (DESIGN §7): how each one builds the prompt it tunes from the stage-1 vectors.
+"""Stage-2 methods: how each one builds the prompt it tunes from the stage-1 vectors.
+
+What the methods are: docs/architecture.md, 'Methods'.
 
 What each method is lives in `method_registry`; this module turns a registry record into a tuner:
 - grouped methods (`init="t_t"`: `dtvg` and its ablations) tune P_mix = P_init + α_t⊙T_t + Σ_{s∈S'} α_s⊙T_s

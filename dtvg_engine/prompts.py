@@ -1,4 +1,4 @@
-"""The shared soft-prompt initialization P_init (DESIGN §3, DTVG Appendix C.8).
+"""The shared soft-prompt initialization P_init (docs/architecture.md, 'Run folder'; DTVG Appendix C.8).
 
 Every task of a study is tuned from the same P_init: r rows sampled from the embeddings of the top-5000
 vocabulary tokens. It is stored once per (model, prompt length, init seed) under `runs/_inits/`, and its

@@ -1,4 +1,6 @@
-"""The run folder (DESIGN §3): creating runs, finding them and summarizing what their files say.
+"""The run folder: creating runs, finding them and summarizing what their files say.
+
+The contract: docs/architecture.md, 'Run folder'.
 
 A run folder is the source of truth for one run; everything here derives from its files. Standard
 library only, because the terminal UI imports it and must start in well under a second.

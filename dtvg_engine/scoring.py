@@ -1,10 +1,10 @@
 """The forward pass of prompt tuning: encode examples, score label words, compute the loss.
 
-Classification is text-to-text (DESIGN §8): the model reads `[soft prompt] + input text` and the
-answer is the label word whose first token gets the highest logit at the answer position. Training
-uses the full-vocabulary cross-entropy of the gold word's first token at that position.
+Classification is text-to-text (docs/architecture.md, 'Backbones and data'): the model reads `[soft prompt] +
+input text` and the answer is the label word whose first token gets the highest logit at the answer position.
+Training uses the full-vocabulary cross-entropy of the gold word's first token at that position.
 
-Three things make a step fast on CPU (DESIGN §9) without changing the numbers:
+Three things make a step fast on CPU (docs/architecture.md, 'Performance') without changing the numbers:
 - batches are padded to their longest example, not to a fixed length;
 - the LM head runs only at the answer position, not over every token;
 - for causal LMs the prompt's hidden states (its key/value cache) are computed once per batch and
@@ -148,8 +148,8 @@ class LabelScorer:
     def cut_fields(self, row: Mapping) -> list[int]:
         """The row's input within budget: its longest text field loses one token at a time (from its
         end, so every field keeps its beginning) until the input fits; the template and the answer cue
-        are never cut (DESIGN §7). Field lengths are counted on each field alone, so the whole input is
-        tokenized again after each round and cut further if the joins tokenized longer."""
+        are never cut (docs/architecture.md, 'Methods'). Field lengths are counted on each field alone, so the
+        whole input is tokenized again after each round and cut further if the joins tokenized longer."""
         tok = self.backbone.tokenizer
         texts = {name: tasks.clean(row[name]) for name in self.task.text_fields}
         spans = {

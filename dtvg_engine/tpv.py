@@ -5,8 +5,8 @@ initialization it was tuned from, an ``[r, d]`` tensor. Vectors from the same in
 and scaled (TPV eq. 3, 4, 7): ``combine`` computes ``scale · Σ coef · T`` and ``parse_expression`` reads
 the terms from a string such as ``"0.5*mnli + qnli - sst2"``.
 
-On disk (DESIGN §3): ``tpv.safetensors`` with the tensor under key ``"tpv"`` and JSON-encoded metadata
-``task, model, prompt_length, init_id, best_metric, metric_name, step, run_id``.
+On disk (docs/architecture.md, 'Run folder'): ``tpv.safetensors`` with the tensor under key ``"tpv"`` and
+JSON-encoded metadata ``task, model, prompt_length, init_id, best_metric, metric_name, step, run_id``.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def load_tpv(path: str | Path) -> tuple[Tensor, dict[str, str | int | float | No
 def check_compatible(metas: Sequence[dict]) -> None:
     """Refuse TPVs that were not tuned from the same initialization (same model, prompt length, init).
 
-    Arithmetic and similarities across initializations are meaningless (DESIGN §3); the error names the
-    first two runs that disagree and how to fix it.
+    Arithmetic and similarities across initializations are meaningless (docs/architecture.md, 'Run folder');
+    the error names the first two runs that disagree and how to fix it.
     """
     if not metas:
         return

@@ -1,4 +1,4 @@
-"""Backbones (DESIGN §8): built-in tiny models, models by local path, names, devices and the cache dir."""
+"""Backbones: built-in tiny models, models by local path, names, devices and the cache dir."""
 
 from __future__ import annotations
 

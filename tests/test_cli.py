@@ -1,4 +1,6 @@
-"""The `dtvg` command line (DESIGN §6): bad input is exit code 2 and one line, listings are JSON.
+"""The `dtvg` command line: bad input is exit code 2 and one line, listings are JSON.
+
+The commands: docs/architecture.md, 'Commands'.
 
 Every bad-input case must leave the runs directory without a run folder: input is checked before a
 run is created, so nothing half-made shows up in `dtvg runs list` or the dashboard.

@@ -1,4 +1,4 @@
-"""The event stream (DESIGN §4): one schema, one resumable reader, one fold, and every reader agreeing.
+"""The event stream: one schema, one resumable reader, one fold, and every reader agreeing.
 
 Issue 11, item 8: one line that parsed but lacked `time` or had `"step": "x"` crashed `dtvg runs list`
 and `runs show` for the whole runs directory, and after torn or garbage lines the dashboard disagreed

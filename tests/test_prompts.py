@@ -1,4 +1,7 @@
-"""The shared soft-prompt initialization P_init (DESIGN §3): one file per (model, length, seed)."""
+"""The shared soft-prompt initialization P_init: one file per (model, length, seed).
+
+docs/architecture.md, 'Run folder'.
+"""
 
 from __future__ import annotations
 

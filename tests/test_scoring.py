@@ -1,4 +1,4 @@
-"""The label-word scorer (DESIGN §8, §9): our fast forward equals the straightforward one.
+"""The label-word scorer: our fast forward equals the straightforward one.
 
 The reference computations below are deliberately naive: the soft prompt is concatenated in front of
 every example's embeddings, the whole model runs, and the full-vocabulary logits are read at the answer

@@ -1,6 +1,6 @@
 """Stage 1 end to end through the `dtvg` command: real worker subprocesses, real task data, tiny models.
 
-Covers the run folder (DESIGN §3), the event stream (§4), the history index (§5), the exported peft
+Covers the run folder, the event stream and the history index (docs/architecture.md), the exported peft
 adapter, stop/kill and resume, a diverging run, and (marked slow) that the pretrained default model
 actually learns.
 """
@@ -147,7 +147,8 @@ REQUIRED_FIELDS = {
     "log": {"level", "message"},
     "run_finished": {"status", "summary", "error"},
 }
-"""DESIGN §4: the fields every event of a stage-1 run carries besides v, type and time."""
+"""The fields every event of a stage-1 run carries besides v, type and time (docs/architecture.md,
+'Event stream')."""
 
 
 def test_event_stream_follows_the_contract(pair):

@@ -1,4 +1,4 @@
-"""`dtvg`: the headless command line (DESIGN §6).
+"""`dtvg`: the headless command line (docs/architecture.md, 'Commands').
 
 Exit codes: 0 ok, 1 a run failed, 2 bad input. Bad input is a `UserError`, printed as one line.
 Heavy imports (torch, transformers) happen inside the commands that need them, so listing runs is quick.

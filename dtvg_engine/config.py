@@ -1,5 +1,8 @@
-"""Run configurations: the defaults and the checks shared by the CLI, the TUI form and the pipeline.
+"""Run configurations: every setting's one home (its default, help and rule), and the checks shared by
+the CLI, the TUI form and the pipeline.
 
+Each setting is a field of `TrainingSettings` or `Stage2Settings`; the CLI's options, the New-run form's
+fields and what a study file accepts are derived from these fields (docs/architecture.md, 'Settings').
 Standard library only (the TUI builds configs through this module). A config is a plain JSON-able
 dict written to `config.json` before the worker starts; the worker reads nothing else.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,34 +54,6 @@ def init_id(model: str, prompt_length: int, init_seed: int) -> str:
     return f"{model_slug(model)}-r{prompt_length}-s{init_seed}"
 
 
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "model": "smollm2-135m",
-    "prompt_length": 100,
-    "steps": 100,
-    "batch_size": 8,
-    "lr": 0.3,
-    "weight_decay": 1e-5,
-    "warmup_ratio": 0.1,
-    "max_grad_norm": 1.0,
-    "k_shot": None,
-    "eval_every": 25,
-    "eval_batch_size": 16,
-    "max_eval": 200,
-    "max_input_tokens": None,
-    "seed": 0,
-    "init_seed": 0,
-    "device": "auto",
-    "precision": "auto",
-    "eval_order": "length",
-    "data_dir": None,
-    "init_prompt": None,
-}
-"""Stage-1 settings and their defaults (lr 0.3 and weight decay 1e-5 as in the papers). Inputs longer
-than `max_input_tokens` are cut in their longest text field; None fits it to the task's data (the length
-that holds 95% of the run's inputs whole, at most 256 tokens, the papers' input length). Evaluation runs
-in length-sorted batches of `eval_batch_size` rows: 16 evaluated the most rows per CPU second with whole
-inputs (8 as fast, 32 and 64 slower: more padding; benchmarks/eval_batch_size.py, docs/performance.md)."""
-
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     # lr {0.003, 0.03, 0.3} x prompt length {8, 100}, stage 1 on snli and qqp, 32-shot targets sst2 and cb:
     # 8 tokens at 0.3 had the best validation mean over the four tasks (the rule fixed beforehand), and
@@ -92,19 +67,6 @@ which every other backbone keeps). The sweep and its figures: docs/sweep.md."""
 def defaults_for(model: str) -> dict[str, Any]:
     """The training defaults of runs on `model`: the papers' values, with the model's swept ones."""
     return {**TRAINING_DEFAULTS, **MODEL_DEFAULTS.get(model, {})}
-
-
-STAGE2_DEFAULTS: dict[str, Any] = {
-    "method": "dtvg",
-    "grouping": "greedy",
-    "lambda": 1.0,
-    "source_scale_lr": 0.4,
-    "top_k": 2,
-    "mix_steps": None,
-}
-"""Extra stage-2 settings: the paper's few-shot two-speed rates are 0.3 (target) and 0.4 (source scales);
-`tpv-sum` adds the `top_k` sources ranked first by eq. 2 (the TPV paper combines pairs); `mix` trains
-the sources' prompt for `mix_steps` steps (None: as many as the sources' stage-1 runs had together)."""
 
 
 MAX_PROMPT_LENGTH = 1024
@@ -158,34 +120,139 @@ SEED = Rule(int, low=0)
 PATH = Rule(str, optional=True)
 RATE = Rule(float, low=0, above=True)
 
-SETTING_RULES: dict[str, Rule] = {
-    "model": Rule(str),
-    "prompt_length": Rule(int, low=1, high=MAX_PROMPT_LENGTH),
-    "steps": COUNT,
-    "batch_size": COUNT,
-    "lr": RATE,
-    "weight_decay": Rule(float, low=0),
-    "warmup_ratio": Rule(float, low=0, high=1),
-    "max_grad_norm": RATE,
-    "k_shot": Rule(int, low=1, optional=True),
-    "eval_every": COUNT,
-    "eval_batch_size": COUNT,
-    "max_eval": COUNT,
-    "max_input_tokens": Rule(int, low=1, optional=True),
-    "seed": SEED,
-    "init_seed": SEED,
-    "device": Rule(str, choices=DEVICES),
-    "precision": Rule(str, choices=PRECISIONS),
-    "eval_order": Rule(str, choices=EVAL_ORDERS),
-    "data_dir": PATH,
-    "init_prompt": PATH,
-    "grouping": Rule(str, choices=GROUPINGS),
-    "top_k": COUNT,
-    "mix_steps": Rule(int, low=1, optional=True),
-    "lambda": Rule(float, low=0),
-    "source_scale_lr": Rule(float, low=0),  # 0 freezes the source scales at 1
+
+def setting(default: Any, help: str, rule: Rule | None, **more: Any) -> Any:
+    """A field of a settings class: its default, its one-line help (the CLI's and the form's) and its rule,
+    in field metadata as peft's configs keep theirs. `more`: `key` (the name in config.json and study
+    files, where it is no Python name: `lambda`), `label` and `unset` (the New-run form's label, and its
+    placeholder for a setting left out), `envvar` (the CLI reads it from the environment), `shared` (a
+    study sets it once, at its top level, for every run)."""
+    return field(default=default, metadata={"help": help, "rule": rule, **more})
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The settings of every run, with their defaults (lr 0.3 and weight decay 1e-5 as in the papers).
+
+    Inputs longer than `max_input_tokens` are cut in their longest text field; None fits it to the task's
+    data (the length that holds 95% of the run's inputs whole, at most 256 tokens, the papers' input
+    length). Evaluation runs in length-sorted batches of `eval_batch_size` rows: 16 evaluated the most rows
+    per CPU second with whole inputs (8 as fast, 32 and 64 slower: more padding;
+    benchmarks/eval_batch_size.py, docs/performance.md).
+    """
+
+    model: str = setting(
+        "smollm2-135m",
+        "smollm2-135m, tiny-llama, tiny-t5, a local folder or an HF id.",
+        Rule(str),
+        shared=True,
+    )
+    prompt_length: int = setting(
+        100, "Soft prompt tokens r.", Rule(int, low=1, high=MAX_PROMPT_LENGTH), shared=True
+    )
+    steps: int = setting(100, "Training steps.", COUNT)
+    batch_size: int = setting(8, "Training examples per step.", COUNT)
+    lr: float = setting(
+        0.3, "AdamW learning rate (stage 2: of the target prompt and its scale).", RATE, label="Learning rate"
+    )
+    weight_decay: float = setting(1e-5, "AdamW weight decay.", Rule(float, low=0))
+    warmup_ratio: float = setting(
+        0.1, "Share of the steps the learning rate warms up over.", Rule(float, low=0, high=1)
+    )
+    max_grad_norm: float = setting(1.0, "Clip the gradient to this norm.", RATE)
+    k_shot: int | None = setting(
+        None,
+        "Train on K examples, class-stratified (default: all).",
+        Rule(int, low=1, optional=True),
+        label="K-shot",
+        unset="all",
+    )
+    eval_every: int = setting(25, "Validate every E steps.", COUNT)
+    eval_batch_size: int = setting(16, "Rows per evaluation batch (changes no prediction).", COUNT)
+    max_eval: int = setting(200, "Cap validation/test examples.", COUNT)
+    max_input_tokens: int | None = setting(
+        None,
+        "Cut longer inputs in their longest text field (default: the length that holds 95% of the "
+        "task's inputs whole, at most 256).",
+        Rule(int, low=1, optional=True),
+    )
+    seed: int = setting(0, "Data split, sampling and batch-order seed.", SEED)
+    init_seed: int = setting(0, "Seed of the shared prompt initialization.", SEED, shared=True)
+    device: str = setting("auto", "auto, cpu or cuda.", Rule(str, choices=DEVICES), shared=True)
+    precision: str = setting(
+        "auto",
+        "The frozen model's precision: auto (bf16 on a GPU, fp32 on CPU), fp32 or bf16.",
+        Rule(str, choices=PRECISIONS),
+        shared=True,
+    )
+    eval_order: str = setting(
+        "length",
+        "Cut evaluation batches from rows sorted by length, or in data order.",
+        Rule(str, choices=EVAL_ORDERS),
+    )
+    data_dir: str | None = setting(
+        None,
+        "Folder of <task>/*.jsonl.",
+        PATH,
+        envvar="DTVG_DATA_DIR",
+        unset="bundled demo data",
+        shared=True,
+    )
+    init_prompt: str | None = setting(None, "Start from a prompt written by `dtvg tpv combine`.", PATH)
+
+
+@dataclass(frozen=True)
+class Stage2Settings(TrainingSettings):
+    """A stage-2 run's settings: the training settings and the method's. The paper's few-shot two-speed
+    rates are 0.3 (target) and 0.4 (source scales); `tpv-sum` adds the `top_k` sources ranked first by
+    eq. 2 (the TPV paper combines pairs); `mix` trains the sources' prompt for `mix_steps` steps (None: as
+    many as the sources' stage-1 runs had together)."""
+
+    method: str = setting(
+        "dtvg",
+        f"One of {', '.join(method_registry.NAMES)}; a grouped one may name its rule: dtvg:prefix.",
+        None,  # checked against the method registry
+    )
+    grouping: str = setting(
+        "greedy", "dtvg grouping: greedy (Algorithm 2), prefix, exhaustive.", Rule(str, choices=GROUPINGS)
+    )
+    lambda_: float = setting(1.0, "λ of TS + λ·KC (exhaustive grouping).", Rule(float, low=0), key="lambda")
+    source_scale_lr: float = setting(
+        0.4, "Learning rate of the source scales (0 freezes them at 1).", Rule(float, low=0)
+    )
+    top_k: int = setting(2, "tpv-sum: add the TPVs of the top K sources by eq. 2.", COUNT)
+    mix_steps: int | None = setting(
+        None,
+        "mix: steps on the sources' data (default: their stage-1 steps).",
+        Rule(int, low=1, optional=True),
+    )
+
+
+def key_of(setting_field: Field[Any]) -> str:
+    """A setting's name in config.json, study files and `SETTING_RULES` (`lambda_` is `lambda`)."""
+    return setting_field.metadata.get("key", setting_field.name)
+
+
+SETTINGS: tuple[Field[Any], ...] = fields(Stage2Settings)
+"""Every setting, as a field that carries its default, help and rule; all else below derives from these."""
+
+SETTINGS_BY_KEY: dict[str, Field[Any]] = {key_of(f): f for f in SETTINGS}
+
+TRAINING_DEFAULTS: dict[str, Any] = {key_of(f): f.default for f in fields(TrainingSettings)}
+"""The settings of every run and their defaults, in config.json's order (`TrainingSettings`)."""
+
+STAGE2_DEFAULTS: dict[str, Any] = {
+    key: f.default for key, f in SETTINGS_BY_KEY.items() if key not in TRAINING_DEFAULTS
 }
-"""The rule of every training and stage-2 setting (the method is checked against the method list)."""
+"""The stage-2 settings beyond the training ones, and their defaults (`Stage2Settings`)."""
+
+SETTING_RULES: dict[str, Rule] = {
+    key: f.metadata["rule"] for key, f in SETTINGS_BY_KEY.items() if f.metadata["rule"]
+}
+"""The rule of every setting (the method is checked against the method registry)."""
+
+SWEPT_KEYS = frozenset(key for swept in MODEL_DEFAULTS.values() for key in swept)
+"""Settings whose default depends on the model (`MODEL_DEFAULTS`)."""
 
 JOBS_RULE = COUNT
 """`--jobs` / a study's `jobs`: how many runs at once, or `auto` (see `parse_jobs`)."""

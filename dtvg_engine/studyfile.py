@@ -15,26 +15,16 @@ from dtvg_engine import config as configs
 from dtvg_engine import method_registry, slurm, tasks
 from dtvg_engine.errors import UserError
 
-TOP_KEYS = {
-    "name",
-    "model",
-    "prompt_length",
-    "init_seed",
-    "data_dir",
-    "device",
-    "precision",
-    "sources",
-    "targets",
-    "methods",
-    "seeds",
-    "jobs",
-    "stage1",
-    "stage2",
-    "slurm",
-    "bank",
+STUDY_KEYS = ("name", "sources", "targets", "methods", "seeds", "jobs", "stage1", "stage2", "slurm", "bank")
+"""The top-level keys that shape the study (its runs' settings are the others)."""
+SHARED_KEYS = tuple(key for key, f in configs.SETTINGS_BY_KEY.items() if f.metadata.get("shared"))
+"""Top-level settings that apply to every run of the study (`shared` in `config.TrainingSettings`)."""
+TOP_KEYS = set(STUDY_KEYS) | set(SHARED_KEYS)
+STAGE_TABLES = {
+    "stage1": set(configs.TRAINING_DEFAULTS) - set(SHARED_KEYS),
+    "stage2": set(configs.SETTINGS_BY_KEY) - set(SHARED_KEYS) - {"method"},
 }
-SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device", "precision")
-"""Top-level settings that apply to every run of the study."""
+"""The settings a study's `[stage1]` and `[stage2]` tables take (the methods come from `methods`)."""
 
 
 BANK_RULE = configs.Rule(bool)
@@ -85,9 +75,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
     overlap = set(spec["sources"]) & set(spec["targets"])
     if overlap:
         raise UserError(f"{path}: {', '.join(sorted(overlap))} listed as both source and target")
-    stage1_keys = set(configs.TRAINING_DEFAULTS) - set(SHARED_KEYS)
-    stage2_keys = stage1_keys | set(configs.STAGE2_DEFAULTS) - {"method"}
-    for table, allowed in (("stage1", stage1_keys), ("stage2", stage2_keys)):
+    for table, allowed in STAGE_TABLES.items():
         settings = spec.get(table, {})
         if not isinstance(settings, dict):
             raise UserError(f"{path}: {table} must be a table ([{table}] followed by key = value lines)")

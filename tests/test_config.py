@@ -54,3 +54,75 @@ def test_swept_defaults_apply_to_their_model_only(tmp_path) -> None:
     pt = config.stage2_config("rte", [], "pt", tmp_path)
     assert {k: pt[k] for k in swept} == swept
     assert config.stage2_config("rte", [], "pt", tmp_path, model="tiny-llama")["lr"] == 0.3
+
+
+# ----- one home per setting: the CLI, the New-run form and study files derive from the fields -----------
+
+COMMAND_OPTIONS = {
+    "--runs-dir",
+    "--detach",
+    "--jobs",
+    "--executor",
+    "--help",
+    "--sources",
+    "--tpv",
+    "--target",
+}
+"""Options of `dtvg run ...` that are no run setting (and `--slurm-*`)."""
+
+
+def _run_command(name: str):  # noqa: ANN202
+    import typer
+
+    from dtvg_engine.cli import app
+
+    return typer.main.get_command(app).commands["run"].commands[name]  # type: ignore[attr-defined]
+
+
+def _setting_options(name: str) -> dict[str, object]:
+    """A `dtvg run` command's options that are settings, by setting key; asserts the rest are its own."""
+    flags = {config.cli_flag(key): key for key in config.SETTINGS_BY_KEY}
+    found = {}
+    for param in _run_command(name).params:
+        flag = max(param.opts, key=len)
+        if flag in flags:
+            found[flags[flag]] = param
+        elif param.param_type_name == "option":
+            assert flag in COMMAND_OPTIONS or flag.startswith("--slurm-"), f"dtvg run {name} {flag}"
+    return found
+
+
+def test_every_run_option_that_is_a_setting_comes_from_its_field() -> None:
+    """Each setting's flag, default and help are its field's: the options spell none of their own."""
+    stage1, stage2 = _setting_options("stage1"), _setting_options("stage2")
+    assert set(stage1) == set(config.TRAINING_DEFAULTS)
+    assert set(stage2) == set(config.SETTINGS_BY_KEY) - {"init_prompt"}  # stage 2 starts from T_t
+    for key, param in {**stage1, **stage2}.items():
+        field = config.SETTINGS_BY_KEY[key]
+        swept = key in config.SWEPT_KEYS
+        assert param.default == (None if swept else field.default), key
+        assert param.help.startswith(field.metadata["help"]), key
+    assert _setting_options("stage2")["lambda"].opts == ["--lambda"]
+    assert set(_setting_options("pipeline")) == {"data_dir"}
+
+
+def test_study_file_keys_are_settings_or_the_study_shape() -> None:
+    from dtvg_engine import studyfile
+
+    settings = set(config.SETTINGS_BY_KEY)
+    assert studyfile.TOP_KEYS - set(studyfile.STUDY_KEYS) == set(studyfile.SHARED_KEYS) <= settings
+    assert not set(studyfile.STUDY_KEYS) & settings
+    for table, keys in studyfile.STAGE_TABLES.items():
+        assert keys <= settings and not keys & set(studyfile.SHARED_KEYS), table
+
+
+def test_the_defaults_are_the_fields_defaults() -> None:
+    """`TRAINING_DEFAULTS`, `STAGE2_DEFAULTS` and `SETTING_RULES` are views of the two settings classes."""
+    assert config.TrainingSettings() == config.TrainingSettings(**config.TRAINING_DEFAULTS)
+    stage2 = config.Stage2Settings()
+    assert {config.key_of(f): getattr(stage2, f.name) for f in config.SETTINGS} == {
+        **config.TRAINING_DEFAULTS,
+        **config.STAGE2_DEFAULTS,
+    }
+    assert config.SETTING_RULES["lambda"] == config.SETTINGS_BY_KEY["lambda"].metadata["rule"]
+    assert all(f.metadata["help"] for f in config.SETTINGS)

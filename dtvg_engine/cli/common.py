@@ -1,14 +1,19 @@
-"""What every `dtvg` command shares: the console, the --runs-dir and --json options."""
+"""What every `dtvg` command shares: the console, the --runs-dir and --json options, and the options of
+the run settings, each derived from its field in `config` (docs/architecture.md, 'Settings')."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import default_runs_dir
 
@@ -32,3 +37,51 @@ def runs_root(path: Path | None) -> Path:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
+
+
+def setting_option(key: str) -> tuple[Any, Any]:
+    """The command-line option of setting `key`: its annotated type and its default, from its field.
+
+    A setting whose default depends on the model (`config.SWEPT_KEYS`) defaults to None here, so that
+    the run config takes the model's; a path is a `Path`.
+    """
+    setting = configs.SETTINGS_BY_KEY[key]
+    rule = setting.metadata["rule"]
+    kind = Path if rule == configs.PATH else rule.kind if rule else str
+    swept = key in configs.SWEPT_KEYS
+    help = setting.metadata["help"] + (" Default: the model's (see README)." if swept else "")
+    option = typer.Option(configs.cli_flag(key), help=help, envvar=setting.metadata.get("envvar"))
+    optional = swept or setting.default is None
+    return Annotated[kind | None if optional else kind, option], None if swept else setting.default
+
+
+def with_settings(*keys: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per setting in `keys` (`setting_option`), placed before its
+    --runs-dir, and call it with their values as one `settings` dict keyed as config.json is."""
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"
+        ]
+        added = []
+        for key in keys:
+            annotation, default = setting_option(key)
+            name = configs.SETTINGS_BY_KEY[key].name
+            added.append(
+                inspect.Parameter(
+                    name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+            )
+        at = next((i for i, p in enumerate(own) if p.name == "runs_dir"), len(own))
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + added + own[at:]]
+
+        @functools.wraps(command)
+        def run(**options: Any) -> None:
+            settings = {key: options.pop(configs.SETTINGS_BY_KEY[key].name) for key in keys}
+            command(**options, settings=settings)
+
+        run.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return run
+
+    return wrap

@@ -10,12 +10,12 @@ import typer
 from dtvg_engine import bank, launcher, method_registry, slurm, workers
 from dtvg_engine import config as configs
 from dtvg_engine.cli import slurm_options as so
-from dtvg_engine.cli.common import RunsDir, out, runs_root
+from dtvg_engine.cli.common import RunsDir, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
 
-PRECISION_HELP = "The frozen model's precision: auto (bf16 on a GPU, fp32 on CPU), fp32 or bf16."
 JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
+DataDir = setting_option("data_dir")[0]
 
 run_app = typer.Typer(
     help="Start runs: stage 1, stage 2, pipelines; resume stopped ones.", no_args_is_help=True
@@ -23,37 +23,10 @@ run_app = typer.Typer(
 
 
 @run_app.command("stage1")
+@with_settings(*configs.TRAINING_DEFAULTS)
 def run_stage1(
     tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
-    model: Annotated[
-        str, typer.Option(help="smollm2-135m, tiny-llama, tiny-t5, a path or an HF id.")
-    ] = "smollm2-135m",
-    prompt_length: Annotated[
-        int | None, typer.Option(help="Soft prompt tokens r (default: the model's, see README).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 100,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate (default: the model's).")] = None,
-    k_shot: Annotated[int | None, typer.Option(help="Train on K examples (class-stratified).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Validate every E steps.")] = 25,
-    max_eval: Annotated[int, typer.Option(help="Cap validation/test examples.")] = 200,
-    max_input_tokens: Annotated[
-        int | None,
-        typer.Option(
-            help="Cut longer inputs in their longest text field (default: the length that holds 95% of "
-            "the task's inputs whole, at most 256)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Data split, sampling and batch-order seed.")] = 0,
-    init_seed: Annotated[int, typer.Option(help="Seed of the shared prompt initialization.")] = 0,
-    data_dir: Annotated[
-        Path | None, typer.Option(envvar="DTVG_DATA_DIR", help="Folder of <task>/*.jsonl.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    init_prompt: Annotated[
-        Path | None, typer.Option(help="Start from a prompt written by `dtvg tpv combine`.")
-    ] = None,
+    settings: dict[str, Any],
     runs_dir: RunsDir = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Start workers in the background and return.")
@@ -68,28 +41,38 @@ def run_stage1(
     slurm_option: so.Options = None,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
-    from dtvg_engine.data import default_data_dir, load_splits
-
     jobs = configs.parse_jobs("--jobs", jobs)
     resources = so.resources(locals()) if so.on_slurm(executor) else None
     root = runs_root(runs_dir)
-    data = Path(data_dir) if data_dir else default_data_dir()
-    settings = _training_settings(locals(), data)
-    settings["init_prompt"] = str(init_prompt.resolve()) if init_prompt else None
+    settings = _resolve_paths(settings)
     planned = [configs.stage1_config(task, **settings) for task in tasks]
-    for config in planned:  # read every task's data now: a bad file is an error here, not a failed run
-        load_splits(config["task"], data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    for config in planned:
+        _check_data(config["task"], config)
     first = planned[0]  # a P_init here that is not the bank's would be refused by every worker
     bank.check_init(root, configs.init_id(first["model"], first["prompt_length"], first["init_seed"]))
     run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
     _start(run_dirs, detach, jobs, resources)
 
 
-def _training_settings(options: dict[str, Any], data: Path) -> dict[str, Any]:
-    """The training settings among a command's options (same names as `config.TRAINING_DEFAULTS`)."""
-    settings = {key: options[key] for key in configs.TRAINING_DEFAULTS if key in options}
-    settings["data_dir"] = str(data.resolve())
-    return settings
+def _resolve_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with their paths absolute (the data dir: the given one, else the default), so a run
+    reads the same files from whatever folder its worker starts in."""
+    from dtvg_engine.data import default_data_dir
+
+    resolved = {
+        key: str(Path(value).resolve()) if isinstance(value, Path) else value
+        for key, value in settings.items()
+    }
+    resolved["data_dir"] = str(Path(settings["data_dir"] or default_data_dir()).resolve())
+    return resolved
+
+
+def _check_data(task: str, config: dict[str, Any]) -> None:
+    """Read the run's data now: a bad file is an error here, not a failed run."""
+    from dtvg_engine.data import load_splits
+
+    data = Path(config["data_dir"])
+    load_splits(task, data, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"])
 
 
 def _start(
@@ -119,43 +102,14 @@ def _start(
 
 
 @run_app.command("stage2")
+@with_settings(*(key for key in configs.SETTINGS_BY_KEY if key != "init_prompt"))
 def run_stage2(
     target: Annotated[str, typer.Option(help="The low-resource target task.")],
-    method: Annotated[
-        str,
-        typer.Option(
-            help=f"One of {', '.join(method_registry.NAMES)}; a grouped one may name its rule: dtvg:prefix."
-        ),
-    ] = "dtvg",
+    settings: dict[str, Any],
     sources: Annotated[str, typer.Option(help="Source tasks, comma-separated.")] = "",
     tpv: Annotated[
         list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
     ] = None,
-    grouping: Annotated[
-        str, typer.Option(help="dtvg grouping: greedy (Algorithm 2), prefix, exhaustive.")
-    ] = "greedy",
-    lam: Annotated[float, typer.Option("--lambda", help="λ of TS + λ·KC (exhaustive grouping).")] = 1.0,
-    source_scale_lr: Annotated[float, typer.Option(help="Learning rate of the source scales.")] = 0.4,
-    top_k: Annotated[int, typer.Option(help="tpv-sum: add the TPVs of the top K sources by eq. 2.")] = 2,
-    mix_steps: Annotated[
-        int | None, typer.Option(help="mix: steps on the sources' data (default: their stage-1 steps).")
-    ] = None,
-    model: Annotated[str, typer.Option(help="Must match the stage-1 runs.")] = "smollm2-135m",
-    prompt_length: Annotated[int | None, typer.Option(help="As for stage 1.")] = None,
-    steps: Annotated[int, typer.Option()] = 100,
-    batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[
-        float | None, typer.Option(help="Learning rate of the target prompt and its scale (as stage 1).")
-    ] = None,
-    k_shot: Annotated[int | None, typer.Option(help="Train on K target examples.")] = None,
-    eval_every: Annotated[int, typer.Option()] = 25,
-    max_eval: Annotated[int, typer.Option()] = 200,
-    max_input_tokens: Annotated[int | None, typer.Option(help="As for stage 1.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    init_seed: Annotated[int, typer.Option()] = 0,
-    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
     executor: so.Executor = "local",
@@ -167,25 +121,19 @@ def run_stage2(
     slurm_option: so.Options = None,
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
-    from dtvg_engine.data import default_data_dir, load_splits
-
     resources = so.resources(locals()) if so.on_slurm(executor) else None
     root = runs_root(runs_dir)
-    data = Path(data_dir) if data_dir else default_data_dir()
+    settings = _resolve_paths(settings)
+    method = settings.pop("method")
     config = configs.stage2_config(
         target,
         [s.strip() for s in sources.split(",") if s.strip()],
         method,
         root,
         tpv_runs=tpv,
-        grouping=grouping,
-        source_scale_lr=source_scale_lr,
-        top_k=top_k,
-        mix_steps=mix_steps,
-        **{"lambda": lam},
-        **_training_settings(locals(), data),
+        **settings,
     )
-    load_splits(target, data, seed=seed, k_shot=k_shot, max_eval=max_eval)
+    _check_data(target, config)
     for line in configs.describe_stage1_runs(root, config):  # which T_t; on stderr: --detach prints the id
         typer.echo(line, err=True)
     label = f"{target}-{method_registry.run_label(method)}"
@@ -197,7 +145,7 @@ def run_pipeline(
     experiment: Annotated[Path, typer.Argument(help="An experiment TOML file.")],
     runs_dir: RunsDir = None,
     jobs: Annotated[str | None, typer.Option(help=JOBS_HELP + " Overrides the file.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(envvar="DTVG_DATA_DIR")] = None,
+    data_dir: DataDir = None,
     executor: so.Executor = "local",
     slurm_partition: so.Partition = None,
     slurm_time: so.Time = None,

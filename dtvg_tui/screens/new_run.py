@@ -38,6 +38,23 @@ from dtvg_tui import keys
 INIT_KEYS = ("model", "prompt_length", "init_seed")
 """What makes two stage-1 runs share an initialization (and so their TPVs combinable)."""
 
+STAGE1_FORM = (
+    *INIT_KEYS,
+    "steps",
+    "batch_size",
+    "lr",
+    "k_shot",
+    "eval_every",
+    "max_eval",
+    "seed",
+    "data_dir",
+    "device",
+)
+"""The settings the Stage 1 tab asks for, in its order; each field's label, default, placeholder and
+check come from the setting's field in `config` (the other settings take their defaults)."""
+STAGE2_FORM = ("grouping", "source_scale_lr", *(key for key in STAGE1_FORM if key not in INIT_KEYS))
+"""The Stage 2 tab's settings (the init's come from the init picked)."""
+
 
 def finished_stage1_runs(summaries: list[Any]) -> dict[tuple[str, int, int], dict[str, str]]:
     """Completed stage-1 runs with a TPV, by init (model, prompt length, init seed): task → newest run dir."""
@@ -75,12 +92,32 @@ def _row(label: str, widget: Any) -> Horizontal:
     return Horizontal(Label(label), widget, classes="form-row")
 
 
-def _int(value: str) -> int | None:
-    return int(value) if value.strip() else None
+def setting_row(prefix: str, key: str, default: Any) -> Horizontal:
+    """The form's row of setting `key` (widget id `<prefix>-<key>`): its label, and a choice of its
+    rule's values or a text field holding `default`, with the placeholder for a value left out."""
+    setting = configs.SETTINGS_BY_KEY[key]
+    rule = setting.metadata["rule"]
+    label = setting.metadata.get("label", key.replace("_", " ").capitalize())
+    widget_id = f"{prefix}-{key}"
+    if rule.choices:
+        choices = [(c, c) for c in rule.choices]
+        return _row(label, Select(choices, value=default, id=widget_id, allow_blank=False))
+    envvar = setting.metadata.get("envvar")
+    value = os.environ.get(envvar, "") if envvar else "" if default is None else str(default)
+    checks = {int: [Integer(rule.low)], float: [Number(rule.low)]}.get(rule.kind, [])
+    placeholder = setting.metadata.get("unset", "")
+    return _row(label, Input(value, placeholder=placeholder, id=widget_id, compact=True, validators=checks))
 
 
-def _float(value: str) -> float | None:
-    return float(value) if value.strip() else None
+def parse_setting(key: str, text: str) -> Any:
+    """A setting's value as the form holds it: None when left empty, else of its rule's type (a path
+    absolute); ValueError when a number does not parse."""
+    rule = configs.SETTINGS_BY_KEY[key].metadata["rule"]
+    if not text:
+        return None
+    if rule == configs.PATH:
+        return str(Path(text).expanduser().resolve())
+    return rule.kind(text) if rule.kind in (int, float) else text
 
 
 class NewRunScreen(Screen[None]):
@@ -102,7 +139,8 @@ class NewRunScreen(Screen[None]):
             self.bank, self.bank_problem = {}, f"✗ {e}"
 
     def compose(self) -> ComposeResult:
-        d = configs.defaults_for(configs.TRAINING_DEFAULTS["model"])  # the form opens on the default model
+        # the form opens on the default model's defaults
+        d = {**configs.defaults_for(configs.TRAINING_DEFAULTS["model"]), **configs.STAGE2_DEFAULTS}
         trainable = tasks.trainable_tasks()
         yield Header()
         yield Static(id="new-run-error")
@@ -110,7 +148,8 @@ class NewRunScreen(Screen[None]):
             with TabPane("Stage 1", id="tab-stage1"), VerticalScroll(classes="form", can_focus=False):
                 yield Label("Tasks (space to pick; one run each):")
                 yield SelectionList[str](*[(t, t) for t in trainable], id="s1-tasks")
-                yield from self._training_rows("s1", d)
+                for key in STAGE1_FORM:
+                    yield setting_row("s1", key, d[key])
                 yield Button("Launch stage 1 (ctrl+l)", variant="success", id="s1-launch")
             with TabPane("Stage 2", id="tab-stage2"), VerticalScroll(classes="form", can_focus=False):
                 yield _row(
@@ -121,7 +160,7 @@ class NewRunScreen(Screen[None]):
                     "Method",
                     Select(
                         [(m, m) for m in method_registry.NAMES],
-                        value="dtvg",
+                        value=d["method"],
                         id="s2-method",
                         allow_blank=False,
                     ),
@@ -131,17 +170,8 @@ class NewRunScreen(Screen[None]):
                 )
                 yield Label("Sources (finished stage-1 runs of this init, or the source bank's):")
                 yield SelectionList[str](id="s2-sources")
-                yield _row(
-                    "Grouping",
-                    Select(
-                        [(g, g) for g in method_registry.GROUPINGS],
-                        value="greedy",
-                        id="s2-grouping",
-                        allow_blank=False,
-                    ),
-                )
-                yield _row("Source scale lr", Input("0.4", id="s2-source_scale_lr", validators=[Number(0)]))
-                yield from self._training_rows("s2", d, init_fields=False)
+                for key in STAGE2_FORM:
+                    yield setting_row("s2", key, d[key])
                 yield Button("Launch stage 2 (ctrl+l)", variant="success", id="s2-launch")
             with TabPane("Pipeline", id="tab-pipeline"), VerticalScroll(classes="form", can_focus=False):
                 yield Label(
@@ -163,61 +193,6 @@ class NewRunScreen(Screen[None]):
             ]
             options.append((f"{model}  r={length}  seed={seed}  ({', '.join(c for c in counts if c)})", init))
         return options
-
-    def _training_rows(self, prefix: str, d: dict[str, Any], init_fields: bool = True) -> ComposeResult:
-        if init_fields:
-            yield _row("Model", Input(str(d["model"]), id=f"{prefix}-model", compact=True))
-            yield _row(
-                "Prompt length",
-                Input(
-                    str(d["prompt_length"]),
-                    id=f"{prefix}-prompt_length",
-                    compact=True,
-                    validators=[Integer(1)],
-                ),
-            )
-            yield _row(
-                "Init seed",
-                Input(str(d["init_seed"]), id=f"{prefix}-init_seed", compact=True, validators=[Integer(0)]),
-            )
-        yield _row(
-            "Steps", Input(str(d["steps"]), id=f"{prefix}-steps", compact=True, validators=[Integer(1)])
-        )
-        yield _row(
-            "Batch size",
-            Input(str(d["batch_size"]), id=f"{prefix}-batch_size", compact=True, validators=[Integer(1)]),
-        )
-        yield _row(
-            "Learning rate", Input(str(d["lr"]), id=f"{prefix}-lr", compact=True, validators=[Number(0)])
-        )
-        yield _row(
-            "K-shot",
-            Input("", placeholder="all", id=f"{prefix}-k_shot", compact=True, validators=[Integer(1)]),
-        )
-        yield _row(
-            "Eval every",
-            Input(str(d["eval_every"]), id=f"{prefix}-eval_every", compact=True, validators=[Integer(1)]),
-        )
-        yield _row(
-            "Max eval",
-            Input(str(d["max_eval"]), id=f"{prefix}-max_eval", compact=True, validators=[Integer(1)]),
-        )
-        yield _row("Seed", Input(str(d["seed"]), id=f"{prefix}-seed", compact=True, validators=[Integer(0)]))
-        yield _row(
-            "Data dir",
-            Input(
-                os.environ.get("DTVG_DATA_DIR", ""), placeholder="bundled demo data", id=f"{prefix}-data_dir"
-            ),
-        )
-        yield _row(
-            "Device",
-            Select(
-                [(x, x) for x in ("auto", "cpu", "cuda")],
-                value="auto",
-                id=f"{prefix}-device",
-                allow_blank=False,
-            ),
-        )
 
     def on_mount(self) -> None:
         self.sub_title = f"New run in {self.app.runs_dir}"
@@ -241,32 +216,16 @@ class NewRunScreen(Screen[None]):
                 raise UserError(f"{label}: {'; '.join(result.failure_descriptions)}")
         return widget.value.strip()
 
-    def _settings(self, prefix: str) -> dict[str, Any]:
-        settings: dict[str, Any] = {
-            "steps": _int(self._value(f"{prefix}-steps")),
-            "batch_size": _int(self._value(f"{prefix}-batch_size")),
-            "lr": _float(self._value(f"{prefix}-lr")),
-            "k_shot": _int(self._value(f"{prefix}-k_shot")),
-            "eval_every": _int(self._value(f"{prefix}-eval_every")),
-            "max_eval": _int(self._value(f"{prefix}-max_eval")),
-            "seed": _int(self._value(f"{prefix}-seed")),
-            "data_dir": self._value(f"{prefix}-data_dir") or None,
-            "device": self._value(f"{prefix}-device") or "auto",
-        }
-        if prefix == "s1":
-            settings["model"] = self._value("s1-model") or None
-            settings["prompt_length"] = _int(self._value("s1-prompt_length"))
-            settings["init_seed"] = _int(self._value("s1-init_seed"))
-        if settings["data_dir"]:
-            settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
-        return settings
+    def _settings(self, prefix: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The settings `keys` as the tab `prefix` holds them (None: left out, the default)."""
+        return {key: parse_setting(key, self._value(f"{prefix}-{key}")) for key in keys}
 
     def stage1_configs(self) -> list[dict[str, Any]]:
         """The configs the Stage 1 tab describes (UserError when it is incomplete or invalid)."""
         chosen = list(self.query_one("#s1-tasks", SelectionList).selected)
         if not chosen:
             raise UserError("pick at least one task (space in the task list)")
-        settings = self._settings("s1")
+        settings = self._settings("s1", STAGE1_FORM)
         return [configs.stage1_config(task, **settings) for task in chosen]
 
     def stage2_config(self) -> dict[str, Any]:
@@ -284,7 +243,7 @@ class NewRunScreen(Screen[None]):
         sources = list(self.query_one("#s2-sources", SelectionList).selected)
         local = self.inits.get(init.value, {})  # type: ignore[call-overload]
         tpv_runs = [local[s] for s in sources if s in local]  # the others come from the bank
-        settings = self._settings("s2")
+        settings = self._settings("s2", STAGE2_FORM)
         return configs.stage2_config(
             target,
             sources,
@@ -294,8 +253,6 @@ class NewRunScreen(Screen[None]):
             model=model,
             prompt_length=prompt_length,
             init_seed=init_seed,
-            grouping=self._value("s2-grouping"),
-            source_scale_lr=_float(self._value("s2-source_scale_lr")),
             **settings,
         )
 

@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 from textual.screen import Screen
+from textual.widgets import Select
 
+from dtvg_engine import config as configs
 from dtvg_engine import launcher
 from dtvg_engine.config import stage1_config
 from dtvg_engine.events import EventWriter
@@ -327,6 +329,28 @@ async def open_new_run(pilot, tab: str) -> NewRunScreen:
     assert isinstance(form, NewRunScreen)
     form.query_one("#new-run-tabs").active = tab
     return form
+
+
+NOT_SETTINGS = {"s1-tasks", "s2-init", "s2-target", "s2-sources", "pl-file"}
+"""The New-run form's fields that are no run setting: what to run, and from which vectors."""
+
+
+@sync
+async def test_new_run_form_fields_are_settings_with_their_defaults(runs_dir: Path, monkeypatch):
+    """Every field of the form is a setting of `config`, opening on that setting's default (the model's
+    where the model sets one): the form spells no setting or default of its own."""
+    monkeypatch.delenv("DTVG_DATA_DIR", raising=False)
+    defaults = {**configs.defaults_for(configs.TRAINING_DEFAULTS["model"]), **configs.STAGE2_DEFAULTS}
+    app = app_for(runs_dir)
+    async with app.run_test(size=(120, 60)) as pilot:
+        form = await open_new_run(pilot, "tab-stage1")
+        fields = [w for w in form.query("Input, Select, SelectionList") if w.id and w.id not in NOT_SETTINGS]
+        assert len(fields) > 20
+        for widget in fields:
+            key = widget.id.split("-", 1)[1]
+            assert key in configs.SETTINGS_BY_KEY, widget.id
+            shown = "" if defaults[key] is None else str(defaults[key])
+            assert widget.value == (defaults[key] if isinstance(widget, Select) else shown), widget.id
 
 
 @sync

@@ -47,7 +47,10 @@ def setting_option(key: str) -> tuple[Any, Any]:
     """
     setting = configs.SETTINGS_BY_KEY[key]
     rule = setting.metadata["rule"]
-    kind = Path if rule == configs.PATH else rule.kind if rule else str
+    if rule is None:  # the method, checked against the method registry
+        kind: type = str
+    else:
+        kind = Path if rule == configs.PATH else rule.kind
     swept = key in configs.SWEPT_KEYS
     help = setting.metadata["help"] + (" Default: the model's (see README)." if swept else "")
     option = typer.Option(configs.cli_flag(key), help=help, envvar=setting.metadata.get("envvar"))
@@ -57,7 +60,10 @@ def setting_option(key: str) -> tuple[Any, Any]:
 
 def with_settings(*keys: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Give a command one option per setting in `keys` (`setting_option`), placed before its
-    --runs-dir, and call it with their values as one `settings` dict keyed as config.json is."""
+    --runs-dir, and call it with their values as one `settings` dict keyed as config.json is.
+
+    Typer reads a command's options from its signature, so the command's own signature is extended with
+    one parameter per setting."""
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         own = [

@@ -22,6 +22,17 @@ from typing import Any
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
+from dtvg_engine.safefiles import (
+    PID_LIMIT,
+    FileRefused,
+    check_output,
+    open_fd,
+    open_file,
+    parse_json,
+    read_bytes,
+    read_json,
+    real_dir,
+)
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -76,9 +87,11 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     Readers see the old file or the new one, never half of one. The temp file gets the mode any new
     file gets (0666 less the umask, so a copied runs directory stays readable to others), its data is
     on disk before the rename (fsync) and the rename itself is, where the filesystem allows, too.
-    On an error the temp file is removed and `path` is left as it was.
+    On an error the temp file is removed and `path` is left as it was. A `path` that exists and is not
+    a regular file (a device, a FIFO) is refused (`safefiles.check_output`).
     """
     path = Path(path)
+    check_output(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as the kernel applied it
@@ -142,16 +155,13 @@ def create_run(runs_dir: str | os.PathLike[str], stage: str, label: str, config:
     return run_dir
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's config.json; `UserError` when it is missing or unreadable."""
+    """The run's config.json; `UserError` when it is missing, unreadable or not a regular file."""
     path = Path(run_dir) / CONFIG
     try:
-        config = _read_json(path)
+        config = read_json(path)
+    except FileRefused:
+        raise
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({e.__class__.__name__}); is this a run folder?") from e
     if not isinstance(config, dict):
@@ -253,7 +263,7 @@ def pid_alive(pid: int | None) -> bool:
 def read_pid(run_dir: str | os.PathLike[str]) -> int | None:
     """The pid in the run's worker.pid, or None when there is no (readable) pidfile."""
     try:
-        return int((Path(run_dir) / PIDFILE).read_text().strip())
+        return int(read_bytes(Path(run_dir) / PIDFILE, PID_LIMIT).strip())
     except (OSError, ValueError):
         return None
 
@@ -264,7 +274,7 @@ def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Bytes that are not UTF-8 read as U+FFFD, so a damaged note costs those characters, not the note.
     """
     try:
-        meta = json.loads((Path(run_dir) / META).read_bytes().decode("utf-8", errors="replace"))
+        meta = parse_json(read_bytes(Path(run_dir) / META).decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         meta = {}
     if not isinstance(meta, dict):
@@ -300,7 +310,7 @@ def update_meta(
     leaves it). The read-modify-write holds the run's meta lock, so parallel commands lose nothing.
     """
     run_dir = Path(run_dir)
-    with _flock(run_dir / META_LOCK, fcntl.LOCK_EX, "change the tags or note of"):
+    with locked(run_dir / META_LOCK, f"change the tags or note of run {run_dir.name}"):
         meta = read_meta(run_dir)
         current = meta["tags"] if tags is None else [clean_text(str(t)) for t in tags]
         removed = {clean_text(t) for t in remove_tags}
@@ -313,15 +323,18 @@ def update_meta(
 
 
 @contextmanager
-def _flock(path: Path, operation: int, doing: str) -> Iterator[int]:
-    """Hold `flock(operation)` on the lock file `path` (created if needed); yield its descriptor."""
+def locked(path: Path, doing: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the lock file `path` (a regular file, created if needed); a
+    `UserError` saying what could not be done (`doing`) when it cannot be made."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+    except FileRefused:
+        raise
     except OSError as e:
-        raise UserError(f"cannot {doing} run {path.parent.name}: {e.strerror} ({path})") from e
+        raise UserError(f"cannot {doing}: {e.strerror} ({path})") from e
     try:
-        fcntl.flock(fd, operation)
-        yield fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
 
@@ -342,7 +355,9 @@ def claim_run(run_dir: str | os.PathLike[str]) -> int:
     """
     run_dir = Path(run_dir)
     try:
-        fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_fd(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT)
+    except FileRefused:
+        raise
     except OSError as e:
         raise UserError(f"cannot lock run {run_dir.name}: {e.strerror} ({run_dir / WORKER_LOCK})") from e
     for _ in range(_CLAIM_TRIES):
@@ -375,9 +390,9 @@ def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
     """The pid of the worker owning the run (holding its lock): 0 while it is being launched, None when
     no worker owns it. Only reads, so it works in a read-only runs directory."""
     try:
-        fd = os.open(Path(run_dir) / WORKER_LOCK, os.O_RDONLY)
+        fd = open_fd(Path(run_dir) / WORKER_LOCK)
     except OSError:
-        return None  # no worker ever ran here
+        return None  # no worker ever ran here (or no worker of ours: they lock a regular file)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -460,7 +475,9 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path | None:
     folder = Path(run_dir) / CHECKPOINT
     path = folder / CHECKPOINT_FILE
     restart = f"delete {folder} to resume from step 0 (the steps done so far are trained again)"
-    if not path.exists():
+    if not real_dir(folder):
+        return None
+    if not os.path.lexists(path):
         if (folder / OLD_CHECKPOINT_FILE).exists():
             raise UserError(
                 f"{folder / OLD_CHECKPOINT_FILE} is an older version's pickled checkpoint, which is never "
@@ -476,13 +493,15 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path | None:
 def _checkpoint_problem(path: Path) -> str | None:
     """What is wrong with the framing of a safetensors checkpoint file, or None."""
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 0 < length <= size - 8:
                 return f"is not a checkpoint (a {size}-byte file without a safetensors header)"
-            header = json.loads(f.read(length))
+            header = parse_json(f.read(length))
+    except FileRefused:
+        raise
     except OSError as e:
         return f"cannot be read ({e.strerror})"
     except ValueError:
@@ -503,7 +522,7 @@ def _checkpoint_problem(path: Path) -> str | None:
 def tail_log(run_dir: str | os.PathLike[str], lines: int = 20) -> list[str]:
     """The last `lines` lines of worker.log (from its last 256 KiB), e.g. to show why a run failed."""
     try:
-        with open(Path(run_dir) / LOG, "rb") as f:
+        with open_file(Path(run_dir) / LOG) as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
             text = f.read().decode("utf-8", errors="replace")

@@ -47,7 +47,15 @@ from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
+from dtvg_engine.runfolder import (
+    EVENTS,
+    create_run,
+    list_run_dirs,
+    read_config,
+    read_pid,
+    summarize,
+    write_text_atomic,
+)
 from dtvg_engine.study import (
     Scores,
     banked_sources,
@@ -410,5 +418,5 @@ def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
 
 def write_results(runs_dir: Path, results: dict[str, Any]) -> None:
     md, js = results_paths(runs_dir, results["name"])
-    md.write_text(markdown(results))
-    js.write_text(json.dumps(results, indent=2))
+    write_text_atomic(md, markdown(results))
+    write_text_atomic(js, json.dumps(results, indent=2))

@@ -7,6 +7,7 @@ file name is the init id every TPV records, so vectors from different inits are 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from dtvg_engine.backbones import Backbone
 from dtvg_engine.bank import ensure_init
 from dtvg_engine.config import init_id
 from dtvg_engine.runfolder import INITS_DIR, replacing
+from dtvg_engine.safefiles import make_dir, regular_file
 
 TOP_VOCAB = 5000
 """P_init rows are drawn from the embeddings of this many most frequent tokens (lowest ids)."""
@@ -49,10 +51,11 @@ def shared_init(
     ident = init_id(backbone.name, prompt_length, init_seed)
     ensure_init(Path(runs_dir), ident)
     path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(path):
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         prompt = sample_init(backbone, prompt_length, init_seed)
         meta = {"model": backbone.name, "prompt_length": str(prompt_length), "init_seed": str(init_seed)}
         with replacing(path) as tmp:  # parallel workers write identical bytes; the last rename wins
             save_file({"prompt": prompt}, tmp, metadata=meta)
-    return load_file(path)["prompt"], ident
+    return load_file(regular_file(path))["prompt"], ident

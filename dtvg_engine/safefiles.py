@@ -38,7 +38,14 @@ _OPEN_FLAGS = {"r": os.O_RDONLY, "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT}
 
 class FileRefused(UserError, OSError):
     """A file of a runs directory that is not what the tools may open: a link, a device, a FIFO, a
-    folder in a file's place (or the reverse), or a file too big to read."""
+    folder in a file's place (or the reverse), or a file too big to read. Its message is its `strerror`
+    too, for callers that word an `OSError` as "cannot write X: <strerror>"."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EINVAL, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _kind(mode: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
 from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
+from dtvg_engine.safefiles import make_dir, real_dir, regular_file
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, evaluate, fit, linear_schedule
@@ -64,9 +66,9 @@ def mix_prompt(
     checkpoint folder, so a resumed run goes straight on to the target.
     """
     saved = run_dir / CHECKPOINT / MIX_PROMPT
-    if saved.is_file():
+    if real_dir(saved.parent) and os.path.lexists(saved):
         events.emit("log", level="info", message=f"mix: the sources' prompt from {CHECKPOINT}/{MIX_PROMPT}")
-        return load_file(saved)["prompt"]
+        return load_file(regular_file(saved))["prompt"]
     data_dir = config.get("data_dir") or default_data_dir()
     scorers, train, validation = {}, {}, {}
     for source in config["sources"]:
@@ -129,8 +131,9 @@ def mix_prompt(
                 f"{score:.4f} ({scores}){' best' if is_best else ''}",
             )
     best = best.cpu()
-    saved.parent.mkdir(exist_ok=True)
-    save_file({"prompt": best}, saved)
+    make_dir(saved.parent)
+    with replacing(saved) as tmp:
+        save_file({"prompt": best}, tmp)
     return best
 
 

@@ -162,8 +162,10 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         config = read_json(path)
     except FileRefused:
         raise
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e.__class__.__name__}); is this a run folder?") from e
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); is this a run folder?") from e
+    except ValueError as e:  # not JSON, not UTF-8, nested too deeply
+        raise UserError(f"cannot read {path} ({e}); is this a run folder?") from e
     if not isinstance(config, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return config
@@ -186,7 +188,8 @@ def _is_run_name(name: str) -> bool:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return not path.is_symlink() and (path / CONFIG).is_file()
+    """A real folder holding a config.json (of any kind: one that cannot be read is a damaged run)."""
+    return not path.is_symlink() and os.path.lexists(path / CONFIG)
 
 
 def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
@@ -205,7 +208,7 @@ def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
             f"{exact} is a symbolic link to {os.readlink(exact)}; runs are real folders inside {root}/ "
             f"(`dtvg runs rm {name}` removes the link alone)"
         )
-    if _is_run_name(name) and (exact / CONFIG).is_file():
+    if _is_run_name(name) and _is_run_dir(exact):
         return exact
     matches = [p for p in list_run_dirs(root) if name == ref and ref in p.name]
     if len(matches) == 1:

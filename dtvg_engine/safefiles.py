@@ -154,4 +154,6 @@ def check_output(path: str | os.PathLike[str]) -> None:
     except (FileNotFoundError, NotADirectoryError):
         return
     if not stat.S_ISREG(found.st_mode):
-        raise FileRefused(f"{path} exists and is {_kind(found.st_mode)}, not a regular file; write elsewhere")
+        raise FileRefused(
+            f"{path} exists and is {_kind(found.st_mode)}, not a regular file; remove it or write elsewhere"
+        )

@@ -86,7 +86,9 @@ TOP_KEYS = {
 }
 SHARED_KEYS = ("model", "prompt_length", "init_seed", "data_dir", "device", "precision")
 """Top-level settings that apply to every run of the study."""
-IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_size", "eval_order"}
+IGNORED_WHEN_MATCHING = {
+    "run_id", "created", "runs_dir", "split", "init_sha256", "eval_batch_size", "eval_order",
+}  # fmt: skip
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
 from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
 

@@ -19,6 +19,7 @@ from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
+from dtvg_engine.prompts import check_tpv_init, pin_init
 from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
 from dtvg_engine.safefiles import make_dir, real_dir, regular_file
 from dtvg_engine.scoring import LabelScorer
@@ -45,6 +46,7 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
     )
     for task, run_id in config["stage1_runs"].items():
         tpvs[task], meta = tpv.load_tpv(runs_dir / Path(run_id).name / TPV)
+        check_tpv_init(runs_dir, meta)
         metas.append(meta)
     for task, shipped in (config.get("bank_sources") or {}).items():
         tpvs[task], meta = bank.load_vector(bank.named(task, shipped), shipped["sha256"])
@@ -142,6 +144,7 @@ def run(
 ) -> Outcome:
     target = tasks.get_task(config["target"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
+    pin_init(run_dir, init_id)
     tpvs = load_vectors(config, init_id, run_dir.parent)
     for line in describe_stage1_runs(run_dir.parent, config):
         events.emit("log", level="info", message=line)

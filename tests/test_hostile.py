@@ -290,3 +290,37 @@ def test_dashboard_shows_the_good_runs_beside_deep_json(runs_dir: Path):
             return sorted(app.screen.shown)
 
     assert asyncio.run(shown()) == sorted([good.name, deep_meta.name])
+
+
+# ----- 3. a shared init changed after runs tuned from it is refused ----------------------------------------
+
+TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
+TINY += ["--steps", "2", "--eval-every", "1", "--device", "cpu"]
+
+
+def test_a_changed_shared_init_is_refused_by_resume_and_by_every_reader(runs_dir: Path, data_dir: Path):
+    from safetensors.torch import load_file, save_file
+
+    from dtvg_engine.prompts import check_tpv_init, init_file, pin_init
+    from dtvg_engine.tpv import load_tpv
+
+    done = dtvg("run", "stage1", "rte", *TINY, "--runs-dir", runs_dir, "--data-dir", data_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = [p for p in runs_dir.iterdir() if p.name.endswith("stage1-rte")]
+    _, meta = load_tpv(run_dir / "tpv.safetensors")
+    init = init_file(runs_dir, meta["init_id"])
+    recorded = json.loads((run_dir / "config.json").read_text())["init_sha256"]
+    assert meta["init_sha256"] == recorded == bank.sha256_of(init)
+
+    other = load_file(init)["prompt"] + 1.0  # another valid init of the same shape
+    save_file(
+        {"prompt": other}, init, metadata={"model": "tiny-llama", "prompt_length": "4", "init_seed": "0"}
+    )
+    with pytest.raises(UserError, match=f"the shared init {init} changed since run {run_dir.name}"):
+        pin_init(run_dir, meta["init_id"])  # what a resumed worker does first
+    result = dtvg(
+        "tpv", "combine", "rte", "--out", runs_dir.parent / "combo.safetensors", "--runs-dir", runs_dir
+    )
+    assert "changed since the rte vector" in assert_bad_input(result)
+    assert not (runs_dir.parent / "combo.safetensors").exists()
+    check_tpv_init(runs_dir, {k: v for k, v in meta.items() if k != "init_sha256"})  # an older vector passes

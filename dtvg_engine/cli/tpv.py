@@ -96,6 +96,7 @@ def tpv_combine(
     """
     from safetensors.torch import load_file, save_file
 
+    from dtvg_engine.prompts import check_tpv_init
     from dtvg_engine.tpv import combine, parse_expression
 
     if not math.isfinite(scale):
@@ -114,6 +115,8 @@ def tpv_combine(
     init_file = root / "_inits" / f"{meta['init_id']}.safetensors"
     if not init_file.is_file():
         raise UserError(f"the shared init {init_file} is missing; it is written by stage-1 runs")
+    for _, meta in picked:
+        check_tpv_init(root, meta)
     p_init = load_file(regular_file(init_file))["prompt"]
     prompt = p_init + combine(
         [(coef, vector) for (coef, _), (vector, _) in zip(terms, picked, strict=True)], scale

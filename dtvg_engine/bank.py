@@ -34,7 +34,7 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import INITS_DIR, replacing
-from dtvg_engine.safefiles import open_file, read_json
+from dtvg_engine.safefiles import make_dir, open_file, read_json
 
 BANK_ENV = "DTVG_BANK_DIR"
 PACKAGE_BANK = Path(__file__).with_name("bank")
@@ -269,6 +269,6 @@ def ensure_init(runs_dir: Path, init_id: str) -> None:
     init = read_init(init_id)
     if init is None:
         return
-    local.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(local.parent)  # a real folder of the runs directory, not a link to one elsewhere
     with replacing(local) as tmp:  # parallel workers copy identical bytes; the last rename wins
         shutil.copyfile(verified(init.init_path, init.init_sha256), tmp)

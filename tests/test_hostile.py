@@ -158,6 +158,17 @@ def test_adapter_export_writes_nothing_through_links(llama, runs_dir: Path, tmp_
     assert sorted(p.name for p in holding.parent.iterdir()) == ["adapter"]  # no temp folder left
 
 
+def test_a_shared_init_is_never_written_through_a_linked_inits_folder(llama, runs_dir: Path, tmp_path: Path):
+    from dtvg_engine.prompts import shared_init
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (runs_dir / "_inits").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(FileRefused, match="_inits is a symbolic link, not a folder"):
+        shared_init(runs_dir, llama, 4, 0)
+    assert list(elsewhere.iterdir()) == []
+
+
 # ----- 2. an output path that is a device or a FIFO is not replaced -----------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-Standard library only. Every file a run, a study or the source bank replaces goes through `replacing`
-(the run folder, the Slurm job record, a study's record, the bank's vectors).
+Standard library only (and `safefiles`, which is too). Every file a run, a study or the source bank
+replaces goes through `replacing` (the run folder, the Slurm job record, a study's record,
+the bank's vectors).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dtvg_engine.safefiles import check_output
+
 
 @contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -22,9 +25,11 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     Readers see the old file or the new one, never half of one. The temp file gets the mode any new
     file gets (0666 less the umask, so a copied runs directory stays readable to others), its data is
     on disk before the rename (fsync) and the rename itself is, where the filesystem allows, too.
-    On an error the temp file is removed and `path` is left as it was.
+    On an error the temp file is removed and `path` is left as it was. A `path` that exists and is not
+    a regular file (a device, a FIFO) is refused (`safefiles.check_output`).
     """
     path = Path(path)
+    check_output(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     mode = tmp.stat().st_mode & 0o777  # 0666 less the umask, as the kernel applied it

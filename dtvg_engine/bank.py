@@ -25,7 +25,6 @@ Standard library only (the listing is for the dashboard too); `load_vector` impo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import INITS_DIR, replacing
+from dtvg_engine.safefiles import make_dir, open_file, read_json
 
 BANK_ENV = "DTVG_BANK_DIR"
 PACKAGE_BANK = Path(__file__).with_name("bank")
@@ -136,7 +136,7 @@ def read_init(init_id: str, root: Path | None = None) -> BankInit | None:
     if not index.is_file():
         return None
     try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
+        doc = read_json(index)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise _damaged(index, f"not readable JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -195,7 +195,7 @@ def named(task: str, shipped: dict[str, str]) -> BankVector:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -269,6 +269,6 @@ def ensure_init(runs_dir: Path, init_id: str) -> None:
     init = read_init(init_id)
     if init is None:
         return
-    local.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(local.parent)  # a real folder of the runs directory, not a link to one elsewhere
     with replacing(local) as tmp:  # parallel workers copy identical bytes; the last rename wins
         shutil.copyfile(verified(init.init_path, init.init_sha256), tmp)

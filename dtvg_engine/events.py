@@ -40,6 +40,8 @@ from typing import (
     is_typeddict,
 )
 
+from dtvg_engine.safefiles import open_file
+
 SCHEMA_VERSION = 1
 
 FinishStatus = Literal["completed", "failed", "stopped"]
@@ -332,7 +334,7 @@ class EventWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open_file(self.path, "a", encoding="utf-8")  # closed in close()
         if _ends_torn(self.path):  # a killed writer's half line: end it, so our first event stands alone
             self._file.write("\n")
 
@@ -357,7 +359,7 @@ class EventWriter:
 
 def _ends_torn(path: Path) -> bool:
     """True when the file's last line has no newline (a writer died mid-line)."""
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         if f.seek(0, os.SEEK_END) == 0:
             return False
         f.seek(-1, os.SEEK_END)
@@ -395,7 +397,7 @@ class EventReader:
         """Start after the last complete line the file holds now: what is there already is history."""
         self.offset = 0
         try:
-            with open(self.path, "rb") as f:
+            with open_file(self.path) as f:
                 self._file_id = _file_id(f)
                 pos = f.seek(0, os.SEEK_END)
                 while pos > 0:
@@ -417,7 +419,7 @@ class EventReader:
         """
         self.restarted = False
         try:
-            f = open(self.path, "rb")  # noqa: SIM115 - closed below
+            f = open_file(self.path)  # closed below
         except FileNotFoundError:
             self.size, self.at_end = 0, True
             return []

@@ -6,12 +6,15 @@ reproduces our prompt without any DTVG Studio code, for stage 1 and for stage 2'
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.safefiles import make_dir
 
 
 def adapter_config(backbone: Backbone, prompt_length: int) -> PromptTuningConfig:
@@ -26,9 +29,17 @@ def adapter_config(backbone: Backbone, prompt_length: int) -> PromptTuningConfig
 
 
 def export_adapter(backbone: Backbone, prompt: torch.Tensor, out_dir: Path) -> Path:
-    """Write `prompt` [r, d] as a peft adapter folder; the backbone itself is left untouched."""
+    """Write `prompt` [r, d] as a peft adapter folder; the backbone itself is left untouched.
+
+    peft writes into a fresh folder beside `out_dir`, whose files then replace those of `out_dir`: a
+    link left in `out_dir` (or `out_dir` itself a link) never leads a write out of the run folder.
+    """
     peft_model = get_peft_model(backbone.model, adapter_config(backbone, prompt.shape[0]))
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
-    peft_model.save_pretrained(out_dir)
+    make_dir(out_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as fresh:
+        peft_model.save_pretrained(fresh)
+        for written in Path(fresh).iterdir():
+            os.replace(written, out_dir / written.name)
     return out_dir

@@ -3,15 +3,14 @@
 The contract: docs/architecture.md, 'History index'.
 
 It is derived from the run folders and rebuilt from them whenever it is missing or corrupt. Every
-change takes `history.json.lock` and replaces the file atomically, so the TUI and headless commands can
-update it side by side. In a runs directory that cannot hold the lock (read-only), `all()` still reads:
-it summarizes the run folders and writes nothing. Imports only the standard library, tinydb and
-filelock: the TUI imports it.
+change takes `history.json.lock` (`runfolder.locked`) and replaces the file atomically, so the TUI and
+headless commands can update it side by side. In a runs directory that cannot hold the lock
+(read-only), `all()` still reads: it summarizes the run folders and writes nothing. Imports only the
+standard library and tinydb: the TUI imports it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,14 +18,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from tinydb import TinyDB, where
 from tinydb.storages import MemoryStorage, Storage
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES
-from dtvg_engine.runfolder import RunSummary, list_run_dirs, summarize, write_json_atomic
+from dtvg_engine.runfolder import RunSummary, list_run_dirs, locked, summarize, write_json_atomic
+from dtvg_engine.safefiles import parse_json, read_bytes
 
 HISTORY = "history.json"
 TABLE = "runs"
@@ -50,7 +49,7 @@ class AtomicJSONStorage(Storage):
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         try:
-            data = json.loads(self.path.read_bytes())
+            data = parse_json(read_bytes(self.path))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -67,7 +66,8 @@ class History:
         """The runs directory indexed."""
         self.path = self.runs_dir / HISTORY
         """The TinyDB file, `runs/history.json`."""
-        self._lock = FileLock(f"{self.path}.lock")
+        self.skipped: dict[str, str] = {}
+        """Run folders the last summary of all runs passed over, and why (config.json unreadable)."""
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -82,15 +82,11 @@ class History:
             )
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
         except OSError as e:
-            raise UserError(
-                f"cannot update the history index {self.path}: {e.strerror}; is {self.runs_dir} read-only?"
-            ) from e
-        try:
+            raise UserError(f"cannot create the runs directory {self.runs_dir}: {e.strerror}") from e
+        doing = f"update the history index {self.path} (is {self.runs_dir} read-only?)"
+        with locked(self.path.with_name(f"{HISTORY}.lock"), doing):
             yield
-        finally:
-            self._lock.release()
 
     def _db(self) -> TinyDB:
         """A fresh handle: TinyDB caches ids and queries, which other processes may have made stale."""
@@ -114,10 +110,12 @@ class History:
         AtomicJSONStorage(self.path).write(memory.storage.read() or {})
 
     def _summarize(self, run_dir: Path, queue: slurm.Queue | None = None) -> dict[str, Any] | None:
-        """The run's document, or None for a folder whose config.json cannot be read."""
+        """The run's document, or None for a folder that cannot be summarized (its config.json cannot
+        be read, a file of it is a link): recorded in `skipped`, so one bad folder hides no other."""
         try:
             return summarize(run_dir, queue).to_dict()
-        except UserError:
+        except UserError as e:
+            self.skipped[run_dir.name] = str(e)
             return None
 
     def _rebuild_locked(self) -> list[dict[str, Any]]:
@@ -158,6 +156,7 @@ class History:
     def _current(self, indexed: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         """The documents of the run folders now, reusing the indexed ones of settled runs."""
         by_id = {doc["run_id"]: doc for doc in indexed or []}
+        self.skipped = {}
         run_dirs = list_run_dirs(self.runs_dir)
         stale = {
             run_dir  # unsettled, or indexed by a version without some fields

@@ -32,6 +32,7 @@ from dtvg_engine.runfolder import (
     summarize,
     write_text_atomic,
 )
+from dtvg_engine.safefiles import open_file
 
 _POLL_S = 0.05
 _STARTING_S = 1.0
@@ -60,7 +61,7 @@ def spawn_detached(
     """
     extra = {**(env or {}), **({WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else {})}
     env = {**os.environ, **extra} if extra else None
-    with open(log_path, "ab") as log:
+    with open_file(log_path, "ab") as log:
         child = subprocess.Popen(
             command,
             stdout=log,

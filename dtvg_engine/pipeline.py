@@ -45,7 +45,15 @@ from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, create_run, list_run_dirs, read_config, read_pid, summarize
+from dtvg_engine.runfolder import (
+    EVENTS,
+    create_run,
+    list_run_dirs,
+    read_config,
+    read_pid,
+    summarize,
+    write_text_atomic,
+)
 from dtvg_engine.study import (
     Scores,
     banked_sources,
@@ -56,7 +64,9 @@ from dtvg_engine.study import (
 )
 from dtvg_engine.studyfile import load_experiment, shared_settings
 
-IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_size", "eval_order"}
+IGNORED_WHEN_MATCHING = {
+    "run_id", "created", "runs_dir", "split", "init_sha256", "eval_batch_size", "eval_order",
+}  # fmt: skip
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
 from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
 
@@ -273,5 +283,5 @@ def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
 
 def write_results(runs_dir: Path, results: dict[str, Any]) -> None:
     md, js = results_paths(runs_dir, results["name"])
-    md.write_text(markdown(results))
-    js.write_text(json.dumps(results, indent=2))
+    write_text_atomic(md, markdown(results))
+    write_text_atomic(js, json.dumps(results, indent=2))

@@ -7,15 +7,19 @@ file name is the init id every TPV records, so vectors from different inits are 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from dtvg_engine.backbones import Backbone
-from dtvg_engine.bank import ensure_init
+from dtvg_engine.bank import ensure_init, sha256_of
 from dtvg_engine.config import init_id
-from dtvg_engine.runfolder import INITS_DIR, replacing
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import CONFIG, INITS_DIR, read_config, replacing, write_json_atomic
+from dtvg_engine.safefiles import make_dir, regular_file
 
 TOP_VOCAB = 5000
 """P_init rows are drawn from the embeddings of this many most frequent tokens (lowest ids)."""
@@ -48,11 +52,56 @@ def shared_init(
     """
     ident = init_id(backbone.name, prompt_length, init_seed)
     ensure_init(Path(runs_dir), ident)
-    path = Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path = init_file(runs_dir, ident)
+    if not os.path.lexists(path):
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         prompt = sample_init(backbone, prompt_length, init_seed)
         meta = {"model": backbone.name, "prompt_length": str(prompt_length), "init_seed": str(init_seed)}
         with replacing(path) as tmp:  # parallel workers write identical bytes; the last rename wins
             save_file({"prompt": prompt}, tmp, metadata=meta)
-    return load_file(path)["prompt"], ident
+    return load_file(regular_file(path))["prompt"], ident
+
+
+INIT_SHA256 = "init_sha256"
+"""The key under which a run's config.json and a stage-1 TPV's metadata record the sha256 of the shared
+init file the run tuned from: a P_init changed since (overwritten in `_inits/`) is refused, never
+silently subtracted from a prompt tuned from another one."""
+
+
+def init_file(runs_dir: Path, ident: str) -> Path:
+    """Where the runs directory keeps shared init `ident`."""
+    return Path(runs_dir) / INITS_DIR / f"{ident}.safetensors"
+
+
+def pin_init(run_dir: Path, ident: str) -> str:
+    """The sha256 of the shared init the run tunes from: recorded in its config.json at its first start,
+    checked at every later one (a resume); `UserError` when the file changed in between."""
+    path = init_file(run_dir.parent, ident)
+    actual = sha256_of(regular_file(path))
+    config = read_config(run_dir)
+    recorded = config.get(INIT_SHA256)
+    if recorded is None:
+        write_json_atomic(run_dir / CONFIG, {**config, INIT_SHA256: actual})
+    elif recorded != actual:
+        raise UserError(
+            f"the shared init {path} changed since run {run_dir.name} started from it (sha256 "
+            f"{actual[:12]}…, the run recorded {recorded[:12]}…); put the original back, or start a new run"
+        )
+    return actual
+
+
+def check_tpv_init(runs_dir: Path, meta: dict[str, Any]) -> None:
+    """`UserError` when a task prompt vector records the sha256 of its init (`meta`, from `load_tpv`)
+    and the runs directory's init file is another one; vectors made before it was recorded pass."""
+    recorded = meta.get(INIT_SHA256)
+    if recorded is None:
+        return
+    path = init_file(runs_dir, str(meta.get("init_id")))
+    actual = sha256_of(regular_file(path))
+    if actual != recorded:
+        raise UserError(
+            f"the shared init {path} changed since the {meta.get('task')} vector of run {meta.get('run_id')} "
+            f"was made from it (sha256 {actual[:12]}…, the vector recorded {recorded[:12]}…); put the "
+            "original back, or tune that run again"
+        )

@@ -20,6 +20,7 @@ from dtvg_engine.bank import BankVector
 from dtvg_engine.events import read_state
 from dtvg_engine.methods import rank_sources
 from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, read_config
+from dtvg_engine.safefiles import regular_file
 from dtvg_engine.study import (
     Results,
     Runs,
@@ -161,6 +162,7 @@ def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[s
     """The sources' TPVs by task, the targets' by (task, seed), and the shared P_init they start from."""
     from safetensors.torch import load_file
 
+    from dtvg_engine.prompts import check_tpv_init
     from dtvg_engine.tpv import load_tpv
 
     loaded = {
@@ -168,7 +170,9 @@ def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[s
     }
     banked = {task: bank.load_vector(vector) for task, vector in study.banked.items()}
     (init_id,) = {meta["init_id"] for _, meta in [*loaded.values(), *banked.values()]}  # one init
-    p_init = load_file(runs_dir / INITS_DIR / f"{init_id}.safetensors")["prompt"]
+    for _, meta in loaded.values():
+        check_tpv_init(runs_dir, meta)
+    p_init = load_file(regular_file(runs_dir / INITS_DIR / f"{init_id}.safetensors"))["prompt"]
     sources = {task: loaded[run_dir][0] for task, run_dir in study.sources.items()}
     sources |= {task: vector for task, (vector, _) in banked.items()}
     targets = {key: loaded[run_dir][0] for key, run_dir in study.targets.items()}

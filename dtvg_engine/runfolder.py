@@ -9,7 +9,6 @@ library only, because the terminal UI imports it and must start in well under a 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import time
@@ -28,6 +27,16 @@ from dtvg_engine.atomic import (  # noqa: F401 (replacing, write_text_atomic: st
 )
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
+from dtvg_engine.safefiles import (
+    PID_LIMIT,
+    FileRefused,
+    open_fd,
+    open_file,
+    parse_json,
+    read_bytes,
+    read_json,
+    real_dir,
+)
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -98,18 +107,17 @@ def create_run(runs_dir: str | os.PathLike[str], stage: str, label: str, config:
     return run_dir
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's config.json; `UserError` when it is missing or unreadable."""
+    """The run's config.json; `UserError` when it is missing, unreadable or not a regular file."""
     path = Path(run_dir) / CONFIG
     try:
-        config = _read_json(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} ({e.__class__.__name__}); is this a run folder?") from e
+        config = read_json(path)
+    except FileRefused:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); is this a run folder?") from e
+    except ValueError as e:  # not JSON, not UTF-8, nested too deeply
+        raise UserError(f"cannot read {path} ({e}); is this a run folder?") from e
     if not isinstance(config, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return config
@@ -132,7 +140,8 @@ def _is_run_name(name: str) -> bool:
 
 
 def _is_run_dir(path: Path) -> bool:
-    return not path.is_symlink() and (path / CONFIG).is_file()
+    """A real folder holding a config.json (of any kind: one that cannot be read is a damaged run)."""
+    return not path.is_symlink() and os.path.lexists(path / CONFIG)
 
 
 def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
@@ -151,7 +160,7 @@ def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
             f"{exact} is a symbolic link to {os.readlink(exact)}; runs are real folders inside {root}/ "
             f"(`dtvg runs rm {name}` removes the link alone)"
         )
-    if _is_run_name(name) and (exact / CONFIG).is_file():
+    if _is_run_name(name) and _is_run_dir(exact):
         return exact
     matches = [p for p in list_run_dirs(root) if name == ref and ref in p.name]
     if len(matches) == 1:
@@ -209,7 +218,7 @@ def pid_alive(pid: int | None) -> bool:
 def read_pid(run_dir: str | os.PathLike[str]) -> int | None:
     """The pid in the run's worker.pid, or None when there is no (readable) pidfile."""
     try:
-        return int((Path(run_dir) / PIDFILE).read_text().strip())
+        return int(read_bytes(Path(run_dir) / PIDFILE, PID_LIMIT).strip())
     except (OSError, ValueError):
         return None
 
@@ -220,7 +229,7 @@ def read_meta(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Bytes that are not UTF-8 read as U+FFFD, so a damaged note costs those characters, not the note.
     """
     try:
-        meta = json.loads((Path(run_dir) / META).read_bytes().decode("utf-8", errors="replace"))
+        meta = parse_json(read_bytes(Path(run_dir) / META).decode("utf-8", errors="replace"))
     except (OSError, ValueError):
         meta = {}
     if not isinstance(meta, dict):
@@ -256,7 +265,7 @@ def update_meta(
     leaves it). The read-modify-write holds the run's meta lock, so parallel commands lose nothing.
     """
     run_dir = Path(run_dir)
-    with _flock(run_dir / META_LOCK, fcntl.LOCK_EX, "change the tags or note of"):
+    with locked(run_dir / META_LOCK, f"change the tags or note of run {run_dir.name}"):
         meta = read_meta(run_dir)
         current = meta["tags"] if tags is None else [clean_text(str(t)) for t in tags]
         removed = {clean_text(t) for t in remove_tags}
@@ -269,15 +278,18 @@ def update_meta(
 
 
 @contextmanager
-def _flock(path: Path, operation: int, doing: str) -> Iterator[int]:
-    """Hold `flock(operation)` on the lock file `path` (created if needed); yield its descriptor."""
+def locked(path: Path, doing: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the lock file `path` (a regular file, created if needed); a
+    `UserError` saying what could not be done (`doing`) when it cannot be made."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+    except FileRefused:
+        raise
     except OSError as e:
-        raise UserError(f"cannot {doing} run {path.parent.name}: {e.strerror} ({path})") from e
+        raise UserError(f"cannot {doing}: {e.strerror} ({path})") from e
     try:
-        fcntl.flock(fd, operation)
-        yield fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
 
@@ -298,7 +310,9 @@ def claim_run(run_dir: str | os.PathLike[str]) -> int:
     """
     run_dir = Path(run_dir)
     try:
-        fd = os.open(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_fd(run_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT)
+    except FileRefused:
+        raise
     except OSError as e:
         raise UserError(f"cannot lock run {run_dir.name}: {e.strerror} ({run_dir / WORKER_LOCK})") from e
     for _ in range(_CLAIM_TRIES):
@@ -331,9 +345,9 @@ def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
     """The pid of the worker owning the run (holding its lock): 0 while it is being launched, None when
     no worker owns it. Only reads, so it works in a read-only runs directory."""
     try:
-        fd = os.open(Path(run_dir) / WORKER_LOCK, os.O_RDONLY)
+        fd = open_fd(Path(run_dir) / WORKER_LOCK)
     except OSError:
-        return None  # no worker ever ran here
+        return None  # no worker ever ran here (or no worker of ours: they lock a regular file)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -416,7 +430,9 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path | None:
     folder = Path(run_dir) / CHECKPOINT
     path = folder / CHECKPOINT_FILE
     restart = f"delete {folder} to resume from step 0 (the steps done so far are trained again)"
-    if not path.exists():
+    if not real_dir(folder):
+        return None
+    if not os.path.lexists(path):
         if (folder / OLD_CHECKPOINT_FILE).exists():
             raise UserError(
                 f"{folder / OLD_CHECKPOINT_FILE} is an older version's pickled checkpoint, which is never "
@@ -432,13 +448,15 @@ def checkpoint_path(run_dir: str | os.PathLike[str]) -> Path | None:
 def _checkpoint_problem(path: Path) -> str | None:
     """What is wrong with the framing of a safetensors checkpoint file, or None."""
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 0 < length <= size - 8:
                 return f"is not a checkpoint (a {size}-byte file without a safetensors header)"
-            header = json.loads(f.read(length))
+            header = parse_json(f.read(length))
+    except FileRefused:
+        raise
     except OSError as e:
         return f"cannot be read ({e.strerror})"
     except ValueError:
@@ -459,7 +477,7 @@ def _checkpoint_problem(path: Path) -> str | None:
 def tail_log(run_dir: str | os.PathLike[str], lines: int = 20) -> list[str]:
     """The last `lines` lines of worker.log (from its last 256 KiB), e.g. to show why a run failed."""
     try:
-        with open(Path(run_dir) / LOG, "rb") as f:
+        with open_file(Path(run_dir) / LOG) as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
             text = f.read().decode("utf-8", errors="replace")

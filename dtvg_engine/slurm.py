@@ -13,7 +13,6 @@ Standard library only, because the dashboard imports it; submitting (through sub
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 from dtvg_engine.atomic import write_json_atomic
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import RunState
+from dtvg_engine.safefiles import read_json
 
 JOB_FILE = "slurm.json"
 """A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
@@ -233,7 +233,7 @@ class Queue:
 def read_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run's submission record, or None for a local run (or an unreadable record)."""
     try:
-        record = json.loads((Path(run_dir) / JOB_FILE).read_text(encoding="utf-8"))
+        record = read_json(Path(run_dir) / JOB_FILE)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

@@ -30,6 +30,7 @@ from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, LOG, check_action
+from dtvg_engine.safefiles import open_fd
 from dtvg_engine.slurm import Resources
 
 SUBMITIT_DIR = "_slurm"
@@ -55,7 +56,7 @@ def _output_to(path: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)

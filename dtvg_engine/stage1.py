@@ -16,7 +16,7 @@ from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
-from dtvg_engine.prompts import shared_init
+from dtvg_engine.prompts import INIT_SHA256, pin_init, shared_init
 from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, replacing, write_json_atomic
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.study import CONSTANT_KEY
@@ -91,6 +91,7 @@ def run(
 ) -> Outcome:
     task = tasks.get_task(config["task"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, task.name)
+    init_sha256 = pin_init(run_dir, init_id)
     tuner = SoftPrompt(start_prompt(config, p_init, init_id))
     rows = splits.train + splits.validation + splits.test
     scorer = LabelScorer.fitted(backbone, task, config["max_input_tokens"], rows)
@@ -107,6 +108,7 @@ def run(
         "model": config["model"],
         "prompt_length": config["prompt_length"],
         "init_id": init_id,
+        INIT_SHA256: init_sha256,
         "best_metric": outcome.best_metric,
         "metric_name": task.primary,
         "step": outcome.best_step,

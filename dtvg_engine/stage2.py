@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 from collections.abc import Callable
@@ -18,7 +19,9 @@ from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
 from dtvg_engine.methods import build_tuner
+from dtvg_engine.prompts import check_tpv_init, pin_init
 from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
+from dtvg_engine.safefiles import make_dir, real_dir, regular_file
 from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, evaluate, fit, linear_schedule
@@ -43,6 +46,7 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
     )
     for task, run_id in config["stage1_runs"].items():
         tpvs[task], meta = tpv.load_tpv(runs_dir / Path(run_id).name / TPV)
+        check_tpv_init(runs_dir, meta)
         metas.append(meta)
     for task, shipped in (config.get("bank_sources") or {}).items():
         tpvs[task], meta = bank.load_vector(bank.named(task, shipped), shipped["sha256"])
@@ -64,9 +68,9 @@ def mix_prompt(
     checkpoint folder, so a resumed run goes straight on to the target.
     """
     saved = run_dir / CHECKPOINT / MIX_PROMPT
-    if saved.is_file():
+    if real_dir(saved.parent) and os.path.lexists(saved):
         events.emit("log", level="info", message=f"mix: the sources' prompt from {CHECKPOINT}/{MIX_PROMPT}")
-        return load_file(saved)["prompt"]
+        return load_file(regular_file(saved))["prompt"]
     data_dir = config.get("data_dir") or default_data_dir()
     scorers, train, validation = {}, {}, {}
     for source in config["sources"]:
@@ -129,8 +133,9 @@ def mix_prompt(
                 f"{score:.4f} ({scores}){' best' if is_best else ''}",
             )
     best = best.cpu()
-    saved.parent.mkdir(exist_ok=True)
-    save_file({"prompt": best}, saved)
+    make_dir(saved.parent)
+    with replacing(saved) as tmp:
+        save_file({"prompt": best}, tmp)
     return best
 
 
@@ -139,6 +144,7 @@ def run(
 ) -> Outcome:
     target = tasks.get_task(config["target"])
     backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
+    pin_init(run_dir, init_id)
     tpvs = load_vectors(config, init_id, run_dir.parent)
     for line in describe_stage1_runs(run_dir.parent, config):
         events.emit("log", level="info", message=line)

@@ -11,7 +11,6 @@ their tables here, so what the dashboard shows and exports is what the report wr
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -38,6 +37,7 @@ from dtvg_engine.runfolder import (
     write_json_atomic,
     write_text_atomic,
 )
+from dtvg_engine.safefiles import PID_LIMIT, open_file, read_bytes, read_json
 from dtvg_engine.studyfile import grouping_of, load_experiment
 
 SETTINGS = ("model", "prompt_length")
@@ -333,7 +333,7 @@ def test_score(run_dir: Path) -> float | None:
     read from the end of its events file; None when it has none."""
     path = os.path.join(run_dir, EVENTS)  # os.path: a study view reads hundreds of these at once
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - _TAIL))
             chunk = f.read()
@@ -660,7 +660,7 @@ def record_study(runs_dir: Path, spec: dict[str, Any], path: Path) -> None:
 def read_record(path: Path) -> tuple[dict[str, Any], Path | None]:
     """A pipeline's record: the study and its file (None when the file is gone)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = read_json(path)
         spec, file = record["spec"], Path(record["file"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"cannot read the study record {path} ({e}); run its pipeline file again") from None
@@ -707,7 +707,7 @@ def pipeline_pid(runs_dir: Path, name: str) -> int | None:
     A pid is only believed while its process is a `dtvg run pipeline` (pids are reused).
     """
     try:
-        pid = int(_pidfile(runs_dir, name).read_text().strip())
+        pid = int(read_bytes(_pidfile(runs_dir, name), PID_LIMIT).strip())
     except (OSError, ValueError):
         return None
     if not pid_alive(pid):

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.safefiles import parse_json, regular_file
 
 TPV_KEY = "tpv"
 
@@ -29,7 +30,7 @@ def decode_metadata(raw: dict[str, str] | None) -> dict[str, str | int | float |
     decoded: dict[str, str | int | float | None] = {}
     for key, value in (raw or {}).items():
         try:
-            decoded[key] = json.loads(value)
+            decoded[key] = parse_json(value)
         except ValueError:
             decoded[key] = value
     return decoded
@@ -46,6 +47,7 @@ def read_tpv_file(path: str | Path, framework: str) -> tuple[Any, dict[str, str 
     fix = "pass the tpv.safetensors of a finished stage-1 run"
     if not path.is_file():
         raise UserError(f"task prompt vector file not found: {path}; {fix}")
+    regular_file(path)  # not a link (out of the runs directory), not a device
     try:
         with safe_open(str(path), framework=framework) as handle:
             if TPV_KEY not in handle.keys():

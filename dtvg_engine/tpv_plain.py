@@ -10,13 +10,13 @@ compute eq. 2 from the token sums, and a test checks that they agree.
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 from array import array
 from pathlib import Path
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.safefiles import open_file, parse_json
 
 _HEADER_LIMIT = 100 << 20
 """The largest header accepted (safetensors' own limit): a bigger length means a damaged file."""
@@ -51,12 +51,12 @@ def read_tensor(path: str | Path, key: str) -> tuple[list[int], array]:
     path = Path(path)
     fix = "pass the tpv.safetensors of a finished stage-1 run"
     try:
-        with open(path, "rb") as f:
+        with open_file(path) as f:
             head = f.read(8)
             length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
             if not 0 < length <= _HEADER_LIMIT:
                 raise UserError(f"{path} is not a safetensors file (no header); {fix}")
-            header = json.loads(f.read(length))
+            header = parse_json(f.read(length))
             entry = header.get(key) if isinstance(header, dict) else None
             if not isinstance(entry, dict):
                 raise UserError(f"{path} has no {key!r} tensor; {fix}")

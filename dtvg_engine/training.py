@@ -26,6 +26,7 @@ from dtvg_engine import metrics
 from dtvg_engine.data import Splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path, replacing
+from dtvg_engine.safefiles import make_dir, parse_json
 from dtvg_engine.scoring import LabelScorer
 
 
@@ -168,7 +169,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with safe_open(path, framework="pt") as f:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-            tree = json.loads((f.metadata() or {})["state"])
+            tree = parse_json((f.metadata() or {})["state"])
         return _from_plain(tree, tensors)
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as e:
         raise RunFailed(
@@ -249,7 +250,7 @@ def fit(
     def save_checkpoint(step: int) -> None:
         state["step"] = step
         path = run_dir / CHECKPOINT / CHECKPOINT_FILE
-        path.parent.mkdir(exist_ok=True)
+        make_dir(path.parent)  # a real folder of the run, not a link to one elsewhere
         write_checkpoint(
             path,
             {

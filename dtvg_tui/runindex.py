@@ -207,7 +207,11 @@ class RunIndex:
                 except UserError:
                     continue
                 tracked = self._tracked[run_id] = _Tracked(run_dir, config, EventReader(run_dir / EVENTS))
-            dirty = tracked.read_new_events()
+            try:
+                dirty = tracked.read_new_events()
+            except UserError:  # events.jsonl is a link, a FIFO, a device: this run alone is not shown
+                del self._tracked[run_id]
+                continue
             meta_mtime = _mtime(run_dir / META)
             if meta_mtime != tracked.meta_mtime:
                 tracked.meta_mtime = meta_mtime

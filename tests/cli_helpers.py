@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def assert_bad_input(result: subprocess.CompletedProcess[str]) -> str:
@@ -14,3 +17,19 @@ def assert_bad_input(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+_VENV_DTVG = Path(sys.executable).with_name("dtvg")
+DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
+
+
+def dtvg(*args: object, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `dtvg` command (the venv's) with `args`; `kwargs` go to `subprocess.run`."""
+    return subprocess.run(
+        [DTVG, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )

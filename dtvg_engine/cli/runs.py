@@ -66,7 +66,10 @@ def runs_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Every run in the history index (rebuilt from the run folders when needed)."""
-    docs = History(runs_root(runs_dir)).all()
+    history = History(runs_root(runs_dir))
+    docs = history.all()
+    for run_id, reason in history.skipped.items():  # one bad folder hides no other: name it, list the rest
+        typer.echo(f"warning: run {run_id} is not listed: {reason}", err=True)
     if status:
         docs = [d for d in docs if d["status"] == status]
     print_json(docs) if as_json else show_table(docs)

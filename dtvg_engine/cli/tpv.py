@@ -12,6 +12,7 @@ from rich.table import Table
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import TPV, find_run, read_config
+from dtvg_engine.safefiles import check_output, regular_file
 
 tpv_app = typer.Typer(help="Task prompt vectors: show, similarity, arithmetic.", no_args_is_help=True)
 
@@ -95,6 +96,7 @@ def tpv_combine(
     """
     from safetensors.torch import load_file, save_file
 
+    from dtvg_engine.prompts import check_tpv_init
     from dtvg_engine.tpv import combine, parse_expression
 
     if not math.isfinite(scale):
@@ -103,6 +105,7 @@ def tpv_combine(
         raise UserError(
             f"--out {out_file} is a folder; give a file name such as {out_file / 'prompt.safetensors'}"
         )
+    check_output(out_file)
     root = runs_root(runs_dir)
     terms = parse_expression(expression)
     vectors = _vectors(root, [name for _, name in terms])
@@ -112,7 +115,9 @@ def tpv_combine(
     init_file = root / "_inits" / f"{meta['init_id']}.safetensors"
     if not init_file.is_file():
         raise UserError(f"the shared init {init_file} is missing; it is written by stage-1 runs")
-    p_init = load_file(init_file)["prompt"]
+    for _, meta in picked:
+        check_tpv_init(root, meta)
+    p_init = load_file(regular_file(init_file))["prompt"]
     prompt = p_init + combine(
         [(coef, vector) for (coef, _), (vector, _) in zip(terms, picked, strict=True)], scale
     )

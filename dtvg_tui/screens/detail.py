@@ -22,6 +22,7 @@ from textual.worker import get_current_worker
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Event, EventReader, parse_lines
 from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, planned_steps, read_config, summarize
+from dtvg_engine.safefiles import open_file
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
 from dtvg_tui.series import RunSeries
@@ -37,7 +38,7 @@ CHUNK_BYTES = 1 << 20
 
 def read_tail(path: Path, size: int) -> list[Event]:
     """The events of the complete lines in the last `size` bytes of a file."""
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         f.seek(0, 2)
         end = f.tell()
         f.seek(max(0, end - size))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dtvg_engine import metrics
 from dtvg_engine.data import Splits
 from dtvg_engine.events import EventWriter
+from dtvg_engine.generation import write_predictions
 from dtvg_engine.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path, replacing
 from dtvg_engine.scoring import LabelScorer
 
@@ -137,7 +138,7 @@ def evaluate(
 ) -> dict[str, float]:
     """The task's metrics for `prompt` on encoded examples (batched as `predictions` says)."""
     preds = predictions(scorer, prompt, items, batch_size, order)
-    return metrics.compute(scorer.task, preds, [gold for _, gold in items])
+    return metrics.compute(scorer.task, preds, scorer.golds(items))
 
 
 def _rate_settings(config: dict[str, Any], rates: dict[str, float]) -> str:
@@ -225,6 +226,14 @@ def fit(
     steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
     eval_batch, eval_order = config["eval_batch_size"], config.get("eval_order", "length")
     task = scorer.task
+
+    def assess(items: Sequence, split: str, step: int | None) -> dict[str, float]:
+        """The metrics of the prompt as it stands on one split; a generation run keeps its texts."""
+        preds = predictions(scorer, tuner.prompt(), items, eval_batch, eval_order)
+        if task.generation:
+            write_predictions(run_dir, split, step, items, preds)
+        return metrics.compute(task, preds, scorer.golds(items))
+
     torch.manual_seed(seed)
     train_items, val_items, test_items, cut_note = scorer.encode_splits(splits)
     events.emit("log", level="info", message=cut_note)
@@ -289,7 +298,7 @@ def fit(
         events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
 
         if step % config["eval_every"] == 0 or step == steps:
-            scores = evaluate(scorer, tuner.prompt(), val_items, eval_batch, eval_order)
+            scores = assess(val_items, "validation", step)
             value = metrics.score(task, scores)
             best = state["best_metric"] is None or value > state["best_metric"]
             if best:
@@ -298,7 +307,7 @@ def fit(
             save_checkpoint(step)
 
     tuner.restore(state["best"])
-    test = evaluate(scorer, tuner.prompt(), test_items, eval_batch, eval_order)
+    test = assess(test_items, "test", state["best_step"])
     value = metrics.score(task, test)
     events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

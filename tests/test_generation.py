@@ -324,3 +324,54 @@ def test_smollm2_learns_common_gen_and_decodes_as_transformers_does(data_dir: Pa
         same += text == backbone.tokenizer.decode(out[0], skip_special_tokens=True).strip()
     assert same >= len(examples) - 1, ours  # float rounding of padded batches may flip a near tie
     assert any(text for text in ours)
+
+
+NLG_STUDY = """
+name = "tiny-nlg"
+model = "tiny-llama"
+prompt_length = 4
+sources = ["rte"]
+targets = ["common_gen"]
+methods = ["pt", "dtvg"]
+seeds = [0]
+[stage1]
+steps = 2
+max_eval = 4
+eval_every = 2
+k_shot = 8
+[stage2]
+steps = 2
+max_eval = 4
+eval_every = 2
+k_shot = 8
+"""
+
+
+def test_pipeline_and_report_carry_the_generation_metrics(
+    tmp_path: Path, runs_dir: Path, data_dir: Path
+) -> None:
+    """A study with a generation target: the pipeline's results and `dtvg runs report` (and its JSON)
+    score it by the mean of BLEU and ROUGE and list each metric; no constant floor is claimed."""
+    experiment = tmp_path / "nlg.toml"
+    experiment.write_text(NLG_STUDY)
+    common = ["--runs-dir", runs_dir]
+    result = subprocess.run(
+        [DTVG, "run", "pipeline", experiment, *common, "--data-dir", data_dir],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((runs_dir / "tiny-nlg-results.json").read_text())
+    rows = {(r["target"], r["method"]): r for r in results["rows"]}
+    assert set(rows) == {("common_gen", "pt"), ("common_gen", "dtvg")}
+    assert all(r["metric"] == "mean(bleu,rouge1,rouge2,rougeL)" and r["seeds"] == 1 for r in rows.values())
+    assert all(0 <= r["mean"] <= 1 for r in rows.values())
+    report = subprocess.run(
+        [DTVG, "runs", "report", experiment, *common, "--json-out", tmp_path / "report.json"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    for name in ("bleu", "rouge1", "rouge2", "rougeL"):
+        assert f"| common_gen | {name} |" in report.stdout
+    document = json.loads((tmp_path / "report.json").read_text())
+    assert [r["mean"] for r in document["rows"]] == [r["mean"] for r in results["rows"]]
+    assert document["constant"] == {"common_gen": None}

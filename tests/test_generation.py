@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from dtvg_engine import config as configs
-from dtvg_engine import metrics, tasks
+from dtvg_engine import method_registry, metrics, tasks
 from dtvg_engine.data import REFERENCES, load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Eval, Group, read_events
+from dtvg_engine.events import Eval, EventWriter, Group, read_events
 from dtvg_engine.generation import PREDICTIONS, TextGenerator
 from dtvg_engine.runfolder import create_run, summarize
-from dtvg_engine.training import predictions
+from dtvg_engine.training import SoftPrompt, fit, predictions
 from dtvg_engine.worker import run_worker
 
 DTVG = str(Path(sys.executable).with_name("dtvg"))
@@ -212,6 +212,25 @@ def test_batched_greedy_decoding_matches_transformers_generate(model: str, web_n
         assert text == backbone.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
 
+def test_a_training_run_keeps_its_latest_validation_generations(
+    tmp_path: Path, llama, data_dir: Path
+) -> None:
+    """Before its test, predictions.jsonl holds the last evaluation's validation generations."""
+    splits = load_splits("common_gen", data_dir, seed=0, k_shot=4, max_eval=3)
+    generator = TextGenerator(llama, tasks.get_task("common_gen"), max_target_tokens=6)
+    config = {**configs.TRAINING_DEFAULTS, "steps": 6, "batch_size": 2, "eval_every": 2}
+    checks = iter(range(100))
+    stop_at_step_five = lambda: next(checks) == 4  # noqa: E731 - asked before each step
+    with EventWriter(tmp_path / "events.jsonl") as events:
+        prompt = SoftPrompt(torch.zeros(4, llama.hidden_size))
+        outcome = fit(tmp_path, config, prompt, generator, splits, events, stop_at_step_five)
+    assert outcome.status == "stopped" and outcome.step == 4
+    records = rows_of(tmp_path / PREDICTIONS)
+    assert [(r["split"], r["step"]) for r in records] == [("validation", 4)] * 3
+    assert [r["references"] for r in records] == [row[REFERENCES] for row in splits.validation]
+    assert [r["input"] for r in records] == [tasks.render(generator.task, row) for row in splits.validation]
+
+
 # --- runs end to end ----------------------------------------------------------------------------------
 
 
@@ -261,17 +280,20 @@ def test_stage1_generation_run_reports_bleu_rouge_and_keeps_its_predictions(stag
     assert (run_dir / "tpv.safetensors").is_file()
 
 
-def test_stage2_dtvg_transfers_a_classification_source_to_a_generation_target(
-    stage1_runs: Path, data_dir: Path
+@pytest.mark.parametrize("method", method_registry.NAMES)
+def test_every_method_transfers_a_classification_source_to_a_generation_target(
+    method: str, stage1_runs: Path, data_dir: Path
 ) -> None:
+    settings = {**TINY, "max_eval": 2}
     config = configs.stage2_config(
-        "common_gen", ["rte"], "dtvg", stage1_runs, steps=2, data_dir=str(data_dir), **TINY
+        "common_gen", ["rte"], method, stage1_runs, steps=2, data_dir=str(data_dir), **settings
     )
-    run_dir = create_run(stage1_runs, "stage2", "common_gen-dtvg", config)
-    assert run_worker(run_dir) == 0
+    run_dir = create_run(stage1_runs, "stage2", f"common_gen-{method}", config)
+    assert run_worker(run_dir) == 0, (run_dir / "worker.log").read_text()[-2000:]
     assert summarize(run_dir).status == "completed"
     events = read_events(run_dir / "events.jsonl")
-    assert [e for e in events if isinstance(e, Group)]
+    grouped = method_registry.get(method).grouped and method_registry.get(method).group_rule
+    assert bool([e for e in events if isinstance(e, Group)]) == bool(grouped)
     test = [e for e in events if isinstance(e, Eval)][-1]
     assert test.split == "test" and set(test.metrics) == {"bleu", "rouge1", "rouge2", "rougeL"}
     assert recomputed(run_dir / PREDICTIONS)[1] == pytest.approx(test.metrics, abs=1e-12)

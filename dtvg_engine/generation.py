@@ -13,7 +13,7 @@ targets keep their beginning. Both are capped at 128 tokens, the papers' generat
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -189,7 +189,7 @@ class TextGenerator(LabelScorer):
         ids = ids[: ids.index(eos)] if eos in ids else ids
         return self.backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _greedy(self, first: torch.Tensor, step) -> torch.Tensor:
+    def _greedy(self, first: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """Tokens [B, ≤cap]: `first` [B, V] logits of the first new token; `step(tokens [B], n)` the logits
         after feeding the n-th new token. Stops when every row has ended (rows that end early pad with
         end of sequence)."""
@@ -224,13 +224,13 @@ class TextGenerator(LabelScorer):
             use_cache=True,
         ).last_hidden_state
         last = positions[:, -1]
-        state = {"mask": full_mask}
 
         def step(token: torch.Tensor, n: int) -> torch.Tensor:
-            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(size, 1)], dim=1)
+            nonlocal full_mask
+            full_mask = torch.cat([full_mask, full_mask.new_ones(size, 1)], dim=1)
             out = decoder(
                 inputs_embeds=self.backbone.embed(token[:, None]),
-                attention_mask=state["mask"],
+                attention_mask=full_mask,
                 position_ids=(last + n)[:, None],
                 cache=cache,
                 use_cache=True,
@@ -249,17 +249,18 @@ class TextGenerator(LabelScorer):
             inputs_embeds=self._seq2seq_inputs(prompt, input_ids), attention_mask=full_mask
         )
         start = input_ids.new_full((input_ids.shape[0],), model.config.decoder_start_token_id)
-        state: dict = {"cache": None}
+        cache = None
 
         def step(token: torch.Tensor, n: int = 0) -> torch.Tensor:
+            nonlocal cache
             out = model(
                 encoder_outputs=encoded,
                 attention_mask=full_mask,
                 decoder_input_ids=token[:, None],
-                cache=state["cache"],
+                cache=cache,
                 use_cache=True,
             )
-            state["cache"] = out.cache
+            cache = out.cache
             return out.logits[:, -1].float()
 
         return self._greedy(step(start), step)

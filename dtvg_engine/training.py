@@ -2,9 +2,9 @@
 
 What is trained is a `Tuner`: a module that produces the soft prompt for each step (a plain prompt in
 stage 1; a merged prompt with a freshly selected source group in stage 2). The loop owns the rest:
-AdamW with linear warmup and decay, gradient clipping, evaluation every E steps by label-word ranking,
-best checkpoint by the task's score (the mean of its metrics), resumable checkpoints, a graceful stop,
-and the events.
+AdamW with linear warmup and decay, gradient clipping, evaluation every E steps (label-word ranking, or
+greedy generation for a generation task, whose texts go to the run's predictions.jsonl), best checkpoint
+by the task's score (the mean of its metrics), resumable checkpoints, a graceful stop, and the events.
 """
 
 from __future__ import annotations

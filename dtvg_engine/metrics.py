@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import sacrebleu
-from rouge_score import rouge_scorer
 
 from dtvg_engine.tasks import Task
 
@@ -119,6 +117,10 @@ def text_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]
     """Corpus BLEU (sacrebleu's defaults, every reference of a row) and ROUGE-1/2/L F-measure (rouge-score,
     Porter stemming; with several references a row counts its best, as `score_multi` picks it), averaged
     over rows; all as fractions. rouge-score stems with nltk's Porter stemmer, which needs no download."""
+    # Imported here: rouge-score imports all of nltk (half a second), which only generation runs need.
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
     if not predictions:

@@ -299,6 +299,23 @@ def test_every_method_transfers_a_classification_source_to_a_generation_target(
     assert recomputed(run_dir / PREDICTIONS)[1] == pytest.approx(test.metrics, abs=1e-12)
 
 
+def test_t5_stage1_on_e2e_from_the_command_line(runs_dir: Path, data_dir: Path) -> None:
+    """An encoder-decoder backbone on E2E (shots from its validation file), through `dtvg run stage1`."""
+    result = subprocess.run(
+        [DTVG, "run", "stage1", "e2e_nlg_cleaned", "--model", "tiny-t5", "--prompt-length", "4",
+         "--k-shot", "8", "--max-eval", "3", "--steps", "2", "--eval-every", "2", "--device", "cpu",
+         "--runs-dir", runs_dir, "--data-dir", data_dir],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = run_dir_of(runs_dir, "e2e_nlg_cleaned")
+    test = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, Eval)][-1]
+    assert test.split == "test" and recomputed(run_dir / PREDICTIONS) == ("test", pytest.approx(test.metrics))
+    split = json.loads((run_dir / "config.json").read_text())["split"]
+    assert split["sizes"] == {"train": 8, "validation": 3, "test": 3}
+    assert "validation file" in split["rule"] and "train" not in split["files"]
+
+
 def test_runs_compare_json_carries_the_generation_metrics(stage1_runs: Path) -> None:
     first, second = run_dir_of(stage1_runs, "common_gen"), run_dir_of(stage1_runs, "rte")
     result = subprocess.run(

@@ -103,6 +103,9 @@ def load_splits(
     return Splits(train, validation, test, info)
 
 
+SMALL_RULE = "small: original validation shuffled and halved into validation/test"
+
+
 def _label_splits(
     task: Task, data_dir: str | Path, seed: int, files: dict[str, str]
 ) -> tuple[list[Row], list[Row], list[Row], dict[str, Any]]:
@@ -118,9 +121,6 @@ def _label_splits(
     train, validation = _hold_out(original_train, held_out, seed)
     rule = f"large: {held_out} seeded train rows held out as validation"
     return train, validation, original_eval, {"rule": rule, "held_out": held_out}
-
-
-SMALL_RULE = "small: original validation shuffled and halved into validation/test"
 
 
 def _generation_splits(
@@ -161,20 +161,20 @@ def _shots_by_input(
     both."""
     groups = list(_grouped(task, rows).values())
     random.Random(seed).shuffle(groups)
-    if k_shot is None:
-        taken = len(groups) // 2
-        return [row for group in groups[:taken] for row in group], [r for g in groups[taken:] for r in g]
-    if k_shot >= len(rows):
-        raise UserError(
-            f"k_shot={k_shot} but {task.name}'s validation file, its only source of train rows, has "
-            f"{len(rows)} rows and needs some left for validation; use a smaller --k-shot"
-        )
+    wanted = k_shot if k_shot is not None else sum(len(group) for group in groups[: len(groups) // 2])
     train: list[Row] = []
     taken = 0
-    while len(train) < k_shot:
-        train += groups[taken][: k_shot - len(train)]
+    while len(train) < wanted and taken < len(groups):
+        train += groups[taken][: wanted - len(train)]
         taken += 1
-    return train, [row for group in groups[taken:] for row in group]
+    validation = [row for group in groups[taken:] for row in group]
+    if not train or len(train) < wanted or not validation:
+        raise UserError(
+            f"k_shot={k_shot} but {task.name}'s validation file, its only source of train rows, has "
+            f"{len(rows)} rows for {len(groups)} inputs, and some inputs must stay for validation; "
+            "use a smaller --k-shot"
+        )
+    return train, validation
 
 
 def _grouped(task: Task, rows: Sequence[Row]) -> dict[Any, list[Row]]:

@@ -81,6 +81,16 @@ def test_e2e_takes_its_shots_from_validation_by_whole_meaning_representation(
     assert load_splits(task, data_dir, seed=4, k_shot=20).train != splits.train
 
 
+def test_e2e_without_shots_trains_on_half_its_inputs_and_refuses_too_many_shots(data_dir: Path) -> None:
+    file_rows = rows_of(data_dir / "_validation_only/e2e_nlg/validation.jsonl")
+    inputs = {row["meaning_representation"] for row in file_rows}
+    splits = load_splits("e2e_nlg", data_dir, seed=0)
+    assert len({row["meaning_representation"] for row in splits.train}) == len(inputs) // 2
+    assert len(splits.train) + sum(len(row[REFERENCES]) for row in splits.validation) == len(file_rows)
+    with pytest.raises(UserError, match="some inputs must stay for validation; use a smaller --k-shot"):
+        load_splits("e2e_nlg", data_dir, k_shot=len(file_rows) - 1)
+
+
 BAD_ROWS = [
     ({"input": ["A | b | C"], "target": "", "references": ["x"]}, "target"),
     ({"input": "A | b | C", "target": "A b C.", "references": ["x"]}, "input"),

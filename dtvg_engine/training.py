@@ -113,8 +113,9 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 def predictions(
     scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int, order: str = "length"
-) -> list[float]:
-    """`prompt`'s prediction for every encoded example, in the order given.
+) -> list[float] | list[str]:
+    """`prompt`'s prediction for every encoded example, in the order given: a label id or score, or for a
+    generation task (`TextGenerator`) the greedy text.
 
     With `order="length"` the batches are cut from the examples sorted longest first, so each is padded
     to about its own members' length instead of the longest of a random handful (with whole inputs,
@@ -124,7 +125,7 @@ def predictions(
     ranked = list(range(len(items)))
     if order == "length":
         ranked.sort(key=lambda i: len(items[i][0]), reverse=True)
-    preds = [0.0] * len(items)
+    preds: list = [None] * len(items)
     for start in range(0, len(ranked), batch_size):
         chunk = ranked[start : start + batch_size]
         batch = scorer.collate([items[i] for i in chunk])

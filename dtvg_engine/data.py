@@ -5,6 +5,11 @@ The split rule follows the ATTEMPT/MPT baselines, because GLUE/SuperGLUE test la
 - large tasks: 1,000 seeded train rows are held out as validation, the original validation set is the test.
 A large task with fewer than 2,000 train rows (the bundled demo copies) holds out 20% instead.
 
+Generation tasks ship a test file with references, so their official train / validation / test files are
+used as they are; E2E has no train split, so its train rows come from the official validation file (whole
+meaning representations, seeded) and the rest of that file is the validation split. Their evaluation rows
+are one per input, with every reference of that input under `references`.
+
 Rows come back as plain dicts with the label already mapped to an int (or a float score for STS-B).
 """
 
@@ -24,7 +29,7 @@ from datasets.exceptions import DatasetGenerationError
 from datasets.utils import logging as datasets_logging
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.tasks import HUB_PREFIX, TASKS, Task, get_task, label_of, target_id
+from dtvg_engine.tasks import HUB_PREFIX, TASKS, Task, clean, get_task, label_of, target_id
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "bundled_data"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -32,6 +37,8 @@ HOLD_OUT = 1000
 HOLD_OUT_MIN_TRAIN = 2000
 HOLD_OUT_FRACTION = 0.2
 UNLABELLED = -1  # Hugging Face marks rows without a gold label (SNLI "-") this way
+REFERENCES = "references"
+"""Key of a generation evaluation row's reference texts (every text of its input)."""
 
 Row = dict[str, Any]
 
@@ -74,22 +81,12 @@ def load_splits(
     _check_positive("k_shot", k_shot)
     _check_positive("max_eval", max_eval)
     files: dict[str, str] = {}
-    original_train: list[Row] = []
-    if task.has_train:
-        original_train, files["train"] = read_split(task, data_dir, "train")
-    original_eval, files["validation"] = read_split(task, data_dir, "validation")
-
-    if task.size == "small":
-        train, validation, test = original_train, *_halve(original_eval, seed)
-        info: dict[str, Any] = {"rule": "small: original validation shuffled and halved into validation/test"}
+    if task.generation:
+        train, validation, test, info = _generation_splits(task, data_dir, seed, k_shot, files)
     else:
-        held_out = _hold_out_size(len(original_train))
-        train, validation = _hold_out(original_train, held_out, seed)
-        test = original_eval
-        info = {"rule": f"large: {held_out} seeded train rows held out as validation", "held_out": held_out}
-
-    if k_shot is not None:
-        train = stratified_sample(task, train, k_shot, seed)
+        train, validation, test, info = _label_splits(task, data_dir, seed, files)
+        if k_shot is not None:
+            train = stratified_sample(task, train, k_shot, seed)
     if max_eval is not None:
         validation, test = _cap(validation, max_eval, seed), _cap(test, max_eval, seed)
 
@@ -101,9 +98,101 @@ def load_splits(
         sizes={"train": len(train), "validation": len(validation), "test": len(test)},
         files=files,
     )
-    if k_shot is not None:
+    if k_shot is not None and not task.generation:
         info["k_shot_counts"] = {str(c): n for c, n in sorted(_class_counts(task, train).items())}
     return Splits(train, validation, test, info)
+
+
+SMALL_RULE = "small: original validation shuffled and halved into validation/test"
+
+
+def _label_splits(
+    task: Task, data_dir: str | Path, seed: int, files: dict[str, str]
+) -> tuple[list[Row], list[Row], list[Row], dict[str, Any]]:
+    """Classification and regression: the small- or large-task rule over the train and validation files."""
+    original_train: list[Row] = []
+    if task.has_train:
+        original_train, files["train"] = read_split(task, data_dir, "train")
+    original_eval, files["validation"] = read_split(task, data_dir, "validation")
+    if task.size == "small":
+        validation, test = _halve(original_eval, seed)
+        return original_train, validation, test, {"rule": SMALL_RULE}
+    held_out = _hold_out_size(len(original_train))
+    train, validation = _hold_out(original_train, held_out, seed)
+    rule = f"large: {held_out} seeded train rows held out as validation"
+    return train, validation, original_eval, {"rule": rule, "held_out": held_out}
+
+
+def _generation_splits(
+    task: Task, data_dir: str | Path, seed: int, k_shot: int | None, files: dict[str, str]
+) -> tuple[list[Row], list[Row], list[Row], dict[str, Any]]:
+    """Generation: the official files as given (k seeded train rows for a few-shot run), or, for E2E,
+    train rows drawn from the validation file by whole input; evaluation rows one per input."""
+    if task.size == "shots_from_validation":
+        pool, files["validation"] = read_split(task, data_dir, "validation")
+        train, validation = _shots_by_input(task, pool, k_shot, seed)
+        rule = (
+            "no train split: train rows drawn from the official validation file by whole "
+            f"{task.group_field} (seeded), the rest of that file is validation, the official test is test"
+        )
+    else:
+        train, files["train"] = read_split(task, data_dir, "train")
+        validation, files["validation"] = read_split(task, data_dir, "validation")
+        if k_shot is not None:
+            train = _sample(train, k_shot, seed, f"{task.name} has only {len(train)} train rows")
+        rule = "given: the official train, validation and test files"
+    test, files["test"] = read_split(task, data_dir, "test")
+    return train, evaluation_rows(task, validation), evaluation_rows(task, test), {"rule": rule}
+
+
+def _sample(rows: Sequence[Row], k: int, seed: int, shortage: str) -> list[Row]:
+    """K seeded rows in random order; a UserError saying `shortage` when there are fewer."""
+    if k > len(rows):
+        raise UserError(f"k_shot={k} but {shortage}; use a smaller --k-shot")
+    return random.Random(seed).sample(list(rows), k)
+
+
+def _shots_by_input(
+    task: Task, rows: Sequence[Row], k_shot: int | None, seed: int
+) -> tuple[list[Row], list[Row]]:
+    """(train, validation) from one file with one row per reference: the inputs in a seeded order give
+    their rows to train until it holds k_shot rows (half of the inputs without k_shot; the last input
+    taken may give only some of its rows), and the inputs never touched are validation, so no input is in
+    both."""
+    groups = list(_grouped(task, rows).values())
+    random.Random(seed).shuffle(groups)
+    wanted = k_shot if k_shot is not None else sum(len(group) for group in groups[: len(groups) // 2])
+    train: list[Row] = []
+    taken = 0
+    while len(train) < wanted and taken < len(groups):
+        train += groups[taken][: wanted - len(train)]
+        taken += 1
+    validation = [row for group in groups[taken:] for row in group]
+    if not train or len(train) < wanted or not validation:
+        raise UserError(
+            f"k_shot={k_shot} but {task.name}'s validation file, its only source of train rows, has "
+            f"{len(rows)} rows for {len(groups)} inputs, and some inputs must stay for validation; "
+            "use a smaller --k-shot"
+        )
+    return train, validation
+
+
+def _grouped(task: Task, rows: Sequence[Row]) -> dict[Any, list[Row]]:
+    """Rows of a one-row-per-reference file by their input (`group_field`), in first-seen order."""
+    groups: dict[Any, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row[task.group_field]].append(row)
+    return groups
+
+
+def evaluation_rows(task: Task, rows: Sequence[Row]) -> list[Row]:
+    """One row per input, with every reference text of that input under `references`."""
+    if task.references_field is not None:
+        return [{**row, REFERENCES: [clean(text) for text in row[task.references_field]]} for row in rows]
+    return [
+        {**group[0], REFERENCES: [clean(row[task.target_field]) for row in group]}
+        for group in _grouped(task, rows).values()
+    ]
 
 
 def _check_positive(name: str, value: int | None) -> None:
@@ -119,7 +208,7 @@ def read_split(task: Task, data_dir: str | Path, split: str) -> tuple[list[Row],
     if str(data_dir).startswith(HUB_PREFIX):
         return _read_hub_split(task, str(data_dir)[len(HUB_PREFIX) :], split)
     file = _find_split_file(task, Path(data_dir), split)
-    return _prepare_rows(task, _read_file(file), str(file)), str(file)
+    return _prepare_rows(task, _read_file(file), str(file), split), str(file)
 
 
 def _find_split_file(task: Task, data_dir: Path, split: str) -> Path:
@@ -178,13 +267,17 @@ def _read_hub_split(task: Task, repo: str, split: str) -> tuple[list[Row], str]:
     except Exception as error:  # network, auth, missing config: all are the user's to fix
         raise UserError(f"could not load {task.name} {split} from hub dataset {repo!r}: {error}") from None
     source = f"{HUB_PREFIX}{repo}/{Path(task.path).name}:{split}"
-    return _prepare_rows(task, dataset.to_list(), source), source
+    return _prepare_rows(task, dataset.to_list(), source, split), source
 
 
-def _prepare_rows(task: Task, rows: list[Row], source: str) -> list[Row]:
+def _prepare_rows(task: Task, rows: list[Row], source: str, split: str) -> list[Row]:
     """Rows with every field the task needs and the label mapped; hub-style unlabelled rows are dropped."""
     if not rows:
         raise UserError(f"{source} has no rows; point --data-dir at a folder with the full task files")
+    if task.generation:
+        for number, row in enumerate(rows, start=1):
+            _check_generation_row(task, row, f"{source}: row {number}", split)
+        return rows
     prepared = []
     for number, row in enumerate(rows, start=1):
         for name in (*task.text_fields, task.label_field):
@@ -197,6 +290,28 @@ def _prepare_rows(task: Task, rows: list[Row], source: str) -> list[Row]:
             continue
         prepared.append({**row, task.label_field: _checked_label(task, row, f"{source}: row {number}")})
     return prepared
+
+
+def _check_generation_row(task: Task, row: Row, where: str, split: str) -> None:
+    """Refuse a generation row without its text fields, with a list field that is not a list, or with an
+    empty target (or, outside train, empty references)."""
+    for name in task.text_fields:
+        if row.get(name) is None:
+            raise UserError(f"{where} has no field {name!r}, which task {task.name!r} needs")
+        if name in task.joins and not isinstance(row[name], list):
+            raise UserError(f"{where}: field {name!r} must be a list of strings, got {row[name]!r}")
+    if not _is_text(row.get(task.target_field)):
+        raise UserError(f"{where}: field {task.target_field!r} must be a non-empty text")
+    if task.references_field is not None and split != "train":
+        references = row.get(task.references_field)
+        if not isinstance(references, list) or not references or not all(map(_is_text, references)):
+            raise UserError(
+                f"{where}: field {task.references_field!r} must be a non-empty list of non-empty texts"
+            )
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _checked_label(task: Task, row: Row, where: str) -> int | float:

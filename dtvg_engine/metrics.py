@@ -1,4 +1,5 @@
-"""GLUE/SuperGLUE-style metrics as small pure functions over predictions and gold labels.
+"""GLUE/SuperGLUE-style metrics as small pure functions over predictions and gold labels, and the
+generation metrics (BLEU, ROUGE) through sacrebleu and rouge-score.
 
 Values stay in their natural ranges ([0, 1] for accuracy and F1, [-1, 1] for correlations) as plain
 floats. Degenerate inputs (empty, one class only, constant predictions) score 0.0 instead of NaN, so a
@@ -109,8 +110,35 @@ METRICS: dict[str, Callable[[Values, Values], float]] = {
 }
 
 
-def compute(task: Task, preds: Values, golds: Values) -> dict[str, float]:
-    """Every metric the task reports, by name, as plain floats."""
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def text_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu's defaults, every reference of a row) and ROUGE-1/2/L F-measure (rouge-score,
+    Porter stemming; with several references a row counts its best, as `score_multi` picks it), averaged
+    over rows; all as fractions. rouge-score stems with nltk's Porter stemmer, which needs no download."""
+    # Imported here: rouge-score imports all of nltk (half a second), which only generation runs need.
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
+    if not predictions:
+        return dict.fromkeys(("bleu", *ROUGE_TYPES), 0.0)
+    width = max(len(refs) for refs in references)
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    bleu = sacrebleu.corpus_bleu(list(predictions), streams).score / 100
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    rows = [scorer.score_multi(list(refs), pred) for pred, refs in zip(predictions, references, strict=True)]
+    rouge = {name: float(np.mean([row[name].fmeasure for row in rows])) for name in ROUGE_TYPES}
+    return {"bleu": float(bleu), **rouge}
+
+
+def compute(task: Task, preds: Sequence, golds: Sequence) -> dict[str, float]:
+    """Every metric the task reports, by name, as plain floats (a generation task's golds are each row's
+    references)."""
+    if task.generation:
+        return text_metrics(preds, golds)
     return {name: METRICS[name](preds, golds) for name in task.metrics}
 
 

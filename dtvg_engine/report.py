@@ -39,10 +39,11 @@ from dtvg_engine.study import (
 )
 
 
-def constant_score(run_dir: Path) -> float:
+def constant_score(run_dir: Path) -> float | None:
     """The best test score a constant prediction gets on this run's test split (a stage-2 run's target,
     a stage-1 run's task): the floor a model that learned nothing but the label prior reaches (the
-    majority class for accuracy). The value the run recorded with its split, else computed from the data.
+    majority class for accuracy). The value the run recorded with its split, else computed from the data;
+    None for a generation task, where no constant answer makes a floor.
     """
     from dtvg_engine.data import load_splits
 
@@ -51,6 +52,8 @@ def constant_score(run_dir: Path) -> float:
     if recorded is not None:
         return recorded
     task = tasks.get_task(config.get("target") or config["task"])
+    if task.generation:
+        return None
     splits = load_splits(
         task.name,
         config["data_dir"],

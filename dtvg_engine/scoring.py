@@ -133,17 +133,24 @@ class LabelScorer:
 
     def encode_counted(self, rows: Sequence[dict]) -> tuple[list[Item], int]:
         """`encode`, and how many of the rows had to be cut."""
+        inputs = self.encode_inputs(rows)
+        items = [(ids, tasks.label_of(self.task, row)) for (ids, _), row in zip(inputs, rows, strict=True)]
+        return items, sum(cut for _, cut in inputs)
+
+    def encode_inputs(self, rows: Sequence[dict]) -> list[tuple[list[int], bool]]:
+        """Each row's input ids (cut in its longest text field if too long), and whether it was cut."""
         tok = self.backbone.tokenizer
         texts = [tasks.render(self.task, row) for row in rows]
         encoded = tok(texts, add_special_tokens=False).input_ids
-        items, cut = [], 0
+        inputs = []
         for ids, row in zip(encoded, rows, strict=True):
-            if len(ids) > self._budget:
-                ids, cut = self.cut_fields(row), cut + 1
+            cut = len(ids) > self._budget
+            if cut:
+                ids = self.cut_fields(row)
             if self.backbone.is_seq2seq:
                 ids = ids + [tok.eos_token_id]
-            items.append((ids, tasks.label_of(self.task, row)))
-        return items, cut
+            inputs.append((ids, cut))
+        return inputs
 
     def cut_fields(self, row: Mapping) -> list[int]:
         """The row's input within budget: its longest text field loses one token at a time (from its
@@ -151,7 +158,7 @@ class LabelScorer:
         are never cut (docs/architecture.md, 'Methods'). Field lengths are counted on each field alone, so the
         whole input is tokenized again after each round and cut further if the joins tokenized longer."""
         tok = self.backbone.tokenizer
-        texts = {name: tasks.clean(row[name]) for name in self.task.text_fields}
+        texts = {name: tasks.field_text(self.task, row, name) for name in self.task.text_fields}
         spans = {
             name: tok(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
             for name, text in texts.items()
@@ -179,9 +186,14 @@ class LabelScorer:
         counts = ", ".join(f"{name} {cut} of {len(items)}" for name, (items, cut) in parts.items())
         note = (
             f"{self.task.name} inputs: at most {self.max_input_tokens} tokens ({self.rule}); "
-            f"cut in their longest text field: {counts}"
+            f"{self._cuts}: {counts}"
         )
         return parts["train"][0], parts["validation"][0], parts["test"][0], note
+
+    @property
+    def _cuts(self) -> str:
+        """What the counts of the length log line count."""
+        return "cut in their longest text field"
 
     def collate(self, items: Sequence[tuple[list[int], float]]) -> Batch:
         pad = self.backbone.tokenizer.pad_token_id
@@ -193,6 +205,10 @@ class LabelScorer:
             mask[i, : len(ids)] = 1
         golds = [gold for _, gold in items]
         return Batch(input_ids, mask, mask.sum(1) - 1, self.word_ids[self._classes(golds)], golds)
+
+    def golds(self, items: Sequence[Item]) -> list[float]:
+        """What the metrics score predictions against: each row's gold label."""
+        return [gold for _, gold in items]
 
     def _classes(self, golds: Sequence[float]) -> torch.Tensor:
         """Label-word index per gold label (regression scores round to their nearest word)."""
@@ -213,23 +229,28 @@ class LabelScorer:
     def _causal_logits(
         self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, answer_index: torch.Tensor
     ) -> torch.Tensor:
-        model = self.backbone.model
-        decoder = model.get_decoder()
+        hidden = self._causal_hidden(prompt, input_ids, mask)
+        answer = hidden[torch.arange(input_ids.shape[0], device=hidden.device), answer_index]
+        return self.backbone.model.get_output_embeddings()(answer)
+
+    def _causal_hidden(
+        self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder's last hidden states [B, L, d] over right-padded inputs read after the prompt."""
+        decoder = self.backbone.model.get_decoder()
         size, length = input_ids.shape
         r = prompt.shape[0]
         # The prompt is the same for every example: run it once, then share its key/value cache.
         cache = decoder(inputs_embeds=prompt[None], use_cache=True).cache
         cache.batch_repeat_interleave(size)
         positions = torch.arange(r, r + length, device=input_ids.device).expand(size, length)
-        hidden = decoder(
+        return decoder(
             inputs_embeds=self.backbone.embed(input_ids),
             attention_mask=torch.cat([mask.new_ones(size, r), mask], dim=1),
             position_ids=positions,
             cache=cache,
             use_cache=True,
         ).last_hidden_state
-        answer = hidden[torch.arange(size, device=hidden.device), answer_index]
-        return model.get_output_embeddings()(answer)
 
     def _seq2seq_logits(
         self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor

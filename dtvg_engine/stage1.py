@@ -16,9 +16,9 @@ from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
+from dtvg_engine.generation import fitted_scorer
 from dtvg_engine.prompts import INIT_SHA256, pin_init, shared_init
 from dtvg_engine.runfolder import ADAPTER, PROMPT, TPV, read_config, replacing, write_json_atomic
-from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.study import CONSTANT_KEY
 from dtvg_engine.training import Outcome, SoftPrompt, fit
 
@@ -30,7 +30,7 @@ floor a setting or a source is judged against before any test score is read (exp
 def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
     """The task's seeded splits; the split actually made is recorded in config.json, with the best
     score a constant prediction gets on its test rows (the floor a study's table reads scores against)
-    and on its validation rows."""
+    and on its validation rows (classification and regression only)."""
     data_dir = config.get("data_dir") or default_data_dir()
     splits = load_splits(
         task_name, data_dir, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"]
@@ -39,6 +39,7 @@ def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, t
     floors = {
         key: metrics.constant_score(task, [tasks.label_of(task, row) for row in rows])
         for key, rows in ((CONSTANT_KEY, splits.test), (VALIDATION_CONSTANT_KEY, splits.validation))
+        if not task.generation  # a constant text has no such floor
     }
     split = {**splits.split_info, **floors}
     write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": split})
@@ -94,7 +95,7 @@ def run(
     init_sha256 = pin_init(run_dir, init_id)
     tuner = SoftPrompt(start_prompt(config, p_init, init_id))
     rows = splits.train + splits.validation + splits.test
-    scorer = LabelScorer.fitted(backbone, task, config["max_input_tokens"], rows)
+    scorer = fitted_scorer(backbone, task, config["max_input_tokens"], rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -18,11 +18,11 @@ from dtvg_engine.config import describe_stage1_runs, stage1_settings
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.events import EventWriter
 from dtvg_engine.export import export_adapter
+from dtvg_engine.generation import fitted_scorer
 from dtvg_engine.methods import build_tuner
 from dtvg_engine.prompts import check_tpv_init, pin_init
 from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
 from dtvg_engine.safefiles import make_dir, real_dir, regular_file
-from dtvg_engine.scoring import LabelScorer
 from dtvg_engine.stage1 import prepare
 from dtvg_engine.training import Outcome, SoftPrompt, batch_indices, evaluate, fit, linear_schedule
 
@@ -79,9 +79,7 @@ def mix_prompt(
             source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
         )
         rows = splits.train + splits.validation
-        scorers[source] = LabelScorer.fitted(
-            backbone, tasks.get_task(source), config["max_input_tokens"], rows
-        )
+        scorers[source] = fitted_scorer(backbone, tasks.get_task(source), config["max_input_tokens"], rows)
         train[source], cut = scorers[source].encode_counted(splits.train)
         validation[source], cut_too = scorers[source].encode_counted(splits.validation)
         limit, total = scorers[source].max_input_tokens, len(rows)
@@ -153,7 +151,7 @@ def run(
     )
     events.emit("log", level="info", message=note)
     rows = splits.train + splits.validation + splits.test
-    scorer = LabelScorer.fitted(backbone, target, config["max_input_tokens"], rows)
+    scorer = fitted_scorer(backbone, target, config["max_input_tokens"], rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -7,6 +7,11 @@ SmolLM2 tokenizer). STS-B is regression: its label words are the numbers zero..f
 SmolLM2 splits " 3" into " " + "3", which would give all six the same first token); training targets the
 rounded score and evaluation predicts the probability-weighted mean of those values.
 
+Generation tasks (WebNLG, CommonGen, E2E) are the third kind: no label words, but a target text the model
+learns to write after the input, and every reference text of an input to score its greedy output against
+(BLEU and ROUGE). A list field (WebNLG's triples, CommonGen's concepts) is joined into the template with the
+task's separator.
+
 Standard library only: the terminal UI imports this module.
 """
 
@@ -45,6 +50,16 @@ class Task:
     regression: bool = False
     label_field: str = "label"
     string_labels: Mapping[str, int] | None = field(default=None, hash=False)
+    target_field: str | None = None
+    """Generation tasks: the field holding the text to learn (None for classification and regression)."""
+    references_field: str | None = None
+    """Generation tasks whose evaluation rows list all their texts in one field (WebNLG's `references`);
+    when None, the texts of the rows sharing `group_field` are the references."""
+    group_field: str | None = None
+    """Generation tasks with one row per reference: the field that names the input (CommonGen's
+    concept_set_idx, E2E's meaning_representation)."""
+    joins: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """How a list field is joined into the template: field name -> separator."""
     text_fields: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +79,11 @@ class Task:
         return names[0] if len(names) == 1 else f"mean({','.join(names)})"
 
     @property
+    def generation(self) -> bool:
+        """Whether the task is scored on generated text (BLEU/ROUGE) rather than label words."""
+        return self.target_field is not None
+
+    @property
     def num_labels(self) -> int:
         """How many label words (classes, or score buckets for regression) the task has."""
         return len(self.label_words)
@@ -71,6 +91,25 @@ class Task:
 
 def _registry(*tasks: Task) -> dict[str, Task]:
     return {task.name: task for task in tasks}
+
+
+GENERATION_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+"""Corpus BLEU (sacrebleu) and ROUGE-1/2/L F-measure (rouge-score), as fractions; the score is their mean."""
+
+
+def _e2e(name: str) -> Task:
+    """An E2E version: one row per (meaning representation, reference); no train split, so shots come
+    from the official validation file (see data.py)."""
+    return Task(
+        name,
+        f"_validation_only/{name}",
+        "Data: {meaning_representation} Description:",
+        (),
+        metrics=GENERATION_METRICS,
+        size="shots_from_validation",
+        target_field="human_reference",
+        group_field="meaning_representation",
+    )
 
 
 NLI3 = "{premise} Question: {hypothesis} Yes, no, or maybe? Answer:"
@@ -170,6 +209,31 @@ TASKS: dict[str, Task] = _registry(
         has_train=False,
         string_labels={"entails": 0, "neutral": 1},
     ),
+    # --- generation tasks: official train / validation / test files (test.jsonl has references).
+    Task(
+        "web_nlg",
+        "web_nlg",
+        "Triples: {input} Text:",  # each triple "subject | predicate | object", joined with " ; "
+        (),
+        metrics=GENERATION_METRICS,
+        size="given",
+        target_field="target",
+        references_field="references",
+        joins={"input": " ; "},
+    ),
+    Task(
+        "common_gen",
+        "common_gen",
+        "Concepts: {concepts} Sentence:",  # the concepts joined with ", "
+        (),
+        metrics=GENERATION_METRICS,
+        size="given",
+        target_field="target",
+        group_field="concept_set_idx",
+        joins={"concepts": ", "},
+    ),
+    _e2e("e2e_nlg_cleaned"),
+    _e2e("e2e_nlg"),
 )
 
 
@@ -187,8 +251,17 @@ def trainable_tasks() -> list[str]:
 
 
 def render(task: Task, row: Mapping[str, Any]) -> str:
-    """The model input for one row: the task template filled with the row's text fields."""
-    return task.template.format(**{name: clean(row[name]) for name in task.text_fields})
+    """The model input for one row: the task template filled with the row's text fields (a list field
+    joined with its separator, each item cleaned)."""
+    return task.template.format(**{name: field_text(task, row, name) for name in task.text_fields})
+
+
+def field_text(task: Task, row: Mapping[str, Any], name: str) -> str:
+    """One text field as it enters the template: cleaned, a list field's items joined with its separator."""
+    value = row[name]
+    if name in task.joins and isinstance(value, list):
+        return task.joins[name].join(clean(item) for item in value)
+    return clean(value)
 
 
 def clean(value: Any) -> str:

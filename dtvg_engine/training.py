@@ -2,9 +2,9 @@
 
 What is trained is a `Tuner`: a module that produces the soft prompt for each step (a plain prompt in
 stage 1; a merged prompt with a freshly selected source group in stage 2). The loop owns the rest:
-AdamW with linear warmup and decay, gradient clipping, evaluation every E steps by label-word ranking,
-best checkpoint by the task's score (the mean of its metrics), resumable checkpoints, a graceful stop,
-and the events.
+AdamW with linear warmup and decay, gradient clipping, evaluation every E steps (label-word ranking, or
+greedy generation for a generation task, whose texts go to the run's predictions.jsonl), best checkpoint
+by the task's score (the mean of its metrics), resumable checkpoints, a graceful stop, and the events.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dtvg_engine import metrics
 from dtvg_engine.data import Splits
 from dtvg_engine.events import EventWriter
+from dtvg_engine.generation import write_predictions
 from dtvg_engine.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path, replacing
 from dtvg_engine.safefiles import make_dir, parse_json
 from dtvg_engine.scoring import LabelScorer
@@ -113,8 +114,9 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 def predictions(
     scorer: LabelScorer, prompt: Tensor, items: Sequence, batch_size: int, order: str = "length"
-) -> list[float]:
-    """`prompt`'s prediction for every encoded example, in the order given.
+) -> list[float] | list[str]:
+    """`prompt`'s prediction for every encoded example, in the order given: a label id or score, or for a
+    generation task (`TextGenerator`) the greedy text.
 
     With `order="length"` the batches are cut from the examples sorted longest first, so each is padded
     to about its own members' length instead of the longest of a random handful (with whole inputs,
@@ -124,7 +126,7 @@ def predictions(
     ranked = list(range(len(items)))
     if order == "length":
         ranked.sort(key=lambda i: len(items[i][0]), reverse=True)
-    preds = [0.0] * len(items)
+    preds: list = [None] * len(items)
     for start in range(0, len(ranked), batch_size):
         chunk = ranked[start : start + batch_size]
         batch = scorer.collate([items[i] for i in chunk])
@@ -138,7 +140,7 @@ def evaluate(
 ) -> dict[str, float]:
     """The task's metrics for `prompt` on encoded examples (batched as `predictions` says)."""
     preds = predictions(scorer, prompt, items, batch_size, order)
-    return metrics.compute(scorer.task, preds, [gold for _, gold in items])
+    return metrics.compute(scorer.task, preds, scorer.golds(items))
 
 
 def _rate_settings(config: dict[str, Any], rates: dict[str, float]) -> str:
@@ -226,6 +228,14 @@ def fit(
     steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
     eval_batch, eval_order = config["eval_batch_size"], config.get("eval_order", "length")
     task = scorer.task
+
+    def assess(items: Sequence, split: str, step: int | None) -> dict[str, float]:
+        """The metrics of the prompt as it stands on one split; a generation run keeps its texts."""
+        preds = predictions(scorer, tuner.prompt(), items, eval_batch, eval_order)
+        if task.generation:
+            write_predictions(run_dir, split, step, items, preds)
+        return metrics.compute(task, preds, scorer.golds(items))
+
     torch.manual_seed(seed)
     train_items, val_items, test_items, cut_note = scorer.encode_splits(splits)
     events.emit("log", level="info", message=cut_note)
@@ -290,7 +300,7 @@ def fit(
         events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
 
         if step % config["eval_every"] == 0 or step == steps:
-            scores = evaluate(scorer, tuner.prompt(), val_items, eval_batch, eval_order)
+            scores = assess(val_items, "validation", step)
             value = metrics.score(task, scores)
             best = state["best_metric"] is None or value > state["best_metric"]
             if best:
@@ -299,7 +309,7 @@ def fit(
             save_checkpoint(step)
 
     tuner.restore(state["best"])
-    test = evaluate(scorer, tuner.prompt(), test_items, eval_batch, eval_order)
+    test = assess(test_items, "test", state["best_step"])
     value = metrics.score(task, test)
     events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

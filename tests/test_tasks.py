@@ -16,6 +16,7 @@ EXPECTED = {
     "mnli", "snli", "qnli", "qqp", "sst2", "rte", "cb", "mrpc", "cola", "stsb", "wic",
     "trec", "sst5", "imdb", "ag_news", "boolq", "scitail",
 }  # fmt: skip
+GENERATION = {"web_nlg", "common_gen", "e2e_nlg_cleaned", "e2e_nlg"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def first_row(file: Path) -> dict:
 
 
 def test_registry_has_every_task() -> None:
-    assert set(TASKS) == EXPECTED
+    assert set(TASKS) == EXPECTED | GENERATION
+    assert {name for name, task in TASKS.items() if task.generation} == GENERATION
     assert {name for name, task in TASKS.items() if not task.has_train} == {"boolq", "scitail"}
 
 
@@ -109,3 +111,29 @@ def test_label_word_first_tokens_are_distinct(tokenizer) -> None:
     for task in TASKS.values():
         first = [tokenizer.encode(word, add_special_tokens=False)[0] for word in task.label_words]
         assert len(set(first)) == len(first), f"{task.name}: label words share a first token"
+
+
+@pytest.mark.parametrize("name", sorted(GENERATION))
+def test_generation_tasks_render_their_first_rows(name: str, data_dir: Path) -> None:
+    """Every text field is in the input (list fields joined with the task's separator), the target is
+    named, and the score is the mean of BLEU and ROUGE-1/2/L."""
+    task = get_task(name)
+    assert task.metrics == ("bleu", "rouge1", "rouge2", "rougeL") and task.label_words == ()
+    assert task.primary == "mean(bleu,rouge1,rouge2,rougeL)"
+    splits = ("validation", "test") if name.startswith("e2e") else ("train", "validation", "test")
+    for split in splits:
+        row = first_row(data_dir / task.path / f"{split}.jsonl")
+        text = render(task, row)
+        assert "{" not in text and text.endswith(":")
+        assert row[task.target_field].strip()
+        for field in task.text_fields:
+            value = row[field]
+            parts = value if isinstance(value, list) else [value]
+            assert all(part.strip() in text for part in parts)
+
+
+def test_list_fields_are_joined_with_their_separator() -> None:
+    triples = {"input": ["A | b | C", " D | e | F "], "target": "x"}
+    assert render(TASKS["web_nlg"], triples) == "Triples: A | b | C ; D | e | F Text:"
+    concepts = {"concepts": ["dog", "frisbee", "catch"], "target": "x"}
+    assert render(TASKS["common_gen"], concepts) == "Concepts: dog, frisbee, catch Sentence:"

@@ -1,6 +1,7 @@
 """A study (a pipeline file's targets × methods × seeds) as its run folders show it.
 
-Which runs belong to a study; how far it got (every planned run done, running, queued, stopped or failed,
+Which run fills each slot of the study's plan (`studyplan.plan`; a run records the slot it was made
+for); how far it got (every planned run done, running, queued, stopped or failed,
 and the time left from the measured run times); and what it found: the target × method table of test
 scores (mean ± std over the seeds finished, best per target, the constant-prediction floor), the stage-1
 runs, and how often each source was in a grouped method's group.

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from dtvg_engine import study
 from dtvg_engine.errors import UserError
 from dtvg_engine.launcher import wait_for_exit
 from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, summarize
-from dtvg_engine.study import test_score
 from dtvg_engine.studyfile import load_experiment
 
 STUDY = """
@@ -77,7 +77,7 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
     assert all(list(r["by_seed"]) == ["0", "1"] for r in rows.values())  # paired readings need the seed
     assert sum(bool(r.get("best")) for r in rows.values()) == 1
-    own = {read_config(r)["seed"]: test_score(r) for r in runs if read_config(r).get("task") == "rte"}
+    own = {read_config(r)["seed"]: study.test_score(r) for r in runs if read_config(r).get("task") == "rte"}
     assert rows["rte", "pt"]["by_seed"] == {str(seed): score for seed, score in own.items()}
     assert "| target | pt | dtvg | dtvg:prefix | constant |" in (runs_dir / "tiny-results.md").read_text()
 

@@ -59,13 +59,13 @@ class StudySpec:
     jobs: int | str = "auto"
     bank: bool = True
     """Whether the sources the source bank holds for the study's init come from it."""
-    shared: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict, hash=False)
     """The top-level settings every run gets (`SHARED_KEYS`; `data_dir` as `--data-dir` resolved it)."""
-    stage1: dict[str, Any] = field(default_factory=dict)
+    stage1: dict[str, Any] = field(default_factory=dict, hash=False)
     """The `[stage1]` table."""
-    stage2: dict[str, Any] = field(default_factory=dict)
+    stage2: dict[str, Any] = field(default_factory=dict, hash=False)
     """The `[stage2]` table."""
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict, hash=False)
     """The `[slurm]` table."""
 
     @classmethod
@@ -99,7 +99,7 @@ class StudySpec:
     @property
     def grouping(self) -> str:
         """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
-        return self.stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"])
+        return default_grouping(self.stage2)
 
 
 def load_experiment(path: Path) -> StudySpec:
@@ -153,7 +153,7 @@ def _check_methods(path: Path, spec: dict[str, Any]) -> None:
     """Every entry of `methods` is a registered method, optionally with its grouping rule
     (`dtvg:prefix`), and no two entries name the same runs (`dtvg` is `dtvg:greedy` by default)."""
     stage2 = spec.get("stage2", {})
-    grouping = stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
+    grouping = default_grouping(stage2) if isinstance(stage2, dict) else ""
     seen: dict[tuple[tuple[str, Any], ...], str] = {}
     for entry in spec["methods"]:
         try:
@@ -200,3 +200,9 @@ def _check_list(path: Path, key: str, value: Any, kind: type) -> None:
 def shared_settings(spec: dict[str, Any]) -> dict[str, Any]:
     """The study's top-level settings that every one of its runs gets (`SHARED_KEYS`)."""
     return {key: spec[key] for key in SHARED_KEYS if key in spec}
+
+
+def default_grouping(stage2: dict[str, Any]) -> str:
+    """The grouping rule of a study's grouped entries that name none: its `[stage2]` one, else the
+    default."""
+    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"])

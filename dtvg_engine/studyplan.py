@@ -7,7 +7,7 @@ files join runs to slots by that record (`study.slot_of`). Standard library only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dtvg_engine import bank, method_registry
@@ -30,7 +30,7 @@ class Slot:
     """The study's method entry (`dtvg`, `dtvg:prefix`; its rule: `fixed`); "pt" for stage 1."""
     seed: int | None
     """None for a source's stage-1 run, which serves every seed."""
-    settings: dict[str, Any]
+    settings: dict[str, Any] = field(hash=False)
     """What the study gives the run's config (`config.stage1_config` / `stage2_config` resolve it)."""
     same_as: SlotKey | None = None
     """The stage-1 slot whose run is this slot's too: `pt` at the settings of the target's own

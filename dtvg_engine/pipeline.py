@@ -48,9 +48,10 @@ from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import create_run, list_run_dirs, read_config, read_pid, summarize
-from dtvg_engine.study import Results, Runs, record_study, table_of
+from dtvg_engine.study import Results, Runs, table_of
 from dtvg_engine.studyfile import load_experiment
 from dtvg_engine.studyplan import SlotKey, banked_sources, plan, study_init_id
+from dtvg_engine.studyprocess import record_study
 
 IGNORED_WHEN_MATCHING = {"run_id", "created", "runs_dir", "split", "eval_batch_size", "eval_order", "slot"}
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made

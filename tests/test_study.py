@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dtvg_engine import grouping, metrics, study, tasks, tpv_plain
+from dtvg_engine import grouping, metrics, study, studyprocess, tasks, tpv_plain
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
 from dtvg_engine.studyfile import StudySpec
@@ -37,7 +37,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def spec() -> dict:
-    return study.load_study(SPEC_FILE)[0]
+    return studyprocess.load_study(SPEC_FILE)[0]
 
 
 def run_dir(runs: Path, suffix: str) -> Path:
@@ -101,9 +101,8 @@ def test_plain_reader_refuses_what_is_no_tpv(tmp_path: Path) -> None:
 
 
 def test_the_study_modules_import_no_ml_stack() -> None:
-    code = (
-        "import json, sys, dtvg_engine.study, dtvg_engine.tpv_plain; print(json.dumps(sorted(sys.modules)))"
-    )
+    modules = "dtvg_engine.studyprocess, dtvg_engine.tpv_plain"  # studyprocess imports the others
+    code = f"import json, sys, {modules}; print(json.dumps(sorted(sys.modules)))"
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code])))
     assert not loaded & {"torch", "numpy", "transformers", "peft", "datasets", "safetensors"}
 
@@ -277,29 +276,32 @@ def test_find_studies(tmp_path: Path, runs: Path) -> None:
     (folder / "broken.toml").write_text("name = ")
     other = dataclasses.replace(spec(), name="elsewhere")
     record = {"file": "/gone.toml", "spec": other.record()}
-    study.record_path(runs, "elsewhere").write_text(json.dumps(record))
+    studyprocess.record_path(runs, "elsewhere").write_text(json.dumps(record))
     (runs / "old-results.json").write_text("{}")
-    found = {s.name: s for s in study.find_studies(runs, [folder])}
+    found = {s.name: s for s in studyprocess.find_studies(runs, [folder])}
     assert set(found) == {"tiny-study", "elsewhere", "old"}
     assert found["tiny-study"].path == folder / "tiny-study.toml" and found["tiny-study"].results
-    assert found["elsewhere"].path == study.record_path(runs, "elsewhere") and not found["elsewhere"].results
+    assert (
+        found["elsewhere"].path == studyprocess.record_path(runs, "elsewhere")
+        and not found["elsewhere"].results
+    )
     assert found["old"].path is None
-    assert study.load_study(found["elsewhere"].path) == (other, None)  # its file is gone
+    assert studyprocess.load_study(found["elsewhere"].path) == (other, None)  # its file is gone
 
 
 def test_the_recorded_pipeline_left_its_study(runs: Path) -> None:
-    recorded, _ = study.read_record(study.record_path(runs, "tiny-study"))
+    recorded, _ = studyprocess.read_record(studyprocess.record_path(runs, "tiny-study"))
     assert recorded.methods == spec().methods and recorded.shared["data_dir"]  # --data-dir kept
 
 
 def test_a_pid_is_a_pipelines_only_while_it_runs_one(runs: Path) -> None:
-    pidfile = runs / study.PIPELINES_DIR / "tiny-study.pid"
+    pidfile = runs / studyprocess.PIPELINES_DIR / "tiny-study.pid"
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         pidfile.write_text(f"{sleeper.pid}\n")
-        assert study.pipeline_pid(runs, "tiny-study") is None  # alive, but no pipeline
+        assert studyprocess.pipeline_pid(runs, "tiny-study") is None  # alive, but no pipeline
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert study.pipeline_pid(runs, "tiny-study") is None
-    assert study.pipeline_pid(runs, "no-such-study") is None
+    assert studyprocess.pipeline_pid(runs, "tiny-study") is None
+    assert studyprocess.pipeline_pid(runs, "no-such-study") is None

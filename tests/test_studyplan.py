@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine import study, studyplan
+from dtvg_engine import study, studyplan, studyprocess
 from dtvg_engine.report import report
 from dtvg_engine.runfolder import read_config
 from dtvg_engine.studyfile import StudySpec, load_experiment
@@ -122,6 +122,8 @@ def test_a_run_is_joined_by_the_slot_it_records(tmp_path: Path) -> None:
     assert study.slot_of({**config, "slot": recorded}, spec) == ("stage2", "rte", "dtvg:prefix", 0)
     elsewhere = {**recorded, "study": "another"}
     assert study.slot_of({**config, "slot": elsewhere}, spec) == ("stage2", "rte", "dtvg", 0)
+    for damaged in ({**recorded, "task": ["rte"]}, {**recorded, "seed": "0"}):  # data, never a crash
+        assert study.slot_of({**config, "slot": damaged}, spec) == ("stage2", "rte", "dtvg", 0)
 
     (greedy / "config.json").write_text(json.dumps({**config, "slot": recorded}))
     runs = study.Runs.read(runs_dir)
@@ -144,5 +146,5 @@ def test_an_edited_study_no_longer_counts_the_runs_of_its_old_settings() -> None
 def test_a_record_of_a_study_reads_back_as_its_spec(tmp_path: Path) -> None:
     spec, _ = old_study("plan-v1")
     spec = spec.with_data_dir("/data")
-    study.record_study(tmp_path, spec, OLD_STUDIES["plan-v1"])
-    assert study.read_record(study.record_path(tmp_path, "plan-v1"))[0] == spec
+    studyprocess.record_study(tmp_path, spec, OLD_STUDIES["plan-v1"])
+    assert studyprocess.read_record(studyprocess.record_path(tmp_path, "plan-v1"))[0] == spec

@@ -23,7 +23,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from dtvg_engine import study
+from dtvg_engine import study, studyprocess
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import write_json_atomic, write_text_atomic
 from dtvg_engine.studyfile import StudySpec
@@ -189,7 +189,7 @@ class StudyScreen(Screen[None]):
     def _load(self, data: StudyData, summaries: dict) -> None:
         try:
             snapshot = data.load(summaries)
-            pipeline = study.pipeline_pid(data.runs_dir, self.spec.name)
+            pipeline = studyprocess.pipeline_pid(data.runs_dir, self.spec.name)
             self.app.call_from_thread(self._show, snapshot, pipeline)
             data.load_details(snapshot)
             self.app.call_from_thread(self._show_details, snapshot)
@@ -343,9 +343,9 @@ class StudyScreen(Screen[None]):
     # ----- start, stop, export -----
 
     def _record(self) -> tuple[StudySpec, Path | None] | None:
-        path = study.record_path(Path(self.app.runs_dir), self.spec.name)
+        path = studyprocess.record_path(Path(self.app.runs_dir), self.spec.name)
         try:
-            return study.read_record(path) if path.is_file() else None
+            return studyprocess.read_record(path) if path.is_file() else None
         except UserError:
             return None
 
@@ -361,7 +361,7 @@ class StudyScreen(Screen[None]):
         same_file = record and record[1] == self.pipeline_file.resolve()
         data_dir = record[0].shared.get("data_dir") if same_file else None
         try:
-            pid, log = study.start_pipeline(self.pipeline_file, Path(self.app.runs_dir), data_dir)
+            pid, log = studyprocess.start_pipeline(self.pipeline_file, Path(self.app.runs_dir), data_dir)
         except (UserError, OSError) as e:
             self.notify(str(e), severity="error")
             return
@@ -387,7 +387,7 @@ class StudyScreen(Screen[None]):
     @work(thread=True, group="study-stop", exit_on_error=False)
     def _stop(self) -> None:
         try:
-            had_pipeline, stopped = study.stop_study(self.spec, Path(self.app.runs_dir))
+            had_pipeline, stopped = studyprocess.stop_study(self.spec, Path(self.app.runs_dir))
         except (UserError, OSError) as e:
             self.app.call_from_thread(self.notify, f"cannot stop the study: {e}", severity="error")
             return
@@ -518,7 +518,7 @@ class StudiesScreen(Screen[None]):
         super().__init__()
         self.folders = folders
         """Where pipeline files are looked for."""
-        self.studies: list[study.StudyFile] = []
+        self.studies: list[studyprocess.StudyFile] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -531,7 +531,7 @@ class StudiesScreen(Screen[None]):
         table = self.query_one("#studies-table", DataTable)
         for label in ("study", "file", "results in the runs directory"):
             table.add_column(label)
-        self.studies = study.find_studies(self.app.runs_dir, self.folders)
+        self.studies = studyprocess.find_studies(self.app.runs_dir, self.folders)
         for found in self.studies:
             table.add_row(
                 Text(found.name, style="bold"),

@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from dtvg_engine import study, studyplan, studyprocess
 from dtvg_engine.report import report
@@ -148,3 +151,34 @@ def test_a_record_of_a_study_reads_back_as_its_spec(tmp_path: Path) -> None:
     spec = spec.with_data_dir("/data")
     studyprocess.record_study(tmp_path, spec, OLD_STUDIES["plan-v1"])
     assert studyprocess.read_record(studyprocess.record_path(tmp_path, "plan-v1"))[0] == spec
+
+
+@pytest.mark.slow  # ten tiny runs: minutes on two busy cores
+def test_the_plan_trains_what_the_old_pipeline_trained(runs_dir: Path, data_dir: Path) -> None:
+    """The same study run again by the plan: every run the old pipeline trained (but the pt runs, now
+    their T_t's) has the same config (but its ids, time, slot, data path and the run ids it names) and
+    the same prompt and evaluations, bit for bit."""
+    args = ["run", "pipeline", str(OLD_STUDIES["plan-v1"]), "--runs-dir", str(runs_dir)]
+    result = subprocess.run(
+        [sys.executable, "-m", "dtvg_engine.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, old_runs = old_study("plan-v1")
+    new = {path.name.split("-", 2)[2]: path for path in runs_dir.glob("2*")}
+    old = {path.name.split("-", 2)[2]: path for path in old_runs.glob("2*")}
+    assert set(new) == set(old) - {"stage2-rte-pt-s0", "stage2-rte-pt-s1"}
+    differ = {"run_id", "created", "slot", "stage1_runs", "data_dir"}  # data_dir: where the tests find it
+    for label, path in new.items():
+        made, was = read_config(path), read_config(old[label])
+        assert {key for key in made.keys() | was.keys() if made.get(key) != was.get(key)} <= differ, label
+        assert load_file(path / "prompt.safetensors")["prompt"].equal(
+            load_file(old[label] / "prompt.safetensors")["prompt"]
+        ), label
+        evals = [
+            [line for line in (p / "events.jsonl").read_text().splitlines() if '"eval"' in line]
+            for p in (path, old[label])
+        ]
+        untimed = [[json.loads(line) | {"time": 0} for line in lines] for lines in evals]
+        assert untimed[0] == untimed[1], label

@@ -67,6 +67,12 @@ class Method:
         """The grouping rules that may follow its name after a colon (`dtvg:prefix`)."""
         return GROUPINGS if self.group_rule == "setting" else ()
 
+    @property
+    def tunes_as_stage1(self) -> bool:
+        """Plain prompt tuning of the target from P_init, as stage 1 tunes it: at the settings of the
+        target's own stage-1 run T_t, a run of this method is that run (a study plans it once)."""
+        return self.init == "p_init" and not self.uses_sources and not self.fair_budget
+
 
 def _registry(*methods: Method) -> dict[str, Method]:
     return {method.name: method for method in methods}

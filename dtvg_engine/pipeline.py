@@ -3,8 +3,10 @@
 Stage 1 runs for every task the study needs (sources at the `[stage1]` settings, but those the source
 bank holds for the study's init, unless `bank = false`; targets with the target k-shot, once per seed),
 reusing any finished run with the same settings; then stage 2 for every
-target × method × seed, again reusing finished runs and resuming stopped or killed ones. It ends with a
-results table: test primary metric, mean ± std over seeds per target and method, best method marked.
+target × method × seed, again reusing finished runs and resuming stopped or killed ones (a `pt` entry at
+the very settings of a target's own stage-1 run is that run). Each run it makes records its slot of the
+plan (`studyplan`). It ends with the study's results table (`study.Results`): test primary metric, mean
+± std over seeds per target and method, best method marked, the constant floor.
 
 ```toml
 name = "fewshot"                 # results go to <runs_dir>/<name>-results.{md,json}
@@ -38,15 +40,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import read_state
 from dtvg_engine.runfolder import (
-    EVENTS,
     create_run,
     list_run_dirs,
     read_config,
@@ -54,21 +55,17 @@ from dtvg_engine.runfolder import (
     summarize,
     write_text_atomic,
 )
-from dtvg_engine.study import (
-    Scores,
-    banked_sources,
-    entry_of,
-    record_study,
-    results_rows,
-    study_init_id,
-)
-from dtvg_engine.studyfile import load_experiment, shared_settings
+from dtvg_engine.study import Results, Runs, table_of
+from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.studyplan import SlotKey, banked_sources, plan, study_init_id
+from dtvg_engine.studyprocess import record_study
 
 IGNORED_WHEN_MATCHING = {
-    "run_id", "created", "runs_dir", "split", "init_sha256", "eval_batch_size", "eval_order",
+    "run_id", "created", "runs_dir", "split", "init_sha256", "eval_batch_size", "eval_order", "slot",
 }  # fmt: skip
 """Config keys that differ between otherwise identical runs (`stage1_runs` counts: a stage-2 run made
-from other stage-1 vectors is another run); how evaluation is batched changes no prediction."""
+from other stage-1 vectors is another run); how evaluation is batched changes no prediction, and a run
+made for another study's slot (or before runs recorded theirs) is reused as it is."""
 
 
 def _same_settings(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -143,88 +140,91 @@ def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm
     return []
 
 
+@dataclass
+class Outcome:
+    """What a pass of the pipeline did: its report lines and, once every stage ran here, the table."""
+
+    name: str
+    report: list[str]
+    table: Results | None = None
+    """None when the rest of the pipeline went to Slurm (the last pipeline job writes the results)."""
+    unfinished: dict[str, str] = field(default_factory=dict)
+    """Run id → status of each of the study's runs that did not complete."""
+
+
 def run_pipeline(
     path: Path, runs_dir: Path, jobs: int | None = None, data_dir: str | None = None, on_slurm: Any = None
-) -> dict:
-    """Run (or resume) the whole study and write its results table; return the results.
+) -> Outcome:
+    """Run (or resume) the whole study and write its results table.
 
-    `on_slurm` (a `slurm_submit.PipelineOnSlurm`): submit the runs of its stage (`on_slurm.stage`) and
-    what follows instead; then the results hold only the name and the report.
+    Each slot of the study's plan (`studyplan.plan`) gets a run: a finished one with its settings is
+    reused, a stopped one resumed, else one is made, recording its slot. `on_slurm` (a
+    `slurm_submit.PipelineOnSlurm`): submit the runs of its stage (`on_slurm.stage`) and what follows
+    instead; then the outcome holds only the name and the report.
     """
     spec = load_experiment(path)
     if data_dir:
-        spec["data_dir"] = data_dir
+        spec = spec.with_data_dir(data_dir)
     ident = study_init_id(spec)
     bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init not the bank's
     record_study(runs_dir, spec, path)  # so the dashboard can open and stop the study
-    jobs = jobs or spec["jobs"]
-    shared = shared_settings(spec)
-    stage1 = spec.get("stage1", {})
-    stage2 = spec.get("stage2", {})
-    report: list[str] = []
+    jobs = jobs or spec.jobs
+    outcome = Outcome(spec.name, [])
 
     banked = banked_sources(spec)
     if banked:
         line = f"from the source bank ({ident}), not trained: {', '.join(banked)} (bank = false trains them)"
         print(line, flush=True)
-        report.append(line)
-    source_plan = [
-        reuse_or_create(runs_dir, "stage1", task, configs.stage1_config(task, **shared, **stage1))
-        for task in spec["sources"]
-        if task not in banked
+        outcome.report.append(line)
+    slots = plan(spec, banked)
+    filled: dict[SlotKey, tuple[Path, str]] = {}
+    for slot in slots:
+        if slot.stage == "stage1":
+            config = configs.stage1_config(slot.task, **slot.settings) | {"slot": slot.record(spec.name)}
+            filled[slot.key] = reuse_or_create(runs_dir, "stage1", slot.label, config)
+    if _run_stage(1, list(filled.values()), jobs, outcome.report, on_slurm):
+        return outcome
+
+    finished = {run_dir for run_dir, _ in filled.values() if summarize(run_dir).status == "completed"}
+    source_runs = [
+        run_dir.name for key, (run_dir, _) in filled.items() if key[3] is None and run_dir in finished
     ]
-    plan1 = list(source_plan)
-    # A target's own vector is tuned per seed, on that seed's k-shot sample and split (the papers run
-    # each few-shot trial through both stages), so no trial sees another's shots or checks its T_t on
-    # rows that are another trial's test set.
-    target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
-    target_runs: dict[tuple[str, int], Path] = {}
-    if any(method_registry.parse(entry)[0].needs_target_run for entry in spec["methods"]):
-        for task in spec["targets"]:
-            for seed in spec["seeds"]:
-                config = configs.stage1_config(task, **shared, **{**target_stage1, "seed": seed})
-                plan1.append(reuse_or_create(runs_dir, "stage1", f"{task}-s{seed}", config))
-                target_runs[task, seed] = plan1[-1][0]
-    if _run_stage(1, plan1, jobs, report, on_slurm):
-        return {"name": spec["name"], "report": report}
+    stage2: dict[SlotKey, tuple[Path, str]] = {}
+    for slot in slots:
+        if slot.stage != "stage2" or slot.same_as is not None:  # a twin is its stage-1 slot's run
+            continue
+        own = filled.get(("stage1", slot.task, "pt", slot.seed), (None, ""))[0]
+        where = f"{slot.task}/{slot.entry}/seed {slot.seed}"
+        if method_registry.parse(slot.entry)[0].needs_target_run and own not in finished:
+            outcome.report.append(f"skipped {where}: stage-1 run of {slot.task} did not finish")
+            continue
+        try:
+            wanted = configs.stage2_config(
+                slot.task,
+                list(spec.sources),
+                slot.entry,
+                runs_dir,
+                source_runs + ([own.name] if own in finished else []),
+                bank_tasks=banked,
+                **slot.settings,
+            )
+        except UserError as exc:  # a stage-1 run it needs failed: report, carry on
+            outcome.report.append(f"skipped {where}: {exc}")
+            continue
+        wanted["slot"] = slot.record(spec.name)
+        stage2[slot.key] = reuse_or_create(runs_dir, "stage2", slot.label, wanted)
+    if _run_stage(2, list(stage2.values()), jobs, outcome.report, on_slurm):
+        return outcome
 
-    finished = {run_dir for run_dir, _ in plan1 if summarize(run_dir).status == "completed"}
-    source_runs = [run_dir.name for run_dir, _ in source_plan if run_dir in finished]
-    plan2 = []
-    for target in spec["targets"]:
-        for method in spec["methods"]:
-            for seed in spec["seeds"]:
-                own = target_runs.get((target, seed))
-                if method_registry.parse(method)[0].needs_target_run and own not in finished:
-                    report.append(
-                        f"skipped {target}/{method}/seed {seed}: stage-1 run of {target} did not finish"
-                    )
-                    continue
-                try:
-                    wanted = configs.stage2_config(
-                        target,
-                        spec["sources"],
-                        method,
-                        runs_dir,
-                        source_runs + ([own.name] if own in finished else []),
-                        bank_tasks=banked,
-                        **shared,
-                        **{**stage2, "seed": seed},
-                    )
-                except UserError as exc:  # a stage-1 run it needs failed: report, carry on
-                    report.append(f"skipped {target}/{method}/seed {seed}: {exc}")
-                    continue
-                label = f"{target}-{method_registry.run_label(method)}-s{seed}"
-                plan2.append(reuse_or_create(runs_dir, "stage2", label, wanted))
-    if _run_stage(2, plan2, jobs, report, on_slurm):
-        return {"name": spec["name"], "report": report}
-
-    results = results_table(spec, [run_dir for run_dir, _ in plan2])
-    results["report"] = report
-    statuses = {run_dir.name: summarize(run_dir).status for run_dir, _ in plan1 + plan2}
-    results["unfinished"] = {run_id: status for run_id, status in statuses.items() if status != "completed"}
-    write_results(runs_dir, results)
-    return results
+    filled |= stage2
+    twins = {slot.key: filled[slot.same_as] for slot in slots if slot.same_as in filled}
+    runs = Runs.read(runs_dir)
+    table = table_of(spec, {key: run_dir for key, (run_dir, _) in (filled | twins).items()}, runs)
+    statuses = {run_dir.name: runs.status(run_dir.name) for run_dir, _ in filled.values()}
+    outcome.unfinished = {run_id: status for run_id, status in statuses.items() if status != "completed"}
+    outcome.table = table
+    write_results(runs_dir, outcome, table)
+    return outcome
 
 
 def _run_stage(stage: int, plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm: Any) -> bool:
@@ -242,46 +242,15 @@ def _run_stage(stage: int, plan: list[tuple[Path, str]], jobs: int, report: list
     return True
 
 
-def test_primary(run_dir: Path) -> float | None:
-    """The test-split primary metric of a completed run (at its best validation checkpoint)."""
-    test = read_state(run_dir / EVENTS).last_eval.get("test")
-    return test.primary if test is not None and summarize(run_dir).status == "completed" else None
-
-
-def results_table(spec: dict[str, Any], run_dirs: list[Path]) -> dict[str, Any]:
-    """Mean ± std over seeds of the test primary metric, per target and method."""
-    scores: Scores = {}
-    for run_dir in run_dirs:
-        config = read_config(run_dir)
-        value = test_primary(run_dir)
-        if value is not None:
-            scores.setdefault((config["target"], entry_of(spec, config)), {})[config["seed"]] = value
-    return {"name": spec["name"], "rows": results_rows(spec, scores)}
-
-
-def markdown(results: dict[str, Any]) -> str:
-    lines = [
-        f"# {results['name']}: test score (mean ± std over seeds; **best** per target)",
-        "",
-        "| target | method | metric | score | seeds |",
-        "|---|---|---|---|---|",
-    ]
-    for row in results["rows"]:
-        if row["mean"] is None:
-            score = "—"
-        else:
-            score = f"{100 * row['mean']:.1f} ± {100 * row['std']:.1f}"
-            score = f"**{score}**" if row.get("best") else score
-        lines.append(f"| {row['target']} | {row['method']} | {row['metric']} | {score} | {row['seeds']} |")
-    return "\n".join(lines) + "\n"
-
-
 def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
     """Where a study's results table goes: `<runs_dir>/<name>-results.md` and `.json`."""
     return runs_dir / f"{name}-results.md", runs_dir / f"{name}-results.json"
 
 
-def write_results(runs_dir: Path, results: dict[str, Any]) -> None:
-    md, js = results_paths(runs_dir, results["name"])
-    write_text_atomic(md, markdown(results))
-    write_text_atomic(js, json.dumps(results, indent=2))
+def write_results(runs_dir: Path, outcome: Outcome, table: Results) -> None:
+    """The study's table as `dtvg runs report` and the dashboard write it (`study.Results`), and in the
+    JSON what the pass reported and which runs did not complete."""
+    md, js = results_paths(runs_dir, outcome.name)
+    write_text_atomic(md, table.markdown)
+    document = table.document() | {"report": outcome.report, "unfinished": outcome.unfinished}
+    write_text_atomic(js, json.dumps(document, indent=2))

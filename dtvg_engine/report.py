@@ -37,6 +37,7 @@ from dtvg_engine.study import (
     test_score,
     trajectory,
 )
+from dtvg_engine.studyfile import StudySpec
 
 
 def constant_score(run_dir: Path) -> float | None:
@@ -93,12 +94,12 @@ def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[s
     tests |= {(target, "T_t", seed): test(run) for (target, seed), run in study.targets.items()}
 
     rows = []
-    methods = {*study.spec["methods"], "T_t"}
+    methods = {*study.spec.methods, "T_t"}
     for a, b in [(a, b) for a, b in PAIRS if a in methods and b in methods]:
         row, every = [f"{a} − {b}"], []
-        for target in study.spec["targets"]:
+        for target in study.spec.targets:
             pairs = [
-                (tests.get((target, a, seed)), tests.get((target, b, seed))) for seed in study.spec["seeds"]
+                (tests.get((target, a, seed)), tests.get((target, b, seed))) for seed in study.spec.seeds
             ]
             diffs = [100 * (x - y) for x, y in pairs if x is not None and y is not None]
             every += diffs
@@ -106,7 +107,7 @@ def paired_section(study: Study, test: Callable[[Path], float | None]) -> list[s
             row.append(f"{sum(diffs) / len(diffs):+.1f} ({seeds})" if diffs else "—")
         row.append(f"{sum(d > 0 for d in every)} / {every.count(0)} / {sum(d < 0 for d in every)}")
         rows.append(row)
-    return markdown_table(["A − B", *study.spec["targets"], "seeds A won / tied / lost"], rows)
+    return markdown_table(["A − B", *study.spec.targets, "seeds A won / tied / lost"], rows)
 
 
 def stage1_section(
@@ -149,16 +150,16 @@ def metrics_section(study: Study) -> list[str]:
     a paper may report one of them (DTVG reports CB's accuracy)."""
     spec = study.spec
     rows = []
-    for target in spec["targets"]:
+    for target in spec.targets:
         for name in tasks.get_task(target).metrics:
             row = [target, name]
-            for method in spec["methods"]:
+            for method in spec.methods:
                 runs = [run for (t, m, _), run in study.runs.items() if (t, m) == (target, method)]
                 values = [v for v in (tested_metrics(run).get(name) for run in runs) if v is not None]
                 spread = statistics.pstdev(values) if values else None
                 row.append(f"{pct(statistics.fmean(values))} ± {pct(spread)}" if values else "—")
             rows.append(row)
-    return markdown_table(["target", "metric", *spec["methods"]], rows)
+    return markdown_table(["target", "metric", *spec.methods], rows)
 
 
 def _vectors(study: Study, runs_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], Any], Any]:
@@ -216,10 +217,10 @@ def _group_text(group: tuple[str, ...]) -> str:
 
 def groups_section(study: Study, method: str) -> list[str]:
     """Per target and seed: the group's changes, when it settled, and how often each source was in it."""
-    sources = study.spec["sources"]
+    sources = study.spec.sources
     rows = []
-    for target in study.spec["targets"]:
-        for seed in study.spec["seeds"]:
+    for target in study.spec.targets:
+        for seed in study.spec.seeds:
             run_dir = study.runs.get((target, method, seed))
             if run_dir is None:
                 continue
@@ -240,14 +241,14 @@ def groups_section(study: Study, method: str) -> list[str]:
     return markdown_table(header, rows)
 
 
-def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
+def report(spec: StudySpec, runs_dir: Path) -> tuple[str, Results]:
     """The Markdown report of a study, and its results table (what `--json-out` writes of it)."""
     runs = Runs.read(runs_dir)
     study = find_study(spec, runs)
     test = cache(test_score)  # each events file read once
     table = results(study, runs, test, constant_score)
     lines = [
-        f"# Study `{spec['name']}`: {len(study.runs)} finished stage-2 runs",
+        f"# Study `{spec.name}`: {len(study.runs)} finished stage-2 runs",
         "",
         *table.table_lines(),
         "",
@@ -262,11 +263,9 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
     ]
     if (study.sources or study.banked) and study.targets:
         sources, targets, p_init = _vectors(study, runs_dir)
-        first_seed = {
-            target: vector for (target, seed), vector in targets.items() if seed == spec["seeds"][0]
-        }
+        first_seed = {target: vector for (target, seed), vector in targets.items() if seed == spec.seeds[0]}
         lines += [
-            f"## Similarity of the stage-1 task prompt vectors (targets: seed {spec['seeds'][0]})",
+            f"## Similarity of the stage-1 task prompt vectors (targets: seed {spec.seeds[0]})",
             "",
             *similarity_section({**sources, **first_seed}),
             "## One-for-one source picks",
@@ -280,7 +279,7 @@ def report(spec: dict[str, Any], runs_dir: Path) -> tuple[str, Results]:
         *paired_section(study, test),
         "",
     ]
-    grouped = [m for m in spec["methods"] if method_registry.parse(m)[0].group_rule == "setting"]
+    grouped = [m for m in spec.methods if method_registry.parse(m)[0].group_rule == "setting"]
     for method in grouped:  # dtvg and fixed-group, with each grouping rule the study lists
         if any(key[1] == method for key in study.runs):
             lines += [f"## Source groups of `{method}`", "", *groups_section(study, method), ""]

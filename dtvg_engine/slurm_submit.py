@@ -182,12 +182,12 @@ class PipelineOnSlurm:
 
     def __call__(self) -> None:
         """The continuation job: run the pipeline's next pass and print what it did (to submitit's log)."""
-        from dtvg_engine.pipeline import markdown, run_pipeline
+        from dtvg_engine.pipeline import run_pipeline
 
-        results = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
-        print("\n".join(results["report"]), flush=True)
-        if "rows" in results:
-            print(markdown(results), flush=True)
+        outcome = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
+        print("\n".join(outcome.report), flush=True)
+        if outcome.table is not None:
+            print(outcome.table.markdown, flush=True)
 
 
 def resubmit(run_dir: Path) -> str:

@@ -1,6 +1,7 @@
 """A study (a pipeline file's targets × methods × seeds) as its run folders show it.
 
-Which runs belong to a study; how far it got (every planned run done, running, queued, stopped or failed,
+Which run fills each slot of the study's plan (`studyplan.plan`; a run records the slot it was made
+for); how far it got (every planned run done, running, queued, stopped or failed,
 and the time left from the measured run times); and what it found: the target × method table of test
 scores (mean ± std over the seeds finished, best per target, the constant-prediction floor), the stage-1
 runs, and how often each source was in a grouped method's group.
@@ -12,10 +13,7 @@ their tables here, so what the dashboard shows and exports is what the report wr
 from __future__ import annotations
 
 import os
-import signal
 import statistics
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,6 +22,7 @@ from typing import Any
 
 from dtvg_engine import bank, method_registry, tasks, workers
 from dtvg_engine import config as configs
+from dtvg_engine import studyplan as plans
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line
 from dtvg_engine.runfolder import (
@@ -31,20 +30,12 @@ from dtvg_engine.runfolder import (
     TPV,
     RunSummary,
     list_run_dirs,
-    pid_alive,
     read_config,
     summarize,
-    write_json_atomic,
-    write_text_atomic,
 )
-from dtvg_engine.safefiles import PID_LIMIT, open_file, read_bytes, read_json
-from dtvg_engine.studyfile import grouping_of, load_experiment
-
-SETTINGS = ("model", "prompt_length")
-"""Top-level study settings a run must share to count (data_dir and device may differ)."""
-
-PIPELINES_DIR = "_pipelines"
-"""`<runs_dir>/_pipelines/`: what a runs directory's pipelines leave (their logs, studies and pids)."""
+from dtvg_engine.safefiles import open_file
+from dtvg_engine.studyfile import StudySpec
+from dtvg_engine.studyplan import SlotKey
 
 # ----- the runs of a runs directory ---------------------------------------------------------------------
 
@@ -81,79 +72,83 @@ class Runs:
         return summary.status if summary else None
 
 
-# ----- which runs belong to a study ---------------------------------------------------------------------
+# ----- which runs fill a study's slots -----------------------------------------------------------------
+
+MATCHED = ("model", "prompt_length")
+"""The study's top-level settings a run must share to fill one of its slots (data_dir and device may
+differ)."""
 
 
-def _settings(spec: dict[str, Any], table: str) -> dict[str, Any]:
-    """The settings every run of a stage must have: the study's SETTINGS and its [stage1]/[stage2] table
-    (but the seed, which the pipeline sets per run)."""
-    shared = {key: spec[key] for key in SETTINGS if key in spec}
-    return shared | {key: value for key, value in spec.get(table, {}).items() if key != "seed"}
+def slot_of(config: dict[str, Any], spec: StudySpec) -> SlotKey | None:
+    """The slot of `spec` a run was made for: the one its config records (`"slot"`), when it names
+    this study; else the one `legacy_slot_of` matches it to."""
+    recorded = config.get("slot")
+    if isinstance(recorded, dict) and recorded.get("study") == spec.name:
+        key = recorded.get("stage"), recorded.get("task"), recorded.get("entry"), recorded.get("seed")
+        if all(isinstance(part, str) for part in key[:3]) and isinstance(key[3], int | None):
+            return key
+    return legacy_slot_of(config, spec)
+
+
+def legacy_slot_of(config: dict[str, Any], spec: StudySpec) -> SlotKey | None:
+    """The slot of a run that records none (made before runs recorded their slot, by `dtvg run stage2`,
+    or for another study with the same settings, which the pipeline reuses): a stage-1 run of a source
+    or of a target and its seed; a stage-2 run of the first entry of `methods` whose method (and
+    grouping rule) it has. `fits` then checks its settings, as for every run."""
+    if config.get("stage") == "stage1":
+        task = config.get("task")
+        return "stage1", task, "pt", None if task in spec.sources else config.get("seed")
+    if config.get("stage") == "stage2":
+        for entry in spec.methods:
+            if _has(config, method_registry.entry_settings(entry, spec.grouping)):
+                return "stage2", config.get("target"), entry, config.get("seed")
+    return None
 
 
 def _has(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return all(config.get(key) == value for key, value in wanted.items())
 
 
-def study_init_id(spec: dict[str, Any]) -> str:
-    """The id of the shared init the study's runs tune from (its model, prompt length and init seed,
-    with the defaults its runs get)."""
-    shared = {key: spec[key] for key in ("model", "prompt_length", "init_seed") if key in spec}
-    made = configs.stage1_config(spec["sources"][0], **shared)
-    return configs.init_id(made["model"], made["prompt_length"], made["init_seed"])
-
-
-def banked_sources(spec: dict[str, Any]) -> dict[str, bank.BankVector]:
-    """The study's sources the pipeline takes from the source bank instead of training them (task →
-    vector, in study order): those the bank holds for the study's init, unless it sets `bank = false`."""
-    if spec.get("bank") is False:
-        return {}
-    ident = study_init_id(spec)
-    found = {task: bank.find(ident, task) for task in spec["sources"]}
-    return {task: vector for task, vector in found.items() if vector is not None}
-
-
-@cache
-def _entry_settings(entry: str, grouping: str) -> tuple[tuple[str, Any], ...]:
-    return tuple(method_registry.entry_settings(entry, grouping).items())
-
-
-def entry_of(spec: dict[str, Any], config: dict[str, Any]) -> str | None:
-    """The entry of the study's `methods` a stage-2 run's config is a run of, if any (`dtvg:prefix` is
-    `dtvg` with the prefix rule)."""
-    grouping = grouping_of(spec)
-    for entry in spec["methods"]:
-        if all(config.get(key) == value for key, value in _entry_settings(entry, grouping)):
-            return entry
-    return None
-
-
-def belongs(config: dict[str, Any], spec: dict[str, Any], entry: str, runs: Runs) -> bool:
-    """Whether a stage-2 run's config is one the study plans for `entry` (target and seed aside)."""
-    if config.get("stage") != "stage2" or config.get("sources") not in (spec["sources"], []):
-        return False  # methods that use no sources (pt) record none
-    wanted = _settings(spec, "stage2") | dict(_entry_settings(entry, grouping_of(spec)))
-    seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}  # pt-fair
-    if not _has(seen, wanted):
+def fits(config: dict[str, Any], slot: plans.Slot, spec: StudySpec, runs: Runs) -> bool:
+    """Whether a run has the settings the study gives `slot`: the study's `MATCHED` settings, the
+    stage's table (a source's seed aside: its run serves every seed), the target run's k-shot, and the
+    entry's method and grouping rule. A `fair_budget` run's `steps` hold its T_t's steps too; a
+    stage-2 run's T_t must be its own seed's."""
+    shared = {key: spec.shared[key] for key in MATCHED if key in spec.shared}
+    given = {key: value for key, value in slot.settings.items() if key not in spec.shared}
+    if slot.seed is None:
+        given.pop("seed", None)
+    wanted = shared | given | slot.fixed(spec.grouping)
+    if config.get("stage") != slot.stage:
         return False
+    if slot.stage == "stage1":
+        return _has(config, wanted)
+    if config.get("sources") not in (list(spec.sources), []):  # methods that use no sources record none
+        return False
+    seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}
     own = (config.get("stage1_runs") or {}).get(config.get("target"))  # T_t from this seed's own shots
-    return own is None or runs.configs.get(own, {}).get("seed") == config.get("seed")
+    return _has(seen, wanted) and (own is None or runs.configs.get(own, {}).get("seed") == config.get("seed"))
 
 
-def _stage2_key(spec: dict[str, Any], config: dict[str, Any], runs: Runs) -> tuple[str, str, int] | None:
-    """(target, entry, seed) of a stage-2 run of the study, None for any other run."""
-    target, entry, seed = config.get("target"), entry_of(spec, config), config.get("seed")
-    if target in spec["targets"] and entry is not None and seed in spec["seeds"]:
-        if belongs(config, spec, entry, runs):
-            return target, entry, seed
-    return None
+def join(spec: StudySpec, slots: list[plans.Slot], runs: Runs) -> dict[SlotKey, list[str]]:
+    """Slot → the runs that fill it (oldest first): each run goes to the slot it was made for
+    (`slot_of`), if it has that slot's settings (`fits`); a slot planned as another's run (`same_as`)
+    gets that slot's runs."""
+    planned = {slot.key: slot for slot in slots}
+    found: dict[SlotKey, list[str]] = {}
+    for run_id, config in runs.configs.items():
+        key = slot_of(config, spec)
+        slot = planned.get(key) if key is not None else None
+        if slot is not None and slot.same_as is None and fits(config, slot, spec, runs):
+            found.setdefault(slot.key, []).append(run_id)
+    return {slot.key: found.get(slot.same_as or slot.key, []) for slot in slots}
 
 
 @dataclass
 class Study:
     """A study file and the finished runs that belong to it."""
 
-    spec: dict[str, Any]
+    spec: StudySpec
     runs: dict[tuple[str, str, int], Path]
     """(target, method, seed) → the newest completed stage-2 run with the study's settings."""
     sources: dict[str, Path]
@@ -164,19 +159,30 @@ class Study:
     """Source task → the source bank's vector the stage-2 runs transferred from (`bank_sources`)."""
 
 
-def find_study(spec: dict[str, Any], runs: Runs) -> Study:
+def find_study(spec: StudySpec, runs: Runs) -> Study:
     """The study's completed stage-2 runs (newest wins) and the stage-1 runs behind them."""
-    found: dict[tuple[str, str, int], Path] = {}
-    for run_id, config in runs.configs.items():  # oldest first, so a newer run replaces an older one
-        key = _stage2_key(spec, config, runs)
-        if key is not None and runs.status(run_id) == "completed":
-            found[key] = runs.runs_dir / run_id
+    slots = plans.plan(spec, {})  # every slot: a source the bank holds has none, and no run to find
+    filled = join(spec, slots, runs)
+    done = {
+        key: [run_id for run_id in ids if runs.status(run_id) == "completed"] for key, ids in filled.items()
+    }
+    return study_of(spec, {key: runs.runs_dir / ids[-1] for key, ids in done.items() if ids}, runs)
+
+
+def study_of(spec: StudySpec, filled: dict[SlotKey, Path], runs: Runs) -> Study:
+    """The study of these slots' runs: its completed stage-2 runs, and the stage-1 runs (and source-bank
+    vectors) they transferred from."""
+    found = {
+        (task, entry, seed): run_dir
+        for (stage, task, entry, seed), run_dir in filled.items()
+        if stage == "stage2" and seed is not None and runs.status(run_dir.name) == "completed"
+    }
     sources: dict[str, Path] = {}
     targets: dict[tuple[str, int], Path] = {}
     banked: dict[str, bank.BankVector] = {}
     for (target, _, seed), run_dir in found.items():
-        config = runs.configs[run_dir.name]
-        for task, run_id in config["stage1_runs"].items():
+        config = runs.configs.get(run_dir.name, {})
+        for task, run_id in (config.get("stage1_runs") or {}).items():
             if task == target:
                 targets[target, seed] = runs.runs_dir / run_id
             else:
@@ -188,9 +194,9 @@ def find_study(spec: dict[str, Any], runs: Runs) -> Study:
     return Study(
         spec,
         found,
-        {task: sources[task] for task in spec["sources"] if task in sources},
-        {key: targets[key] for key in sorted(targets, key=lambda k: (spec["targets"].index(k[0]), k[1]))},
-        {task: banked[task] for task in spec["sources"] if task in banked and task not in sources},
+        {task: sources[task] for task in spec.sources if task in sources},
+        {key: targets[key] for key in sorted(targets, key=lambda k: (spec.targets.index(k[0]), k[1]))},
+        {task: banked[task] for task in spec.sources if task in banked and task not in sources},
     )
 
 
@@ -202,8 +208,8 @@ STATES = ("done", "running", "queued", "stopped", "failed")
 
 
 @dataclass(frozen=True)
-class Slot:
-    """One run the study plans, and the run folder that fills it (None while there is none)."""
+class Filled:
+    """One slot of the study's plan, and the run folder that fills it (None while there is none)."""
 
     stage: str
     """"stage1" or "stage2"."""
@@ -216,6 +222,8 @@ class Slot:
     run_id: str | None
     state: str
     """One of STATES."""
+    shared: bool = False
+    """Its run is another slot's too (`studyplan.Slot.same_as`): counted once in the time left."""
 
 
 def state_of(summary: RunSummary | None) -> str:
@@ -233,44 +241,20 @@ def _pick(candidates: list[str], runs: Runs) -> str | None:
     return (done or candidates or [None])[-1]
 
 
-def plan(spec: dict[str, Any], runs: Runs) -> list[Slot]:
-    """Every run the study plans, as the pipeline plans them, each with the run that fills it.
-
-    Stage 1: each source once (but those taken from the source bank), and, when a method needs the
-    target's own vector, each target once per seed on that seed's shots (the stage-2 k-shot); stage 2:
-    every target × method × seed.
-    """
-    stage1 = _settings(spec, "stage1")
-    target_stage1 = stage1 | {"k_shot": spec.get("stage2", {}).get("k_shot", stage1.get("k_shot"))}
-    candidates: dict[tuple[str, str, str, int | None], list[str]] = {}
-    for run_id, config in runs.configs.items():
-        if config.get("stage") == "stage1":
-            task = config.get("task")
-            if task in spec["sources"] and _has(config, stage1):
-                candidates.setdefault(("stage1", task, "pt", None), []).append(run_id)
-            if task in spec["targets"] and _has(config, target_stage1):
-                candidates.setdefault(("stage1", task, "pt", config.get("seed")), []).append(run_id)
-        elif (key := _stage2_key(spec, config, runs)) is not None:
-            candidates.setdefault(("stage2", *key), []).append(run_id)
-    banked = banked_sources(spec)
-    keys = [("stage1", task, "pt", None) for task in spec["sources"] if task not in banked]
-    if any(method_registry.parse(method)[0].needs_target_run for method in spec["methods"]):
-        keys += [("stage1", task, "pt", seed) for task in spec["targets"] for seed in spec["seeds"]]
-    keys += [
-        ("stage2", target, method, seed)
-        for target in spec["targets"]
-        for method in spec["methods"]
-        for seed in spec["seeds"]
-    ]
-    slots = []
-    for key in keys:
-        run_id = _pick(candidates.get(key, []), runs)
+def fill(spec: StudySpec, runs: Runs) -> list[Filled]:
+    """Every slot of the study's plan (`studyplan.plan`), each with the run that fills it."""
+    slots = plans.plan(spec)
+    filled = join(spec, slots, runs)
+    found = []
+    for slot in slots:
+        run_id = _pick(filled[slot.key], runs)
         summary = runs.summary(run_id) if run_id else None
-        slots.append(Slot(*key, run_id=run_id, state=state_of(summary)))
-    return slots
+        state = state_of(summary)
+        found.append(Filled(*slot.key, run_id=run_id, state=state, shared=slot.same_as is not None))
+    return found
 
 
-def counts(slots: Iterable[Slot]) -> dict[str, int]:
+def counts(slots: Iterable[Filled]) -> dict[str, int]:
     """How many planned runs are in each state (every state present, zeros included)."""
     tally = dict.fromkeys(STATES, 0)
     for slot in slots:
@@ -278,14 +262,16 @@ def counts(slots: Iterable[Slot]) -> dict[str, int]:
     return tally
 
 
-def seconds_left(spec: dict[str, Any], slots: list[Slot], runs: Runs) -> float | None:
+def seconds_left(spec: StudySpec, slots: list[Filled], runs: Runs) -> float | None:
     """The time the study still needs, from the measured seconds per step of its finished runs.
 
     Each stage's rate is its finished runs' time over their steps (evaluations included); a stage with
     none finished yet borrows the other's. The work left (a queued run's steps, the rest of a running or
     stopped one's) is shared by the study's `jobs` parallel runs. None until some run has finished;
-    failed runs are not counted, since the pipeline does not retry them until it is started again.
+    failed runs are not counted, since the pipeline does not retry them until it is started again, and
+    a run that fills two slots is counted once.
     """
+    slots = [slot for slot in slots if not slot.shared]
     spent: dict[str, list[float]] = {"stage1": [0.0, 0.0], "stage2": [0.0, 0.0]}
     for slot in slots:
         summary = runs.summary(slot.run_id) if slot.run_id and slot.state == "done" else None
@@ -299,13 +285,13 @@ def seconds_left(spec: dict[str, Any], slots: list[Slot], runs: Runs) -> float |
     for slot in slots:
         if slot.state in ("done", "failed"):
             continue
-        table = spec.get(slot.stage, {})
+        table = spec.stage1 if slot.stage == "stage1" else spec.stage2
         total = table.get("steps", configs.TRAINING_DEFAULTS["steps"])
         summary = runs.summary(slot.run_id) if slot.run_id else None
         done = min(summary.step, total) if summary else 0
         rate = rates.get(slot.stage) or next(iter(rates.values()))
         left += (total - done) * rate
-    return left / workers.parallel_runs(spec.get("jobs", "auto"))
+    return left / workers.parallel_runs(spec.jobs)
 
 
 # ----- results ------------------------------------------------------------------------------------------
@@ -363,13 +349,13 @@ Scores = dict[tuple[str, str], dict[int, float]]
 """(target, method) → seed → test score."""
 
 
-def results_rows(spec: dict[str, Any], scores: Scores) -> list[dict[str, Any]]:
+def results_rows(spec: StudySpec, scores: Scores) -> list[dict[str, Any]]:
     """Per target and method: the test score's mean ± (population) std over seeds, the seed count and
     each seed's score (`by_seed`, so paired differences can be read from the JSON alone); the best mean
     of each target is marked `best`."""
     rows = []
-    for target in spec["targets"]:
-        for method in spec["methods"]:
+    for target in spec.targets:
+        for method in spec.methods:
             by_seed = scores.get((target, method), {})
             values = list(by_seed.values())
             rows.append(
@@ -383,7 +369,7 @@ def results_rows(spec: dict[str, Any], scores: Scores) -> list[dict[str, Any]]:
                     "by_seed": {str(seed): by_seed[seed] for seed in sorted(by_seed)},
                 }
             )
-    for target in spec["targets"]:
+    for target in spec.targets:
         ranked = [r for r in rows if r["target"] == target and r["mean"] is not None]
         if ranked:
             max(ranked, key=lambda r: r["mean"])["best"] = True
@@ -405,7 +391,7 @@ def target_constants(study: Study, constant: Callable[[Path], float | None]) -> 
     seed is tested on the same split, so one run per seed stands for it); None without a finished run,
     or while one of them has no floor (`constant` gives None)."""
     constants: dict[str, float | None] = {}
-    for target in study.spec["targets"]:
+    for target in study.spec.targets:
         by_seed = {seed: run for (t, _, seed), run in study.runs.items() if t == target}
         values = [constant(run) for run in by_seed.values()]
         known = [value for value in values if value is not None]
@@ -454,9 +440,6 @@ TABLE_TITLE = (
     "## Test score (mean ± std over seeds, best per target in bold; constant: best constant prediction)"
 )
 
-JSON_KEYS = ("target", "method", "mean", "std", "seeds", "by_seed")
-"""What the table's JSON holds of each row."""
-
 
 @dataclass
 class Results:
@@ -465,7 +448,8 @@ class Results:
 
     study: Study
     rows: list[dict[str, Any]]
-    """`results_rows`: per target and method, mean, std, seeds and the best mark."""
+    """`results_rows`: per target and method, its metric, mean, std, seeds (each seed's score in
+    `by_seed`) and the best mark (`best`, on the best row of each target only)."""
     constants: dict[str, float | None]
     """Per target: the constant-prediction floor (`target_constants`)."""
     stage1: list[tuple[Path, dict[str, Any]]]
@@ -473,14 +457,14 @@ class Results:
 
     @property
     def floors(self) -> list[float | None]:
-        return [self.constants[target] for target in self.study.spec["targets"]]
+        return [self.constants[target] for target in self.study.spec.targets]
 
     def averages(self) -> list[float | None]:
         """Each method's mean over the targets, then the floor's (None while a target has none)."""
         spec = self.study.spec
         cell = {(r["target"], r["method"]): r["mean"] for r in self.rows}
         means: list[float | None] = []
-        for column in [[cell[t, m] for t in spec["targets"]] for m in spec["methods"]] + [self.floors]:
+        for column in [[cell[t, m] for t in spec.targets] for m in spec.methods] + [self.floors]:
             known = [value for value in column if value is not None]
             means.append(sum(known) / len(known) if known and len(known) == len(column) else None)
         return means
@@ -491,14 +475,14 @@ class Results:
         spec = self.study.spec
         cell = {(r["target"], r["method"]): r for r in self.rows}
         lines = []
-        for target, floor in zip(spec["targets"], self.floors, strict=True):
-            line = [f"{target} ({cell[target, spec['methods'][0]]['metric']})"]
-            for method in spec["methods"]:
-                text = cell_text(cell[target, method], len(spec["seeds"]))
+        for target, floor in zip(spec.targets, self.floors, strict=True):
+            line = [f"{target} ({cell[target, spec.methods[0]]['metric']})"]
+            for method in spec.methods:
+                text = cell_text(cell[target, method], len(spec.seeds))
                 line.append(f"**{text}**" if cell[target, method].get("best") else text)
             lines.append([*line, pct(floor)])
         lines.append(["average", *(pct(mean) for mean in self.averages())])
-        return [TABLE_TITLE, "", *markdown_table(["target", *spec["methods"], "constant"], lines)]
+        return [TABLE_TITLE, "", *markdown_table(["target", *spec.methods, "constant"], lines)]
 
     @property
     def markdown(self) -> str:
@@ -507,8 +491,7 @@ class Results:
 
     def document(self) -> dict[str, Any]:
         """The table as JSON (scores as fractions): the rows, the floor per target, the stage-1 runs."""
-        rows = [{key: row[key] for key in JSON_KEYS} for row in self.rows]
-        doc = {"name": self.study.spec["name"], "rows": rows, "constant": self.constants}
+        doc = {"name": self.study.spec.name, "rows": self.rows, "constant": self.constants}
         banked = [
             {"task": v.task, "role": "bank", "seed": None, "test": v.primary("test"), "constant": v.constant}
             for v in self.study.banked.values()
@@ -525,6 +508,17 @@ def results(
         results_rows(study.spec, study_scores(study, test)),
         target_constants(study, constant),
         stage1_records(study, runs, test, constant),
+    )
+
+
+def table_of(spec: StudySpec, filled: dict[SlotKey, Path], runs: Runs) -> Results:
+    """The table of the runs a pipeline gave the study's slots: each run's test score and the floor it
+    recorded with its split (what the dashboard reads)."""
+    return results(
+        study_of(spec, filled, runs),
+        runs,
+        test_score,
+        lambda run_dir: recorded_constant(runs.configs.get(run_dir.name, {})),
     )
 
 
@@ -610,7 +604,7 @@ def source_shares(steps: list[tuple[int, tuple[str, ...]]], sources: list[str]) 
 
 
 def vector_files(
-    spec: dict[str, Any],
+    spec: StudySpec,
     sources: dict[str, Path],
     targets: dict[tuple[str, int], Path],
     banked: dict[str, bank.BankVector] | None = None,
@@ -619,145 +613,10 @@ def vector_files(
     checked against its sha256), and each target's of the first seed."""
     banked = banked or {}
     files = {}
-    for task in spec["sources"]:
+    for task in spec.sources:
         if task in sources:
             files[task] = sources[task] / TPV
         elif task in banked:
             files[task] = bank.verified(banked[task].path, banked[task].sha256)
-    first = spec["seeds"][0]
+    first = spec.seeds[0]
     return files | {target: run / TPV for (target, seed), run in targets.items() if seed == first}
-
-
-# ----- finding studies ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StudyFile:
-    """A study the dashboard can open: a pipeline file, or the study a pipeline recorded in a runs dir."""
-
-    name: str
-    path: Path | None
-    """The TOML file, or the record in `<runs_dir>/_pipelines/`; None for results without either."""
-    results: bool
-    """Whether the runs directory holds its pipeline results (`<name>-results.json`)."""
-
-
-def record_path(runs_dir: Path, name: str) -> Path:
-    """Where a pipeline records the study it runs: `<runs_dir>/_pipelines/<name>.json`."""
-    return Path(runs_dir) / PIPELINES_DIR / f"{name}.json"
-
-
-def record_study(runs_dir: Path, spec: dict[str, Any], path: Path) -> None:
-    """What a pipeline leaves as it starts: the study it runs (as resolved, `--data-dir` included) and
-    its file, so that the study can be opened and started again without the file at hand, and its own
-    pid, so that the study can be stopped however the pipeline was started."""
-    record = record_path(runs_dir, spec["name"])
-    record.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record, {"file": str(Path(path).resolve()), "spec": spec})
-    write_text_atomic(_pidfile(runs_dir, spec["name"]), f"{os.getpid()}\n")
-
-
-def read_record(path: Path) -> tuple[dict[str, Any], Path | None]:
-    """A pipeline's record: the study and its file (None when the file is gone)."""
-    try:
-        record = read_json(path)
-        spec, file = record["spec"], Path(record["file"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read the study record {path} ({e}); run its pipeline file again") from None
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in ("targets", "methods")):
-        raise UserError(f"{path} is not a study record; run its pipeline file again")
-    return spec, file if file.is_file() else None
-
-
-def load_study(path: Path) -> tuple[dict[str, Any], Path | None]:
-    """A study and the pipeline file that runs it, from that TOML file (checked as the pipeline checks
-    it) or from a pipeline's record in a runs directory."""
-    path = Path(path)
-    return read_record(path) if path.suffix == ".json" else (load_experiment(path), path)
-
-
-def find_studies(runs_dir: Path, folders: Iterable[Path]) -> list[StudyFile]:
-    """The studies to offer: pipeline files (`*.toml`) in `folders`, the studies the runs directory's
-    pipelines recorded, and any whose results it holds; one per name, a file before a record."""
-    runs_dir = Path(runs_dir)
-    results = {p.name[: -len("-results.json")] for p in runs_dir.glob("*-results.json")}
-    found: dict[str, StudyFile] = {}
-    files = [p for folder in folders for p in sorted(Path(folder).glob("*.toml"))]
-    for path in [*files, *sorted((runs_dir / PIPELINES_DIR).glob("*.json"))]:
-        try:
-            name = load_study(path)[0]["name"]
-        except UserError:
-            continue  # not a study file (or a broken one): nothing to open
-        found.setdefault(name, StudyFile(name, path, name in results))
-    for name in sorted(results - set(found)):
-        found[name] = StudyFile(name, None, True)
-    return sorted(found.values(), key=lambda s: s.name)
-
-
-# ----- the study's pipeline process ---------------------------------------------------------------------
-
-
-def _pidfile(runs_dir: Path, name: str) -> Path:
-    return Path(runs_dir) / PIPELINES_DIR / f"{name}.pid"
-
-
-def pipeline_pid(runs_dir: Path, name: str) -> int | None:
-    """The pid of the study's pipeline while it runs, else None.
-
-    A pid is only believed while its process is a `dtvg run pipeline` (pids are reused).
-    """
-    try:
-        pid = int(read_bytes(_pidfile(runs_dir, name), PID_LIMIT).strip())
-    except (OSError, ValueError):
-        return None
-    if not pid_alive(pid):
-        return None
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid  # no /proc (macOS): the pid is alive, trust it
-    return pid if b"dtvg" in command and b"pipeline" in command else None
-
-
-def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> tuple[int, Path]:
-    """Start (or resume) the study of pipeline file `path` as `dtvg run pipeline` in its own process
-    group, as `dtvg run pipeline` in a terminal would; return its pid and its log file.
-
-    The pipeline reuses finished runs and resumes stopped ones, so starting a study again resumes it.
-    `data_dir` is the `--data-dir` it ran with before (runs of another data dir are other runs).
-    """
-    from dtvg_engine import launcher
-
-    name = load_experiment(path)["name"]
-    running = pipeline_pid(runs_dir, name)
-    if running is not None:
-        raise UserError(f"study {name} is already running (pipeline pid {running})")
-    folder = Path(runs_dir) / PIPELINES_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
-    command = [sys.executable, "-m", "dtvg_engine.cli", "run", "pipeline", str(Path(path).resolve())]
-    command += ["--runs-dir", str(Path(runs_dir).resolve())]
-    command += ["--data-dir", data_dir] if data_dir else []
-    child = launcher.spawn_detached(command, log)
-    write_text_atomic(_pidfile(runs_dir, name), f"{child.pid}\n")  # the pipeline writes it too, as it starts
-    return child.pid, log
-
-
-def stop_study(spec: dict[str, Any], runs_dir: Path) -> tuple[bool, int]:
-    """Stop the study: end its pipeline first (so it starts no further run), then ask each of the study's
-    runs that is still running to stop gracefully (checkpoint, status stopped). Returns whether a
-    pipeline was running and how many runs were asked to stop; starting the study again resumes them."""
-    from dtvg_engine import launcher
-
-    pid = pipeline_pid(runs_dir, spec["name"])
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGTERM)  # the pipeline alone: its workers run in their own sessions
-        except ProcessLookupError:
-            pass
-        launcher.wait_for_exit(pid, timeout=10)
-    runs = Runs.read(runs_dir)  # read after the pipeline ended: it may have launched a run just before
-    live = [
-        runs.runs_dir / slot.run_id for slot in plan(spec, runs) if slot.state == "running" and slot.run_id
-    ]
-    return pid is not None, sum(1 for run_dir in live if launcher.stop_run(run_dir))

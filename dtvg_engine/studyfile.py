@@ -1,11 +1,14 @@
-"""The study file (`dtvg run pipeline experiment.toml`): read and checked into a study spec.
+"""The study file (`dtvg run pipeline experiment.toml`): read and checked once into a `StudySpec`.
 
-The pipeline runs a spec; the study view, `dtvg runs report` and the dashboard read one. Standard
-library only (the dashboard opens study files). The file's format: docs/architecture.md, "Studies".
+The plan (`studyplan.plan`) is computed from a spec; the pipeline runs it, the study view, `dtvg runs
+report` and the dashboard read it. Standard library only (the dashboard opens study files). The file's
+format: docs/architecture.md, "Studies".
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,64 @@ _EXAMPLES = {  # shown when a list is malformed
 }
 
 
-def load_experiment(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: its tasks, method entries and seeds, and the settings its runs get."""
+
+    name: str
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    methods: tuple[str, ...]
+    """Method entries as the file lists them: a registered method, optionally with its grouping rule
+    (`dtvg:prefix`)."""
+    seeds: tuple[int, ...]
+    jobs: int | str = "auto"
+    bank: bool = True
+    """Whether the sources the source bank holds for the study's init come from it."""
+    shared: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The top-level settings every run gets (`SHARED_KEYS`; `data_dir` as `--data-dir` resolved it)."""
+    stage1: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The `[stage1]` table."""
+    stage2: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The `[stage2]` table."""
+    slurm: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The `[slurm]` table."""
+
+    @classmethod
+    def of(cls, checked: dict[str, Any]) -> StudySpec:
+        """The spec of a checked study file's table, or of the record a pipeline left of one (a record
+        made before `bank` and `jobs` were recorded gets their defaults)."""
+        return cls(
+            name=checked["name"],
+            sources=tuple(checked["sources"]),
+            targets=tuple(checked["targets"]),
+            methods=tuple(checked["methods"]),
+            seeds=tuple(checked.get("seeds", (0,))),
+            jobs=checked.get("jobs", "auto"),
+            bank=checked.get("bank", True),
+            shared=shared_settings(checked),
+            stage1=dict(checked.get("stage1") or {}),
+            stage2=dict(checked.get("stage2") or {}),
+            slurm=dict(checked.get("slurm") or {}),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The spec as the study file spells it (what a pipeline records in `_pipelines/<name>.json`)."""
+        tables = {key: table for key in ("stage1", "stage2", "slurm") if (table := getattr(self, key))}
+        lists = {key: list(getattr(self, key)) for key in (*TASK_LISTS, "seeds")}
+        return {"name": self.name, **lists, "jobs": self.jobs, "bank": self.bank, **self.shared, **tables}
+
+    def with_data_dir(self, data_dir: str) -> StudySpec:
+        """The study on the data of `--data-dir`."""
+        return dataclasses.replace(self, shared={**self.shared, "data_dir": data_dir})
+
+    @property
+    def grouping(self) -> str:
+        """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
+        return default_grouping(self.stage2)
+
+
+def load_experiment(path: Path) -> StudySpec:
     """Read and check an experiment file; every mistake is a one-line UserError naming the key."""
     try:
         spec = tomllib.loads(path.read_text())
@@ -86,13 +146,14 @@ def load_experiment(path: Path) -> dict[str, Any]:
     if not isinstance(spec.get("slurm", {}), dict):
         raise UserError(f"{path}: slurm must be a table ([slurm] followed by key = value lines)")
     slurm.Resources.from_table(spec.get("slurm", {}), str(path))
-    return spec
+    return StudySpec.of(spec)
 
 
 def _check_methods(path: Path, spec: dict[str, Any]) -> None:
     """Every entry of `methods` is a registered method, optionally with its grouping rule
     (`dtvg:prefix`), and no two entries name the same runs (`dtvg` is `dtvg:greedy` by default)."""
-    grouping = grouping_of(spec)
+    stage2 = spec.get("stage2", {})
+    grouping = default_grouping(stage2) if isinstance(stage2, dict) else ""
     seen: dict[tuple[tuple[str, Any], ...], str] = {}
     for entry in spec["methods"]:
         try:
@@ -141,7 +202,7 @@ def shared_settings(spec: dict[str, Any]) -> dict[str, Any]:
     return {key: spec[key] for key in SHARED_KEYS if key in spec}
 
 
-def grouping_of(spec: dict[str, Any]) -> str:
-    """The grouping rule of the study's grouped entries that name none (`dtvg`)."""
-    stage2 = spec.get("stage2", {})
-    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"]) if isinstance(stage2, dict) else ""
+def default_grouping(stage2: dict[str, Any]) -> str:
+    """The grouping rule of a study's grouped entries that name none: its `[stage2]` one, else the
+    default."""
+    return stage2.get("grouping", configs.STAGE2_DEFAULTS["grouping"])

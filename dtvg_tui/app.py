@@ -103,7 +103,7 @@ class DtvgApp(App[None]):
 
     def open_study(self, path: Path) -> None:
         """Open the study of a pipeline file (or of a pipeline's record in the runs directory)."""
-        from dtvg_engine.study import load_study
+        from dtvg_engine.studyprocess import load_study
         from dtvg_tui.screens.study import StudyScreen
 
         try:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         keymap = keys.load_keymap(keys.keymap_path())
         if args.study is not None:
-            from dtvg_engine.study import load_study
+            from dtvg_engine.studyprocess import load_study
 
             load_study(args.study)  # a bad study file is refused here, not inside the dashboard
     except UserError as e:

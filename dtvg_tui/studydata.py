@@ -18,6 +18,8 @@ from typing import Any
 from dtvg_engine import bank, study
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import CONFIG, RunSummary, read_config
+from dtvg_engine.studyfile import StudySpec
+from dtvg_engine.studyplan import banked_sources
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,13 @@ class GroupRow:
 class Snapshot:
     """Everything the study view shows, at one moment."""
 
-    spec: dict[str, Any]
+    spec: StudySpec
     runs: study.Runs
-    slots: list[study.Slot]
+    slots: list[study.Filled]
     counts: dict[str, int]
     seconds_left: float | None
     results: study.Results
-    stage1: list[tuple[study.Slot, study.Stage1Row | None]]
+    stage1: list[tuple[study.Filled, study.Stage1Row | None]]
     """Each planned stage-1 run and, once it has a run folder, its row."""
     banked: list[study.Stage1Row]
     """The sources taken from the source bank (no run of this runs directory)."""
@@ -54,18 +56,18 @@ class Snapshot:
     similarity_error: str | None = None
     """Why there is no similarity matrix (yet)."""
 
-    def slot_runs(self, target: str, method: str) -> list[study.Slot]:
+    def slot_runs(self, target: str, method: str) -> list[study.Filled]:
         """The stage-2 slots of one table cell, one per seed."""
         return [s for s in self.slots if s.stage == "stage2" and s.task == target and s.method == method]
 
-    def run_dir(self, slot: study.Slot) -> Path | None:
+    def run_dir(self, slot: study.Filled) -> Path | None:
         return self.runs.runs_dir / slot.run_id if slot.run_id else None
 
 
 class StudyData:
     """One study's data, re-read incrementally every refresh (one thread at a time)."""
 
-    def __init__(self, spec: dict[str, Any], runs_dir: Path) -> None:
+    def __init__(self, spec: StudySpec, runs_dir: Path) -> None:
         self.spec = spec
         """The study (a pipeline file, checked)."""
         self.runs_dir = Path(runs_dir)
@@ -102,14 +104,14 @@ class StudyData:
     def load(self, summaries: dict[str, RunSummary]) -> Snapshot:
         """The study now: which runs fill it, how far it got, its results and stage-1 tables."""
         if self.banked is None:
-            self.banked = study.banked_sources(self.spec)
+            self.banked = banked_sources(self.spec)
         configs = {}
         for run_id in sorted(summaries):
             config = self._config(run_id)
             if config is not None:
                 configs[run_id] = config
         runs = study.Runs(self.runs_dir, configs, summaries.get)
-        slots = study.plan(self.spec, runs)
+        slots = study.fill(self.spec, runs)
         found = study.find_study(self.spec, runs)
         results = study.results(
             found,
@@ -165,10 +167,10 @@ class StudyData:
             snapshot.similarity = value
 
     def _group_rows(self, snapshot: Snapshot) -> list[GroupRow]:
-        sources = self.spec["sources"]
+        sources = self.spec.sources
         rows = []
-        for target in self.spec["targets"]:
-            for method in self.spec["methods"]:
+        for target in self.spec.targets:
+            for method in self.spec.methods:
                 per_seed = []
                 for slot in snapshot.slot_runs(target, method):
                     if slot.state != "done" or not slot.run_id:
@@ -192,5 +194,5 @@ class StudyData:
         return rows
 
 
-def _done_stage1(slot: study.Slot, seed: int | None) -> bool:
+def _done_stage1(slot: study.Filled, seed: int | None) -> bool:
     return slot.stage == "stage1" and slot.seed == seed and slot.state == "done" and slot.run_id is not None

@@ -15,7 +15,7 @@ import torch
 from cli_helpers import assert_bad_input
 from safetensors.torch import load_file, save_file
 
-from dtvg_engine import bank, study
+from dtvg_engine import bank, study, studyplan
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import read_state
@@ -231,7 +231,7 @@ def test_pipeline_takes_bank_sources_and_bank_false_trains_them(
     assert sorted(configs_[1]["bank_sources"]) == SOURCES
     monkeypatch.setenv(bank.BANK_ENV, str(shipped))
     spec = load_experiment(experiment)
-    slots = study.plan(spec, study.Runs.read(runs_dir))  # the study view plans no source run either
+    slots = study.fill(spec, study.Runs.read(runs_dir))  # the study view plans no source run either
     assert [(s.stage, s.task, s.state) for s in slots] == [
         ("stage1", "rte", "done"),
         ("stage2", "rte", "done"),
@@ -373,4 +373,4 @@ def test_the_package_bank_holds_sources_that_learned(monkeypatch: pytest.MonkeyP
         )
         bank.verified(vector.path, vector.sha256)
     demo = load_experiment(Path(str(files("dtvg_engine") / "experiments" / "demo.toml")))
-    assert list(study.banked_sources(demo)) == demo["sources"]  # the demo trains no source
+    assert list(studyplan.banked_sources(demo)) == list(demo.sources)  # the demo trains no source

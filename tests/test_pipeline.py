@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dtvg_engine import study
 from dtvg_engine.errors import UserError
 from dtvg_engine.launcher import wait_for_exit
 from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, summarize
@@ -54,7 +55,14 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list_run_dirs(runs_dir)
     stages = sorted(read_config(r)["stage"] for r in runs)
-    assert stages == ["stage1"] * 4 + ["stage2"] * 6  # mnli, sst2, rte per seed; 3 methods x 2 seeds
+    # mnli, sst2, rte per seed; 2 methods x 2 seeds: pt at rte's stage-1 settings is rte's own run
+    assert stages == ["stage1"] * 4 + ["stage2"] * 4
+    slots = sorted(tuple(read_config(r)["slot"].values()) for r in runs)  # each run records its slot
+    assert slots == sorted(
+        [("tiny", "stage1", task, "pt", None) for task in ("mnli", "sst2")]
+        + [("tiny", "stage1", "rte", "pt", seed) for seed in (0, 1)]
+        + [("tiny", "stage2", "rte", entry, seed) for entry in ("dtvg", "dtvg:prefix") for seed in (0, 1)]
+    )
     groupings = []
     for run in runs:  # a grouped run's target vector T_t comes from its own seed's shots
         config = read_config(run)
@@ -69,12 +77,14 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
     assert all(list(r["by_seed"]) == ["0", "1"] for r in rows.values())  # paired readings need the seed
     assert sum(bool(r.get("best")) for r in rows.values()) == 1
-    assert "| rte | dtvg | accuracy |" in (runs_dir / "tiny-results.md").read_text()
+    own = {read_config(r)["seed"]: study.test_score(r) for r in runs if read_config(r).get("task") == "rte"}
+    assert rows["rte", "pt"]["by_seed"] == {str(seed): score for seed, score in own.items()}
+    assert "| target | pt | dtvg | dtvg:prefix | constant |" in (runs_dir / "tiny-results.md").read_text()
 
     again = pipeline(experiment, runs_dir, data_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert list_run_dirs(runs_dir) == runs  # nothing retrained
-    assert again.stdout.count("reused") == 10
+    assert again.stdout.count("reused") == 8
 
     table = tmp_path / "results" / "tiny.json"
     report = subprocess.run(
@@ -94,10 +104,8 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     )
     assert report.returncode == 0, report.stderr[-3000:]
     written = json.loads(table.read_text())
-    assert written["rows"] == [
-        {k: row[k] for k in ("target", "method", "mean", "std", "seeds", "by_seed")}
-        for row in results["rows"]
-    ]
+    assert written["rows"] == results["rows"]  # one writer: the pipeline's table is the report's
+    assert written["stage1"] == results["stage1"] and written["constant"] == results["constant"]
     assert list(written["constant"]) == ["rte"] and 0 < written["constant"]["rte"] <= 1
     stage1_runs = sorted((r["task"], r["role"], r["seed"]) for r in written["stage1"])
     assert stage1_runs == [

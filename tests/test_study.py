@@ -8,6 +8,7 @@ no events, one whose worker is alive, one whose worker died, a stopped one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,9 +19,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dtvg_engine import grouping, metrics, study, tasks, tpv_plain
+from dtvg_engine import grouping, metrics, study, studyprocess, tasks, tpv_plain
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
+from dtvg_engine.studyfile import StudySpec
 
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "study"
 SPEC_FILE = RECORDED / "tiny-study.toml"
@@ -35,7 +37,7 @@ def runs(tmp_path: Path) -> Path:
 
 
 def spec() -> dict:
-    return study.load_study(SPEC_FILE)[0]
+    return studyprocess.load_study(SPEC_FILE)[0]
 
 
 def run_dir(runs: Path, suffix: str) -> Path:
@@ -99,9 +101,8 @@ def test_plain_reader_refuses_what_is_no_tpv(tmp_path: Path) -> None:
 
 
 def test_the_study_modules_import_no_ml_stack() -> None:
-    code = (
-        "import json, sys, dtvg_engine.study, dtvg_engine.tpv_plain; print(json.dumps(sorted(sys.modules)))"
-    )
+    modules = "dtvg_engine.studyprocess, dtvg_engine.tpv_plain"  # studyprocess imports the others
+    code = f"import json, sys, {modules}; print(json.dumps(sorted(sys.modules)))"
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code])))
     assert not loaded & {"torch", "numpy", "transformers", "peft", "datasets", "safetensors"}
 
@@ -138,7 +139,7 @@ def test_the_recorded_study_is_complete(runs: Path) -> None:
     assert {key[1] for key in found.runs} == {"pt", "tpv-top1", "dtvg", "dtvg:prefix"}
     assert read_config(found.runs["rte", "dtvg:prefix", 1])["grouping"] == "prefix"
     assert set(found.sources) == {"mnli", "qnli", "sst2"} and len(found.targets) == 4
-    slots = study.plan(spec(), study.Runs.read(runs))
+    slots = study.fill(spec(), study.Runs.read(runs))
     assert len(slots) == 3 + 2 * 2 + 16 and study.counts(slots)["done"] == len(slots)
     assert study.seconds_left(spec(), slots, study.Runs.read(runs)) == 0.0
 
@@ -171,10 +172,10 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
 
 
 def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> None:
-    from dtvg_engine.pipeline import test_primary
+    from dtvg_engine.events import read_state
 
     path = run_dir(runs, "stage2-rte-dtvg-s0")
-    expected = test_primary(path)
+    expected = read_state(path / EVENTS).last_eval["test"].primary  # the whole file, parsed
     assert study.test_score(path) == expected is not None
     with open(path / EVENTS, "a") as f:  # 100 KB of log lines after the test eval
         for _ in range(1000):
@@ -190,10 +191,10 @@ def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> N
 def test_progress_states_of_derived_runs(runs: Path) -> None:
     """A run folder with no events is queued; one whose worker lives is running; one whose worker died is
     failed (killed); a stopped one is stopped; a run missing altogether is queued."""
-    queued = run_dir(runs, "stage2-rte-pt-s0")  # as a pipeline leaves the runs it has not launched yet
+    queued = run_dir(runs, "stage2-rte-tpv-top1-s0")  # as a pipeline leaves the runs it has not launched yet
     (queued / EVENTS).unlink()
     (queued / PIDFILE).unlink()
-    launched = run_dir(runs, "stage2-rte-pt-s1")
+    launched = run_dir(runs, "stage2-rte-tpv-top1-s1")
     (launched / EVENTS).unlink()
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
@@ -205,17 +206,17 @@ def test_progress_states_of_derived_runs(runs: Path) -> None:
         events = [json.loads(line) for line in (stopped / EVENTS).read_text().splitlines()]
         finish = {**events[-1], "status": "stopped", "error": None}
         (stopped / EVENTS).write_text("".join(json.dumps(e) + "\n" for e in [*events[:-1], finish]))
-        shutil.rmtree(run_dir(runs, "stage2-mrpc-pt-s0"))
-        plan = study.plan(spec(), study.Runs.read(runs))
+        shutil.rmtree(run_dir(runs, "stage2-mrpc-tpv-top1-s0"))
+        plan = study.fill(spec(), study.Runs.read(runs))
         slots = {(s.task, s.method, s.seed): s for s in plan if s.stage == "stage2"}
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert slots["rte", "pt", 0].state == "queued" and slots["rte", "pt", 0].run_id == queued.name
-    assert slots["rte", "pt", 1].state == "running"
+    assert slots["rte", "tpv-top1", 0].state == "queued" and slots["rte", "tpv-top1", 0].run_id == queued.name
+    assert slots["rte", "tpv-top1", 1].state == "running"
     assert slots["mrpc", "dtvg", 1].state == "failed"
     assert slots["mrpc", "dtvg", 0].state == "stopped"
-    assert slots["mrpc", "pt", 0].state == "queued" and slots["mrpc", "pt", 0].run_id is None
+    assert slots["mrpc", "tpv-top1", 0].state == "queued" and slots["mrpc", "tpv-top1", 0].run_id is None
     counts = study.counts(plan)
     assert counts == {"done": 18, "running": 1, "queued": 2, "stopped": 1, "failed": 1}
 
@@ -239,7 +240,10 @@ def summary(run_id: str, status: str, steps: int, step: int = 0, duration: float
 def test_seconds_left_from_the_measured_rate() -> None:
     """Two finished runs took 10 s for 10 steps (1 s a step): what is left is the running run's 5 steps and
     two queued runs of 10, shared by `jobs`; stage 1, with nothing finished, borrows stage 2's rate."""
-    plan = {"stage2": {"steps": 10}, "stage1": {"steps": 4}, "jobs": 1}
+    tables = {"stage2": {"steps": 10}, "stage1": {"steps": 4}, "jobs": 1}
+    plan = StudySpec.of(
+        {"name": "s", "sources": ["mnli"], "targets": ["rte", "cb"], "methods": ["pt"]} | tables
+    )
     summaries = {
         "a": summary("a", "completed", 10, 10, 10.0),
         "b": summary("b", "completed", 10, 10, 10.0),
@@ -247,16 +251,17 @@ def test_seconds_left_from_the_measured_rate() -> None:
     }
     runs = study.Runs(Path("."), {}, summaries.get)
     slots = [
-        study.Slot("stage2", "rte", "pt", 0, "a", "done"),
-        study.Slot("stage2", "rte", "pt", 1, "b", "done"),
-        study.Slot("stage2", "rte", "dtvg", 0, "c", "running"),
-        study.Slot("stage2", "rte", "dtvg", 1, None, "queued"),
-        study.Slot("stage2", "cb", "dtvg", 1, None, "queued"),
-        study.Slot("stage1", "rte", "pt", 0, None, "queued"),
-        study.Slot("stage2", "cb", "pt", 1, None, "failed"),
+        study.Filled("stage2", "rte", "pt", 0, "a", "done"),
+        study.Filled("stage2", "rte", "pt", 1, "b", "done"),
+        study.Filled("stage2", "rte", "dtvg", 0, "c", "running"),
+        study.Filled("stage2", "rte", "dtvg", 1, None, "queued"),
+        study.Filled("stage2", "cb", "dtvg", 1, None, "queued"),
+        study.Filled("stage1", "rte", "pt", 0, None, "queued"),
+        study.Filled("stage2", "cb", "pt", 1, None, "failed"),
+        study.Filled("stage2", "rte", "dtvg", 1, None, "queued", shared=True),  # the run of another slot
     ]
     assert study.seconds_left(plan, slots, runs) == pytest.approx(5 + 10 + 10 + 4)
-    assert study.seconds_left({**plan, "jobs": 2}, slots, runs) == pytest.approx(29 / 2)
+    assert study.seconds_left(dataclasses.replace(plan, jobs=2), slots, runs) == pytest.approx(29 / 2)
     assert study.seconds_left(plan, slots[3:], runs) is None  # nothing measured yet
 
 
@@ -269,30 +274,34 @@ def test_find_studies(tmp_path: Path, runs: Path) -> None:
     folder.mkdir()
     shutil.copy(SPEC_FILE, folder / "tiny-study.toml")
     (folder / "broken.toml").write_text("name = ")
-    other = {**spec(), "name": "elsewhere"}
-    study.record_path(runs, "elsewhere").write_text(json.dumps({"file": "/gone.toml", "spec": other}))
+    other = dataclasses.replace(spec(), name="elsewhere")
+    record = {"file": "/gone.toml", "spec": other.record()}
+    studyprocess.record_path(runs, "elsewhere").write_text(json.dumps(record))
     (runs / "old-results.json").write_text("{}")
-    found = {s.name: s for s in study.find_studies(runs, [folder])}
+    found = {s.name: s for s in studyprocess.find_studies(runs, [folder])}
     assert set(found) == {"tiny-study", "elsewhere", "old"}
     assert found["tiny-study"].path == folder / "tiny-study.toml" and found["tiny-study"].results
-    assert found["elsewhere"].path == study.record_path(runs, "elsewhere") and not found["elsewhere"].results
+    assert (
+        found["elsewhere"].path == studyprocess.record_path(runs, "elsewhere")
+        and not found["elsewhere"].results
+    )
     assert found["old"].path is None
-    assert study.load_study(found["elsewhere"].path) == (other, None)  # its file is gone
+    assert studyprocess.load_study(found["elsewhere"].path) == (other, None)  # its file is gone
 
 
 def test_the_recorded_pipeline_left_its_study(runs: Path) -> None:
-    recorded, _ = study.read_record(study.record_path(runs, "tiny-study"))
-    assert recorded["methods"] == spec()["methods"] and recorded["data_dir"]  # --data-dir kept
+    recorded, _ = studyprocess.read_record(studyprocess.record_path(runs, "tiny-study"))
+    assert recorded.methods == spec().methods and recorded.shared["data_dir"]  # --data-dir kept
 
 
 def test_a_pid_is_a_pipelines_only_while_it_runs_one(runs: Path) -> None:
-    pidfile = runs / study.PIPELINES_DIR / "tiny-study.pid"
+    pidfile = runs / studyprocess.PIPELINES_DIR / "tiny-study.pid"
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         pidfile.write_text(f"{sleeper.pid}\n")
-        assert study.pipeline_pid(runs, "tiny-study") is None  # alive, but no pipeline
+        assert studyprocess.pipeline_pid(runs, "tiny-study") is None  # alive, but no pipeline
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert study.pipeline_pid(runs, "tiny-study") is None
-    assert study.pipeline_pid(runs, "no-such-study") is None
+    assert studyprocess.pipeline_pid(runs, "tiny-study") is None
+    assert studyprocess.pipeline_pid(runs, "no-such-study") is None

@@ -69,7 +69,7 @@ def test_a_study_takes_jobs_auto_by_default_and_refuses_a_bad_value(tmp_path: Pa
     study = 'model = "tiny-llama"\nsources = ["sst2"]\ntargets = ["rte"]\nmethods = ["pt"]\n'
     path = tmp_path / "s.toml"
     path.write_text(study)
-    assert load_experiment(path)["jobs"] == "auto"
+    assert load_experiment(path).jobs == "auto"
     path.write_text(study + 'jobs = "lots"\n')
     with pytest.raises(UserError, match=r"s.toml: jobs must be a positive integer or auto \(got 'lots'\)"):
         load_experiment(path)

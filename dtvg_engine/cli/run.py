@@ -159,7 +159,7 @@ def run_pipeline(
     Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+    from dtvg_engine.pipeline import results_paths, run_pipeline
     from dtvg_engine.studyfile import load_experiment
 
     if jobs is not None:
@@ -168,23 +168,23 @@ def run_pipeline(
     data = str(data_dir.resolve()) if data_dir else None
     on_slurm = None
     if so.on_slurm(executor):
-        table = load_experiment(experiment).get("slurm")
+        table = load_experiment(experiment).slurm
         base = so.Resources.from_table(table, str(experiment)) if table else None
         on_slurm = so.submitter().PipelineOnSlurm(
             experiment.resolve(), root.resolve(), so.resources(locals(), base), jobs, data
         )
-    results = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
-    for line in results["report"]:
+    outcome = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
+    for line in outcome.report:
         out.print(line, markup=False, highlight=False)
-    if "rows" not in results:  # submitted: the last pipeline job writes the results
-        print(f"results, once every job has ended: {results_paths(root, results['name'])[0]}")
+    if outcome.table is None:  # submitted: the last pipeline job writes the results
+        print(f"results, once every job has ended: {results_paths(root, outcome.name)[0]}")
         return
-    out.print(markdown(results), markup=False, highlight=False)
-    md, js = results_paths(root, results["name"])
+    out.print(outcome.table.markdown, markup=False, highlight=False)
+    md, js = results_paths(root, outcome.name)
     print(f"results: {md} and {js}")
-    if results["unfinished"]:
-        unfinished = ", ".join(f"{run_id} ({status})" for run_id, status in results["unfinished"].items())
-        print(f"{len(results['unfinished'])} run(s) did not complete: {unfinished}")
+    if outcome.unfinished:
+        unfinished = ", ".join(f"{run_id} ({status})" for run_id, status in outcome.unfinished.items())
+        print(f"{len(outcome.unfinished)} run(s) did not complete: {unfinished}")
         raise typer.Exit(1)
 
 

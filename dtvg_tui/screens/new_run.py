@@ -326,7 +326,7 @@ class NewRunScreen(Screen[None]):
 
     def _launch_pipeline(self) -> None:
         """Start `dtvg run pipeline FILE` as the study view's `g` does (a bad file is refused here)."""
-        from dtvg_engine.study import start_pipeline
+        from dtvg_engine.studyprocess import start_pipeline
 
         path = Path(self._value("pl-file")).expanduser()
         _, log_path = start_pipeline(path, Path(self.app.runs_dir))

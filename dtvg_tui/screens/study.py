@@ -23,9 +23,10 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from dtvg_engine import study
+from dtvg_engine import study, studyprocess
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import write_json_atomic, write_text_atomic
+from dtvg_engine.studyfile import StudySpec
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration
 from dtvg_tui.screens.dialogs import ConfirmScreen
@@ -96,7 +97,7 @@ class StudyScreen(Screen[None]):
 
     BINDINGS = keys.STUDY_BINDINGS
 
-    def __init__(self, spec: dict[str, Any], pipeline_file: Path | None) -> None:
+    def __init__(self, spec: StudySpec, pipeline_file: Path | None) -> None:
         super().__init__()
         self.spec = spec
         """The study, as the pipeline reads it."""
@@ -138,24 +139,24 @@ class StudyScreen(Screen[None]):
     def on_mount(self) -> None:
         self.data = StudyData(self.spec, self.app.runs_dir)
         where = f" — {_shown_path(self.pipeline_file)}" if self.pipeline_file else ""
-        self.sub_title = f"Study {self.spec['name']}{where}"
+        self.sub_title = f"Study {self.spec.name}{where}"
         table = self.query_one("#study-table", DataTable)
         table.add_column("target", key="target")
-        for method in self.spec["methods"]:
+        for method in self.spec.methods:
             table.add_column(method, key=method)
         table.add_column("constant", key="constant")
-        for target in self.spec["targets"]:
+        for target in self.spec.targets:
             table.add_row(
-                *[Text(target, style="bold"), *(Text("…", style="dim") for _ in self.spec["methods"])],
+                *[Text(target, style="bold"), *(Text("…", style="dim") for _ in self.spec.methods)],
                 "",
                 key=target,
             )
-        table.add_row(Text("average", style="italic"), *("" for _ in self.spec["methods"]), "", key="average")
+        table.add_row(Text("average", style="italic"), *("" for _ in self.spec.methods), "", key="average")
         stage1 = self.query_one("#study-stage1-table", DataTable)
         for label in ("task", "role", "state", "data", "run", "steps", "best validation", "test"):
             stage1.add_column(label)
         groups = self.query_one("#study-groups-table", DataTable)
-        for label in ("target", "method", "seeds", "changes", *(f"{s} in" for s in self.spec["sources"])):
+        for label in ("target", "method", "seeds", "changes", *(f"{s} in" for s in self.spec.sources)):
             groups.add_column(label)
         self.query_one("#study-heatmap", Heatmap).show_error("Loading the stage-1 vectors…")
         table.focus()
@@ -188,7 +189,7 @@ class StudyScreen(Screen[None]):
     def _load(self, data: StudyData, summaries: dict) -> None:
         try:
             snapshot = data.load(summaries)
-            pipeline = study.pipeline_pid(data.runs_dir, self.spec["name"])
+            pipeline = studyprocess.pipeline_pid(data.runs_dir, self.spec.name)
             self.app.call_from_thread(self._show, snapshot, pipeline)
             data.load_details(snapshot)
             self.app.call_from_thread(self._show_details, snapshot)
@@ -209,17 +210,17 @@ class StudyScreen(Screen[None]):
     def _show_table(self, snapshot: Snapshot) -> None:
         table = self.query_one("#study-table", DataTable)
         results = snapshot.results
-        seeds = len(self.spec["seeds"])
+        seeds = len(self.spec.seeds)
         cells = {(r["target"], r["method"]): r for r in results.rows}
-        for target, floor in zip(self.spec["targets"], results.floors, strict=True):
-            metric = cells[target, self.spec["methods"][0]]["metric"]
+        for target, floor in zip(self.spec.targets, results.floors, strict=True):
+            metric = cells[target, self.spec.methods[0]]["metric"]
             label = Text.assemble((target, "bold"), (f" ({metric})", "dim"))
             table.update_cell(target, "target", label, update_width=True)
-            for method in self.spec["methods"]:
+            for method in self.spec.methods:
                 table.update_cell(target, method, _cell(cells[target, method], seeds), update_width=True)
             table.update_cell(target, "constant", study.pct(floor), update_width=True)
         averages = results.averages()
-        for key, value in zip([*self.spec["methods"], "constant"], averages, strict=True):
+        for key, value in zip([*self.spec.methods, "constant"], averages, strict=True):
             table.update_cell("average", key, Text(study.pct(value), style="italic"), update_width=True)
         finished = len(results.study.runs)
         self.query_one("#study-note", Static).update(
@@ -289,11 +290,9 @@ class StudyScreen(Screen[None]):
         """(target, method) under the cursor; None for the parts that are not there."""
         table = self.query_one("#study-table", DataTable)
         row, column = table.cursor_coordinate
-        targets, columns = self.spec["targets"], ["target", *self.spec["methods"], "constant"]
+        targets, columns = self.spec.targets, ["target", *self.spec.methods, "constant"]
         target = targets[row] if row < len(targets) else None
-        method = (
-            columns[column] if column < len(columns) and columns[column] in self.spec["methods"] else None
-        )
+        method = columns[column] if column < len(columns) and columns[column] in self.spec.methods else None
         return target, method
 
     @on(DataTable.CellHighlighted, "#study-table")
@@ -303,10 +302,10 @@ class StudyScreen(Screen[None]):
             return
         results = self.snapshot.results
         rows = [r for r in results.rows if r["target"] == target]
-        floor = results.floors[self.spec["targets"].index(target)]
+        floor = results.floors[self.spec.targets.index(target)]
         self.query_one("#study-bars", ScoreBars).show(
             f"{target} ({rows[0]['metric']}): mean ± std over seeds; line: constant prediction",
-            self.spec["methods"],
+            self.spec.methods,
             [r["mean"] for r in rows],
             [r["std"] for r in rows],
             floor,
@@ -326,7 +325,7 @@ class StudyScreen(Screen[None]):
         if self.snapshot is None or target is None:
             return
         by_seed: dict[int, list[Path]] = {}
-        for method in self.spec["methods"]:
+        for method in self.spec.methods:
             for slot in self.snapshot.slot_runs(target, method):
                 run_dir = self.snapshot.run_dir(slot)
                 if run_dir is not None and slot.state in ("done", "running", "stopped"):
@@ -343,10 +342,10 @@ class StudyScreen(Screen[None]):
 
     # ----- start, stop, export -----
 
-    def _record(self) -> tuple[dict[str, Any], Path | None] | None:
-        path = study.record_path(Path(self.app.runs_dir), self.spec["name"])
+    def _record(self) -> tuple[StudySpec, Path | None] | None:
+        path = studyprocess.record_path(Path(self.app.runs_dir), self.spec.name)
         try:
-            return study.read_record(path) if path.is_file() else None
+            return studyprocess.read_record(path) if path.is_file() else None
         except UserError:
             return None
 
@@ -359,9 +358,10 @@ class StudyScreen(Screen[None]):
             )
             return
         record = self._record()
-        data_dir = record[0].get("data_dir") if record and record[1] == self.pipeline_file.resolve() else None
+        same_file = record and record[1] == self.pipeline_file.resolve()
+        data_dir = record[0].shared.get("data_dir") if same_file else None
         try:
-            pid, log = study.start_pipeline(self.pipeline_file, Path(self.app.runs_dir), data_dir)
+            pid, log = studyprocess.start_pipeline(self.pipeline_file, Path(self.app.runs_dir), data_dir)
         except (UserError, OSError) as e:
             self.notify(str(e), severity="error")
             return
@@ -381,13 +381,13 @@ class StudyScreen(Screen[None]):
             if confirmed:
                 self._stop()
 
-        question = f"Stop study {self.spec['name']}? (its pipeline ends, its {live} running run(s) stop)"
+        question = f"Stop study {self.spec.name}? (its pipeline ends, its {live} running run(s) stop)"
         self.app.push_screen(ConfirmScreen(question, "Stop"), stop)
 
     @work(thread=True, group="study-stop", exit_on_error=False)
     def _stop(self) -> None:
         try:
-            had_pipeline, stopped = study.stop_study(self.spec, Path(self.app.runs_dir))
+            had_pipeline, stopped = studyprocess.stop_study(self.spec, Path(self.app.runs_dir))
         except (UserError, OSError) as e:
             self.app.call_from_thread(self.notify, f"cannot stop the study: {e}", severity="error")
             return
@@ -401,7 +401,7 @@ class StudyScreen(Screen[None]):
         if self.snapshot is None:
             return
         results = self.snapshot.results
-        stem = Path(self.app.runs_dir) / f"{self.spec['name']}-table"
+        stem = Path(self.app.runs_dir) / f"{self.spec.name}-table"
         try:
             write_text_atomic(stem.with_suffix(".md"), results.markdown)
             write_json_atomic(stem.with_suffix(".json"), results.document())
@@ -434,7 +434,7 @@ class StudyCellScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"Study {self.study_screen.spec['name']}: {self.method} on {self.target}"
+        self.sub_title = f"Study {self.study_screen.spec.name}: {self.method} on {self.target}"
         table = self.query_one("#cell-table", DataTable)
         for label in ("seed", "state", "run", "status", "step", "best validation", "test", "duration"):
             table.add_column(label)
@@ -518,7 +518,7 @@ class StudiesScreen(Screen[None]):
         super().__init__()
         self.folders = folders
         """Where pipeline files are looked for."""
-        self.studies: list[study.StudyFile] = []
+        self.studies: list[studyprocess.StudyFile] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -531,7 +531,7 @@ class StudiesScreen(Screen[None]):
         table = self.query_one("#studies-table", DataTable)
         for label in ("study", "file", "results in the runs directory"):
             table.add_column(label)
-        self.studies = study.find_studies(self.app.runs_dir, self.folders)
+        self.studies = studyprocess.find_studies(self.app.runs_dir, self.folders)
         for found in self.studies:
             table.add_row(
                 Text(found.name, style="bold"),

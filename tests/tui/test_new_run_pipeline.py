@@ -91,7 +91,7 @@ max_eval = 16
                 if (runs_dir / "tiny-study-results.md").is_file():
                     break
                 await pilot.pause(0.25)
-            assert "| rte | pt |" in (runs_dir / "tiny-study-results.md").read_text()
+            assert "| target | pt | constant |" in (runs_dir / "tiny-study-results.md").read_text()
             (log,) = (runs_dir / "_pipelines").glob("*-tiny-study.log")
             assert "results:" in log.read_text()
     finally:

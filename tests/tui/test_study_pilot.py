@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dtvg_engine import study, tpv_plain
+from dtvg_engine import study, studyprocess, tpv_plain
 from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import TPV, read_config, summarize
 from dtvg_tui.app import DtvgApp
@@ -34,7 +34,7 @@ def make_app(runs: Path, **kwargs) -> DtvgApp:  # noqa: ANN003
 
 def expected(runs: Path) -> study.Results:
     """The table as the study module computes it from the folders (as `dtvg runs report` does)."""
-    spec, runs_ = study.load_study(STUDY_FILE)[0], study.Runs.read(runs)
+    spec, runs_ = studyprocess.load_study(STUDY_FILE)[0], study.Runs.read(runs)
     found = study.find_study(spec, runs_)
     return study.results(
         found, runs_, study.test_score, lambda path: study.recorded_constant(read_config(path))
@@ -42,8 +42,8 @@ def expected(runs: Path) -> study.Results:
 
 
 def put_cursor(screen: StudyScreen, target: str, method: str) -> None:
-    row = screen.spec["targets"].index(target)
-    column = 1 + screen.spec["methods"].index(method)
+    row = screen.spec.targets.index(target)
+    column = 1 + screen.spec.methods.index(method)
     screen.query_one("#study-table").move_cursor(row=row, column=column)
 
 
@@ -108,9 +108,10 @@ async def test_c_compares_the_rows_methods(study_runs: Path):  # noqa: F811
         compare = pilot.app.screen
         assert isinstance(compare, CompareScreen)
         configs = [read_config(d) for d in compare.run_dirs]
-        assert [(c["target"], c["seed"]) for c in configs] == [("mrpc", 0)] * 4
-        entries = [study.entry_of(study.load_study(STUDY_FILE)[0], c) for c in configs]
-        assert entries == ["pt", "tpv-top1", "dtvg", "dtvg:prefix"]
+        assert [(c.get("target", c.get("task")), c["seed"]) for c in configs] == [("mrpc", 0)] * 4
+        assert configs[0]["stage"] == "stage1"  # pt at its T_t's settings is that run
+        entries = [study.slot_of(c, studyprocess.load_study(STUDY_FILE)[0])[2] for c in configs[1:]]
+        assert entries == ["tpv-top1", "dtvg", "dtvg:prefix"]
 
 
 @sync
@@ -172,7 +173,7 @@ async def test_S_lists_the_studies_and_opens_one(study_runs: Path, tmp_path: Pat
         await pilot.press("enter")
         await settle_study(pilot)
         assert isinstance(pilot.app.screen, StudyScreen)
-        assert pilot.app.screen.spec["name"] == "tiny-study"
+        assert pilot.app.screen.spec.name == "tiny-study"
 
 
 @sync
@@ -272,7 +273,7 @@ async def test_start_stop_and_resume_a_real_study(runs_dir: Path, data_dir: Path
             await pilot.pause(0.3)
             await pilot.press("y")
             await wait_until(pilot, lambda: view.snapshot.counts["stopped"] == 1, 60, "stopped")
-            assert study.pipeline_pid(runs_dir, "stop-me") is None
+            assert studyprocess.pipeline_pid(runs_dir, "stop-me") is None
             assert summarize(runs_dir / run).status == "stopped"
             await wait_until(
                 pilot, lambda: "pipeline not running" in screen_text(pilot.app), 10, "shown ended"

@@ -26,7 +26,7 @@ def _view(*keys: str, cell: tuple[str, str] | None = ("rte", "dtvg")):
         await settle_study(pilot)
         screen = pilot.app.screen
         if cell is not None:
-            row, column = screen.spec["targets"].index(cell[0]), 1 + screen.spec["methods"].index(cell[1])
+            row, column = screen.spec.targets.index(cell[0]), 1 + screen.spec.methods.index(cell[1])
             screen.query_one("#study-table").move_cursor(row=row, column=column)
             await pilot.pause(0.3)
         if keys:

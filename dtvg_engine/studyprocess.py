@@ -1,0 +1,161 @@
+"""A study's pipeline as a process: the record it leaves in the runs directory, the studies a dashboard
+can open, and starting and stopping a study's pipeline.
+
+Standard library only: the dashboard's study screens start and stop studies through here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtvg_engine.errors import UserError
+from dtvg_engine.runfolder import pid_alive, write_json_atomic, write_text_atomic
+from dtvg_engine.safefiles import PID_LIMIT, read_bytes, read_json
+from dtvg_engine.study import Runs, fill
+from dtvg_engine.studyfile import StudySpec, load_experiment
+
+PIPELINES_DIR = "_pipelines"
+"""`<runs_dir>/_pipelines/`: what a runs directory's pipelines leave (their logs, studies and pids)."""
+
+# ----- finding studies ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    """A study the dashboard can open: a pipeline file, or the study a pipeline recorded in a runs dir."""
+
+    name: str
+    path: Path | None
+    """The TOML file, or the record in `<runs_dir>/_pipelines/`; None for results without either."""
+    results: bool
+    """Whether the runs directory holds its pipeline results (`<name>-results.json`)."""
+
+
+def record_path(runs_dir: Path, name: str) -> Path:
+    """Where a pipeline records the study it runs: `<runs_dir>/_pipelines/<name>.json`."""
+    return Path(runs_dir) / PIPELINES_DIR / f"{name}.json"
+
+
+def record_study(runs_dir: Path, spec: StudySpec, path: Path) -> None:
+    """What a pipeline leaves as it starts: the study it runs (as resolved, `--data-dir` included) and
+    its file, so that the study can be opened and started again without the file at hand, and its own
+    pid, so that the study can be stopped however the pipeline was started."""
+    record = record_path(runs_dir, spec.name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, {"file": str(Path(path).resolve()), "spec": spec.record()})
+    write_text_atomic(_pidfile(runs_dir, spec.name), f"{os.getpid()}\n")
+
+
+def read_record(path: Path) -> tuple[StudySpec, Path | None]:
+    """A pipeline's record: the study and its file (None when the file is gone)."""
+    try:
+        record = read_json(path)
+        spec, file = record["spec"], Path(record["file"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read the study record {path} ({e}); run its pipeline file again") from None
+    lists = ("sources", "targets", "methods")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UserError(f"{path} is not a study record; run its pipeline file again")
+    if not all(isinstance(spec.get(key), list) for key in lists):
+        raise UserError(f"{path} is not a study record; run its pipeline file again")
+    return StudySpec.of(spec), file if file.is_file() else None
+
+
+def load_study(path: Path) -> tuple[StudySpec, Path | None]:
+    """A study and the pipeline file that runs it, from that TOML file (checked as the pipeline checks
+    it) or from a pipeline's record in a runs directory."""
+    path = Path(path)
+    return read_record(path) if path.suffix == ".json" else (load_experiment(path), path)
+
+
+def find_studies(runs_dir: Path, folders: Iterable[Path]) -> list[StudyFile]:
+    """The studies to offer: pipeline files (`*.toml`) in `folders`, the studies the runs directory's
+    pipelines recorded, and any whose results it holds; one per name, a file before a record."""
+    runs_dir = Path(runs_dir)
+    results = {p.name[: -len("-results.json")] for p in runs_dir.glob("*-results.json")}
+    found: dict[str, StudyFile] = {}
+    files = [p for folder in folders for p in sorted(Path(folder).glob("*.toml"))]
+    for path in [*files, *sorted((runs_dir / PIPELINES_DIR).glob("*.json"))]:
+        try:
+            name = load_study(path)[0].name
+        except UserError:
+            continue  # not a study file (or a broken one): nothing to open
+        found.setdefault(name, StudyFile(name, path, name in results))
+    for name in sorted(results - set(found)):
+        found[name] = StudyFile(name, None, True)
+    return sorted(found.values(), key=lambda s: s.name)
+
+
+# ----- the study's pipeline process ---------------------------------------------------------------------
+
+
+def _pidfile(runs_dir: Path, name: str) -> Path:
+    return Path(runs_dir) / PIPELINES_DIR / f"{name}.pid"
+
+
+def pipeline_pid(runs_dir: Path, name: str) -> int | None:
+    """The pid of the study's pipeline while it runs, else None.
+
+    A pid is only believed while its process is a `dtvg run pipeline` (pids are reused).
+    """
+    try:
+        pid = int(read_bytes(_pidfile(runs_dir, name), PID_LIMIT).strip())
+    except (OSError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc (macOS): the pid is alive, trust it
+    return pid if b"dtvg" in command and b"pipeline" in command else None
+
+
+def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> tuple[int, Path]:
+    """Start (or resume) the study of pipeline file `path` as `dtvg run pipeline` in its own process
+    group, as `dtvg run pipeline` in a terminal would; return its pid and its log file.
+
+    The pipeline reuses finished runs and resumes stopped ones, so starting a study again resumes it.
+    `data_dir` is the `--data-dir` it ran with before (runs of another data dir are other runs).
+    """
+    from dtvg_engine import launcher
+
+    name = load_experiment(path).name
+    running = pipeline_pid(runs_dir, name)
+    if running is not None:
+        raise UserError(f"study {name} is already running (pipeline pid {running})")
+    folder = Path(runs_dir) / PIPELINES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
+    command = [sys.executable, "-m", "dtvg_engine.cli", "run", "pipeline", str(Path(path).resolve())]
+    command += ["--runs-dir", str(Path(runs_dir).resolve())]
+    command += ["--data-dir", data_dir] if data_dir else []
+    child = launcher.spawn_detached(command, log)
+    write_text_atomic(_pidfile(runs_dir, name), f"{child.pid}\n")  # the pipeline writes it too, as it starts
+    return child.pid, log
+
+
+def stop_study(spec: StudySpec, runs_dir: Path) -> tuple[bool, int]:
+    """Stop the study: end its pipeline first (so it starts no further run), then ask each of the study's
+    runs that is still running to stop gracefully (checkpoint, status stopped). Returns whether a
+    pipeline was running and how many runs were asked to stop; starting the study again resumes them."""
+    from dtvg_engine import launcher
+
+    pid = pipeline_pid(runs_dir, spec.name)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)  # the pipeline alone: its workers run in their own sessions
+        except ProcessLookupError:
+            pass
+        launcher.wait_for_exit(pid, timeout=10)
+    runs = Runs.read(runs_dir)  # read after the pipeline ended: it may have launched a run just before
+    live = [
+        runs.runs_dir / slot.run_id for slot in fill(spec, runs) if slot.state == "running" and slot.run_id
+    ]
+    return pid is not None, sum(1 for run_dir in live if launcher.stop_run(run_dir))

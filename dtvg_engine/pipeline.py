@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,13 @@ def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm
             if status in ("running", "pending") and (job := slurm.active_job(run_dir))
         ]
         width = workers.array_width(jobs, len(todo))
-        submitted = on_slurm.submit(todo, width) if todo else []
+        try:
+            submitted = on_slurm.submit(todo, width) if todo else []
+        except UserError:  # sbatch refused: the runs made for it go again, as for a single run
+            for run_dir, status in plan:
+                if status == "new" and not (run_dir / EVENTS).exists():
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if submitted:
             array = submitted[0].split("_")[0]  # an array's tasks are <job>_<index>
             report.append(f"submitted {len(todo)} run(s) to Slurm as job {array}, {width} at a time")

@@ -582,7 +582,7 @@ def build_summary(
     first, last = state.first_start, state.last_start
     record = slurm.read_job(run_dir)
     job_id = str(record["job_id"]) if record and record.get("job_id") else None
-    job = (queue or slurm.Queue([job_id])).get(job_id) if job_id else None
+    job = (queue or slurm.Queue([job_id])).job_of(record) if job_id else None
     if record is None:
         status = derive_status(state, launched_pid, launched_at)
     else:

@@ -7,6 +7,11 @@ comes from the run folder and from `squeue` (queued or running), never from subm
 without Slurm accounting submitit cannot tell a job's end. Queries are batched: one `squeue` call
 answers for every job a listing or a dashboard refresh shows (`Queue`).
 
+A job id alone does not name a run's job: a new controller, a wrap-around or a runs directory moved
+to another cluster hands the same id to someone else's job. A job counts as the run's only when its
+log lies in the submission's own folder (`folder` in the record, unique per submission); any other
+job with that id is taken to be gone, so a run never shows, stops or kills a job not its own.
+
 Standard library only, because the dashboard imports it; submitting (through submitit) lives in
 `slurm_submit`, which only the commands that submit import.
 """
@@ -158,6 +163,16 @@ class JobState:
     """Slurm's job state (`squeue %T`): PENDING, RUNNING, COMPLETING, …; UNKNOWN when squeue failed."""
     reason: str
     """Why it waits (`squeue %r`): Priority, Resources, BeginTime, JobArrayTaskLimit, …; "None" if it runs."""
+    log: str = ""
+    """Where the job writes its output (`squeue -O StdOut`, maybe still holding patterns such as %A)."""
+
+    def submitted_from(self, folder: str | os.PathLike[str] | None) -> bool:
+        """Whether this job is the one submitted with its files in `folder`: its log lies there.
+
+        Folders are compared by name (`<time>-<random>`, unique per submission), so a runs directory
+        reached by another path still knows its jobs.
+        """
+        return bool(folder and self.log) and Path(self.log).parent.name == Path(folder).name
 
     @property
     def queued(self) -> bool:
@@ -179,12 +194,13 @@ def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
     """The queue state of these jobs, in one `squeue` call; None when squeue cannot be asked.
 
     A job that is not in the answer has left the queue (finished, cancelled, failed or lost).
-    Array tasks are asked and answered one by one (`12_3`), pending ones too (`-r`).
+    Array tasks are asked and answered one by one (`12_3`), pending ones too (`--array`).
     """
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return {}
-    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--format", "%i|%T|%r"]
+    fields = "JobArrayID:|,State:|,Reason:|,StdOut:"  # the log last: a path may hold anything
+    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--Format", fields]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_SQUEUE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
@@ -194,10 +210,9 @@ def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
         return {} if "Invalid job id" in done.stderr else None
     states: dict[str, JobState] = {}
     for line in done.stdout.splitlines():
-        job_id, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
+        job_id, state, reason, log = (line.strip().split("|", 3) + ["", "", ""])[:4]
         if job_id and state:
-            states[job_id] = JobState(state, reason)
+            states[job_id] = JobState(state, reason, log.strip())
     return states
 
 
@@ -214,8 +229,19 @@ class Queue:
         """The queue of the jobs of these runs' submission records (local runs have none)."""
         return cls(record["job_id"] for d in run_dirs if (record := read_job(d)) and record.get("job_id"))
 
+    def job_of(self, record: Mapping[str, Any] | None) -> JobState | None:
+        """The state of the job a submission record names, or None when that job has left the queue,
+        or the job with its id is not the one submitted (see `JobState.submitted_from`);
+        `UNREACHABLE` when squeue failed."""
+        job_id = str(record.get("job_id") or "") if record else ""
+        state = self.get(job_id) if job_id else None
+        if state is None or state is UNREACHABLE:
+            return state
+        return state if state.submitted_from(record.get("folder")) else None
+
     def get(self, job_id: str) -> JobState | None:
-        """The job's state, or None when it has left the queue; `UNREACHABLE` when squeue failed."""
+        """The state of whatever job has this id now, or None when there is none; `UNREACHABLE` when
+        squeue failed. Which run it belongs to is `job_of`'s question."""
         if not self._asked:
             self._states = squeue(self._ids)
             self._asked = True
@@ -251,10 +277,16 @@ def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     return str(job_id) if job_id else None
 
 
+def job_state(record: Mapping[str, Any] | None) -> JobState | None:
+    """The state of the job of this submission record, asked alone (see `Queue.job_of`)."""
+    job_id = str(record.get("job_id") or "") if record else ""
+    return Queue([job_id]).job_of(record) if job_id else None
+
+
 def active_job(run_dir: str | os.PathLike[str]) -> str | None:
-    """The run's Slurm job id while the job is in the queue (or squeue cannot tell), else None."""
-    job_id = job_id_of(run_dir)
-    return job_id if job_id and Queue([job_id]).get(job_id) is not None else None
+    """The run's Slurm job id while its job is in the queue (or squeue cannot tell), else None."""
+    record = read_job(run_dir)
+    return str(record["job_id"]) if record and job_state(record) is not None else None
 
 
 def run_status(events: RunState, job_id: str | None, state: JobState | None) -> str:
@@ -297,13 +329,14 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
     The request is recorded first, so the worker knows it is not a preemption (which it would answer
     by requeueing); then the job is signalled (SIGUSR2, as Slurm warns a job before its time limit),
-    or cancelled outright while it still waits in the queue. False when the job is not in the queue.
+    or cancelled outright while it still waits in the queue. False when the run's job is not in the
+    queue, or squeue cannot tell that the job with its id is the run's.
     """
     record = read_job(run_dir)
-    job_id = str(record.get("job_id") or "") if record else ""
-    state = Queue([job_id]).get(job_id) if job_id else None
-    if record is None or state is None:
+    state = job_state(record)
+    if record is None or state is None or state is UNREACHABLE:
         return False
+    job_id = str(record["job_id"])
     write_job(run_dir, {**record, "stop_requested": time.time()})
     if state.queued:
         return _scancel(job_id)
@@ -315,12 +348,13 @@ def kill(run_dir: str | os.PathLike[str]) -> bool:
 
     Slurm cancels a job with SIGTERM first (SIGKILL only after its KillWait), which the worker would
     answer with a checkpoint; so the request is recorded first, and the worker reads it and exits at
-    once (`kill_requested`).
+    once (`kill_requested`). False, as for `stop`, unless the job is provably the run's.
     """
     record = read_job(run_dir)
-    job_id = active_job(run_dir)
-    if record is None or job_id is None:
+    state = job_state(record)
+    if record is None or state is None or state is UNREACHABLE:
         return False
+    job_id = str(record["job_id"])
     now = time.time()
     write_job(run_dir, {**record, "stop_requested": now, "kill_requested": now})
     return _scancel(job_id)

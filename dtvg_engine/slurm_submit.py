@@ -119,6 +119,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
         submitted = _submit(executor, [SlurmRun(str(d)) for d in run_dirs])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # `_slurm` itself goes when this was its first submission
+            folder.parent.rmdir()
         for run_dir, record in before.items():
             if record is None:
                 (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ their tables here, so what the dashboard shows and exports is what the report wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -655,6 +656,14 @@ def record_study(runs_dir: Path, spec: dict[str, Any], path: Path) -> None:
     record.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, {"file": str(Path(path).resolve()), "spec": spec})
     write_text_atomic(_pidfile(runs_dir, spec["name"]), f"{os.getpid()}\n")
+
+
+def forget_study(runs_dir: Path, name: str) -> None:
+    """Remove what `record_study` left, for a pipeline that started nothing (sbatch refused it)."""
+    record_path(runs_dir, name).unlink(missing_ok=True)
+    _pidfile(runs_dir, name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone only when empty: other studies' records stay
+        (Path(runs_dir) / PIPELINES_DIR).rmdir()
 
 
 def read_record(path: Path) -> tuple[dict[str, Any], Path | None]:

@@ -3,9 +3,11 @@
 This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It owns
 its run folder (the claim on worker.lock) for its whole life, so a second worker exits at once with
 code 2 without writing anything. It reads `config.json`, writes the event stream, keeps the history
-index current at start and end, and on SIGTERM, SIGUSR2 (Slurm's warning) or Ctrl-C checkpoints and
-finishes with status `stopped`, so `dtvg run resume` can go on. Run by a Slurm job (`slurm_submit`), it
-records the job, and when Slurm rather than `dtvg runs stop` stopped it, requeues the job instead.
+index current at start and end, and on SIGTERM, SIGUSR2 or Ctrl-C checkpoints and finishes with status
+`stopped`, so `dtvg run resume` can go on. Run by a Slurm job (`slurm_submit`), it records the job and
+reads the signal: SIGUSR2 that `dtvg runs stop` asked for stops the run; SIGUSR2 it did not ask for is
+Slurm's warning (preemption, the time limit), answered by requeueing the job; SIGTERM alone is the job
+being cancelled (`scancel`), which leaves the run `killed`, resumable from the checkpoint.
 """
 
 from __future__ import annotations
@@ -79,10 +81,10 @@ def run_worker(run_dir: Path, job_id: str | None = None) -> int:
 
 def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     """Run the configured stage to its end, writing the events and the history index."""
-    stop = {"requested": False}
+    received: set[int] = set()  # the signals that asked this worker to stop
 
     def request_stop(signum: int, frame: object) -> None:
-        stop["requested"] = True
+        received.add(signum)
         if job_id and slurm.kill_requested(run_dir):  # Slurm cancels with SIGTERM: end now, as a kill
             os._exit(128 + signum)
 
@@ -112,7 +114,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             from dtvg_engine.training import RunFailed
 
             try:
-                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: stop["requested"])
+                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: bool(received))
             except (UserError, RunFailed) as exc:
                 error = str(exc)
         except Exception as exc:  # a bug or an unexpected library error: keep the run readable
@@ -120,6 +122,9 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             error = f"{type(exc).__name__}: {exc}"
         status = "failed" if error else outcome.status
         if status == "stopped" and job_id and not slurm.stop_requested(run_dir):
+            if signal.SIGUSR2 not in received:  # cancelled: no `run_finished`, so the run shows killed
+                _leave_cancelled(job_id, events, outcome.step)
+                return 0
             if _requeued(run_dir, job_id, events, history, outcome.step):
                 return 0
         if error:
@@ -135,6 +140,19 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
         events.emit("run_finished", status=status, summary=summary, error=error)
     _update_index(history, run_dir)
     return 1 if status == "failed" else 0
+
+
+def _leave_cancelled(job_id: str, events: EventWriter, step: int) -> None:
+    """Say why the segment ends open: Slurm cancelled the job (`scancel`, SIGTERM without its warning).
+
+    Without a `run_finished` the run shows killed once the job has left the queue, and resumes from
+    the checkpoint just saved; were the job requeued after all, its next start goes on from there.
+    """
+    events.emit(
+        "log",
+        level="warning",
+        message=f"Slurm cancelled job {job_id} at step {step}; the run ends killed (resumable from here)",
+    )
 
 
 def _requeued(run_dir: Path, job_id: str, events: EventWriter, history: History, step: int) -> bool:

@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from slurm_cluster import on_cluster, slurm_cluster, wait_for  # noqa: F401 - the fixture, used by on_cluster
+from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by on_cluster
+    on_cluster,
+    restart_cluster,
+    slurm_cluster,
+    wait_for,
+)
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
@@ -282,9 +287,10 @@ def test_a_preempted_job_is_requeued_and_goes_on_from_its_checkpoint(runs_dir, d
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
     job_id = slurm.read_job(run_dir)["job_id"]
     wait_for("the worker to start", lambda: running(run_dir), every=0.1)
-    # what Slurm sends a preempted job (as submitit's own preemption test does): SIGTERM, then USR2
-    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
+    # what Slurm sends a job it preempts with a grace time (PreemptParameters=send_user_signal): the
+    # job's warning signal, USR2, then SIGTERM
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
     seen = set()
 
     def done() -> RunSummary | None:
@@ -374,3 +380,62 @@ def test_a_pipeline_run_again_leaves_its_queued_jobs_alone(runs_dir, data_dir, t
     finally:
         subprocess.run(["scancel", "--name", "dtvg-pipeline-heldstudy"], check=False)
         subprocess.run(["scancel", *[j for d in list_run_dirs(runs_dir) if (j := slurm.job_id_of(d))]])
+
+
+@on_cluster
+def test_scancel_ends_a_running_run_killed_and_does_not_requeue_it(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    # training, not loading: the checkpoint at the next step lands well within Slurm's KillWait
+    wait_for("the first step", lambda: summarize(run_dir).step >= 1, every=0.1)
+    subprocess.run(["scancel", job_id], check=True)  # SIGTERM, without Slurm's warning: not a preemption
+    summary = wait_for("the job to leave the queue", lambda: settled(run_dir))
+    assert summary.status == "killed" and summary.step < STEPS
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id]  # not started again
+    assert not [e for e in events if isinstance(e, RunFinished) or "requeue" in str(e)]
+    assert any(isinstance(e, Log) and f"Slurm cancelled job {job_id}" in e.message for e in events)
+    result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)  # resumable, as a killed run
+    assert result.returncode == 0, result.stderr
+    subprocess.run(["scancel", slurm.read_job(run_dir)["job_id"]], check=True)
+
+
+@on_cluster
+def test_a_run_never_sees_or_signals_a_job_that_reuses_its_id(runs_dir, data_dir) -> None:
+    restart_cluster()  # ids from 1: the old run's job id comes again below
+    old = submit_stage1(runs_dir, data_dir, 2)
+    old_job = slurm.read_job(old)["job_id"]
+    assert wait_for("the old run to complete", lambda: settled(old)).status == "completed"
+    restart_cluster()  # a fresh controller hands out the same ids again
+    new = submit_stage1(runs_dir, data_dir, 2, "--slurm-option", "begin=now+1hour")  # held in the queue
+    new_job = slurm.read_job(new)["job_id"]
+    try:
+        assert new_job == old_job
+        wait_for("the new job to wait", lambda: summarize(new).slurm_state == "queued (BeginTime)", 30)
+        summary = summarize(old)
+        assert (summary.status, summary.slurm_state) == ("completed", None)
+        docs = {
+            d["run_id"]: d for d in json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+        }
+        assert (docs[old.name]["status"], docs[old.name]["slurm_state"]) == ("completed", None)
+        assert docs[new.name]["status"] == "pending"
+        for kill in ([], ["--kill"]):
+            result = dtvg("runs", "stop", old.name, *kill, "--runs-dir", runs_dir)
+            assert result.returncode == 2 and "is not running (completed)" in result.stderr, result.stderr
+        assert slurm.squeue([new_job])[new_job].state == "PENDING"  # the new run's job untouched
+        assert summarize(new).slurm_state == "queued (BeginTime)"
+    finally:
+        subprocess.run(["scancel", new_job], check=False)
+
+
+@on_cluster
+def test_a_pipeline_sbatch_refuses_leaves_nothing_behind(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "refused.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\n[slurm]\npartition = "nosuch"\n'
+    )
+    result = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
+    assert sorted(runs_dir.iterdir()) == []  # no run folder, no study record, no submitit folder

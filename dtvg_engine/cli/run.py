@@ -12,6 +12,7 @@ from dtvg_engine import config as configs
 from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
+from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
 
 JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
@@ -160,20 +161,27 @@ def run_pipeline(
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
     from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+    from dtvg_engine.study import forget_study, record_path
     from dtvg_engine.studyfile import load_experiment
 
     if jobs is not None:
         jobs = configs.parse_jobs("--jobs", jobs)
     root = runs_root(runs_dir)
     data = str(data_dir.resolve()) if data_dir else None
-    on_slurm = None
+    on_slurm, first_time = None, False
     if so.on_slurm(executor):
-        table = load_experiment(experiment).get("slurm")
-        base = so.Resources.from_table(table, str(experiment)) if table else None
+        spec = load_experiment(experiment)
+        base = so.Resources.from_table(spec["slurm"], str(experiment)) if spec.get("slurm") else None
         on_slurm = so.submitter().PipelineOnSlurm(
             experiment.resolve(), root.resolve(), so.resources(locals(), base), jobs, data
         )
-    results = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
+        first_time = not record_path(root, spec["name"]).exists()
+    try:
+        results = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
+    except UserError:
+        if first_time:  # sbatch refused its first jobs: the study leaves no trace
+            forget_study(root, spec["name"])
+        raise
     for line in results["report"]:
         out.print(line, markup=False, highlight=False)
     if "rows" not in results:  # submitted: the last pipeline job writes the results

@@ -343,6 +343,13 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
     return _scancel("--signal=USR2", job_id)
 
 
+def cancel(record: Mapping[str, Any] | None) -> bool:
+    """Cancel the job of a submission record (`scancel`) when it is provably that job (see `job_state`);
+    whether it was."""
+    state = job_state(record)
+    return state is not None and state is not UNREACHABLE and _scancel(str(record["job_id"]))
+
+
 def kill(run_dir: str | os.PathLike[str]) -> bool:
     """End the run's job now; the run shows "killed". False when its job is not in the queue.
 

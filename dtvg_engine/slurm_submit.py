@@ -31,6 +31,8 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, LOG, check_action
 from dtvg_engine.slurm import Resources
+from dtvg_engine.study import record_pipeline_job
+from dtvg_engine.studyfile import load_experiment
 
 SUBMITIT_DIR = "_slurm"
 """Under the runs directory: one folder of submitit's files per submission."""
@@ -179,7 +181,10 @@ class PipelineOnSlurm:
         dependency = "afterany:" + ":".join(job_ids)
         folder = submission_folder(self.runs_dir)  # it submits jobs itself: outside srun, as submitit advises
         executor = _executor(folder, small, name, 1, dependency=dependency, use_srun=False)
-        return _submit(executor, [after])[0].job_id
+        job_id = _submit(executor, [after])[0].job_id
+        study = load_experiment(self.experiment)["name"]
+        record_pipeline_job(self.runs_dir, study, {"job_id": job_id, "folder": str(folder)})
+        return job_id
 
     def __call__(self) -> None:
         """The continuation job: run the pipeline's next pass and print what it did (to submitit's log)."""

@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import bank, method_registry, tasks, workers
+from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventReader, Group, parse_line
@@ -710,6 +710,33 @@ def _pidfile(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / PIPELINES_DIR / f"{name}.pid"
 
 
+def _jobfile(runs_dir: Path, name: str) -> Path:
+    return Path(runs_dir) / PIPELINES_DIR / f"{name}.slurm.json"
+
+
+def record_pipeline_job(runs_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Record the Slurm job that runs the rest of the study's pipeline (`job_id`, `folder`), so the study
+    is seen running, and can be stopped, while no pipeline process lives anywhere."""
+    write_json_atomic(_jobfile(runs_dir, name), record)
+
+
+def pipeline_job(runs_dir: Path, name: str) -> dict[str, Any] | None:
+    """The record of the Slurm job running the rest of the study's pipeline while it is in the queue
+    (or squeue cannot tell), else None."""
+    try:
+        record = json.loads(_jobfile(runs_dir, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and slurm.job_state(record) is not None else None
+
+
+def pipeline_running(runs_dir: Path, name: str) -> str | None:
+    """Where the study's pipeline runs, "pid N" or "Slurm job N", or None when it does not."""
+    pid = pipeline_pid(runs_dir, name)
+    job = pipeline_job(runs_dir, name) if pid is None else None
+    return f"pid {pid}" if pid is not None else f"Slurm job {job['job_id']}" if job else None
+
+
 def pipeline_pid(runs_dir: Path, name: str) -> int | None:
     """The pid of the study's pipeline while it runs, else None.
 
@@ -738,9 +765,9 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
     from dtvg_engine import launcher
 
     name = load_experiment(path)["name"]
-    running = pipeline_pid(runs_dir, name)
+    running = pipeline_running(runs_dir, name)
     if running is not None:
-        raise UserError(f"study {name} is already running (pipeline pid {running})")
+        raise UserError(f"study {name} is already running (pipeline {running})")
     folder = Path(runs_dir) / PIPELINES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
@@ -754,8 +781,9 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
 
 def stop_study(spec: dict[str, Any], runs_dir: Path) -> tuple[bool, int]:
     """Stop the study: end its pipeline first (so it starts no further run), then ask each of the study's
-    runs that is still running to stop gracefully (checkpoint, status stopped). Returns whether a
-    pipeline was running and how many runs were asked to stop; starting the study again resumes them."""
+    runs that is still running to stop gracefully (checkpoint, status stopped) and cancel those still
+    queued on Slurm. Returns whether a pipeline was running (a process, or a Slurm job waiting to run
+    the rest of it) and how many runs were asked to stop; starting the study again resumes them."""
     from dtvg_engine import launcher
 
     pid = pipeline_pid(runs_dir, spec["name"])
@@ -765,8 +793,12 @@ def stop_study(spec: dict[str, Any], runs_dir: Path) -> tuple[bool, int]:
         except ProcessLookupError:
             pass
         launcher.wait_for_exit(pid, timeout=10)
+    # before its runs: once they end, the job that waits for them would submit the next stage
+    job_cancelled = slurm.cancel(pipeline_job(runs_dir, spec["name"]))
     runs = Runs.read(runs_dir)  # read after the pipeline ended: it may have launched a run just before
-    live = [
-        runs.runs_dir / slot.run_id for slot in plan(spec, runs) if slot.state == "running" and slot.run_id
+    live = [  # queued: waiting for a worker here (nothing to stop), or in Slurm's queue (cancelled)
+        runs.runs_dir / slot.run_id
+        for slot in plan(spec, runs)
+        if slot.state in ("running", "queued") and slot.run_id
     ]
-    return pid is not None, sum(1 for run_dir in live if launcher.stop_run(run_dir))
+    return pid is not None or job_cancelled, sum(1 for run_dir in live if launcher.stop_run(run_dir))

@@ -439,3 +439,32 @@ def test_a_pipeline_sbatch_refuses_leaves_nothing_behind(runs_dir, data_dir, tmp
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
     assert sorted(runs_dir.iterdir()) == []  # no run folder, no study record, no submitit folder
+
+
+@on_cluster
+def test_stopping_a_study_on_slurm_cancels_its_queued_runs_and_the_rest_of_its_pipeline(
+    runs_dir, data_dir, tmp_path
+) -> None:
+    from dtvg_engine import study
+
+    path = tmp_path / "stopme.toml"
+    path.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\n'
+        '[slurm]\ntime = "10"\noptions = { begin = "now+1hour" }\n'  # held in the queue
+    )
+    result = dtvg("run", "pipeline", path, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    jobs = [slurm.job_id_of(d) for d in list_run_dirs(runs_dir)]
+    (rest,) = [
+        line.split("Slurm job ")[1].split(",")[0] for line in result.stdout.splitlines() if "rest" in line
+    ]
+    try:
+        assert len(jobs) == 2 and set(slurm.squeue([*jobs, rest])) == {*jobs, rest}
+        assert study.pipeline_running(runs_dir, "stopme") == f"Slurm job {rest}"  # no process: its job
+        assert study.stop_study(study.load_study(path)[0], runs_dir) == (True, 2)
+        wait_for("every job of the study to leave the queue", lambda: slurm.squeue([*jobs, rest]) == {}, 30)
+        assert study.pipeline_running(runs_dir, "stopme") is None
+        assert len(list_run_dirs(runs_dir)) == 2  # stage 2 was never submitted
+    finally:
+        subprocess.run(["scancel", *jobs, rest], check=False)

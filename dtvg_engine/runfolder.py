@@ -456,10 +456,11 @@ def _checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def tail_log(run_dir: str | os.PathLike[str], lines: int = 20) -> list[str]:
-    """The last `lines` lines of worker.log (from its last 256 KiB), e.g. to show why a run failed."""
+def tail_log(run_dir: str | os.PathLike[str], lines: int = 20, name: str = LOG) -> list[str]:
+    """The last `lines` lines of worker.log (or another log there, `name`; from its last 256 KiB), e.g.
+    to show why a run failed."""
     try:
-        with open(Path(run_dir) / LOG, "rb") as f:
+        with open(Path(run_dir) / name, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
             text = f.read().decode("utf-8", errors="replace")

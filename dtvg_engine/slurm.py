@@ -18,6 +18,7 @@ Standard library only, because the dashboard imports it; submitting (through sub
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,8 +36,14 @@ from dtvg_engine.events import RunState
 
 JOB_FILE = "slurm.json"
 """A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
-`previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (and with `--kill`, `kill_requested`;
-unix times)."""
+`previous_jobs` (their ids) and `previous_submissions` (each one's `job_id` and `folder`) and, once
+`dtvg runs stop` asked, `stop_requested` (and with `--kill`, `kill_requested`; unix times)."""
+
+SUBMITIT_DIR = "_slurm"
+"""Under the runs directory: one folder of submitit's files per submission."""
+
+_JOB_ID = re.compile(r"\d+(?:_\d+)?")
+"""A job id as sbatch hands them out (`12`, or `12_3` for an array's task)."""
 
 QUEUED_STATES = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "POWER_UP_NODE"}
@@ -49,6 +56,10 @@ _SQUEUE_TIMEOUT_S = 30
 
 DEFAULT_TIME = "4:00:00"
 """Time limit of a run's job unless told: a run that needs longer is requeued at the limit and goes on."""
+
+MAX_TIME_LIMITS = 3
+"""Requeues at its time limit a job gets before its run ends failed (submitit's `max_num_timeout`):
+a run far longer than its limit must not be requeued without end."""
 
 REFUSED_OPTIONS = frozenset({"array", "output", "error", "open-mode", "wrap", "parsable", "signal"})
 """sbatch options dtvg sets itself (submitit's files and the warning signal the worker answers)."""
@@ -76,6 +87,13 @@ def time_minutes(text: str) -> int:
     if seconds <= 0:
         raise UserError(f"slurm time {text!r} must be longer than zero")
     return math.ceil(seconds / 60)
+
+
+def at_time_limit(record: Mapping[str, Any] | None, ran_s: float) -> bool:
+    """Whether Slurm's warning to a job that has run `ran_s` seconds is its time limit rather than a
+    preemption. submitit's rule: a job is guaranteed min(80 %, all but 10 minutes) of its time."""
+    limit = time_minutes(((record or {}).get("resources") or {}).get("time") or DEFAULT_TIME) * 60
+    return ran_s >= min(0.8 * limit, limit - 600)
 
 
 def parse_options(items: list[str]) -> dict[str, str]:
@@ -166,13 +184,17 @@ class JobState:
     log: str = ""
     """Where the job writes its output (`squeue -O StdOut`, maybe still holding patterns such as %A)."""
 
-    def submitted_from(self, folder: str | os.PathLike[str] | None) -> bool:
+    def submitted_from(self, folder: object) -> bool:
         """Whether this job is the one submitted with its files in `folder`: its log lies there.
 
         Folders are compared by name (`<time>-<random>`, unique per submission), so a runs directory
         reached by another path still knows its jobs.
         """
-        return bool(folder and self.log) and Path(self.log).parent.name == Path(folder).name
+        return (
+            isinstance(folder, str)
+            and bool(folder and self.log)
+            and Path(self.log).parent.name == Path(folder).name
+        )
 
     @property
     def queued(self) -> bool:
@@ -275,6 +297,37 @@ def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     record = read_job(run_dir)
     job_id = record.get("job_id") if record else None
     return str(job_id) if job_id else None
+
+
+def log_path(record: Mapping[str, Any] | None) -> Path | None:
+    """Where the job of a submission record writes Slurm's and submitit's output (srun's errors, a
+    kill by Slurm): `<runs>/_slurm/<submission>/<job>_0_log.out`; None without a job."""
+    if not record or not record.get("job_id") or not isinstance(record.get("folder"), str):
+        return None
+    return Path(record["folder"]) / f"{record['job_id']}_0_log.out"
+
+
+def remove_job_files(record: Mapping[str, Any] | None, runs_dir: str | os.PathLike[str]) -> None:
+    """Delete what the run's submissions, this one and those before, keep of its jobs under
+    `<runs_dir>/_slurm/` (each job's log, pickles and script, all named `<job>_…`, and submitit's
+    link to the script), and each submission's folder once nothing else is left in it. A record is data: a folder elsewhere or an
+    id that is no job id deletes nothing."""
+    submissions = Path(runs_dir).resolve() / SUBMITIT_DIR
+    previous = (record or {}).get("previous_submissions")
+    for submission in [record, *(previous if isinstance(previous, list) else [])]:
+        log = log_path(submission) if isinstance(submission, Mapping) else None
+        if log is None or log.parent.resolve().parent != submissions:
+            continue
+        if not _JOB_ID.fullmatch(str(submission["job_id"])):
+            continue
+        mine = f"{submission['job_id']}_"
+        for path in log.parent.glob(f"{mine}*"):
+            path.unlink(missing_ok=True)
+        for link in log.parent.glob(".submission_file_*"):  # submitit's link to the job's script
+            if link.is_symlink() and Path(os.readlink(link)).name.startswith(mine):
+                link.unlink()
+        with contextlib.suppress(OSError):  # other runs of the same job array keep theirs
+            log.parent.rmdir()
 
 
 def job_state(record: Mapping[str, Any] | None) -> JobState | None:

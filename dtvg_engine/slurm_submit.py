@@ -30,12 +30,9 @@ from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, LOG, check_action
-from dtvg_engine.slurm import Resources
+from dtvg_engine.slurm import SUBMITIT_DIR, Resources
 from dtvg_engine.study import record_pipeline_job
 from dtvg_engine.studyfile import load_experiment
-
-SUBMITIT_DIR = "_slurm"
-"""Under the runs directory: one folder of submitit's files per submission."""
 
 
 class SlurmRun:
@@ -100,7 +97,7 @@ def _submit(executor: submitit.SlurmExecutor, calls: list[Callable[[], Any]]) ->
 
 def submission_folder(runs_dir: Path) -> Path:
     """A new folder for one submission's submitit files, `<runs>/_slurm/<time>-<random>`."""
-    return runs_dir / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return runs_dir.resolve() / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[str]:
@@ -131,7 +128,7 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
         raise
     for run_dir, job in zip(run_dirs, submitted, strict=True):
         old = before[run_dir] or {}
-        previous = [*old.get("previous_jobs", []), *([old["job_id"]] if old.get("job_id") else [])]
+        earlier = [{"job_id": old["job_id"], "folder": old.get("folder")}] if old.get("job_id") else []
         slurm.write_job(
             run_dir,
             {
@@ -139,7 +136,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
                 "folder": str(folder),
                 "resources": asdict(resources),
                 "submitted": time.time(),
-                "previous_jobs": previous,
+                "previous_jobs": [*old.get("previous_jobs", []), *(e["job_id"] for e in earlier)],
+                "previous_submissions": [*old.get("previous_submissions", []), *earlier],
             },
         )
         if (run_dir / EVENTS).exists():  # a resumed run: the index must not keep calling it stopped
@@ -196,8 +194,9 @@ class PipelineOnSlurm:
             print(markdown(results), flush=True)
 
 
-def resubmit(run_dir: Path) -> str:
-    """Submit a stopped, killed or failed Slurm run again, with the resources it asked for; its job id."""
+def resubmit(run_dir: Path, changes: dict[str, Any] | None = None) -> str:
+    """Submit a stopped, killed or failed Slurm run again, with the resources it asked for but those
+    `changes` gives (`Resources.override`); its job id."""
     record = slurm.read_job(run_dir)
     if record is None:
         raise UserError(f"run {run_dir.name} did not run on Slurm")
@@ -206,7 +205,7 @@ def resubmit(run_dir: Path) -> str:
         raise UserError(f"run {run_dir.name} is Slurm job {job_id} already; see `squeue --job {job_id}`")
     check_action(run_dir, "resume")
     resources = Resources.from_table(record.get("resources") or {}, str(run_dir / slurm.JOB_FILE))
-    return submit_runs([run_dir], resources, 1)[0]
+    return submit_runs([run_dir], resources.override(**(changes or {})), 1)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, Log, read_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, WORKER_LOCK, WORKER_LOCK_FD, claim_run, read_config, record_owner
 
@@ -125,7 +125,10 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             if signal.SIGUSR2 not in received:  # cancelled: no `run_finished`, so the run shows killed
                 _leave_cancelled(job_id, events, outcome.step)
                 return 0
-            if _requeued(run_dir, job_id, events, history, outcome.step):
+            limits = _time_limits(run_dir, job_id, time.time() - started)
+            if limits is not None and limits > slurm.MAX_TIME_LIMITS:
+                status, error = "failed", _out_of_time(run_dir, job_id, limits)
+            elif _requeued(run_dir, job_id, events, history, outcome.step, limits):
                 return 0
         if error:
             events.emit("log", level="error", message=error)
@@ -143,25 +146,52 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
 
 
 def _leave_cancelled(job_id: str, events: EventWriter, step: int) -> None:
-    """Say why the segment ends open: Slurm cancelled the job (`scancel`, SIGTERM without its warning).
+    """Say why the segment ends open: Slurm ended the job with SIGTERM and no warning (`scancel`, or
+    `scontrol requeue` from outside).
 
     Without a `run_finished` the run shows killed once the job has left the queue, and resumes from
-    the checkpoint just saved; were the job requeued after all, its next start goes on from there.
+    the checkpoint just saved; a job requeued from outside goes on from there when it starts again.
     """
-    events.emit(
-        "log",
-        level="warning",
-        message=f"Slurm cancelled job {job_id} at step {step}; the run ends killed (resumable from here)",
+    message = f"Slurm ended job {job_id} at step {step} (SIGTERM, no warning: cancelled); resumable from here"
+    events.emit("log", level="warning", message=message)
+
+
+def _time_limits(run_dir: Path, job_id: str, ran_s: float) -> int | None:
+    """How many times the job has now reached its time limit, this time included; None when Slurm's
+    warning came too early for that (a preemption, which is requeued without limit)."""
+    if not slurm.at_time_limit(slurm.read_job(run_dir), ran_s):
+        return None
+    said = f"Slurm job {job_id} reached its time limit"
+    earlier = [e for e in read_events(run_dir / EVENTS) if isinstance(e, Log) and e.message.startswith(said)]
+    return len(earlier) + 1
+
+
+def _out_of_time(run_dir: Path, job_id: str, limits: int) -> str:
+    """Why a run that keeps reaching its job's time limit ends here, and how to go on."""
+    limit = ((slurm.read_job(run_dir) or {}).get("resources") or {}).get("time") or slurm.DEFAULT_TIME
+    return (
+        f"Slurm job {job_id} reached its time limit ({limit}) {limits} times; resume it with more time, "
+        f"e.g. dtvg run resume {run_dir.name} --slurm-time {2 * slurm.time_minutes(limit)}"
     )
 
 
-def _requeued(run_dir: Path, job_id: str, events: EventWriter, history: History, step: int) -> bool:
+def _requeued(
+    run_dir: Path, job_id: str, events: EventWriter, history: History, step: int, limits: int | None
+) -> bool:
     """Put a job that Slurm stopped (preemption, its time limit; not `dtvg runs stop`) back in the queue,
     so the run goes on from its checkpoint when the job starts again; False when Slurm refused.
+    `limits`: how many times the job has reached its time limit (None: preempted).
 
     The segment stays open (no `run_finished`): the run shows pending while queued, killed if lost.
     """
-    events.emit("log", level="warning", message=f"Slurm stopped job {job_id} at step {step}; requeueing it")
+    if limits is None:
+        message = f"Slurm preempted job {job_id} at step {step}; requeueing it"
+    else:
+        message = (
+            f"Slurm job {job_id} reached its time limit at step {step}; requeueing it "
+            f"({limits} of {slurm.MAX_TIME_LIMITS} times)"
+        )
+    events.emit("log", level="warning", message=message)
     _update_index(history, run_dir)
     error = slurm.requeue(job_id)  # Slurm now ends this job's processes: return at once
     if error:

@@ -24,7 +24,7 @@ from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by 
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, event_from_dict, read_events
+from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
 from dtvg_engine.pipeline import results_paths
 from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, list_run_dirs, summarize
 from dtvg_engine.slurm import Resources, parse_options, time_minutes
@@ -394,10 +394,19 @@ def test_scancel_ends_a_running_run_killed_and_does_not_requeue_it(runs_dir, dat
     events = lifecycle(run_dir)
     assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id]  # not started again
     assert not [e for e in events if isinstance(e, RunFinished) or "requeue" in str(e)]
-    assert any(isinstance(e, Log) and f"Slurm cancelled job {job_id}" in e.message for e in events)
+    assert any(isinstance(e, Log) and f"Slurm ended job {job_id}" in e.message for e in events)
+    # why it ended is in the job's Slurm log, which `runs show` names and shows
+    shown = dtvg("runs", "show", run_dir.name, "--runs-dir", runs_dir).stdout
+    assert str(slurm.log_path(slurm.read_job(run_dir))) in shown.replace("\n", "") and "CANCELLED" in shown
     result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)  # resumable, as a killed run
     assert result.returncode == 0, result.stderr
     subprocess.run(["scancel", slurm.read_job(run_dir)["job_id"]], check=True)
+    wait_for("the resumed job to leave the queue", lambda: settled(run_dir))
+    result = dtvg(
+        "runs", "rm", run_dir.name, "--runs-dir", runs_dir
+    )  # and its jobs' files under _slurm go too
+    assert result.returncode == 0, result.stderr
+    assert list_run_dirs(runs_dir) == [] and list((runs_dir / "_slurm").iterdir()) == []
 
 
 @on_cluster
@@ -468,3 +477,38 @@ def test_stopping_a_study_on_slurm_cancels_its_queued_runs_and_the_rest_of_its_p
         assert len(list_run_dirs(runs_dir)) == 2  # stage 2 was never submitted
     finally:
         subprocess.run(["scancel", *jobs, rest], check=False)
+
+
+def trained_in_start(run_dir: Path, start: int) -> bool:
+    """Whether the run's worker has started `start` times and made a training step since the last."""
+    events = [e for e in read_events(run_dir / EVENTS) if isinstance(e, RunStarted | Step)]
+    return sum(isinstance(e, RunStarted) for e in events) == start and isinstance(events[-1], Step)
+
+
+@on_cluster
+def test_a_run_that_keeps_reaching_its_time_limit_ends_failed_and_resumes_with_more_time(
+    runs_dir, data_dir
+) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, 400)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    for start in range(1, slurm.MAX_TIME_LIMITS + 2):
+        wait_for(
+            f"start {start} of the job to train", lambda n=start: trained_in_start(run_dir, n), every=0.2
+        )
+        # Slurm's warning; with a 10-minute limit any warning counts as the time limit (submitit's rule)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    summary = wait_for("the run to end", lambda: settled(run_dir))
+    assert summary.status == "failed" and summary.step < 400
+    assert f"reached its time limit (10) {slurm.MAX_TIME_LIMITS + 1} times" in summary.error
+    assert f"dtvg run resume {run_dir.name} --slurm-time 20" in summary.error
+    result = dtvg("run", "resume", run_dir.name, "--slurm-time", "20", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    record = slurm.read_job(run_dir)
+    try:
+        assert record["resources"]["time"] == "20" and record["previous_jobs"] == [job_id]
+        state = wait_for(
+            "the resumed job", lambda: slurm.squeue([record["job_id"]]).get(record["job_id"]), 30
+        )
+        assert state.submitted_from(record["folder"])
+    finally:
+        subprocess.run(["scancel", record["job_id"]], check=False)

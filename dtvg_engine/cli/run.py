@@ -217,16 +217,26 @@ def run_resume(
     run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
+    slurm_partition: so.Partition = None,
+    slurm_time: so.Time = None,
+    slurm_gpus: so.Gpus = None,
+    slurm_cpus: so.Cpus = None,
+    slurm_mem: so.Mem = None,
+    slurm_option: so.Options = None,
 ) -> None:
     """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one.
 
-    A run that ran on Slurm is submitted again, with the resources it asked for.
+    A run that ran on Slurm is submitted again, with the resources it asked for but those the
+    `--slurm-*` options change (more time for a run that keeps reaching its limit).
     """
     run_dir = find_run(runs_root(runs_dir), run)
+    changes = so.changes(locals())
     if slurm.read_job(run_dir) is not None:
-        job_id = so.submitter().resubmit(run_dir)
+        job_id = so.submitter().resubmit(run_dir, changes)
         print(f"{run_dir.name}: Slurm job {job_id}")
         return
+    if any(changes.values()):
+        raise UserError(f"run {run_dir.name} ran on this machine: --slurm-* options are for Slurm runs")
     check_action(run_dir, "resume")
     checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

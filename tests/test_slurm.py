@@ -512,3 +512,23 @@ def test_a_run_that_keeps_reaching_its_time_limit_ends_failed_and_resumes_with_m
         assert state.submitted_from(record["folder"])
     finally:
         subprocess.run(["scancel", record["job_id"]], check=False)
+
+
+@on_cluster
+def test_a_job_requeued_from_outside_goes_on_without_a_false_error(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    wait_for("the first step", lambda: summarize(run_dir).step >= 1, every=0.1)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)  # SIGTERM, then back in the queue
+    seen = set()
+
+    def done() -> RunSummary | None:
+        seen.add(summarize(run_dir).status)
+        return settled(run_dir)
+
+    summary = wait_for("the requeued job to complete the run", done, every=0.3)
+    assert summary.status == "completed" and "stopped" not in seen
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id, job_id]
+    assert [e.status for e in events if isinstance(e, RunFinished)] == ["completed"]
+    assert not [e for e in events if isinstance(e, Log) and e.level == "error"]

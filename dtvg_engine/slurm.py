@@ -310,8 +310,8 @@ def log_path(record: Mapping[str, Any] | None) -> Path | None:
 def remove_job_files(record: Mapping[str, Any] | None, runs_dir: str | os.PathLike[str]) -> None:
     """Delete what the run's submissions, this one and those before, keep of its jobs under
     `<runs_dir>/_slurm/` (each job's log, pickles and script, all named `<job>_…`, and submitit's
-    link to the script), and each submission's folder once nothing else is left in it. A record is data: a folder elsewhere or an
-    id that is no job id deletes nothing."""
+    link to the script), and each submission's folder once nothing else is left in it. A record is
+    data: a folder elsewhere or an id that is no job id deletes nothing."""
     submissions = Path(runs_dir).resolve() / SUBMITIT_DIR
     previous = (record or {}).get("previous_submissions")
     for submission in [record, *(previous if isinstance(previous, list) else [])]:

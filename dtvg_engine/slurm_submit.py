@@ -91,8 +91,9 @@ def _submit(executor: submitit.SlurmExecutor, calls: list[Callable[[], Any]]) ->
                 return [executor.submit(calls[0])]
             return executor.submit_array(calls)
     except (FailedJobError, OSError) as exc:
-        reason = (str(exc) or refused.getvalue()).strip().splitlines()
-        raise UserError(f"sbatch refused the job: {reason[-1] if reason else exc!r}") from None
+        lines = [line.strip() for line in (str(exc) or refused.getvalue()).splitlines()]
+        reasons = [line for line in lines if line and not line.startswith('Try "sbatch --help"')]  # a hint
+        raise UserError(f"sbatch refused the job: {reasons[-1] if reasons else repr(exc)}") from None
 
 
 def submission_folder(runs_dir: Path) -> Path:
@@ -200,8 +201,13 @@ def resubmit(run_dir: Path, changes: dict[str, Any] | None = None) -> str:
     record = slurm.read_job(run_dir)
     if record is None:
         raise UserError(f"run {run_dir.name} did not run on Slurm")
-    job_id = slurm.active_job(run_dir)
-    if job_id:
+    state = slurm.job_state(record)
+    if state is slurm.UNREACHABLE:
+        raise UserError(
+            f"run {run_dir.name}: squeue cannot be asked about its job {record['job_id']}; is Slurm up?"
+        )
+    if state is not None:
+        job_id = record["job_id"]
         raise UserError(f"run {run_dir.name} is Slurm job {job_id} already; see `squeue --job {job_id}`")
     check_action(run_dir, "resume")
     resources = Resources.from_table(record.get("resources") or {}, str(run_dir / slurm.JOB_FILE))

@@ -236,13 +236,21 @@ def test_a_run_submitted_to_slurm_completes_and_records_where_it_ran(runs_dir, d
 
 
 @on_cluster
-def test_sbatch_refusing_a_run_is_one_line_and_leaves_no_run(runs_dir, data_dir) -> None:
+@pytest.mark.parametrize(
+    ("asked", "reason"),
+    [
+        (["--slurm-gpus", "8"], "sbatch: error: Invalid generic resource"),  # the test node has no GPU
+        (["--slurm-option", "colour=blue"], "sbatch: unrecognized option '--colour=blue'"),  # not the hint
+    ],
+)
+def test_sbatch_refusing_a_run_is_one_line_and_leaves_no_run(runs_dir, data_dir, asked, reason) -> None:
     result = dtvg(
         "run", "stage1", "rte", *TINY, "--data-dir", data_dir, "--runs-dir", runs_dir,
-        "--executor", "slurm", "--slurm-gpus", "8",  # the test node has no GPU
+        "--executor", "slurm", *asked,
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: sbatch refused the job: {reason}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
     assert list_run_dirs(runs_dir) == []
 
 

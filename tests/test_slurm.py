@@ -9,6 +9,7 @@ Slurm lost. The others need no cluster.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -184,9 +185,15 @@ STEPS = 60
 is done to it lands long before it could finish (loading takes seconds, then each step a moment)."""
 
 
-def dtvg(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def dtvg(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `dtvg ARGS`, with `env` added to the environment."""
     return subprocess.run(
-        [DTVG, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [DTVG, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
 
 
@@ -329,6 +336,9 @@ def test_a_job_slurm_lost_shows_killed_and_resumes(runs_dir, data_dir) -> None:
     assert not [e for e in lifecycle(run_dir) if isinstance(e, RunFinished) or "requeue" in str(e)]
     (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
     assert doc["status"] == "killed"
+    # with no Slurm to ask, resume says so rather than take the run's job for live
+    down = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir, SLURM_CONF=str(runs_dir / "none.conf"))
+    assert down.returncode == 2 and "squeue cannot be asked" in down.stderr, down.stderr
     result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)
     assert result.returncode == 0, result.stderr
     assert wait_for("the resumed run to complete", lambda: settled(run_dir)).status == "completed"

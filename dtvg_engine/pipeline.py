@@ -273,6 +273,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unfinished_line(results: dict[str, Any]) -> str | None:
+    """The line naming the study's runs that did not complete, and how each ended; None when all did."""
+    unfinished = results.get("unfinished") or {}
+    if not unfinished:
+        return None
+    runs = ", ".join(f"{run_id} ({status})" for run_id, status in unfinished.items())
+    return f"{len(unfinished)} run(s) did not complete: {runs}"
+
+
 def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
     """Where a study's results table goes: `<runs_dir>/<name>-results.md` and `.json`."""
     return runs_dir / f"{name}-results.md", runs_dir / f"{name}-results.json"

@@ -186,13 +186,18 @@ class PipelineOnSlurm:
         return job_id
 
     def __call__(self) -> None:
-        """The continuation job: run the pipeline's next pass and print what it did (to submitit's log)."""
-        from dtvg_engine.pipeline import markdown, run_pipeline
+        """The continuation job: run the pipeline's next pass and print what it did (to submitit's log).
+        The last pass fails the job, as `dtvg run pipeline` exits 1, unless every run completed."""
+        from dtvg_engine.pipeline import markdown, run_pipeline, unfinished_line
 
         results = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
         print("\n".join(results["report"]), flush=True)
         if "rows" in results:
             print(markdown(results), flush=True)
+        unfinished = unfinished_line(results)
+        if unfinished:
+            print(unfinished, flush=True)
+            raise SystemExit(1)
 
 
 def resubmit(run_dir: Path, changes: dict[str, Any] | None = None) -> str:

@@ -550,3 +550,26 @@ def test_a_job_requeued_from_outside_goes_on_without_a_false_error(runs_dir, dat
     assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id, job_id]
     assert [e.status for e in events if isinstance(e, RunFinished)] == ["completed"]
     assert not [e for e in events if isinstance(e, Log) and e.level == "error"]
+
+
+@on_cluster
+def test_a_pipeline_whose_runs_fail_names_them_and_fails_its_last_job(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "failing.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cuda"\ndata_dir = "{data_dir}"\n'  # no GPU here
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\njobs = 2\n[slurm]\ntime = "10"\n'
+    )
+    result = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stage1 = list_run_dirs(runs_dir)
+    md, _ = results_paths(runs_dir, "failing")
+    wait_for("the last pipeline job to write the results", md.is_file, timeout=300)
+    record = json.loads((runs_dir / "_pipelines" / "failing.slurm.json").read_text())
+    log = slurm.log_path(record)
+
+    def said() -> str | None:
+        text = log.read_text() if log.is_file() else ""
+        return text if "did not complete" in text else None
+
+    text = wait_for("the last job to name the runs that did not complete", said, timeout=60)
+    assert all(f"{d.name} (failed)" in text for d in stage1), text

@@ -160,7 +160,7 @@ def run_pipeline(
     Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline
+    from dtvg_engine.pipeline import markdown, results_paths, run_pipeline, unfinished_line
     from dtvg_engine.study import forget_study, record_path
     from dtvg_engine.studyfile import load_experiment
 
@@ -190,9 +190,9 @@ def run_pipeline(
     out.print(markdown(results), markup=False, highlight=False)
     md, js = results_paths(root, results["name"])
     print(f"results: {md} and {js}")
-    if results["unfinished"]:
-        unfinished = ", ".join(f"{run_id} ({status})" for run_id, status in results["unfinished"].items())
-        print(f"{len(results['unfinished'])} run(s) did not complete: {unfinished}")
+    unfinished = unfinished_line(results)
+    if unfinished:
+        print(unfinished)
         raise typer.Exit(1)
 
 

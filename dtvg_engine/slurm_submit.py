@@ -29,7 +29,7 @@ from submitit.core.utils import FailedJobError
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, LOG, check_action
+from dtvg_engine.runfolder import EVENTS, LOG, check_action, read_config
 from dtvg_engine.slurm import SUBMITIT_DIR, Resources
 from dtvg_engine.study import record_pipeline_job
 from dtvg_engine.studyfile import load_experiment
@@ -101,9 +101,20 @@ def submission_folder(runs_dir: Path) -> Path:
     return runs_dir.resolve() / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[str]:
+def job_name(run_dirs: list[Path], study: str | None = None) -> str:
+    """What `squeue` shows for the runs' job: one run's stage and label (`dtvg-stage1-rte`, from its id
+    `<date>-<time>-stage1-rte`), else the study's name or the number of runs, and their stage
+    (`dtvg-fewshot-stage2`, `dtvg-3-stage1-runs`)."""
+    if len(run_dirs) == 1:
+        return "dtvg-" + run_dirs[0].name.split("-", 2)[-1]
+    stage = read_config(run_dirs[0]).get("stage", "")
+    return f"dtvg-{study}-{stage}" if study else f"dtvg-{len(run_dirs)}-{stage}-runs"
+
+
+def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int, study: str | None = None) -> list[str]:
     """Submit runs (new, or stopped/killed/failed ones to resume): one job, or one array running at most
-    `jobs` at a time. Each run's `slurm.json` records its job; return the job ids.
+    `jobs` at a time (named after `study` when they are its). Each run's `slurm.json` records its job;
+    return the job ids.
 
     On a refusal (a bad partition, too many GPUs, …) every run is left as it was before.
     """
@@ -113,9 +124,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
     for run_dir in run_dirs:  # until sbatch answers, the run is a Slurm run being submitted: pending
         slurm.write_job(run_dir, {"job_id": None, "submitted": time.time()})
     folder = submission_folder(run_dirs[0].parent)
-    name = f"dtvg-{run_dirs[0].name}" if len(run_dirs) == 1 else f"dtvg-{len(run_dirs)}-runs"
     try:
-        executor = _executor(folder, resources, name, jobs)
+        executor = _executor(folder, resources, job_name(run_dirs, study), jobs)
         submitted = _submit(executor, [SlurmRun(str(d)) for d in run_dirs])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -168,7 +178,7 @@ class PipelineOnSlurm:
 
     def submit(self, run_dirs: list[Path], jobs: int) -> list[str]:
         """Submit one stage's runs as one job array, at most `jobs` at a time."""
-        return submit_runs(run_dirs, self.resources, jobs)
+        return submit_runs(run_dirs, self.resources, jobs, study=self.experiment.stem)
 
     def continue_after(self, job_ids: list[str]) -> str:
         """Submit the pipeline's next pass as a job that starts once these jobs have ended; its id."""

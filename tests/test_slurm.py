@@ -221,6 +221,12 @@ def running(run_dir: Path) -> RunSummary | None:
     return summary if summary.status == "running" else None
 
 
+def job_names(job_ids: list[str]) -> set[str]:
+    """The names `squeue` shows for these jobs."""
+    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(job_ids), "--format", "%j"]
+    return set(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split())
+
+
 def lifecycle(run_dir: Path) -> list:
     return [e for e in read_events(run_dir / EVENTS) if isinstance(e, RunStarted | RunFinished | Log)]
 
@@ -406,6 +412,7 @@ def test_scancel_ends_a_running_run_killed_and_does_not_requeue_it(runs_dir, dat
     job_id = slurm.read_job(run_dir)["job_id"]
     # training, not loading: the checkpoint at the next step lands well within Slurm's KillWait
     wait_for("the first step", lambda: summarize(run_dir).step >= 1, every=0.1)
+    assert job_names([job_id]) == {"dtvg-stage1-rte"}  # in squeue, the run's stage and task
     subprocess.run(["scancel", job_id], check=True)  # SIGTERM, without Slurm's warning: not a preemption
     summary = wait_for("the job to leave the queue", lambda: settled(run_dir))
     assert summary.status == "killed" and summary.step < STEPS
@@ -488,6 +495,7 @@ def test_stopping_a_study_on_slurm_cancels_its_queued_runs_and_the_rest_of_its_p
     ]
     try:
         assert len(jobs) == 2 and set(slurm.squeue([*jobs, rest])) == {*jobs, rest}
+        assert job_names([*jobs, rest]) == {"dtvg-stopme-stage1", "dtvg-pipeline-stopme"}  # says whose
         assert study.pipeline_running(runs_dir, "stopme") == f"Slurm job {rest}"  # no process: its job
         assert study.stop_study(study.load_study(path)[0], runs_dir) == (True, 2)
         wait_for("every job of the study to leave the queue", lambda: slurm.squeue([*jobs, rest]) == {}, 30)

@@ -37,7 +37,7 @@ runs_app = typer.Typer(
 )
 
 
-COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "best_metric", "step", "tags")
+COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "executor", "best_metric", "step", "tags")
 
 
 def show_table(docs: list[dict[str, Any]]) -> None:
@@ -54,6 +54,8 @@ def show_table(docs: list[dict[str, Any]]) -> None:
                 value = ",".join(value or [])
             elif key == "step":
                 value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+            elif key == "executor" and doc.get("job_id"):  # as the dashboard shows it
+                value = f"{value} {doc['job_id']}"
             cells.append("" if value is None else str(value))
         table.add_row(*cells)
     out.print(table)

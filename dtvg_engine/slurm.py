@@ -122,9 +122,14 @@ class Resources:
     """Memory per job, as sbatch --mem ("16G")."""
     options: dict[str, str] = field(default_factory=dict)
     """Any other sbatch option: name → value ("" for a flag such as exclusive)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines the job runs before the worker (`module load cuda`, activating an environment), as
+    submitit's `setup`."""
 
     def __post_init__(self) -> None:
         time_minutes(self.time)
+        if not isinstance(self.setup, list) or not all(isinstance(line, str) for line in self.setup):
+            raise UserError('slurm setup must be a list of shell lines, e.g. setup = ["module load cuda"]')
         for name, value in (("gpus", self.gpus), ("cpus", self.cpus)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise UserError(f"slurm {name} must be a whole number ≥ 0 (got {value!r})")
@@ -135,9 +140,9 @@ class Resources:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str) -> Resources:
         """Resources from a pipeline's `[slurm]` table (or a run's record); `where` names it in errors."""
-        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options"})
+        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options", "setup"})
         if unknown:
-            allowed = ", ".join((*RESOURCE_KEYS, "options"))
+            allowed = ", ".join((*RESOURCE_KEYS, "options", "setup"))
             raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} in [slurm]; allowed: {allowed}")
         options = table.get("options", {})
         if not isinstance(options, Mapping):
@@ -146,7 +151,8 @@ class Resources:
         for key in ("partition", "mem", "time"):
             if key in values:
                 values[key] = str(values[key])
-        return cls(**values, options={str(k): "" if v is True else str(v) for k, v in options.items()})
+        options = {str(k): "" if v is True else str(v) for k, v in options.items()}
+        return cls(**values, options=options, setup=table.get("setup") or [])
 
     def override(self, **changes: Any) -> Resources:
         """These resources with the given (not None) values replaced, options merged."""
@@ -167,6 +173,8 @@ class Resources:
                 params[name] = getattr(self, key)
         if self.mem:
             params["mem"] = self.mem
+        if self.setup:
+            params["setup"] = list(self.setup)
         return params
 
 

@@ -184,7 +184,10 @@ class PipelineOnSlurm:
         """Submit the pipeline's next pass as a job that starts once these jobs have ended; its id."""
         after = replace(self, stage=self.stage + 1)
         small = Resources(
-            partition=self.resources.partition, time=PIPELINE_TIME, options=self.resources.options
+            partition=self.resources.partition,
+            time=PIPELINE_TIME,
+            options=self.resources.options,
+            setup=self.resources.setup,
         )
         name = f"dtvg-pipeline-{self.experiment.stem}"
         dependency = "afterany:" + ":".join(job_ids)

@@ -73,11 +73,18 @@ def test_pass_through_options_become_sbatch_parameters() -> None:
         ({"time": "soon"}, "slurm time"),
         ({"options": {"output": "x.log"}}, "set by dtvg itself"),
         ({"options": "account=lab"}, "'options' must be a table"),
+        ({"setup": "module load cuda"}, "setup must be a list of shell lines"),
     ],
 )
 def test_bad_slurm_tables_are_one_line_errors(table: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         Resources.from_table(table, "study.toml")
+
+
+def test_setup_lines_go_to_the_job_script_before_the_run() -> None:
+    resources = Resources.from_table({"setup": ["module load cuda", "source /shared/venv/bin/activate"]}, "x")
+    assert resources.sbatch_parameters()["setup"] == ["module load cuda", "source /shared/venv/bin/activate"]
+    assert "setup" not in Resources().sbatch_parameters()
 
 
 def test_bad_option_names_are_refused() -> None:
@@ -233,12 +240,13 @@ def lifecycle(run_dir: Path) -> list:
 
 @on_cluster
 def test_a_run_submitted_to_slurm_completes_and_records_where_it_ran(runs_dir, data_dir) -> None:
-    run_dir = submit_stage1(runs_dir, data_dir, 2, "--slurm-cpus", "1")
+    run_dir = submit_stage1(runs_dir, data_dir, 2, "--slurm-cpus", "1", "--slurm-setup", "echo set-up-first")
     record = slurm.read_job(run_dir)
     job_id = record["job_id"]
     assert record["resources"]["time"] == "10" and record["resources"]["cpus"] == 1
     summary = wait_for("the run to complete", lambda: settled(run_dir))
     assert summary.status == "completed", (run_dir / LOG).read_text()[-2000:]
+    assert slurm.log_path(record).read_text().startswith("set-up-first\n")  # the setup line ran first
     (start,) = [e for e in lifecycle(run_dir) if isinstance(e, RunStarted)]
     assert (start.executor, start.job_id, start.host) == ("slurm", job_id, socket.gethostname())
     assert (run_dir / TPV).is_file()

@@ -40,6 +40,7 @@ def run_stage1(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     jobs = configs.parse_jobs("--jobs", jobs)
@@ -120,6 +121,7 @@ def run_stage2(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
     resources = so.resources(locals()) if so.on_slurm(executor) else None
@@ -154,6 +156,7 @@ def run_pipeline(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed.
 
@@ -223,6 +226,7 @@ def run_resume(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one.
 

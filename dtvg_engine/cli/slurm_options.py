@@ -42,6 +42,14 @@ Options = Annotated[
     ),
 ]
 
+Setup = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slurm-setup",
+        help="A shell line each job runs before the run (repeatable): 'module load cuda'.",
+    ),
+]
+
 
 def on_slurm(executor: str) -> bool:
     """Whether `--executor` asks for Slurm; `UserError` for anything but local or slurm."""
@@ -59,6 +67,7 @@ def changes(options: dict[str, Any]) -> dict[str, Any]:
         "cpus": options.get("slurm_cpus"),
         "mem": options.get("slurm_mem"),
         "options": parse_options(options.get("slurm_option") or []),
+        "setup": options.get("slurm_setup") or None,
     }
 
 

@@ -323,10 +323,10 @@ def remove_job_files(record: Mapping[str, Any] | None, runs_dir: str | os.PathLi
     submissions = Path(runs_dir).resolve() / SUBMITIT_DIR
     previous = (record or {}).get("previous_submissions")
     for submission in [record, *(previous if isinstance(previous, list) else [])]:
-        log = log_path(submission) if isinstance(submission, Mapping) else None
-        if log is None or log.parent.resolve().parent != submissions:
+        if not isinstance(submission, Mapping) or not _JOB_ID.fullmatch(str(submission.get("job_id"))):
             continue
-        if not _JOB_ID.fullmatch(str(submission["job_id"])):
+        log = log_path(submission)
+        if log is None or log.parent.resolve().parent != submissions:
             continue
         mine = f"{submission['job_id']}_"
         for path in log.parent.glob(f"{mine}*"):

@@ -159,10 +159,11 @@ class History:
         self.skipped = {}
         run_dirs = list_run_dirs(self.runs_dir)
         stale = {
-            run_dir  # unsettled, or indexed by a version without some fields
-            for run_dir in run_dirs
+            run_dir  # unsettled, settled while its Slurm job was still in the queue, or indexed by a
+            for run_dir in run_dirs  # version without some fields
             if (doc := by_id.get(run_dir.name)) is None
             or doc.get("status") not in SETTLED_STATUSES
+            or doc.get("slurm_state") is not None
             or not SUMMARY_KEYS <= doc.keys()
         }
         queue = slurm.Queue.of_runs(stale)  # one squeue call for every Slurm run among them

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import (
+    EVENTS,
     create_run,
     list_run_dirs,
     read_config,
@@ -126,7 +128,13 @@ def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm
             if status in ("running", "pending") and (job := slurm.active_job(run_dir))
         ]
         width = workers.array_width(jobs, len(todo))
-        submitted = on_slurm.submit(todo, width) if todo else []
+        try:
+            submitted = on_slurm.submit(todo, width) if todo else []
+        except UserError:  # sbatch refused: the runs made for it go again, as for a single run
+            for run_dir, status in plan:
+                if status == "new" and not (run_dir / EVENTS).exists():
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if submitted:
             array = submitted[0].split("_")[0]  # an array's tasks are <job>_<index>
             report.append(f"submitted {len(todo)} run(s) to Slurm as job {array}, {width} at a time")
@@ -240,6 +248,14 @@ def _run_stage(stage: int, plan: list[tuple[Path, str]], jobs: int, report: list
         return False
     report.append(f"the rest of the pipeline: Slurm job {on_slurm.continue_after(waiting)}, once they end")
     return True
+
+
+def unfinished_line(outcome: Outcome) -> str | None:
+    """The line naming the study's runs that did not complete, and how each ended; None when all did."""
+    if not outcome.unfinished:
+        return None
+    runs = ", ".join(f"{run_id} ({status})" for run_id, status in outcome.unfinished.items())
+    return f"{len(outcome.unfinished)} run(s) did not complete: {runs}"
 
 
 def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:

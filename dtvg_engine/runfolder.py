@@ -474,10 +474,11 @@ def _checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def tail_log(run_dir: str | os.PathLike[str], lines: int = 20) -> list[str]:
-    """The last `lines` lines of worker.log (from its last 256 KiB), e.g. to show why a run failed."""
+def tail_log(run_dir: str | os.PathLike[str], lines: int = 20, name: str = LOG) -> list[str]:
+    """The last `lines` lines of worker.log (or another log there, `name`; from its last 256 KiB), e.g.
+    to show why a run failed."""
     try:
-        with open_file(Path(run_dir) / LOG) as f:
+        with open_file(Path(run_dir) / name) as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
             text = f.read().decode("utf-8", errors="replace")
@@ -600,7 +601,7 @@ def build_summary(
     first, last = state.first_start, state.last_start
     record = slurm.read_job(run_dir)
     job_id = str(record["job_id"]) if record and record.get("job_id") else None
-    job = (queue or slurm.Queue([job_id])).get(job_id) if job_id else None
+    job = (queue or slurm.Queue([job_id])).job_of(record) if job_id else None
     if record is None:
         status = derive_status(state, launched_pid, launched_at)
     else:

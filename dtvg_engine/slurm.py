@@ -7,12 +7,18 @@ comes from the run folder and from `squeue` (queued or running), never from subm
 without Slurm accounting submitit cannot tell a job's end. Queries are batched: one `squeue` call
 answers for every job a listing or a dashboard refresh shows (`Queue`).
 
+A job id alone does not name a run's job: a new controller, a wrap-around or a runs directory moved
+to another cluster hands the same id to someone else's job. A job counts as the run's only when its
+log lies in the submission's own folder (`folder` in the record, unique per submission); any other
+job with that id is taken to be gone, so a run never shows, stops or kills a job not its own.
+
 Standard library only, because the dashboard imports it; submitting (through submitit) lives in
 `slurm_submit`, which only the commands that submit import.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -30,8 +36,14 @@ from dtvg_engine.safefiles import read_json
 
 JOB_FILE = "slurm.json"
 """A Slurm run's submission record: `job_id`, `folder` (submitit's files), `resources`, `submitted`,
-`previous_jobs` and, once `dtvg runs stop` asked, `stop_requested` (and with `--kill`, `kill_requested`;
-unix times)."""
+`previous_jobs` (their ids) and `previous_submissions` (each one's `job_id` and `folder`) and, once
+`dtvg runs stop` asked, `stop_requested` (and with `--kill`, `kill_requested`; unix times)."""
+
+SUBMITIT_DIR = "_slurm"
+"""Under the runs directory: one folder of submitit's files per submission."""
+
+_JOB_ID = re.compile(r"\d+(?:_\d+)?")
+"""A job id as sbatch hands them out (`12`, or `12_3` for an array's task)."""
 
 QUEUED_STATES = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "POWER_UP_NODE"}
@@ -44,6 +56,10 @@ _SQUEUE_TIMEOUT_S = 30
 
 DEFAULT_TIME = "4:00:00"
 """Time limit of a run's job unless told: a run that needs longer is requeued at the limit and goes on."""
+
+MAX_TIME_LIMITS = 3
+"""Requeues at its time limit a job gets before its run ends failed (submitit's `max_num_timeout`):
+a run far longer than its limit must not be requeued without end."""
 
 REFUSED_OPTIONS = frozenset({"array", "output", "error", "open-mode", "wrap", "parsable", "signal"})
 """sbatch options dtvg sets itself (submitit's files and the warning signal the worker answers)."""
@@ -73,6 +89,13 @@ def time_minutes(text: str) -> int:
     return math.ceil(seconds / 60)
 
 
+def at_time_limit(record: Mapping[str, Any] | None, ran_s: float) -> bool:
+    """Whether Slurm's warning to a job that has run `ran_s` seconds is its time limit rather than a
+    preemption. submitit's rule: a job is guaranteed min(80 %, all but 10 minutes) of its time."""
+    limit = time_minutes(((record or {}).get("resources") or {}).get("time") or DEFAULT_TIME) * 60
+    return ran_s >= min(0.8 * limit, limit - 600)
+
+
 def parse_options(items: list[str]) -> dict[str, str]:
     """`--slurm-option` values ("account=lab", "--qos=high", "exclusive") as sbatch option → value."""
     options: dict[str, str] = {}
@@ -99,9 +122,14 @@ class Resources:
     """Memory per job, as sbatch --mem ("16G")."""
     options: dict[str, str] = field(default_factory=dict)
     """Any other sbatch option: name → value ("" for a flag such as exclusive)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines the job runs before the worker (`module load cuda`, activating an environment), as
+    submitit's `setup`."""
 
     def __post_init__(self) -> None:
         time_minutes(self.time)
+        if not isinstance(self.setup, list) or not all(isinstance(line, str) for line in self.setup):
+            raise UserError('slurm setup must be a list of shell lines, e.g. setup = ["module load cuda"]')
         for name, value in (("gpus", self.gpus), ("cpus", self.cpus)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise UserError(f"slurm {name} must be a whole number ≥ 0 (got {value!r})")
@@ -112,9 +140,9 @@ class Resources:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str) -> Resources:
         """Resources from a pipeline's `[slurm]` table (or a run's record); `where` names it in errors."""
-        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options"})
+        unknown = sorted(set(table) - {*RESOURCE_KEYS, "options", "setup"})
         if unknown:
-            allowed = ", ".join((*RESOURCE_KEYS, "options"))
+            allowed = ", ".join((*RESOURCE_KEYS, "options", "setup"))
             raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} in [slurm]; allowed: {allowed}")
         options = table.get("options", {})
         if not isinstance(options, Mapping):
@@ -123,7 +151,8 @@ class Resources:
         for key in ("partition", "mem", "time"):
             if key in values:
                 values[key] = str(values[key])
-        return cls(**values, options={str(k): "" if v is True else str(v) for k, v in options.items()})
+        options = {str(k): "" if v is True else str(v) for k, v in options.items()}
+        return cls(**values, options=options, setup=table.get("setup") or [])
 
     def override(self, **changes: Any) -> Resources:
         """These resources with the given (not None) values replaced, options merged."""
@@ -144,6 +173,8 @@ class Resources:
                 params[name] = getattr(self, key)
         if self.mem:
             params["mem"] = self.mem
+        if self.setup:
+            params["setup"] = list(self.setup)
         return params
 
 
@@ -158,6 +189,20 @@ class JobState:
     """Slurm's job state (`squeue %T`): PENDING, RUNNING, COMPLETING, …; UNKNOWN when squeue failed."""
     reason: str
     """Why it waits (`squeue %r`): Priority, Resources, BeginTime, JobArrayTaskLimit, …; "None" if it runs."""
+    log: str = ""
+    """Where the job writes its output (`squeue -O StdOut`, maybe still holding patterns such as %A)."""
+
+    def submitted_from(self, folder: object) -> bool:
+        """Whether this job is the one submitted with its files in `folder`: its log lies there.
+
+        Folders are compared by name (`<time>-<random>`, unique per submission), so a runs directory
+        reached by another path still knows its jobs.
+        """
+        return (
+            isinstance(folder, str)
+            and bool(folder and self.log)
+            and Path(self.log).parent.name == Path(folder).name
+        )
 
     @property
     def queued(self) -> bool:
@@ -179,12 +224,13 @@ def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
     """The queue state of these jobs, in one `squeue` call; None when squeue cannot be asked.
 
     A job that is not in the answer has left the queue (finished, cancelled, failed or lost).
-    Array tasks are asked and answered one by one (`12_3`), pending ones too (`-r`).
+    Array tasks are asked and answered one by one (`12_3`), pending ones too (`--array`).
     """
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return {}
-    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--format", "%i|%T|%r"]
+    fields = "JobArrayID:|,State:|,Reason:|,StdOut:"  # the log last: a path may hold anything
+    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--Format", fields]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_SQUEUE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
@@ -194,10 +240,9 @@ def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
         return {} if "Invalid job id" in done.stderr else None
     states: dict[str, JobState] = {}
     for line in done.stdout.splitlines():
-        job_id, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
+        job_id, state, reason, log = (line.strip().split("|", 3) + ["", "", ""])[:4]
         if job_id and state:
-            states[job_id] = JobState(state, reason)
+            states[job_id] = JobState(state, reason, log.strip())
     return states
 
 
@@ -214,8 +259,19 @@ class Queue:
         """The queue of the jobs of these runs' submission records (local runs have none)."""
         return cls(record["job_id"] for d in run_dirs if (record := read_job(d)) and record.get("job_id"))
 
+    def job_of(self, record: Mapping[str, Any] | None) -> JobState | None:
+        """The state of the job a submission record names, or None when that job has left the queue,
+        or the job with its id is not the one submitted (see `JobState.submitted_from`);
+        `UNREACHABLE` when squeue failed."""
+        job_id = str(record.get("job_id") or "") if record else ""
+        state = self.get(job_id) if job_id else None
+        if state is None or state is UNREACHABLE:
+            return state
+        return state if state.submitted_from(record.get("folder")) else None
+
     def get(self, job_id: str) -> JobState | None:
-        """The job's state, or None when it has left the queue; `UNREACHABLE` when squeue failed."""
+        """The state of whatever job has this id now, or None when there is none; `UNREACHABLE` when
+        squeue failed. Which run it belongs to is `job_of`'s question."""
         if not self._asked:
             self._states = squeue(self._ids)
             self._asked = True
@@ -251,10 +307,47 @@ def job_id_of(run_dir: str | os.PathLike[str]) -> str | None:
     return str(job_id) if job_id else None
 
 
+def log_path(record: Mapping[str, Any] | None) -> Path | None:
+    """Where the job of a submission record writes Slurm's and submitit's output (srun's errors, a
+    kill by Slurm): `<runs>/_slurm/<submission>/<job>_0_log.out`; None without a job."""
+    if not record or not record.get("job_id") or not isinstance(record.get("folder"), str):
+        return None
+    return Path(record["folder"]) / f"{record['job_id']}_0_log.out"
+
+
+def remove_job_files(record: Mapping[str, Any] | None, runs_dir: str | os.PathLike[str]) -> None:
+    """Delete what the run's submissions, this one and those before, keep of its jobs under
+    `<runs_dir>/_slurm/` (each job's log, pickles and script, all named `<job>_…`, and submitit's
+    link to the script), and each submission's folder once nothing else is left in it. A record is
+    data: a folder elsewhere or an id that is no job id deletes nothing."""
+    submissions = Path(runs_dir).resolve() / SUBMITIT_DIR
+    previous = (record or {}).get("previous_submissions")
+    for submission in [record, *(previous if isinstance(previous, list) else [])]:
+        if not isinstance(submission, Mapping) or not _JOB_ID.fullmatch(str(submission.get("job_id"))):
+            continue
+        log = log_path(submission)
+        if log is None or log.parent.resolve().parent != submissions:
+            continue
+        mine = f"{submission['job_id']}_"
+        for path in log.parent.glob(f"{mine}*"):
+            path.unlink(missing_ok=True)
+        for link in log.parent.glob(".submission_file_*"):  # submitit's link to the job's script
+            if link.is_symlink() and Path(os.readlink(link)).name.startswith(mine):
+                link.unlink()
+        with contextlib.suppress(OSError):  # other runs of the same job array keep theirs
+            log.parent.rmdir()
+
+
+def job_state(record: Mapping[str, Any] | None) -> JobState | None:
+    """The state of the job of this submission record, asked alone (see `Queue.job_of`)."""
+    job_id = str(record.get("job_id") or "") if record else ""
+    return Queue([job_id]).job_of(record) if job_id else None
+
+
 def active_job(run_dir: str | os.PathLike[str]) -> str | None:
-    """The run's Slurm job id while the job is in the queue (or squeue cannot tell), else None."""
-    job_id = job_id_of(run_dir)
-    return job_id if job_id and Queue([job_id]).get(job_id) is not None else None
+    """The run's Slurm job id while its job is in the queue (or squeue cannot tell), else None."""
+    record = read_job(run_dir)
+    return str(record["job_id"]) if record and job_state(record) is not None else None
 
 
 def run_status(events: RunState, job_id: str | None, state: JobState | None) -> str:
@@ -297,17 +390,25 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
     The request is recorded first, so the worker knows it is not a preemption (which it would answer
     by requeueing); then the job is signalled (SIGUSR2, as Slurm warns a job before its time limit),
-    or cancelled outright while it still waits in the queue. False when the job is not in the queue.
+    or cancelled outright while it still waits in the queue. False when the run's job is not in the
+    queue, or squeue cannot tell that the job with its id is the run's.
     """
     record = read_job(run_dir)
-    job_id = str(record.get("job_id") or "") if record else ""
-    state = Queue([job_id]).get(job_id) if job_id else None
-    if record is None or state is None:
+    state = job_state(record)
+    if record is None or state is None or state is UNREACHABLE:
         return False
+    job_id = str(record["job_id"])
     write_job(run_dir, {**record, "stop_requested": time.time()})
     if state.queued:
         return _scancel(job_id)
     return _scancel("--signal=USR2", job_id)
+
+
+def cancel(record: Mapping[str, Any] | None) -> bool:
+    """Cancel the job of a submission record (`scancel`) when it is provably that job (see `job_state`);
+    whether it was."""
+    state = job_state(record)
+    return state is not None and state is not UNREACHABLE and _scancel(str(record["job_id"]))
 
 
 def kill(run_dir: str | os.PathLike[str]) -> bool:
@@ -315,12 +416,13 @@ def kill(run_dir: str | os.PathLike[str]) -> bool:
 
     Slurm cancels a job with SIGTERM first (SIGKILL only after its KillWait), which the worker would
     answer with a checkpoint; so the request is recorded first, and the worker reads it and exits at
-    once (`kill_requested`).
+    once (`kill_requested`). False, as for `stop`, unless the job is provably the run's.
     """
     record = read_job(run_dir)
-    job_id = active_job(run_dir)
-    if record is None or job_id is None:
+    state = job_state(record)
+    if record is None or state is None or state is UNREACHABLE:
         return False
+    job_id = str(record["job_id"])
     now = time.time()
     write_job(run_dir, {**record, "stop_requested": now, "kill_requested": now})
     return _scancel(job_id)

@@ -29,12 +29,11 @@ from submitit.core.utils import FailedJobError
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, LOG, check_action
+from dtvg_engine.runfolder import EVENTS, LOG, check_action, read_config
 from dtvg_engine.safefiles import open_fd
-from dtvg_engine.slurm import Resources
-
-SUBMITIT_DIR = "_slurm"
-"""Under the runs directory: one folder of submitit's files per submission."""
+from dtvg_engine.slurm import SUBMITIT_DIR, Resources
+from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.studyprocess import record_pipeline_job
 
 
 class SlurmRun:
@@ -93,18 +92,30 @@ def _submit(executor: submitit.SlurmExecutor, calls: list[Callable[[], Any]]) ->
                 return [executor.submit(calls[0])]
             return executor.submit_array(calls)
     except (FailedJobError, OSError) as exc:
-        reason = (str(exc) or refused.getvalue()).strip().splitlines()
-        raise UserError(f"sbatch refused the job: {reason[-1] if reason else exc!r}") from None
+        lines = [line.strip() for line in (str(exc) or refused.getvalue()).splitlines()]
+        reasons = [line for line in lines if line and not line.startswith('Try "sbatch --help"')]  # a hint
+        raise UserError(f"sbatch refused the job: {reasons[-1] if reasons else repr(exc)}") from None
 
 
 def submission_folder(runs_dir: Path) -> Path:
     """A new folder for one submission's submitit files, `<runs>/_slurm/<time>-<random>`."""
-    return runs_dir / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return runs_dir.resolve() / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[str]:
+def job_name(run_dirs: list[Path], study: str | None = None) -> str:
+    """What `squeue` shows for the runs' job: one run's stage and label (`dtvg-stage1-rte`, from its id
+    `<date>-<time>-stage1-rte`), else the study's name or the number of runs, and their stage
+    (`dtvg-fewshot-stage2`, `dtvg-3-stage1-runs`)."""
+    if len(run_dirs) == 1:
+        return "dtvg-" + run_dirs[0].name.split("-", 2)[-1]
+    stage = read_config(run_dirs[0]).get("stage", "")
+    return f"dtvg-{study}-{stage}" if study else f"dtvg-{len(run_dirs)}-{stage}-runs"
+
+
+def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int, study: str | None = None) -> list[str]:
     """Submit runs (new, or stopped/killed/failed ones to resume): one job, or one array running at most
-    `jobs` at a time. Each run's `slurm.json` records its job; return the job ids.
+    `jobs` at a time (named after `study` when they are its). Each run's `slurm.json` records its job;
+    return the job ids.
 
     On a refusal (a bad partition, too many GPUs, …) every run is left as it was before.
     """
@@ -114,12 +125,13 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
     for run_dir in run_dirs:  # until sbatch answers, the run is a Slurm run being submitted: pending
         slurm.write_job(run_dir, {"job_id": None, "submitted": time.time()})
     folder = submission_folder(run_dirs[0].parent)
-    name = f"dtvg-{run_dirs[0].name}" if len(run_dirs) == 1 else f"dtvg-{len(run_dirs)}-runs"
     try:
-        executor = _executor(folder, resources, name, jobs)
+        executor = _executor(folder, resources, job_name(run_dirs, study), jobs)
         submitted = _submit(executor, [SlurmRun(str(d)) for d in run_dirs])
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # `_slurm` itself goes when this was its first submission
+            folder.parent.rmdir()
         for run_dir, record in before.items():
             if record is None:
                 (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)
@@ -128,7 +140,7 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
         raise
     for run_dir, job in zip(run_dirs, submitted, strict=True):
         old = before[run_dir] or {}
-        previous = [*old.get("previous_jobs", []), *([old["job_id"]] if old.get("job_id") else [])]
+        earlier = [{"job_id": old["job_id"], "folder": old.get("folder")}] if old.get("job_id") else []
         slurm.write_job(
             run_dir,
             {
@@ -136,7 +148,8 @@ def submit_runs(run_dirs: list[Path], resources: Resources, jobs: int) -> list[s
                 "folder": str(folder),
                 "resources": asdict(resources),
                 "submitted": time.time(),
-                "previous_jobs": previous,
+                "previous_jobs": [*old.get("previous_jobs", []), *(e["job_id"] for e in earlier)],
+                "previous_submissions": [*old.get("previous_submissions", []), *earlier],
             },
         )
         if (run_dir / EVENTS).exists():  # a resumed run: the index must not keep calling it stopped
@@ -166,41 +179,58 @@ class PipelineOnSlurm:
 
     def submit(self, run_dirs: list[Path], jobs: int) -> list[str]:
         """Submit one stage's runs as one job array, at most `jobs` at a time."""
-        return submit_runs(run_dirs, self.resources, jobs)
+        return submit_runs(run_dirs, self.resources, jobs, study=self.experiment.stem)
 
     def continue_after(self, job_ids: list[str]) -> str:
         """Submit the pipeline's next pass as a job that starts once these jobs have ended; its id."""
         after = replace(self, stage=self.stage + 1)
         small = Resources(
-            partition=self.resources.partition, time=PIPELINE_TIME, options=self.resources.options
+            partition=self.resources.partition,
+            time=PIPELINE_TIME,
+            options=self.resources.options,
+            setup=self.resources.setup,
         )
         name = f"dtvg-pipeline-{self.experiment.stem}"
         dependency = "afterany:" + ":".join(job_ids)
         folder = submission_folder(self.runs_dir)  # it submits jobs itself: outside srun, as submitit advises
         executor = _executor(folder, small, name, 1, dependency=dependency, use_srun=False)
-        return _submit(executor, [after])[0].job_id
+        job_id = _submit(executor, [after])[0].job_id
+        study = load_experiment(self.experiment).name
+        record_pipeline_job(self.runs_dir, study, {"job_id": job_id, "folder": str(folder)})
+        return job_id
 
     def __call__(self) -> None:
-        """The continuation job: run the pipeline's next pass and print what it did (to submitit's log)."""
-        from dtvg_engine.pipeline import run_pipeline
+        """The continuation job: run the pipeline's next pass and print what it did (to submitit's log).
+        The last pass fails the job, as `dtvg run pipeline` exits 1, unless every run completed."""
+        from dtvg_engine.pipeline import run_pipeline, unfinished_line
 
         outcome = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
         print("\n".join(outcome.report), flush=True)
         if outcome.table is not None:
             print(outcome.table.markdown, flush=True)
+        unfinished = unfinished_line(outcome)
+        if unfinished:
+            print(unfinished, flush=True)
+            raise SystemExit(1)
 
 
-def resubmit(run_dir: Path) -> str:
-    """Submit a stopped, killed or failed Slurm run again, with the resources it asked for; its job id."""
+def resubmit(run_dir: Path, changes: dict[str, Any] | None = None) -> str:
+    """Submit a stopped, killed or failed Slurm run again, with the resources it asked for but those
+    `changes` gives (`Resources.override`); its job id."""
     record = slurm.read_job(run_dir)
     if record is None:
         raise UserError(f"run {run_dir.name} did not run on Slurm")
-    job_id = slurm.active_job(run_dir)
-    if job_id:
+    state = slurm.job_state(record)
+    if state is slurm.UNREACHABLE:
+        raise UserError(
+            f"run {run_dir.name}: squeue cannot be asked about its job {record['job_id']}; is Slurm up?"
+        )
+    if state is not None:
+        job_id = record["job_id"]
         raise UserError(f"run {run_dir.name} is Slurm job {job_id} already; see `squeue --job {job_id}`")
     check_action(run_dir, "resume")
     resources = Resources.from_table(record.get("resources") or {}, str(run_dir / slurm.JOB_FILE))
-    return submit_runs([run_dir], resources, 1)[0]
+    return submit_runs([run_dir], resources.override(**(changes or {})), 1)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

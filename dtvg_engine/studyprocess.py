@@ -6,6 +6,7 @@ Standard library only: the dashboard's study screens start and stop studies thro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -13,7 +14,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import pid_alive, write_json_atomic, write_text_atomic
 from dtvg_engine.safefiles import PID_LIMIT, read_bytes, read_json
@@ -50,6 +53,14 @@ def record_study(runs_dir: Path, spec: StudySpec, path: Path) -> None:
     record.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, {"file": str(Path(path).resolve()), "spec": spec.record()})
     write_text_atomic(_pidfile(runs_dir, spec.name), f"{os.getpid()}\n")
+
+
+def forget_study(runs_dir: Path, name: str) -> None:
+    """Remove what `record_study` left, for a pipeline that started nothing (sbatch refused it)."""
+    record_path(runs_dir, name).unlink(missing_ok=True)
+    _pidfile(runs_dir, name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # gone only when empty: other studies' records stay
+        (Path(runs_dir) / PIPELINES_DIR).rmdir()
 
 
 def read_record(path: Path) -> tuple[StudySpec, Path | None]:
@@ -99,6 +110,33 @@ def _pidfile(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / PIPELINES_DIR / f"{name}.pid"
 
 
+def _jobfile(runs_dir: Path, name: str) -> Path:
+    return Path(runs_dir) / PIPELINES_DIR / f"{name}.slurm.json"
+
+
+def record_pipeline_job(runs_dir: Path, name: str, record: dict[str, Any]) -> None:
+    """Record the Slurm job that runs the rest of the study's pipeline (`job_id`, `folder`), so the study
+    is seen running, and can be stopped, while no pipeline process lives anywhere."""
+    write_json_atomic(_jobfile(runs_dir, name), record)
+
+
+def pipeline_job(runs_dir: Path, name: str) -> dict[str, Any] | None:
+    """The record of the Slurm job running the rest of the study's pipeline while it is in the queue
+    (or squeue cannot tell), else None."""
+    try:
+        record = read_json(_jobfile(runs_dir, name))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and slurm.job_state(record) is not None else None
+
+
+def pipeline_running(runs_dir: Path, name: str) -> str | None:
+    """Where the study's pipeline runs, "pid N" or "Slurm job N", or None when it does not."""
+    pid = pipeline_pid(runs_dir, name)
+    job = pipeline_job(runs_dir, name) if pid is None else None
+    return f"pid {pid}" if pid is not None else f"Slurm job {job['job_id']}" if job else None
+
+
 def pipeline_pid(runs_dir: Path, name: str) -> int | None:
     """The pid of the study's pipeline while it runs, else None.
 
@@ -127,9 +165,9 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
     from dtvg_engine import launcher
 
     name = load_experiment(path).name
-    running = pipeline_pid(runs_dir, name)
+    running = pipeline_running(runs_dir, name)
     if running is not None:
-        raise UserError(f"study {name} is already running (pipeline pid {running})")
+        raise UserError(f"study {name} is already running (pipeline {running})")
     folder = Path(runs_dir) / PIPELINES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.log"
@@ -143,8 +181,9 @@ def start_pipeline(path: Path, runs_dir: Path, data_dir: str | None = None) -> t
 
 def stop_study(spec: StudySpec, runs_dir: Path) -> tuple[bool, int]:
     """Stop the study: end its pipeline first (so it starts no further run), then ask each of the study's
-    runs that is still running to stop gracefully (checkpoint, status stopped). Returns whether a
-    pipeline was running and how many runs were asked to stop; starting the study again resumes them."""
+    runs that is still running to stop gracefully (checkpoint, status stopped) and cancel those still
+    queued on Slurm. Returns whether a pipeline was running (a process, or a Slurm job waiting to run
+    the rest of it) and how many runs were asked to stop; starting the study again resumes them."""
     from dtvg_engine import launcher
 
     pid = pipeline_pid(runs_dir, spec.name)
@@ -154,8 +193,12 @@ def stop_study(spec: StudySpec, runs_dir: Path) -> tuple[bool, int]:
         except ProcessLookupError:
             pass
         launcher.wait_for_exit(pid, timeout=10)
+    # before its runs: once they end, the job that waits for them would submit the next stage
+    job_cancelled = slurm.cancel(pipeline_job(runs_dir, spec.name))
     runs = Runs.read(runs_dir)  # read after the pipeline ended: it may have launched a run just before
-    live = [
-        runs.runs_dir / slot.run_id for slot in fill(spec, runs) if slot.state == "running" and slot.run_id
+    live = [  # queued: waiting for a worker here (nothing to stop), or in Slurm's queue (cancelled)
+        runs.runs_dir / slot.run_id
+        for slot in fill(spec, runs)
+        if slot.state in ("running", "queued") and slot.run_id
     ]
-    return pid is not None, sum(1 for run_dir in live if launcher.stop_run(run_dir))
+    return pid is not None or job_cancelled, sum(1 for run_dir in live if launcher.stop_run(run_dir))

@@ -3,9 +3,11 @@
 This is the process the CLI's `--detach`, the foreground progress view and the TUI all launch. It owns
 its run folder (the claim on worker.lock) for its whole life, so a second worker exits at once with
 code 2 without writing anything. It reads `config.json`, writes the event stream, keeps the history
-index current at start and end, and on SIGTERM, SIGUSR2 (Slurm's warning) or Ctrl-C checkpoints and
-finishes with status `stopped`, so `dtvg run resume` can go on. Run by a Slurm job (`slurm_submit`), it
-records the job, and when Slurm rather than `dtvg runs stop` stopped it, requeues the job instead.
+index current at start and end, and on SIGTERM, SIGUSR2 or Ctrl-C checkpoints and finishes with status
+`stopped`, so `dtvg run resume` can go on. Run by a Slurm job (`slurm_submit`), it records the job and
+reads the signal: SIGUSR2 that `dtvg runs stop` asked for stops the run; SIGUSR2 it did not ask for is
+Slurm's warning (preemption, the time limit), answered by requeueing the job; SIGTERM alone is the job
+being cancelled (`scancel`), which leaves the run `killed`, resumable from the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, Log, read_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import EVENTS, WORKER_LOCK, WORKER_LOCK_FD, claim_run, read_config, record_owner
 
@@ -79,10 +81,10 @@ def run_worker(run_dir: Path, job_id: str | None = None) -> int:
 
 def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     """Run the configured stage to its end, writing the events and the history index."""
-    stop = {"requested": False}
+    received: set[int] = set()  # the signals that asked this worker to stop
 
     def request_stop(signum: int, frame: object) -> None:
-        stop["requested"] = True
+        received.add(signum)
         if job_id and slurm.kill_requested(run_dir):  # Slurm cancels with SIGTERM: end now, as a kill
             os._exit(128 + signum)
 
@@ -112,7 +114,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             from dtvg_engine.training import RunFailed
 
             try:
-                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: stop["requested"])
+                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: bool(received))
             except (UserError, RunFailed) as exc:
                 error = str(exc)
         except Exception as exc:  # a bug or an unexpected library error: keep the run readable
@@ -120,7 +122,13 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             error = f"{type(exc).__name__}: {exc}"
         status = "failed" if error else outcome.status
         if status == "stopped" and job_id and not slurm.stop_requested(run_dir):
-            if _requeued(run_dir, job_id, events, history, outcome.step):
+            if signal.SIGUSR2 not in received:  # cancelled: no `run_finished`, so the run shows killed
+                _leave_cancelled(job_id, events, outcome.step)
+                return 0
+            limits = _time_limits(run_dir, job_id, time.time() - started)
+            if limits is not None and limits > slurm.MAX_TIME_LIMITS:
+                status, error = "failed", _out_of_time(run_dir, job_id, limits)
+            elif _requeued(run_dir, job_id, events, history, outcome.step, limits):
                 return 0
         if error:
             events.emit("log", level="error", message=error)
@@ -137,13 +145,53 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     return 1 if status == "failed" else 0
 
 
-def _requeued(run_dir: Path, job_id: str, events: EventWriter, history: History, step: int) -> bool:
+def _leave_cancelled(job_id: str, events: EventWriter, step: int) -> None:
+    """Say why the segment ends open: Slurm ended the job with SIGTERM and no warning (`scancel`, or
+    `scontrol requeue` from outside).
+
+    Without a `run_finished` the run shows killed once the job has left the queue, and resumes from
+    the checkpoint just saved; a job requeued from outside goes on from there when it starts again.
+    """
+    message = f"Slurm ended job {job_id} at step {step} (SIGTERM, no warning: cancelled); resumable from here"
+    events.emit("log", level="warning", message=message)
+
+
+def _time_limits(run_dir: Path, job_id: str, ran_s: float) -> int | None:
+    """How many times the job has now reached its time limit, this time included; None when Slurm's
+    warning came too early for that (a preemption, which is requeued without limit)."""
+    if not slurm.at_time_limit(slurm.read_job(run_dir), ran_s):
+        return None
+    said = f"Slurm job {job_id} reached its time limit"
+    earlier = [e for e in read_events(run_dir / EVENTS) if isinstance(e, Log) and e.message.startswith(said)]
+    return len(earlier) + 1
+
+
+def _out_of_time(run_dir: Path, job_id: str, limits: int) -> str:
+    """Why a run that keeps reaching its job's time limit ends here, and how to go on."""
+    limit = ((slurm.read_job(run_dir) or {}).get("resources") or {}).get("time") or slurm.DEFAULT_TIME
+    return (
+        f"Slurm job {job_id} reached its time limit ({limit}) {limits} times; resume it with more time, "
+        f"e.g. dtvg run resume {run_dir.name} --slurm-time {2 * slurm.time_minutes(limit)}"
+    )
+
+
+def _requeued(
+    run_dir: Path, job_id: str, events: EventWriter, history: History, step: int, limits: int | None
+) -> bool:
     """Put a job that Slurm stopped (preemption, its time limit; not `dtvg runs stop`) back in the queue,
     so the run goes on from its checkpoint when the job starts again; False when Slurm refused.
+    `limits`: how many times the job has reached its time limit (None: preempted).
 
     The segment stays open (no `run_finished`): the run shows pending while queued, killed if lost.
     """
-    events.emit("log", level="warning", message=f"Slurm stopped job {job_id} at step {step}; requeueing it")
+    if limits is None:
+        message = f"Slurm preempted job {job_id} at step {step}; requeueing it"
+    else:
+        message = (
+            f"Slurm job {job_id} reached its time limit at step {step}; requeueing it "
+            f"({limits} of {slurm.MAX_TIME_LIMITS} times)"
+        )
+    events.emit("log", level="warning", message=message)
     _update_index(history, run_dir)
     error = slurm.requeue(job_id)  # Slurm now ends this job's processes: return at once
     if error:

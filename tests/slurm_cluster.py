@@ -45,6 +45,14 @@ def slurm_cluster() -> Iterator[str]:
         os.environ["SLURM_CONF"] = saved
 
 
+def restart_cluster() -> None:
+    """Stop the test cluster and start it afresh: its state is deleted, so its job ids begin again at 1,
+    as after a new controller, a wrap-around or a move to another cluster."""
+    for command in ("stop", "start"):
+        done = subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"slurm-test-cluster.sh {command}: {done.stderr}"
+
+
 def on_cluster(test: Callable) -> Callable:
     """Mark a test `slurm` and give it the test cluster (the `slurm_cluster` fixture)."""
     return pytest.mark.slurm(pytest.mark.usefixtures("slurm_cluster")(test))

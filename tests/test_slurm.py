@@ -9,17 +9,23 @@ Slurm lost. The others need no cluster.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from slurm_cluster import on_cluster, slurm_cluster, wait_for  # noqa: F401 - the fixture, used by on_cluster
+from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by on_cluster
+    on_cluster,
+    restart_cluster,
+    slurm_cluster,
+    wait_for,
+)
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, event_from_dict, read_events
+from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
 from dtvg_engine.pipeline import results_paths
 from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, list_run_dirs, summarize
 from dtvg_engine.slurm import Resources, parse_options, time_minutes
@@ -67,11 +73,18 @@ def test_pass_through_options_become_sbatch_parameters() -> None:
         ({"time": "soon"}, "slurm time"),
         ({"options": {"output": "x.log"}}, "set by dtvg itself"),
         ({"options": "account=lab"}, "'options' must be a table"),
+        ({"setup": "module load cuda"}, "setup must be a list of shell lines"),
     ],
 )
 def test_bad_slurm_tables_are_one_line_errors(table: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         Resources.from_table(table, "study.toml")
+
+
+def test_setup_lines_go_to_the_job_script_before_the_run() -> None:
+    resources = Resources.from_table({"setup": ["module load cuda", "source /shared/venv/bin/activate"]}, "x")
+    assert resources.sbatch_parameters()["setup"] == ["module load cuda", "source /shared/venv/bin/activate"]
+    assert "setup" not in Resources().sbatch_parameters()
 
 
 def test_bad_option_names_are_refused() -> None:
@@ -179,9 +192,15 @@ STEPS = 60
 is done to it lands long before it could finish (loading takes seconds, then each step a moment)."""
 
 
-def dtvg(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def dtvg(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `dtvg ARGS`, with `env` added to the environment."""
     return subprocess.run(
-        [DTVG, *map(str, args)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [DTVG, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
     )
 
 
@@ -209,18 +228,25 @@ def running(run_dir: Path) -> RunSummary | None:
     return summary if summary.status == "running" else None
 
 
+def job_names(job_ids: list[str]) -> set[str]:
+    """The names `squeue` shows for these jobs."""
+    command = ["squeue", "--noheader", "--array", "--jobs", ",".join(job_ids), "--format", "%j"]
+    return set(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split())
+
+
 def lifecycle(run_dir: Path) -> list:
     return [e for e in read_events(run_dir / EVENTS) if isinstance(e, RunStarted | RunFinished | Log)]
 
 
 @on_cluster
 def test_a_run_submitted_to_slurm_completes_and_records_where_it_ran(runs_dir, data_dir) -> None:
-    run_dir = submit_stage1(runs_dir, data_dir, 2, "--slurm-cpus", "1")
+    run_dir = submit_stage1(runs_dir, data_dir, 2, "--slurm-cpus", "1", "--slurm-setup", "echo set-up-first")
     record = slurm.read_job(run_dir)
     job_id = record["job_id"]
     assert record["resources"]["time"] == "10" and record["resources"]["cpus"] == 1
     summary = wait_for("the run to complete", lambda: settled(run_dir))
     assert summary.status == "completed", (run_dir / LOG).read_text()[-2000:]
+    assert slurm.log_path(record).read_text().startswith("set-up-first\n")  # the setup line ran first
     (start,) = [e for e in lifecycle(run_dir) if isinstance(e, RunStarted)]
     assert (start.executor, start.job_id, start.host) == ("slurm", job_id, socket.gethostname())
     assert (run_dir / TPV).is_file()
@@ -231,13 +257,21 @@ def test_a_run_submitted_to_slurm_completes_and_records_where_it_ran(runs_dir, d
 
 
 @on_cluster
-def test_sbatch_refusing_a_run_is_one_line_and_leaves_no_run(runs_dir, data_dir) -> None:
+@pytest.mark.parametrize(
+    ("asked", "reason"),
+    [
+        (["--slurm-gpus", "8"], "sbatch: error: Invalid generic resource"),  # the test node has no GPU
+        (["--slurm-option", "colour=blue"], "sbatch: unrecognized option '--colour=blue'"),  # not the hint
+    ],
+)
+def test_sbatch_refusing_a_run_is_one_line_and_leaves_no_run(runs_dir, data_dir, asked, reason) -> None:
     result = dtvg(
         "run", "stage1", "rte", *TINY, "--data-dir", data_dir, "--runs-dir", runs_dir,
-        "--executor", "slurm", "--slurm-gpus", "8",  # the test node has no GPU
+        "--executor", "slurm", *asked,
     )  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: sbatch refused the job: {reason}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
     assert list_run_dirs(runs_dir) == []
 
 
@@ -282,9 +316,10 @@ def test_a_preempted_job_is_requeued_and_goes_on_from_its_checkpoint(runs_dir, d
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
     job_id = slurm.read_job(run_dir)["job_id"]
     wait_for("the worker to start", lambda: running(run_dir), every=0.1)
-    # what Slurm sends a preempted job (as submitit's own preemption test does): SIGTERM, then USR2
-    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
+    # what Slurm sends a job it preempts with a grace time (PreemptParameters=send_user_signal): the
+    # job's warning signal, USR2, then SIGTERM
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
     seen = set()
 
     def done() -> RunSummary | None:
@@ -315,6 +350,9 @@ def test_a_job_slurm_lost_shows_killed_and_resumes(runs_dir, data_dir) -> None:
     assert not [e for e in lifecycle(run_dir) if isinstance(e, RunFinished) or "requeue" in str(e)]
     (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
     assert doc["status"] == "killed"
+    # with no Slurm to ask, resume says so rather than take the run's job for live
+    down = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir, SLURM_CONF=str(runs_dir / "none.conf"))
+    assert down.returncode == 2 and "squeue cannot be asked" in down.stderr, down.stderr
     result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)
     assert result.returncode == 0, result.stderr
     assert wait_for("the resumed run to complete", lambda: settled(run_dir)).status == "completed"
@@ -376,3 +414,180 @@ def test_a_pipeline_run_again_leaves_its_queued_jobs_alone(runs_dir, data_dir, t
     finally:
         subprocess.run(["scancel", "--name", "dtvg-pipeline-heldstudy"], check=False)
         subprocess.run(["scancel", *[j for d in list_run_dirs(runs_dir) if (j := slurm.job_id_of(d))]])
+
+
+@on_cluster
+def test_scancel_ends_a_running_run_killed_and_does_not_requeue_it(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    # training, not loading: the checkpoint at the next step lands well within Slurm's KillWait
+    wait_for("the first step", lambda: summarize(run_dir).step >= 1, every=0.1)
+    assert job_names([job_id]) == {"dtvg-stage1-rte"}  # in squeue, the run's stage and task
+    subprocess.run(["scancel", job_id], check=True)  # SIGTERM, without Slurm's warning: not a preemption
+    summary = wait_for("the job to leave the queue", lambda: settled(run_dir))
+    assert summary.status == "killed" and summary.step < STEPS
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id]  # not started again
+    assert not [e for e in events if isinstance(e, RunFinished) or "requeue" in str(e)]
+    assert any(isinstance(e, Log) and f"Slurm ended job {job_id}" in e.message for e in events)
+    # why it ended is in the job's Slurm log, which `runs show` names and shows
+    shown = dtvg("runs", "show", run_dir.name, "--runs-dir", runs_dir).stdout
+    assert str(slurm.log_path(slurm.read_job(run_dir))) in shown.replace("\n", "") and "CANCELLED" in shown
+    result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)  # resumable, as a killed run
+    assert result.returncode == 0, result.stderr
+    subprocess.run(["scancel", slurm.read_job(run_dir)["job_id"]], check=True)
+    wait_for("the resumed job to leave the queue", lambda: settled(run_dir))
+    result = dtvg(
+        "runs", "rm", run_dir.name, "--runs-dir", runs_dir
+    )  # and its jobs' files under _slurm go too
+    assert result.returncode == 0, result.stderr
+    assert list_run_dirs(runs_dir) == [] and list((runs_dir / "_slurm").iterdir()) == []
+
+
+@on_cluster
+def test_a_run_never_sees_or_signals_a_job_that_reuses_its_id(runs_dir, data_dir) -> None:
+    restart_cluster()  # ids from 1: the old run's job id comes again below
+    old = submit_stage1(runs_dir, data_dir, 2)
+    old_job = slurm.read_job(old)["job_id"]
+    assert wait_for("the old run to complete", lambda: settled(old)).status == "completed"
+    restart_cluster()  # a fresh controller hands out the same ids again
+    new = submit_stage1(runs_dir, data_dir, 2, "--slurm-option", "begin=now+1hour")  # held in the queue
+    new_job = slurm.read_job(new)["job_id"]
+    try:
+        assert new_job == old_job
+        wait_for("the new job to wait", lambda: summarize(new).slurm_state == "queued (BeginTime)", 30)
+        summary = summarize(old)
+        assert (summary.status, summary.slurm_state) == ("completed", None)
+        docs = {
+            d["run_id"]: d for d in json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+        }
+        assert (docs[old.name]["status"], docs[old.name]["slurm_state"]) == ("completed", None)
+        assert docs[new.name]["status"] == "pending"
+        for kill in ([], ["--kill"]):
+            result = dtvg("runs", "stop", old.name, *kill, "--runs-dir", runs_dir)
+            assert result.returncode == 2 and "is not running (completed)" in result.stderr, result.stderr
+        assert slurm.squeue([new_job])[new_job].state == "PENDING"  # the new run's job untouched
+        assert summarize(new).slurm_state == "queued (BeginTime)"
+    finally:
+        subprocess.run(["scancel", new_job], check=False)
+
+
+@on_cluster
+def test_a_pipeline_sbatch_refuses_leaves_nothing_behind(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "refused.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\n[slurm]\npartition = "nosuch"\n'
+    )
+    result = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: sbatch refused the job") and len(result.stderr.splitlines()) == 1
+    assert sorted(runs_dir.iterdir()) == []  # no run folder, no study record, no submitit folder
+
+
+@on_cluster
+def test_stopping_a_study_on_slurm_cancels_its_queued_runs_and_the_rest_of_its_pipeline(
+    runs_dir, data_dir, tmp_path
+) -> None:
+    from dtvg_engine import studyprocess
+
+    path = tmp_path / "stopme.toml"
+    path.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\n'
+        '[slurm]\ntime = "10"\noptions = { begin = "now+1hour" }\n'  # held in the queue
+    )
+    result = dtvg("run", "pipeline", path, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    jobs = [slurm.job_id_of(d) for d in list_run_dirs(runs_dir)]
+    (rest,) = [
+        line.split("Slurm job ")[1].split(",")[0] for line in result.stdout.splitlines() if "rest" in line
+    ]
+    try:
+        assert len(jobs) == 2 and set(slurm.squeue([*jobs, rest])) == {*jobs, rest}
+        assert job_names([*jobs, rest]) == {"dtvg-stopme-stage1", "dtvg-pipeline-stopme"}  # says whose
+        assert studyprocess.pipeline_running(runs_dir, "stopme") == f"Slurm job {rest}"  # no process: its job
+        assert studyprocess.stop_study(studyprocess.load_study(path)[0], runs_dir) == (True, 2)
+        wait_for("every job of the study to leave the queue", lambda: slurm.squeue([*jobs, rest]) == {}, 30)
+        assert studyprocess.pipeline_running(runs_dir, "stopme") is None
+        assert len(list_run_dirs(runs_dir)) == 2  # stage 2 was never submitted
+    finally:
+        subprocess.run(["scancel", *jobs, rest], check=False)
+
+
+def trained_in_start(run_dir: Path, start: int) -> bool:
+    """Whether the run's worker has started `start` times and made a training step since the last."""
+    events = [e for e in read_events(run_dir / EVENTS) if isinstance(e, RunStarted | Step)]
+    return sum(isinstance(e, RunStarted) for e in events) == start and isinstance(events[-1], Step)
+
+
+@on_cluster
+def test_a_run_that_keeps_reaching_its_time_limit_ends_failed_and_resumes_with_more_time(
+    runs_dir, data_dir
+) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, 400)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    for start in range(1, slurm.MAX_TIME_LIMITS + 2):
+        wait_for(
+            f"start {start} of the job to train", lambda n=start: trained_in_start(run_dir, n), every=0.2
+        )
+        # Slurm's warning; with a 10-minute limit any warning counts as the time limit (submitit's rule)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    summary = wait_for("the run to end", lambda: settled(run_dir))
+    assert summary.status == "failed" and summary.step < 400
+    assert f"reached its time limit (10) {slurm.MAX_TIME_LIMITS + 1} times" in summary.error
+    assert f"dtvg run resume {run_dir.name} --slurm-time 20" in summary.error
+    result = dtvg("run", "resume", run_dir.name, "--slurm-time", "20", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stderr
+    record = slurm.read_job(run_dir)
+    try:
+        assert record["resources"]["time"] == "20" and record["previous_jobs"] == [job_id]
+        state = wait_for(
+            "the resumed job", lambda: slurm.squeue([record["job_id"]]).get(record["job_id"]), 30
+        )
+        assert state.submitted_from(record["folder"])
+    finally:
+        subprocess.run(["scancel", record["job_id"]], check=False)
+
+
+@on_cluster
+def test_a_job_requeued_from_outside_goes_on_without_a_false_error(runs_dir, data_dir) -> None:
+    run_dir = submit_stage1(runs_dir, data_dir, STEPS)
+    job_id = slurm.read_job(run_dir)["job_id"]
+    wait_for("the first step", lambda: summarize(run_dir).step >= 1, every=0.1)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)  # SIGTERM, then back in the queue
+    seen = set()
+
+    def done() -> RunSummary | None:
+        seen.add(summarize(run_dir).status)
+        return settled(run_dir)
+
+    summary = wait_for("the requeued job to complete the run", done, every=0.3)
+    assert summary.status == "completed" and "stopped" not in seen
+    events = lifecycle(run_dir)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == [job_id, job_id]
+    assert [e.status for e in events if isinstance(e, RunFinished)] == ["completed"]
+    assert not [e for e in events if isinstance(e, Log) and e.level == "error"]
+
+
+@on_cluster
+def test_a_pipeline_whose_runs_fail_names_them_and_fails_its_last_job(runs_dir, data_dir, tmp_path) -> None:
+    study = tmp_path / "failing.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cuda"\ndata_dir = "{data_dir}"\n'  # no GPU here
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["dtvg"]\njobs = 2\n[slurm]\ntime = "10"\n'
+    )
+    result = dtvg("run", "pipeline", study, "--executor", "slurm", "--runs-dir", runs_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stage1 = list_run_dirs(runs_dir)
+    md, _ = results_paths(runs_dir, "failing")
+    wait_for("the last pipeline job to write the results", md.is_file, timeout=300)
+    record = json.loads((runs_dir / "_pipelines" / "failing.slurm.json").read_text())
+    log = slurm.log_path(record)
+
+    def said() -> str | None:
+        text = log.read_text() if log.is_file() else ""
+        return text if "did not complete" in text else None
+
+    text = wait_for("the last job to name the runs that did not complete", said, timeout=60)
+    assert all(f"{d.name} (failed)" in text for d in stage1), text

@@ -12,6 +12,7 @@ from dtvg_engine import config as configs
 from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
+from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
 
 JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
@@ -39,6 +40,7 @@ def run_stage1(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     jobs = configs.parse_jobs("--jobs", jobs)
@@ -119,6 +121,7 @@ def run_stage2(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
     resources = so.resources(locals()) if so.on_slurm(executor) else None
@@ -153,27 +156,35 @@ def run_pipeline(
     slurm_cpus: so.Cpus = None,
     slurm_mem: so.Mem = None,
     slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed.
 
     Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import results_paths, run_pipeline
+    from dtvg_engine.pipeline import results_paths, run_pipeline, unfinished_line
     from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studyprocess import forget_study, record_path
 
     if jobs is not None:
         jobs = configs.parse_jobs("--jobs", jobs)
     root = runs_root(runs_dir)
     data = str(data_dir.resolve()) if data_dir else None
-    on_slurm = None
+    on_slurm, first_time = None, False
     if so.on_slurm(executor):
-        table = load_experiment(experiment).slurm
-        base = so.Resources.from_table(table, str(experiment)) if table else None
+        spec = load_experiment(experiment)
+        base = so.Resources.from_table(spec.slurm, str(experiment)) if spec.slurm else None
         on_slurm = so.submitter().PipelineOnSlurm(
             experiment.resolve(), root.resolve(), so.resources(locals(), base), jobs, data
         )
-    outcome = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
+        first_time = not record_path(root, spec.name).exists()
+    try:
+        outcome = run_pipeline(experiment, root, jobs, data, on_slurm=on_slurm)
+    except UserError:
+        if first_time:  # sbatch refused its first jobs: the study leaves no trace
+            forget_study(root, spec.name)
+        raise
     for line in outcome.report:
         out.print(line, markup=False, highlight=False)
     if outcome.table is None:  # submitted: the last pipeline job writes the results
@@ -182,9 +193,9 @@ def run_pipeline(
     out.print(outcome.table.markdown, markup=False, highlight=False)
     md, js = results_paths(root, outcome.name)
     print(f"results: {md} and {js}")
-    if outcome.unfinished:
-        unfinished = ", ".join(f"{run_id} ({status})" for run_id, status in outcome.unfinished.items())
-        print(f"{len(outcome.unfinished)} run(s) did not complete: {unfinished}")
+    unfinished = unfinished_line(outcome)
+    if unfinished:
+        print(unfinished)
         raise typer.Exit(1)
 
 
@@ -209,16 +220,27 @@ def run_resume(
     run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
+    slurm_partition: so.Partition = None,
+    slurm_time: so.Time = None,
+    slurm_gpus: so.Gpus = None,
+    slurm_cpus: so.Cpus = None,
+    slurm_mem: so.Mem = None,
+    slurm_option: so.Options = None,
+    slurm_setup: so.Setup = None,
 ) -> None:
     """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one.
 
-    A run that ran on Slurm is submitted again, with the resources it asked for.
+    A run that ran on Slurm is submitted again, with the resources it asked for but those the
+    `--slurm-*` options change (more time for a run that keeps reaching its limit).
     """
     run_dir = find_run(runs_root(runs_dir), run)
+    changes = so.changes(locals())
     if slurm.read_job(run_dir) is not None:
-        job_id = so.submitter().resubmit(run_dir)
+        job_id = so.submitter().resubmit(run_dir, changes)
         print(f"{run_dir.name}: Slurm job {job_id}")
         return
+    if any(changes.values()):
+        raise UserError(f"run {run_dir.name} ran on this machine: --slurm-* options are for Slurm runs")
     check_action(run_dir, "resume")
     checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

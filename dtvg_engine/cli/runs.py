@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dtvg_engine import launcher
+from dtvg_engine import launcher, slurm
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
@@ -37,7 +37,7 @@ runs_app = typer.Typer(
 )
 
 
-COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "best_metric", "step", "tags")
+COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "executor", "best_metric", "step", "tags")
 
 
 def show_table(docs: list[dict[str, Any]]) -> None:
@@ -54,6 +54,8 @@ def show_table(docs: list[dict[str, Any]]) -> None:
                 value = ",".join(value or [])
             elif key == "step":
                 value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+            elif key == "executor" and doc.get("job_id"):  # as the dashboard shows it
+                value = f"{value} {doc['job_id']}"
             cells.append("" if value is None else str(value))
         table.add_row(*cells)
     out.print(table)
@@ -80,6 +82,9 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
     """One run: its summary, config and, if it failed, the end of its log."""
     run_dir = find_run(runs_root(runs_dir), run)
     doc = summarize(run_dir).to_dict()
+    slurm_log = slurm.log_path(slurm.read_job(run_dir))
+    if slurm_log is not None:  # why Slurm ended a job (a kill, srun's errors) is only there
+        doc["slurm_log"] = str(slurm_log)
     doc["config"] = read_config(run_dir)
     if as_json:
         print_json(doc)
@@ -89,9 +94,13 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
             out.print(f"[bold]{key}[/bold]: {_readable(key, value)}", highlight=False)
     out.print_json(data=doc["config"])
     if doc["status"] in ("failed", "killed"):
-        out.print("[bold]worker.log (last lines)[/bold]")
-        for line in tail_log(run_dir):
-            out.print(line, markup=False, highlight=False)
+        logs = [("worker.log", tail_log(run_dir))]
+        if slurm_log is not None:
+            logs.append((f"Slurm log {slurm_log}", tail_log(slurm_log.parent, name=slurm_log.name)))
+        for name, lines in logs:
+            out.print(f"[bold]{name} (last lines)[/bold]", highlight=False)
+            for line in lines:
+                out.print(line, markup=False, highlight=False)
 
 
 def _readable(key: str, value: Any) -> str:
@@ -136,6 +145,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         return
     run_dir = find_run(root, run)
     check_action(run_dir, "rm")
+    record = slurm.read_job(run_dir)
     claim = claim_run(run_dir)  # and no worker starts on it while it goes
     try:
         shutil.rmtree(run_dir)
@@ -143,6 +153,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         raise UserError(f"cannot remove {run_dir}: {e.strerror}") from e
     finally:
         os.close(claim)
+    slurm.remove_job_files(record, root)  # its jobs' files under `_slurm/`
     History(root).remove(run_dir.name)
     print(f"removed {run_dir.name}")
 

@@ -42,6 +42,14 @@ Options = Annotated[
     ),
 ]
 
+Setup = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slurm-setup",
+        help="A shell line each job runs before the run (repeatable): 'module load cuda'.",
+    ),
+]
+
 
 def on_slurm(executor: str) -> bool:
     """Whether `--executor` asks for Slurm; `UserError` for anything but local or slurm."""
@@ -50,16 +58,22 @@ def on_slurm(executor: str) -> bool:
     return executor == "slurm"
 
 
+def changes(options: dict[str, Any]) -> dict[str, Any]:
+    """What a command's `slurm_*` options set, for `Resources.override` (None: not given)."""
+    return {
+        "partition": options.get("slurm_partition"),
+        "time": options.get("slurm_time"),
+        "gpus": options.get("slurm_gpus"),
+        "cpus": options.get("slurm_cpus"),
+        "mem": options.get("slurm_mem"),
+        "options": parse_options(options.get("slurm_option") or []),
+        "setup": options.get("slurm_setup") or None,
+    }
+
+
 def resources(options: dict[str, Any], base: Resources | None = None) -> Resources:
     """The resources a command's `slurm_*` options ask for, over `base` (a pipeline's `[slurm]` table)."""
-    return (base or Resources()).override(
-        partition=options.get("slurm_partition"),
-        time=options.get("slurm_time"),
-        gpus=options.get("slurm_gpus"),
-        cpus=options.get("slurm_cpus"),
-        mem=options.get("slurm_mem"),
-        options=parse_options(options.get("slurm_option") or []),
-    )
+    return (base or Resources()).override(**changes(options))
 
 
 def submitter() -> Any:

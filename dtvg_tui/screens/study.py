@@ -46,7 +46,7 @@ STATE_STYLES = {
 BAR_WIDTH = 30
 
 
-def progress_text(snapshot: Snapshot, pipeline: int | None) -> Text:
+def progress_text(snapshot: Snapshot, pipeline: str | None) -> Text:
     """The study's progress: a bar, the count in each state and the time left; then its pipeline."""
     counts, total = snapshot.counts, len(snapshot.slots)
     done = round(BAR_WIDTH * counts["done"] / total) if total else 0
@@ -65,7 +65,7 @@ def progress_text(snapshot: Snapshot, pipeline: int | None) -> Text:
     else:
         text.append("   time left: after the first finished run", style="dim")
     if pipeline is not None:
-        text.append(f"\npipeline running (pid {pipeline}) · s: stop the study", style="cyan")
+        text.append(f"\npipeline running ({pipeline}) · s: stop the study", style="cyan")
     else:
         text.append("\npipeline not running · g: start or resume the study", style="dim")
     return text
@@ -107,8 +107,8 @@ class StudyScreen(Screen[None]):
         """The study's data, read from the app's runs directory (made on mount)."""
         self.snapshot: Snapshot | None = None
         """What is shown."""
-        self.pipeline: int | None = None
-        """The pid of the study's pipeline while it runs."""
+        self.pipeline: str | None = None
+        """Where the study's pipeline runs ("pid N", "Slurm job N") while it does."""
         self._loading = False
         self._after_scan = False
         self._retrying = False
@@ -189,7 +189,7 @@ class StudyScreen(Screen[None]):
     def _load(self, data: StudyData, summaries: dict) -> None:
         try:
             snapshot = data.load(summaries)
-            pipeline = studyprocess.pipeline_pid(data.runs_dir, self.spec.name)
+            pipeline = studyprocess.pipeline_running(data.runs_dir, self.spec.name)
             self.app.call_from_thread(self._show, snapshot, pipeline)
             data.load_details(snapshot)
             self.app.call_from_thread(self._show_details, snapshot)
@@ -198,7 +198,7 @@ class StudyScreen(Screen[None]):
         finally:
             self._loading = False
 
-    def _show(self, snapshot: Snapshot, pipeline: int | None) -> None:
+    def _show(self, snapshot: Snapshot, pipeline: str | None) -> None:
         self.snapshot, self.pipeline = snapshot, pipeline
         self.query_one("#study-progress", Static).update(progress_text(snapshot, pipeline))
         self._show_table(snapshot)
@@ -365,7 +365,7 @@ class StudyScreen(Screen[None]):
         except (UserError, OSError) as e:
             self.notify(str(e), severity="error")
             return
-        self.pipeline = pid
+        self.pipeline = f"pid {pid}"
         self.notify(f"Started the study (pipeline pid {pid}, log {log}).")
 
     def action_stop(self) -> None:

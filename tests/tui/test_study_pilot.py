@@ -258,14 +258,14 @@ async def test_start_stop_and_resume_a_real_study(runs_dir: Path, data_dir: Path
     file = tmp_path / "stop-me.toml"
     file.write_text(TINY.format(data=data_dir))
     app = DtvgApp(runs_dir, refresh_interval=0.3, follow_interval=0.2, study=file)
-    pipelines: list[int] = []
+    pipelines: list[int | None] = []
     try:
         async with app.run_test(size=SIZE) as pilot:
             await settle_study(pilot)
             view = pilot.app.screen
             assert "0/2 done" in screen_text(pilot.app) and "pipeline not running" in screen_text(pilot.app)
             await pilot.press("g")
-            pipelines.append(view.pipeline)
+            pipelines.append(studyprocess.pipeline_pid(runs_dir, "stop-me"))
             await wait_until(pilot, lambda: view.snapshot.counts["running"] == 1, 120, "running")
             assert "pipeline running" in screen_text(pilot.app)
             run = next(s.run_id for s in view.snapshot.slots if s.state == "running")
@@ -280,7 +280,7 @@ async def test_start_stop_and_resume_a_real_study(runs_dir: Path, data_dir: Path
             )
 
             await pilot.press("g")  # resume: the same run goes on
-            pipelines.append(view.pipeline)
+            pipelines.append(studyprocess.pipeline_pid(runs_dir, "stop-me"))
             resumed = lambda: summarize(runs_dir / run).status == "running"  # noqa: E731
             await wait_until(pilot, resumed, 300, "resumed")  # a new pipeline and worker: slow under load
             assert [s.run_id for s in view.snapshot.slots if s.stage == "stage1"] == [run]

@@ -15,7 +15,19 @@ from dtvg_engine import config as configs
 from dtvg_engine import method_registry, slurm, tasks
 from dtvg_engine.errors import UserError
 
-STUDY_KEYS = ("name", "sources", "targets", "methods", "seeds", "jobs", "stage1", "stage2", "slurm", "bank")
+STUDY_KEYS = (
+    "name",
+    "sources",
+    "targets",
+    "methods",
+    "seeds",
+    "jobs",
+    "stage1",
+    "stage2",
+    "slurm",
+    "bank",
+    "tasks",
+)
 """The top-level keys that shape the study (its runs' settings are the others)."""
 SHARED_KEYS = tuple(key for key, f in configs.SETTINGS_BY_KEY.items() if f.metadata.get("shared"))
 """Top-level settings that apply to every run of the study (`shared` in `config.TrainingSettings`)."""
@@ -57,6 +69,7 @@ def load_experiment(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
         )
+    use_study_tasks(path, spec.get("tasks"))
     spec.setdefault("name", path.stem)
     spec.setdefault("seeds", [0])
     spec.setdefault("jobs", "auto")
@@ -87,6 +100,17 @@ def load_experiment(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: slurm must be a table ([slurm] followed by key = value lines)")
     slurm.Resources.from_table(spec.get("slurm", {}), str(path))
     return spec
+
+
+def use_study_tasks(path: Path, value: Any) -> None:
+    """Make a study's own tasks known: `tasks = "FILE"` (a task file, relative to the study file) or
+    inline `[tasks.NAME]` tables (their `data` relative to the study file)."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        tasks.use(tasks.load_task_file(path.parent / value))
+    else:
+        tasks.use(tasks.parse_tasks(value, str(path), path.resolve().parent))
 
 
 def _check_methods(path: Path, spec: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import slurm
+from dtvg_engine import slurm, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.history import History
@@ -70,6 +70,7 @@ def _update_index(history: History, run_dir: Path) -> None:
 def run_worker(run_dir: Path, job_id: str | None = None) -> int:
     """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
     config = read_config(run_dir)
+    tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as the run recorded them
     claim = own_run(run_dir)
     try:
         return _run(run_dir, config, job_id)

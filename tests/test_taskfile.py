@@ -263,3 +263,62 @@ def test_a_queued_user_task_run_starts_without_its_task_file(my_rte: Path, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
     shown = json.loads(dtvg("runs", "show", run_dir.name, "--json", "--runs-dir", tmp_path / "runs").stdout)
     assert shown["status"] == "completed"
+
+
+# --- studies ---------------------------------------------------------------------------------------
+
+STUDY = """
+name = "mine"
+model = "tiny-llama"
+prompt_length = 4
+device = "cpu"
+sources = ["my_rte"]
+targets = ["cb"]
+methods = ["dtvg"]
+bank = false
+[stage1]
+steps = 2
+max_eval = 16
+eval_every = 1
+k_shot = 16
+[stage2]
+steps = 2
+max_eval = 16
+eval_every = 1
+k_shot = 16
+"""
+
+
+def test_a_study_names_its_task_file_or_holds_its_tasks(my_rte: Path, tmp_path: Path) -> None:
+    from dtvg_engine.studyfile import load_experiment
+
+    study = tmp_path / "study.toml"
+    study.write_text(f'tasks = "{my_rte.name}"\n' + STUDY)
+    assert load_experiment(study)["sources"] == ["my_rte"]
+    assert tasks.get_task("my_rte").origin == str(my_rte)
+    tasks._USER_TASKS.clear()
+    study.write_text(STUDY + MY_RTE)  # the [tasks.my_rte] table inside the study file itself
+    load_experiment(study)
+    assert tasks.get_task("my_rte").origin == str(study)
+    assert tasks.get_task("my_rte").data == str(tmp_path / "my_rte")
+
+
+def test_a_bad_task_in_a_study_is_one_line_naming_it(my_rte: Path, tmp_path: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY + MY_RTE.replace('"small"', '"huge"'))
+    line = assert_bad_input(dtvg("run", "pipeline", study, "--runs-dir", tmp_path / "runs"))
+    assert f"{study}: task 'my_rte': size must be one of large, small" in line
+
+
+def test_a_pipeline_transfers_from_a_user_task(my_rte: Path, tmp_path: Path, data_dir: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(f'tasks = "{my_rte.name}"\n' + STUDY)
+    runs = tmp_path / "runs"
+    result = dtvg("run", "pipeline", study, "--runs-dir", runs, "--data-dir", data_dir, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    listed = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs).stdout)
+    assert sorted((row["stage"], row["status"]) for row in listed) == [
+        ("stage1", "completed"), ("stage1", "completed"), ("stage2", "completed")
+    ]  # fmt: skip
+    results = json.loads((runs / "mine-results.json").read_text())
+    assert "cb" in json.dumps(results)

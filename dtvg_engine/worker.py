@@ -70,7 +70,6 @@ def _update_index(history: History, run_dir: Path) -> None:
 def run_worker(run_dir: Path, job_id: str | None = None) -> int:
     """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
     config = read_config(run_dir)
-    tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as the run recorded them
     claim = own_run(run_dir)
     try:
         return _run(run_dir, config, job_id)
@@ -113,6 +112,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             from dtvg_engine.training import RunFailed
 
             try:
+                tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as recorded
                 outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: stop["requested"])
             except (UserError, RunFailed) as exc:
                 error = str(exc)

@@ -16,6 +16,7 @@ from cli_helpers import assert_bad_input, dtvg
 
 from dtvg_engine import tasks
 from dtvg_engine.data import load_splits
+from dtvg_engine.errors import UserError
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "builtin_tasks.json"
 """Every field of every built-in task as the registry in Python code defined them, before task files."""
@@ -114,6 +115,16 @@ def test_a_user_task_reads_its_own_folder_in_any_format(my_rte: Path, data_dir: 
     assert {row["label"] for row in mine.train} == {0, 1}
     rte = load_splits("rte", data_dir, seed=0)
     assert [row["sentence1"] for row in mine.train] == [row["sentence1"] for row in rte.train[:120]]
+
+
+def test_a_hub_dataset_is_named_not_resolved(tmp_path: Path) -> None:
+    text = MY_RTE.replace('data = "my_rte"', 'data = "hf://someone/reviews"')
+    task = tasks.load_task_file(task_file(tmp_path, text))["my_rte"]
+    assert task.data == "hf://someone/reviews" and task.path == "reviews"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MY_RTE.replace('data = "my_rte"', 'data = "hf://reviews"'))
+    with pytest.raises(UserError, match="task 'my_rte': data: a Hub dataset is written hf://owner/name"):
+        tasks.load_task_file(bad)
 
 
 def test_the_task_file_comes_from_the_environment(my_rte: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,6 +259,9 @@ def test_a_user_task_runs_as_source_and_target_through_both_stages(
     stage2 = next(runs.glob("*my_rte-dtvg*"))
     config = json.loads((stage2 / "config.json").read_text())
     assert config[tasks.RECORD_KEY]["my_rte"]["labels"] == {"entailment": 0, "not_entailment": 1}
+    assert set(config[tasks.RECORD_KEY]) == {"my_rte"}  # cb is built in: nothing to record
+    similar = json.loads(dtvg("tpv", "sim", "my_rte", "cb", "--json", "--runs-dir", runs).stdout)
+    assert similar["tasks"] == ["my_rte", "cb"] and len(similar["matrix"]) == 2
 
 
 def test_a_queued_user_task_run_starts_without_its_task_file(my_rte: Path, tmp_path: Path) -> None:

@@ -104,8 +104,10 @@ def load_experiment(path: Path) -> dict[str, Any]:
 
 def use_study_tasks(path: Path, value: Any) -> None:
     """Make a study's own tasks known: `tasks = "FILE"` (a task file, relative to the study file) or
-    inline `[tasks.NAME]` tables (their `data` relative to the study file)."""
+    inline `[tasks.NAME]` tables (their `data` relative to the study file); without either, those of
+    $DTVG_TASKS, so a report or a Slurm job reading the study later finds them too."""
     if value is None:
+        tasks.use_file(None)
         return
     if isinstance(value, str):
         tasks.use(tasks.load_task_file(path.parent / value))

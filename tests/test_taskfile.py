@@ -317,6 +317,19 @@ def test_a_study_names_its_task_file_or_holds_its_tasks(my_rte: Path, tmp_path: 
     assert tasks.get_task("my_rte").data == str(tmp_path / "my_rte")
 
 
+def test_a_study_without_tasks_takes_those_of_the_environment(
+    my_rte: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtvg_engine.studyfile import load_experiment
+
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY)
+    with pytest.raises(UserError, match="unknown task 'my_rte'"):
+        load_experiment(study)
+    monkeypatch.setenv(tasks.TASKS_ENV, str(my_rte))
+    assert load_experiment(study)["sources"] == ["my_rte"]
+
+
 def test_a_bad_task_in_a_study_is_one_line_naming_it(my_rte: Path, tmp_path: Path) -> None:
     study = tmp_path / "study.toml"
     study.write_text(STUDY + MY_RTE.replace('"small"', '"huge"'))

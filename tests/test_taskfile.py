@@ -349,3 +349,23 @@ def test_a_pipeline_transfers_from_a_user_task(my_rte: Path, tmp_path: Path, dat
     ]  # fmt: skip
     results = json.loads((runs / "mine-results.json").read_text())
     assert "cb" in json.dumps(results)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "stage1", "rte", "--runs-dir", "{tmp}/runs"],
+        ["run", "stage2", "--target", "rte", "--sources", "mnli", "--runs-dir", "{tmp}/runs"],
+        ["run", "pipeline", "{tmp}/study.toml", "--runs-dir", "{tmp}/runs"],
+        ["tasks", "list"],
+        ["tasks", "show", "rte"],
+    ],
+)
+def test_every_command_taking_a_task_file_refuses_a_missing_one(command: list[str], tmp_path: Path) -> None:
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY.replace("my_rte", "mnli"))
+    missing = tmp_path / "nowhere.toml"
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in command]
+    line = assert_bad_input(dtvg(*args, "--tasks", missing))
+    assert f"task file {missing} does not exist" in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -261,6 +261,19 @@ def _tiny_t5() -> PreTrainedModel:
         return T5ForConditionalGeneration(config)
 
 
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of model `name` alone (checking a task's label words before a run exists)."""
+    if name in ("smollm2-135m", "tiny-llama", "tiny-t5"):
+        return _tokenizer()
+    check_model_name(name)
+    local = Path(name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(local) if local.exists() else name)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the tokenizer of {name!r} ({first}); check the path or id") from exc
+
+
 def _from_pretrained(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Any causal or seq2seq LM by local path or hub id (the hub only when online)."""
     check_model_name(name)

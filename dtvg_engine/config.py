@@ -342,6 +342,7 @@ def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
         "primary_metric": spec.primary,
         "created": time.time(),
         **settings,
+        **tasks.recorded([task]),
     }
 
 
@@ -407,6 +408,7 @@ def _runs_by_task(runs_dir: str | Path, refs: list[str], settings: dict[str, Any
     for ref in refs:
         run_dir = find_run(runs_dir, ref)
         config = read_config(run_dir)
+        tasks.adopt(config, str(run_dir / "config.json"))  # a user task's run carries its definition
         if config.get("stage") != "stage1" or not (run_dir / TPV).is_file():
             raise UserError(f"--tpv {ref}: run {run_dir.name} is not a completed stage-1 run with a TPV")
         if not _stage1_matches(config, settings):
@@ -484,6 +486,7 @@ def stage2_config(
         "created": time.time(),
         **settings,
         "method": spec_method.name,
+        **tasks.recorded([target, *sources]),
     }
     return config | _stage1_budgets(spec_method, config, runs_dir)
 

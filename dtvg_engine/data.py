@@ -29,7 +29,7 @@ from datasets.exceptions import DatasetGenerationError
 from datasets.utils import logging as datasets_logging
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.tasks import HUB_PREFIX, TASKS, Task, clean, get_task, label_of, target_id
+from dtvg_engine.tasks import BUILTIN, HUB_PREFIX, Task, clean, get_task, label_of, target_id, trainable_tasks
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "bundled_data"
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -73,7 +73,7 @@ def load_splits(
     """Read one task and return its seeded train/validation/test splits."""
     task = get_task(task_name)
     if need_train and not task.has_train:
-        trainable = ", ".join(name for name, t in TASKS.items() if t.has_train)
+        trainable = ", ".join(trainable_tasks())
         raise UserError(
             f"task {task.name!r} has no train split (evaluation-only); "
             f"use it as an evaluation task or pick one of: {trainable}"
@@ -204,15 +204,34 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def read_split(task: Task, data_dir: str | Path, split: str) -> tuple[list[Row], str]:
-    """All rows of one original split, checked and label-mapped, and where they came from."""
-    if str(data_dir).startswith(HUB_PREFIX):
-        return _read_hub_split(task, str(data_dir)[len(HUB_PREFIX) :], split)
+    """All rows of one original split, checked and label-mapped, and where they came from: a user
+    task's own folder or Hub dataset (`task.data`), else its folder under `data_dir`. A user task's
+    errors name the file that defined it."""
+    if task.origin == BUILTIN:
+        return _read_split(task, data_dir, split)
+    try:
+        return _read_split(task, data_dir, split)
+    except UserError as error:
+        raise UserError(f"{task.origin}: task {task.name!r}: {error}") from None
+
+
+def _read_split(task: Task, data_dir: str | Path, split: str) -> tuple[list[Row], str]:
+    if task.data is not None and task.data.startswith(HUB_PREFIX):
+        return _read_hub_split(task, task.data[len(HUB_PREFIX) :], None, split)
+    if task.data is None and str(data_dir).startswith(HUB_PREFIX):
+        return _read_hub_split(task, str(data_dir)[len(HUB_PREFIX) :], Path(task.path).name, split)
     file = _find_split_file(task, Path(data_dir), split)
     return _prepare_rows(task, _read_file(file), str(file), split), str(file)
 
 
 def _find_split_file(task: Task, data_dir: Path, split: str) -> Path:
-    """The first of <task.path>/<split>.{jsonl,json,csv,parquet} that exists under data_dir."""
+    """The first of <task.path>/<split>.{jsonl,json,csv,parquet} that exists under data_dir, or of
+    <split>.* in a user task's own folder."""
+    if task.data is not None:
+        for suffix in FORMATS:
+            if (file := Path(task.data) / f"{split}{suffix}").is_file():
+                return file
+        raise UserError(f"data: no {split}.jsonl (or .json/.csv/.parquet) in {task.data}")
     hint = f"pass --data-dir pointing at the folder holding {task.path}/{split}.jsonl"
     if not data_dir.is_dir():
         raise UserError(f"data dir {data_dir} does not exist; {hint} (or set DTVG_DATA_DIR)")
@@ -260,13 +279,14 @@ def _raise_on_bad_json_line(file: Path) -> None:
                 ) from None
 
 
-def _read_hub_split(task: Task, repo: str, split: str) -> tuple[list[Row], str]:
-    """A split from a Hub dataset repo whose configs are named like the tasks (e.g. nyu-mll/glue)."""
+def _read_hub_split(task: Task, repo: str, name: str | None, split: str) -> tuple[list[Row], str]:
+    """A split from a Hub dataset repo: the config `name` of a repo whose configs are named like the
+    tasks (e.g. nyu-mll/glue), or a user task's own dataset (`name` None)."""
     try:
-        dataset = load_dataset(repo, Path(task.path).name, split=split)
+        dataset = load_dataset(repo, name, split=split)
     except Exception as error:  # network, auth, missing config: all are the user's to fix
         raise UserError(f"could not load {task.name} {split} from hub dataset {repo!r}: {error}") from None
-    source = f"{HUB_PREFIX}{repo}/{Path(task.path).name}:{split}"
+    source = f"{HUB_PREFIX}{repo}{f'/{name}' if name else ''}:{split}"
     return _prepare_rows(task, dataset.to_list(), source, split), source
 
 

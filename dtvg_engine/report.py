@@ -49,6 +49,7 @@ def constant_score(run_dir: Path) -> float | None:
     from dtvg_engine.data import load_splits
 
     config = read_config(run_dir)
+    tasks.adopt(config, str(run_dir / "config.json"))
     recorded = recorded_constant(config)
     if recorded is not None:
         return recorded

@@ -26,6 +26,8 @@ from dtvg_engine.backbones import Backbone
 from dtvg_engine.errors import UserError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from dtvg_engine.data import Splits
 
 INPUT_TOKENS_CAP = 256
@@ -71,6 +73,21 @@ class Batch:
     """Gold labels as given by the task (class ids, or scores for regression)."""
 
 
+def check_label_words(task: tasks.Task, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The first token of each label word, in label-id order; refuses words that start with the same
+    token, since the answer is the highest-ranked first token and such words could never be told apart."""
+    seen: dict[int, str] = {}
+    for word in task.label_words:
+        token = tokenizer(word, add_special_tokens=False).input_ids[0]
+        if token in seen:
+            raise UserError(
+                f"{task.origin}: task {task.name!r}: label_words {seen[token]!r} and {word!r} start with the "
+                "same token under this model's tokenizer; pick words that start differently"
+            )
+        seen[token] = word
+    return list(seen)
+
+
 class LabelScorer:
     """Encodes one task's examples for one backbone and scores its label words."""
 
@@ -81,10 +98,7 @@ class LabelScorer:
         """Inputs longer than this (end-of-sequence token included) are cut in their longest text field."""
         self.rule = rule or "--max-input-tokens"
         """Where `max_input_tokens` came from, for the run's log."""
-        tok = backbone.tokenizer
-        self.word_ids = torch.tensor(
-            [tok(w, add_special_tokens=False).input_ids[0] for w in task.label_words]
-        )
+        self.word_ids = torch.tensor(check_label_words(task, backbone.tokenizer))
         """First-token id of every label word, in label-id order."""
         frame = len(self._ids(dict.fromkeys(task.text_fields, ""))) + self._eos
         if max_input_tokens < frame:

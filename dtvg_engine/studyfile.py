@@ -18,7 +18,19 @@ from dtvg_engine import config as configs
 from dtvg_engine import method_registry, slurm, tasks
 from dtvg_engine.errors import UserError
 
-STUDY_KEYS = ("name", "sources", "targets", "methods", "seeds", "jobs", "stage1", "stage2", "slurm", "bank")
+STUDY_KEYS = (
+    "name",
+    "sources",
+    "targets",
+    "methods",
+    "seeds",
+    "jobs",
+    "stage1",
+    "stage2",
+    "slurm",
+    "bank",
+    "tasks",
+)
 """The top-level keys that shape the study (its runs' settings are the others)."""
 SHARED_KEYS = tuple(key for key, f in configs.SETTINGS_BY_KEY.items() if f.metadata.get("shared"))
 """Top-level settings that apply to every run of the study (`shared` in `config.TrainingSettings`)."""
@@ -117,6 +129,7 @@ def load_experiment(path: Path) -> StudySpec:
         raise UserError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}"
         )
+    use_study_tasks(path, spec.get("tasks"))
     spec.setdefault("name", path.stem)
     spec.setdefault("seeds", [0])
     spec.setdefault("jobs", "auto")
@@ -147,6 +160,19 @@ def load_experiment(path: Path) -> StudySpec:
         raise UserError(f"{path}: slurm must be a table ([slurm] followed by key = value lines)")
     slurm.Resources.from_table(spec.get("slurm", {}), str(path))
     return StudySpec.of(spec)
+
+
+def use_study_tasks(path: Path, value: Any) -> None:
+    """Make a study's own tasks known: `tasks = "FILE"` (a task file, relative to the study file) or
+    inline `[tasks.NAME]` tables (their `data` relative to the study file); without either, those of
+    $DTVG_TASKS, so a report or a Slurm job reading the study later finds them too."""
+    if value is None:
+        tasks.use_file(None)
+        return
+    if isinstance(value, str):
+        tasks.use(tasks.load_task_file(path.parent / value))
+    else:
+        tasks.use(tasks.parse_tasks(value, str(path), path.resolve().parent))
 
 
 def _check_methods(path: Path, spec: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import slurm
+from dtvg_engine import slurm, tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter, Log, read_events
 from dtvg_engine.history import History
@@ -114,6 +114,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             from dtvg_engine.training import RunFailed
 
             try:
+                tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as recorded
                 outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: bool(received))
             except (UserError, RunFailed) as exc:
                 error = str(exc)

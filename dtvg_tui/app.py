@@ -10,6 +10,7 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
+from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import default_runs_dir
 from dtvg_tui import keys
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         keymap = keys.load_keymap(keys.keymap_path())
+        tasks.use_file(None)  # $DTVG_TASKS: the user's tasks, offered by the New-run form
         if args.study is not None:
             from dtvg_engine.studyprocess import load_study
 

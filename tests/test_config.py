@@ -67,6 +67,7 @@ COMMAND_OPTIONS = {
     "--sources",
     "--tpv",
     "--target",
+    "--tasks",
 }
 """Options of `dtvg run ...` that are no run setting (and `--slurm-*`)."""
 

@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 a run failed, 2 bad input. Bad input is a `UserError`, printed as one line.
 Heavy imports (torch, transformers) happen inside the commands that need them, so listing runs is quick.
-One module per command group: `run` (and `demo`), `runs`, `tpv`.
+One module per command group: `run` (and `demo`), `runs`, `tpv`, `tasks`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import typer
 
 from dtvg_engine.cli.run import demo, run_app
 from dtvg_engine.cli.runs import runs_app
+from dtvg_engine.cli.tasks import tasks_app
 from dtvg_engine.cli.tpv import tpv_app
 from dtvg_engine.errors import UserError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(run_app, name="run")
 app.add_typer(runs_app, name="runs")
 app.add_typer(tpv_app, name="tpv")
+app.add_typer(tasks_app, name="tasks")
 app.command("demo")(demo)
 
 

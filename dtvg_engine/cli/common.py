@@ -16,11 +16,20 @@ from rich.console import Console
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import default_runs_dir
+from dtvg_engine.tasks import TASKS_ENV
 
 out = Console()
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", envvar="DTVG_RUNS_DIR", help="Where run folders live.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TaskFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--tasks",
+        envvar=TASKS_ENV,
+        help="A task file (TOML) defining your own tasks, as `dtvg tasks show NAME` prints them.",
+    ),
+]
 
 
 def runs_root(path: Path | None) -> Path:

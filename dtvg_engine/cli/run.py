@@ -9,8 +9,9 @@ import typer
 
 from dtvg_engine import bank, launcher, method_registry, slurm, workers
 from dtvg_engine import config as configs
+from dtvg_engine import tasks as task_registry
 from dtvg_engine.cli import slurm_options as so
-from dtvg_engine.cli.common import RunsDir, out, runs_root, setting_option, with_settings
+from dtvg_engine.cli.common import RunsDir, TaskFile, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
@@ -28,6 +29,7 @@ run_app = typer.Typer(
 def run_stage1(
     tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
     settings: dict[str, Any],
+    task_file: TaskFile = None,
     runs_dir: RunsDir = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Start workers in the background and return.")
@@ -45,6 +47,7 @@ def run_stage1(
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     jobs = configs.parse_jobs("--jobs", jobs)
     resources = so.resources(locals()) if so.on_slurm(executor) else None
+    task_registry.use_file(task_file)
     root = runs_root(runs_dir)
     settings = _resolve_paths(settings)
     planned = [configs.stage1_config(task, **settings) for task in tasks]
@@ -70,11 +73,18 @@ def _resolve_paths(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_data(task: str, config: dict[str, Any]) -> None:
-    """Read the run's data now: a bad file is an error here, not a failed run."""
+    """Read the run's data now, and check a user task's label words under the model's tokenizer: a bad
+    file is an error here, not a failed run."""
     from dtvg_engine.data import load_splits
 
     data = Path(config["data_dir"])
     load_splits(task, data, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"])
+    spec = task_registry.get_task(task)
+    if spec.origin != task_registry.BUILTIN and spec.label_words:
+        from dtvg_engine.backbones import load_tokenizer
+        from dtvg_engine.scoring import check_label_words
+
+        check_label_words(spec, load_tokenizer(config["model"]))
 
 
 def _start(
@@ -112,6 +122,7 @@ def run_stage2(
     tpv: Annotated[
         list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
     ] = None,
+    task_file: TaskFile = None,
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
     executor: so.Executor = "local",
@@ -125,6 +136,7 @@ def run_stage2(
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
     resources = so.resources(locals()) if so.on_slurm(executor) else None
+    task_registry.use_file(task_file)
     root = runs_root(runs_dir)
     settings = _resolve_paths(settings)
     method = settings.pop("method")
@@ -149,6 +161,7 @@ def run_pipeline(
     runs_dir: RunsDir = None,
     jobs: Annotated[str | None, typer.Option(help=JOBS_HELP + " Overrides the file.")] = None,
     data_dir: DataDir = None,
+    task_file: TaskFile = None,
     executor: so.Executor = "local",
     slurm_partition: so.Partition = None,
     slurm_time: so.Time = None,
@@ -169,6 +182,7 @@ def run_pipeline(
 
     if jobs is not None:
         jobs = configs.parse_jobs("--jobs", jobs)
+    task_registry.use_file(task_file)
     root = runs_root(runs_dir)
     data = str(data_dir.resolve()) if data_dir else None
     on_slurm, first_time = None, False

@@ -308,7 +308,7 @@ def test_a_study_names_its_task_file_or_holds_its_tasks(my_rte: Path, tmp_path: 
 
     study = tmp_path / "study.toml"
     study.write_text(f'tasks = "{my_rte.name}"\n' + STUDY)
-    assert load_experiment(study)["sources"] == ["my_rte"]
+    assert load_experiment(study).sources == ("my_rte",)
     assert tasks.get_task("my_rte").origin == str(my_rte)
     tasks._USER_TASKS.clear()
     study.write_text(STUDY + MY_RTE)  # the [tasks.my_rte] table inside the study file itself
@@ -327,7 +327,7 @@ def test_a_study_without_tasks_takes_those_of_the_environment(
     with pytest.raises(UserError, match="unknown task 'my_rte'"):
         load_experiment(study)
     monkeypatch.setenv(tasks.TASKS_ENV, str(my_rte))
-    assert load_experiment(study)["sources"] == ["my_rte"]
+    assert load_experiment(study).sources == ("my_rte",)
 
 
 def test_a_bad_task_in_a_study_is_one_line_naming_it(my_rte: Path, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from dtvg_engine.runfolder import (
     pid_alive,
     record_owner,
     refusal,
+    reserve_space,
     run_owner,
     summarize,
     write_text_atomic,
@@ -98,6 +99,7 @@ def launch_worker(
         if job_id:
             raise UserError(f"run {run_dir.name} is Slurm job {job_id}; stop it first with `dtvg runs stop`")
         checkpoint_path(run_dir)
+        reserve_space(run_dir)  # a full disk is refused here, not met by the worker with no word left
         (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now
         worker = spawn_detached(command, run_dir / LOG, lock, env)
         record_owner(lock, worker.pid)

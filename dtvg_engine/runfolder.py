@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from dtvg_engine.atomic import (  # noqa: F401 (replacing, write_text_atomic: st
     write_json_atomic,
     write_text_atomic,
 )
-from dtvg_engine.errors import UserError
+from dtvg_engine.errors import UserError, no_space
 from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
 from dtvg_engine.safefiles import (
     PID_LIMIT,
@@ -59,6 +60,10 @@ PIDFILE = "worker.pid"
 """The launched worker's pid, written by the launcher so a run can be stopped before its first event."""
 WORKER_LOCK = "worker.lock"
 """Held (flock) by the run's worker for its whole life, from launch on; holds its pid. One worker per run."""
+RESERVE = "worker.reserve"
+"""Disk space a worker holds while it runs (`reserve_space`), freed to record its end on a full disk."""
+RESERVE_BYTES = 256 << 10
+"""The space held: far more than the last events, log lines and index update of a run need."""
 INITS_DIR = "_inits"
 """Shared initializations, `runs/_inits/<model-slug>-r<length>-s<seed>.safetensors`."""
 
@@ -91,20 +96,45 @@ def create_run(runs_dir: str | os.PathLike[str], stage: str, label: str, config:
     is appended. The caller's dict is not modified; read the id back from the folder name.
     """
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     base = new_run_id(stage, label)
     run_id, n = base, 1
-    while True:
-        run_dir = runs_dir / run_id
-        try:
-            run_dir.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-            run_id = f"{base}-{n}"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            run_dir = runs_dir / run_id
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_id = f"{base}-{n}"
+    except OSError as e:
+        raise UserError(f"cannot create a run in {runs_dir}/: {e.strerror}") from e
     resolved = {"run_id": run_id, **{k: v for k, v in config.items() if k != "run_id"}}
-    write_json_atomic(run_dir / CONFIG, resolved)
+    try:
+        write_json_atomic(run_dir / CONFIG, resolved)
+    except OSError as e:  # a disk found full: no folder without a config is left, which no command finds
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(
+            f"cannot create run {run_id} in {runs_dir}/: {e.strerror}; free some space and try again"
+        ) from e
     return run_dir
+
+
+def create_runs(
+    runs_dir: str | os.PathLike[str], stage: str, planned: Sequence[tuple[str, dict[str, Any]]]
+) -> list[Path]:
+    """`create_run` for each (label, config) of `planned`: all of them or, on an error (a full disk),
+    none, so a command that fails leaves no half of what it asked for."""
+    made: list[Path] = []
+    try:
+        for label, config in planned:
+            made.append(create_run(runs_dir, stage, label, config))
+    except BaseException:
+        for run_dir in made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return made
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -273,7 +303,15 @@ def update_meta(
         meta["tags"] = list(dict.fromkeys(current))
         if note is not None:
             meta["note"] = clean_text(note)
-        write_json_atomic(run_dir / META, meta)
+        try:
+            write_json_atomic(run_dir / META, meta)
+        except FileRefused:
+            raise
+        except OSError as e:  # a full disk: the old meta.json stands
+            raise UserError(
+                f"cannot change the tags or note of run {run_dir.name}: {e.strerror}; free some space and "
+                "try again"
+            ) from e
     return meta
 
 
@@ -357,6 +395,43 @@ def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def reserve_space(run_dir: str | os.PathLike[str]) -> None:
+    """Hold `RESERVE_BYTES` of disk in the run folder (worker.reserve) for its worker, so a disk that
+    fills while it runs still has room to record why the run ended (`release_space`).
+
+    `UserError` when the disk is full already: nothing would be recorded, so nothing starts. A
+    filesystem that cannot allocate ahead goes without the reserve.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RESERVE
+    try:
+        fd = open_fd(path, os.O_WRONLY | os.O_CREAT)
+    except FileRefused:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot start run {run_dir.name}: {e.strerror} ({path})") from e
+    try:
+        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+    except OSError as e:
+        if not no_space(e):
+            return
+        os.unlink(path)
+        raise UserError(
+            f"cannot start run {run_dir.name}: {e.strerror} in {run_dir.parent}; free some space, then "
+            f"`dtvg run resume {run_dir.name}`"
+        ) from e
+    finally:
+        os.close(fd)
+
+
+def release_space(run_dir: str | os.PathLike[str]) -> None:
+    """Give back the space `reserve_space` held (nothing when there is none)."""
+    try:
+        os.unlink(Path(run_dir) / RESERVE)
+    except OSError:
+        pass
 
 
 # ----- what may be done to a run ----------------------------------------------------------------------

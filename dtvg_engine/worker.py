@@ -10,6 +10,7 @@ records the job, and when Slurm rather than `dtvg runs stop` stopped it, requeue
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -24,7 +25,19 @@ from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, WORKER_LOCK, WORKER_LOCK_FD, claim_run, read_config, record_owner
+from dtvg_engine.runfolder import (
+    EVENTS,
+    WORKER_LOCK,
+    WORKER_LOCK_FD,
+    claim_run,
+    read_config,
+    record_owner,
+    release_space,
+    reserve_space,
+)
+
+NO_SPACE_TEXT = os.strerror(errno.ENOSPC)
+"""How a full disk is worded in an error, whoever raised it (an `OSError`, safetensors' own error)."""
 
 
 def _stage_runner(stage: str):
@@ -63,7 +76,7 @@ def _update_index(history: History, run_dir: Path) -> None:
     does not fail the run."""
     try:
         history.upsert(run_dir)
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # OSError: a full disk
         print(f"warning: {exc}", file=sys.stderr, flush=True)
 
 
@@ -72,8 +85,10 @@ def run_worker(run_dir: Path, job_id: str | None = None) -> int:
     config = read_config(run_dir)
     claim = own_run(run_dir)
     try:
+        reserve_space(run_dir)  # the launcher's, kept; a worker started by hand makes its own
         return _run(run_dir, config, job_id)
     finally:
+        release_space(run_dir)
         os.close(claim)
 
 
@@ -115,9 +130,13 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
                 outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: stop["requested"])
             except (UserError, RunFailed) as exc:
                 error = str(exc)
-        except Exception as exc:  # a bug or an unexpected library error: keep the run readable
+            finally:
+                release_space(run_dir)  # room for what follows, should the disk have filled meanwhile
+        except Exception as exc:  # a bug, a full disk, an unexpected library error: keep the run readable
             traceback.print_exc()
             error = f"{type(exc).__name__}: {exc}"
+            if NO_SPACE_TEXT in error:
+                error += f"; free some space, then `dtvg run resume {run_dir.name}`"
         status = "failed" if error else outcome.status
         if status == "stopped" and job_id and not slurm.stop_requested(run_dir):
             if _requeued(run_dir, job_id, events, history, outcome.step):

@@ -14,7 +14,7 @@ import typer
 from dtvg_engine.cli.run import demo, run_app
 from dtvg_engine.cli.runs import runs_app
 from dtvg_engine.cli.tpv import tpv_app
-from dtvg_engine.errors import UserError
+from dtvg_engine.errors import UserError, no_space
 
 app = typer.Typer(
     help="DTVG Studio: multi-task soft-prompt transfer, headless.",
@@ -29,9 +29,16 @@ app.command("demo")(demo)
 
 
 def main() -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input, and a disk found full, become one line on stderr and exit code 2, never a
+    traceback."""
     try:
         app()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}; free some space and try again", file=sys.stderr)
         sys.exit(2)

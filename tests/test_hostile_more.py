@@ -1,0 +1,116 @@
+"""More of what a hostile user (or an unlucky one) does: a full disk, a worker that dies without a word,
+an edited config, terminal escapes in names, odd arguments.
+
+Each case is the real CLI (or the dashboard, or a real worker) on real files; a full disk is a real
+filesystem with a size limit (tmpfs), so those tests need root and skip where mounting is not allowed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_bad_input, dtvg
+from test_hostile import new_run
+
+from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, summarize
+
+TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
+TINY += ["--eval-every", "1", "--device", "cpu"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs) holding a runs directory; skips where mounting is not permitted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (disk / "runs").mkdir()
+        yield disk / "runs"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(runs_dir: Path) -> None:
+    """Write to the disk of `runs_dir` until it is full."""
+    fd = os.open(runs_dir.parent / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+# ----- a full disk: one line, nothing half-made, and a run's end explained --------------------------------
+
+
+def test_a_full_disk_refuses_tags_notes_and_new_runs_in_one_line(small_disk: Path, data_dir: Path):
+    run_dir = new_run(small_disk)
+    fill(small_disk)
+    before = sorted(os.listdir(small_disk))
+    tagged = dtvg("runs", "tag", run_dir.name, "x", "--runs-dir", small_disk)
+    assert "No space left on device; free some space" in assert_bad_input(tagged)
+    noted = dtvg("runs", "note", run_dir.name, "hello", "--runs-dir", small_disk)
+    assert "No space left on device" in assert_bad_input(noted)
+    assert read_meta(run_dir) == {"tags": [], "note": ""}
+    made = dtvg(
+        "run", "stage1", "rte", "sst2", *TINY, "--detach", "--runs-dir", small_disk, "--data-dir", data_dir
+    )
+    assert "cannot create run" in assert_bad_input(made)
+    assert sorted(os.listdir(small_disk)) == before  # no empty run folder left behind
+    listed = dtvg("runs", "list", "--json", "--runs-dir", small_disk)
+    assert listed.returncode == 0 and [d["run_id"] for d in json.loads(listed.stdout)] == [run_dir.name]
+
+
+def test_a_full_disk_starts_no_worker(small_disk: Path):
+    run_dir = new_run(small_disk)
+    fill(small_disk)
+    line = assert_bad_input(dtvg("run", "resume", run_dir.name, "--detach", "--runs-dir", small_disk))
+    assert f"cannot start run {run_dir.name}: No space left on device" in line
+    assert not (run_dir / PIDFILE).exists()
+
+
+def test_a_disk_that_fills_during_training_ends_the_run_failed_with_the_reason(
+    small_disk: Path, data_dir: Path
+):
+    started = dtvg(
+        "run",
+        "stage1",
+        "rte",
+        *TINY,
+        "--steps",
+        "50",
+        "--detach",
+        "--runs-dir",
+        small_disk,
+        "--data-dir",
+        data_dir,
+    )
+    assert started.returncode == 0, started.stderr
+    run_dir = small_disk / started.stdout.split()[-1]
+    deadline = time.monotonic() + 120
+    while b"run_started" not in (run_dir / EVENTS).read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    fill(small_disk)
+    while summarize(run_dir).status in ("pending", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    summary = summarize(run_dir)
+    assert summary.status == "failed"
+    assert "No space left on device" in summary.error
+    assert f"dtvg run resume {run_dir.name}" in summary.error
+    assert "No space left on device" in (run_dir / "worker.log").read_text()

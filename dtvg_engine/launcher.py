@@ -26,6 +26,7 @@ from dtvg_engine.runfolder import (
     checkpoint_path,
     claim_run,
     pid_alive,
+    record_exit,
     record_owner,
     refusal,
     reserve_space,
@@ -39,13 +40,23 @@ _POLL_S = 0.05
 _STARTING_S = 1.0
 """How long a stop waits for the pid of a worker that is being launched."""
 
-_children: list[subprocess.Popen[bytes]] = []
-"""Workers this process started, kept so each is reaped once it exits (no zombies, no warnings)."""
+_children: list[tuple[subprocess.Popen[bytes], Path | None]] = []
+"""Processes this process started, each with its run folder (None: not a run's worker), kept so each
+is reaped once it exits (no zombies, no warnings) and a run's worker's exit status is recorded."""
 
 
-def _reap() -> None:
-    """Collect the exit status of every started worker that has exited."""
-    _children[:] = [child for child in _children if child.poll() is None]
+def reap() -> None:
+    """Collect the exit status of every started process that has exited, and record in its run folder
+    how each run's worker ended (`runfolder.record_exit`): whoever waits for a worker is the only one
+    who learns the signal that killed it. Call it before reading the status of runs this process
+    started, so a worker that died shows its reason at once."""
+    running = []
+    for child, run_dir in _children:
+        if child.poll() is None:
+            running.append((child, run_dir))
+        elif run_dir is not None:
+            record_exit(run_dir, child.pid, child.returncode)
+    _children[:] = running
 
 
 def spawn_detached(
@@ -53,12 +64,14 @@ def spawn_detached(
     log_path: str | os.PathLike[str],
     lock_fd: int | None = None,
     env: dict[str, str] | None = None,
+    run_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `command` in its own session (process group), output appended to `log_path`.
 
     `lock_fd`, a run's claim, is inherited by the child (its number in `WORKER_LOCK_FD`), so the claim
     lives exactly as long as the worker. `env` is added to this process's environment (a worker slot's
-    threads and GPU, `workers.slot_environments`). Kept in `_children` so it is reaped when it exits.
+    threads and GPU, `workers.slot_environments`). Kept in `_children` so it is reaped when it exits,
+    and its exit status recorded in `run_dir` (a run's worker).
     """
     extra = {**(env or {}), **({WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else {})}
     env = {**os.environ, **extra} if extra else None
@@ -73,7 +86,7 @@ def spawn_detached(
             pass_fds=() if lock_fd is None else (lock_fd,),
             env=env,
         )
-    _children.append(child)
+    _children.append((child, run_dir))
     return child
 
 
@@ -87,7 +100,7 @@ def launch_worker(
     checkpoint cannot be loaded safely. `command` replaces the worker command line; tests use it to
     launch a stand-in. `env`: the worker slot's environment (see `spawn_detached`).
     """
-    _reap()
+    reap()
     run_dir = Path(run_dir)
     command = command or [sys.executable, "-m", "dtvg_engine.worker", str(run_dir)]
     lock = claim_run(run_dir)
@@ -101,7 +114,7 @@ def launch_worker(
         checkpoint_path(run_dir)
         reserve_space(run_dir)  # a full disk is refused here, not met by the worker with no word left
         (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now
-        worker = spawn_detached(command, run_dir / LOG, lock, env)
+        worker = spawn_detached(command, run_dir / LOG, lock, env, run_dir)
         record_owner(lock, worker.pid)
         write_text_atomic(run_dir / PIDFILE, f"{worker.pid}\n")
     finally:
@@ -183,7 +196,7 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     """
     deadline = time.monotonic() + timeout
     while True:
-        _reap()
+        reap()
         if not pid_alive(pid):
             return True
         if time.monotonic() >= deadline:

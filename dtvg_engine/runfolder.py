@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +61,8 @@ PIDFILE = "worker.pid"
 """The launched worker's pid, written by the launcher so a run can be stopped before its first event."""
 WORKER_LOCK = "worker.lock"
 """Held (flock) by the run's worker for its whole life, from launch on; holds its pid. One worker per run."""
+EXIT = "worker.exit"
+"""How the last worker that someone waited for ended: its pid and exit status (`record_exit`)."""
 RESERVE = "worker.reserve"
 """Disk space a worker holds while it runs (`reserve_space`), freed to record its end on a full disk."""
 RESERVE_BYTES = 256 << 10
@@ -434,6 +437,36 @@ def release_space(run_dir: str | os.PathLike[str]) -> None:
         pass
 
 
+def record_exit(run_dir: str | os.PathLike[str], pid: int, returncode: int) -> None:
+    """Record how the run's worker `pid` ended (a negative `returncode`: the signal that ended it), for
+    whoever reads the run later: a worker killed by a signal (out of memory, kill -9) cannot say so."""
+    try:
+        write_json_atomic(Path(run_dir) / EXIT, {"pid": pid, "returncode": returncode, "time": time.time()})
+    except OSError:
+        pass  # a full disk or a folder gone: the run shows killed without the reason
+
+
+def exit_reason(run_dir: str | os.PathLike[str], pid: int | None) -> str:
+    """Why the worker `pid` of a run ended before it finished, as far as anyone knows (`record_exit`)."""
+    try:
+        record = read_json(Path(run_dir) / EXIT, PID_LIMIT * 4)
+        recorded = record["pid"] == pid and isinstance(record["returncode"], int)
+    except (OSError, ValueError, TypeError, KeyError):
+        recorded = False
+    who = f"the worker (pid {pid})" if pid else "the worker"
+    if not recorded:
+        return f"{who} ended before it finished; no exit status was recorded (nothing waited for it)"
+    code = record["returncode"]
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        cause = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"{who} was ended by {name}{cause} before it finished"
+    return f"{who} exited with code {code} before it finished"
+
+
 # ----- what may be done to a run ----------------------------------------------------------------------
 
 ACTIONS = ("stop", "resume", "rm")
@@ -681,6 +714,7 @@ def build_summary(
     else:
         status = slurm.run_status(state, job_id, job)
     finish = state.finish if status in TERMINAL_STATUSES else None
+    pid = launched_pid if status == "pending" else (last.pid if last else None) or launched_pid
     stage = str(config.get("stage") or (first.stage if first else ""))
     task = config.get("target" if stage == "stage2" else "task") or (first.label if first else "")
     return RunSummary(
@@ -699,8 +733,8 @@ def build_summary(
         started=state.started,
         ended=finish.time if finish else None,
         duration=state.duration,
-        pid=launched_pid if status == "pending" else (last.pid if last else None) or launched_pid,
-        error=finish.error if finish else None,
+        pid=pid,
+        error=finish.error if finish else exit_reason(run_dir, pid) if status == "killed" else None,
         tags=meta.get("tags", []),
         note=meta.get("note", ""),
         run_dir=str(run_dir),

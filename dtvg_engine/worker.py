@@ -11,6 +11,7 @@ records the job, and when Slurm rather than `dtvg runs stop` stopped it, requeue
 from __future__ import annotations
 
 import errno
+import faulthandler
 import fcntl
 import os
 import signal
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None, job_id: str | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m dtvg_engine.worker RUN_DIR", file=sys.stderr)
         return 2
+    faulthandler.enable()  # a crash in native code (SIGSEGV, SIGABRT) leaves its traceback in worker.log
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

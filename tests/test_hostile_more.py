@@ -7,10 +7,13 @@ filesystem with a size limit (tmpfs), so those tests need root and skip where mo
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,8 @@ import pytest
 from cli_helpers import assert_bad_input, dtvg
 from test_hostile import new_run
 
-from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, summarize
+from dtvg_engine import launcher
+from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize
 
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
 TINY += ["--eval-every", "1", "--device", "cpu"]
@@ -114,3 +118,92 @@ def test_a_disk_that_fills_during_training_ends_the_run_failed_with_the_reason(
     assert "No space left on device" in summary.error
     assert f"dtvg run resume {run_dir.name}" in summary.error
     assert "No space left on device" in (run_dir / "worker.log").read_text()
+
+
+# ----- every death leaves its reason ------------------------------------------------------------------------
+
+LAST_WORDS = "import os, signal, sys; print('allocating 80 GB', file=sys.stderr, flush=True); "
+
+
+def died(runs_dir: Path, code: str) -> tuple[Path, int]:
+    """A run whose worker, a stand-in launched (and waited for) here, runs `code` and dies; its pid."""
+    run_dir = new_run(runs_dir)
+    pid = launcher.launch_worker(run_dir, command=[sys.executable, "-c", code])
+    assert launcher.wait_for_exit(pid, timeout=60)
+    return run_dir, pid
+
+
+def test_a_worker_killed_by_a_signal_leaves_the_signal_and_its_last_words(runs_dir: Path):
+    run_dir, pid = died(runs_dir, LAST_WORDS + "os.kill(os.getpid(), signal.SIGKILL)")
+    shown = dtvg("runs", "show", run_dir.name, "--runs-dir", runs_dir)
+    assert shown.returncode == 0, shown.stderr
+    assert "status: killed" in shown.stdout
+    reason = f"the worker (pid {pid}) was ended by SIGKILL (out of memory, or kill -9) before it finished"
+    assert reason in " ".join(shown.stdout.split())  # the line as wrapped to the console's width
+    assert "allocating 80 GB" in shown.stdout  # the end of its log
+    listed = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+    assert listed[0]["error"] == reason
+
+
+def test_a_worker_that_exits_without_finishing_leaves_its_exit_code(runs_dir: Path):
+    run_dir, pid = died(runs_dir, LAST_WORDS + "sys.exit(3)")
+    assert summarize(run_dir).error == f"the worker (pid {pid}) exited with code 3 before it finished"
+
+
+def test_a_worker_nobody_waited_for_says_so(runs_dir: Path):
+    from tui.helpers import dead_pid
+
+    run_dir = new_run(runs_dir)
+    (run_dir / PIDFILE).write_text(f"{dead_pid()}\n")
+    summary = summarize(run_dir)
+    assert summary.status == "killed"
+    assert "no exit status was recorded (nothing waited for it)" in summary.error
+
+
+def test_a_foreground_run_records_the_signal_that_killed_its_worker(runs_dir: Path, data_dir: Path):
+    command = [sys.executable, "-m", "dtvg_engine.cli", "run", "stage1", "rte", *TINY, "--steps", "500"]
+    command += ["--runs-dir", str(runs_dir), "--data-dir", str(data_dir)]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dirs := [p for p in runs_dir.glob("*-stage1-rte") if (p / EVENTS).exists()]):
+        assert time.monotonic() < deadline and cli.poll() is None
+        time.sleep(0.05)
+    (run_dir,) = run_dirs
+    while b"run_started" not in (run_dir / EVENTS).read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = read_pid(run_dir)
+    os.kill(pid, signal.SIGKILL)  # what the out-of-memory killer does
+    _, err = cli.communicate(timeout=120)
+    assert cli.returncode == 1, err
+    summary = summarize(run_dir)
+    assert summary.status == "killed"
+    assert (
+        summary.error
+        == f"the worker (pid {pid}) was ended by SIGKILL (out of memory, or kill -9) before it finished"
+    )
+
+
+def test_the_dashboard_detail_shows_why_a_worker_died(runs_dir: Path):
+    from tui.helpers import screen_text
+
+    from dtvg_tui.app import DtvgApp
+    from dtvg_tui.screens.detail import RunDetailScreen
+
+    run_dir, _ = died(runs_dir, LAST_WORDS + "os.kill(os.getpid(), signal.SIGKILL)")
+
+    async def shown() -> str:
+        app = DtvgApp(runs_dir, refresh_interval=0.2, follow_interval=0.1)
+        async with app.run_test(size=(160, 45)) as pilot:
+            await pilot.pause(0.5)
+            app.open_detail(run_dir)
+            deadline = time.monotonic() + 10
+            while not (isinstance(app.screen, RunDetailScreen) and not app.screen.reading):
+                assert time.monotonic() < deadline
+                await pilot.pause(0.05)
+            await pilot.pause(0.5)
+            return screen_text(app)
+
+    text = asyncio.run(shown())
+    assert "was ended by SIGKILL" in text
+    assert "allocating 80 GB" in text

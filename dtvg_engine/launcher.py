@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 
 from dtvg_engine import slurm
+from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import (
+    CONFIG,
     LOG,
     PIDFILE,
     WORKER_LOCK_FD,
     checkpoint_path,
     claim_run,
     pid_alive,
+    read_config,
     record_exit,
     record_owner,
     refusal,
@@ -96,9 +99,10 @@ def launch_worker(
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
     The run is claimed first and the claim handed to the worker. `UserError`, before anything starts,
-    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`) or when its
-    checkpoint cannot be loaded safely. `command` replaces the worker command line; tests use it to
-    launch a stand-in. `env`: the worker slot's environment (see `spawn_detached`).
+    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`), when its
+    config.json would not pass as a new run's or its checkpoint cannot be loaded safely. `command`
+    replaces the worker command line; tests use it to launch a stand-in. `env`: the worker slot's
+    environment (see `spawn_detached`).
     """
     reap()
     run_dir = Path(run_dir)
@@ -111,6 +115,7 @@ def launch_worker(
         job_id = slurm.active_job(run_dir)
         if job_id:
             raise UserError(f"run {run_dir.name} is Slurm job {job_id}; stop it first with `dtvg runs stop`")
+        check_run_config(read_config(run_dir), run_dir / CONFIG)  # it may have been edited since
         checkpoint_path(run_dir)
         reserve_space(run_dir)  # a full disk is refused here, not met by the worker with no word left
         (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import slurm
+from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
+    CONFIG,
     EVENTS,
     WORKER_LOCK,
     WORKER_LOCK_FD,
@@ -84,6 +86,7 @@ def _update_index(history: History, run_dir: Path) -> None:
 def run_worker(run_dir: Path, job_id: str | None = None) -> int:
     """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
     config = read_config(run_dir)
+    check_run_config(config, run_dir / CONFIG)  # a worker started by hand, or by Slurm, checks it too
     claim = own_run(run_dir)
     try:
         reserve_space(run_dir)  # the launcher's, kept; a worker started by hand makes its own

@@ -23,6 +23,8 @@ from cli_helpers import assert_bad_input, dtvg
 from test_hostile import new_run
 
 from dtvg_engine import launcher
+from dtvg_engine.config import check_run_config
+from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize
 
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
@@ -207,3 +209,42 @@ def test_the_dashboard_detail_shows_why_a_worker_died(runs_dir: Path):
     text = asyncio.run(shown())
     assert "was ended by SIGKILL" in text
     assert "allocating 80 GB" in text
+
+
+# ----- an edited config.json is checked as a new run's -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("steps", "abc", "steps must be an integer of at least 1 (got 'abc')"),
+        ("lr", -5, "lr must be a finite number above 0 (got -5)"),
+        ("stage", "stage9", "stage must be stage1 or stage2 (got 'stage9')"),
+        ("seed", 2**63 + 1, "seed must be an integer from 0 to 4294967295 (got 9223372036854775809)"),
+        ("task", "nosuchtask", "unknown task 'nosuchtask'"),
+    ],
+)
+def test_resume_checks_an_edited_config_like_a_new_run(runs_dir: Path, key: str, value: object, said: str):
+    run_dir = new_run(runs_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, key: value}))
+    for detach in (["--detach"], []):
+        line = assert_bad_input(dtvg("run", "resume", run_dir.name, *detach, "--runs-dir", runs_dir))
+        assert f"{run_dir / 'config.json'}: {said}" in line
+    with pytest.raises(UserError, match="fix the file, or start a new run"):
+        launcher.launch_worker(run_dir)  # the dashboard's and the pipeline's way in
+    assert not (run_dir / PIDFILE).exists() and not (run_dir / EVENTS).exists()
+
+
+def test_the_keys_the_engine_adds_to_a_config_pass(runs_dir: Path):
+    run_dir = new_run(runs_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    check_run_config({**config, "init_sha256": "0" * 64, "split": {"rule": "small"}}, run_dir / "config.json")
+
+
+def test_a_new_run_refuses_a_seed_above_the_largest(runs_dir: Path, data_dir: Path):
+    made = dtvg(
+        "run", "stage1", "rte", *TINY, "--seed", str(2**63), "--runs-dir", runs_dir, "--data-dir", data_dir
+    )
+    assert "--seed must be an integer from 0 to 4294967295" in assert_bad_input(made)
+    assert os.listdir(runs_dir) == []

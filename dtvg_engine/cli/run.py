@@ -13,6 +13,7 @@ from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.runfolder import (
+    CONFIG,
     check_action,
     checkpoint_path,
     create_run,
@@ -228,5 +229,6 @@ def run_resume(
         print(f"{run_dir.name}: Slurm job {job_id}")
         return
     check_action(run_dir, "resume")
+    configs.check_run_config(read_config(run_dir), run_dir / CONFIG)  # edited since it was made?
     checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

@@ -10,6 +10,8 @@ dict written to `config.json` before the worker starts; the worker reads nothing
 from __future__ import annotations
 
 import math
+import os
+import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import Field, dataclass, field, fields
@@ -337,6 +339,14 @@ def check_init_prompt(path: str, model: str, prompt_length: int, init_seed: int)
     from safetensors import SafetensorError, safe_open  # no torch; imported here to keep this module light
 
     wanted = init_id(model, prompt_length, init_seed)
+    try:
+        kind = os.stat(path).st_mode
+    except OSError as exc:
+        raise UserError(f"--init-prompt {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(kind):  # a FIFO would hang the read, a device make it endless
+        raise UserError(
+            f"--init-prompt {path} is not a regular file; give a prompt written by `dtvg tpv combine`"
+        )
     try:
         with safe_open(path, framework="numpy") as f:
             made_from = (f.metadata() or {}).get("init_id")

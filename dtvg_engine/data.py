@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def _find_split_file(task: Task, data_dir: Path, split: str) -> Path:
     """The first of <task.path>/<split>.{jsonl,json,csv,parquet} that exists under data_dir."""
     hint = f"pass --data-dir pointing at the folder holding {task.path}/{split}.jsonl"
     if not data_dir.is_dir():
-        raise UserError(f"data dir {data_dir} does not exist; {hint} (or set DTVG_DATA_DIR)")
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"data dir {data_dir} {what}; {hint} (or set DTVG_DATA_DIR)")
     for suffix in FORMATS:
         file = data_dir / task.path / f"{split}{suffix}"
         if file.is_file():
@@ -186,6 +188,7 @@ def _prepare_rows(task: Task, rows: list[Row], source: str) -> list[Row]:
     if not rows:
         raise UserError(f"{source} has no rows; point --data-dir at a folder with the full task files")
     prepared = []
+    unlabelled = 0
     for number, row in enumerate(rows, start=1):
         for name in (*task.text_fields, task.label_field):
             if row.get(name) is None:
@@ -194,8 +197,13 @@ def _prepare_rows(task: Task, rows: list[Row], source: str) -> list[Row]:
                     f"every row needs {', '.join((*task.text_fields, task.label_field))}"
                 )
         if row[task.label_field] == UNLABELLED:
+            unlabelled += 1
             continue
         prepared.append({**row, task.label_field: _checked_label(task, row, f"{source}: row {number}")})
+    if unlabelled:  # said, so a count of rows that does not add up is explained
+        print(
+            f"{source}: {unlabelled} row(s) labelled {UNLABELLED} (no gold label) left out", file=sys.stderr
+        )
     return prepared
 
 

@@ -284,6 +284,26 @@ def clean_text(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""The characters a terminal acts on rather than shows (ESC, BEL, CR, the C1 set...), newline and tab
+aside."""
+
+
+def printable(text: str) -> str:
+    """`text` with the control characters a terminal acts on written out as escapes ("\\x1b"): a tag, a
+    note, a log line or a run folder's name made by someone else is shown as text, and cannot move the
+    cursor, retitle the window or hide what follows it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def check_tag(tag: str) -> None:
+    """Refuse a tag no listing could show or `dtvg runs tag` remove: empty, or starting with "-"."""
+    if not tag.strip():
+        raise UserError("a tag may not be empty")
+    if tag.startswith("-"):
+        raise UserError(f"tag {tag!r} starts with '-', which `dtvg runs tag` reads as removing a tag")
+
+
 def update_meta(
     run_dir: str | os.PathLike[str],
     *,
@@ -298,6 +318,8 @@ def update_meta(
     leaves it). The read-modify-write holds the run's meta lock, so parallel commands lose nothing.
     """
     run_dir = Path(run_dir)
+    for tag in [*(tags or []), *add_tags]:
+        check_tag(tag)
     with locked(run_dir / META_LOCK, f"change the tags or note of run {run_dir.name}"):
         meta = read_meta(run_dir)
         current = meta["tags"] if tags is None else [clean_text(str(t)) for t in tags]

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import assert_bad_input, dtvg
-from test_hostile import new_run
+from test_hostile import finished_run, new_run
 
 from dtvg_engine import launcher
 from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize
+from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize, update_meta
 
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
 TINY += ["--eval-every", "1", "--device", "cpu"]
@@ -248,3 +248,144 @@ def test_a_new_run_refuses_a_seed_above_the_largest(runs_dir: Path, data_dir: Pa
     )
     assert "--seed must be an integer from 0 to 4294967295" in assert_bad_input(made)
     assert os.listdir(runs_dir) == []
+
+
+# ----- terminal escapes in names, tags and notes are shown as text -----------------------------------------
+
+OSC = "\x1b]0;pwned\x07"
+"""An escape sequence that retitles the terminal window, as a hostile tag or note may hold."""
+
+
+def hostile_run(runs_dir: Path) -> Path:
+    """A finished run whose folder name, tag and note hold terminal escapes."""
+    run_dir = finished_run(runs_dir)
+    update_meta(run_dir, tags=[f"tag{OSC}"], note=f"note\x1b[2J{OSC}")
+    renamed = run_dir.with_name(run_dir.name + "\x1b[31m")
+    run_dir.rename(renamed)
+    return renamed
+
+
+def test_list_and_show_escape_what_a_terminal_would_act_on(runs_dir: Path):
+    run_dir = hostile_run(runs_dir)
+    listed = dtvg("runs", "list", "--runs-dir", runs_dir, env={**os.environ, "COLUMNS": "300"})
+    shown = dtvg("runs", "show", run_dir.name, "--runs-dir", runs_dir)
+    for result in (listed, shown):
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+        assert "\\x1b]0;pwned\\x07" in result.stdout
+    assert "\\x1b[31m" in listed.stdout  # the folder name
+    assert "note\\x1b[2J" in shown.stdout
+    tagged = dtvg("runs", "tag", run_dir.name, "x", "--runs-dir", runs_dir)
+    assert "\x1b" not in tagged.stdout and tagged.stdout.startswith("tag\\x1b]0;pwned\\x07 x")
+
+
+def test_the_dashboard_escapes_what_a_terminal_would_act_on(runs_dir: Path):
+    from dtvg_tui.app import DtvgApp
+
+    run_dir = hostile_run(runs_dir)
+
+    async def shown() -> list[str]:
+        app = DtvgApp(runs_dir, refresh_interval=0.2)
+        async with app.run_test(size=(200, 40)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.1)
+                if run_dir.name in getattr(app.screen, "shown", []):
+                    break
+            await pilot.pause(0.3)
+            return [
+                str(getattr(c, "plain", c)) for c in app.screen.query_one("#runs-table").get_row(run_dir.name)
+            ]
+
+    cells = asyncio.run(shown())
+    assert not any("\x1b" in cell or "\x07" in cell for cell in cells)
+    assert run_dir.name.replace("\x1b", "\\x1b") in cells
+    assert "tag\\x1b]0;pwned\\x07" in cells
+
+
+@pytest.mark.parametrize("tag", ["", "  ", "-x"])
+def test_a_tag_may_not_be_empty_nor_start_with_a_dash(runs_dir: Path, tag: str):
+    run_dir = new_run(runs_dir)
+    with pytest.raises(UserError, match="a tag may not be empty|starts with '-'"):
+        update_meta(run_dir, tags=[tag])  # how the dashboard sets tags
+    if tag != "-x":  # on the command line "-x" removes x
+        assert "a tag may not be empty" in assert_bad_input(
+            dtvg("runs", "tag", run_dir.name, tag, "--runs-dir", runs_dir)
+        )
+    assert read_meta(run_dir)["tags"] == []
+
+
+# ----- smaller things: odd arguments are one line, files have the README's modes --------------------------
+
+
+def test_list_refuses_an_unknown_status(runs_dir: Path):
+    line = assert_bad_input(dtvg("runs", "list", "--status", "bogus", "--runs-dir", runs_dir))
+    assert "--status 'bogus' is not a status; use one of pending, running" in line
+
+
+@pytest.mark.parametrize("name", [" ", ".hidden", " padded"])
+def test_a_study_name_may_not_be_blank_padded_or_hidden(tmp_path: Path, name: str):
+    from dtvg_engine.studyfile import load_experiment
+
+    study = tmp_path / "study.toml"
+    study.write_text(f'name = "{name}"\nsources = ["sst2"]\ntargets = ["rte"]\nmethods = ["pt"]\n')
+    with pytest.raises(UserError, match="name must be a plain file name"):
+        load_experiment(study)
+
+
+def test_a_data_dir_that_is_a_file_is_said_to_be_one(runs_dir: Path, tmp_path: Path):
+    file = tmp_path / "data.txt"
+    file.write_text("not a folder\n")
+    made = dtvg("run", "stage1", "rte", *TINY, "--runs-dir", runs_dir, "--data-dir", file)
+    assert f"data dir {file} is not a folder" in assert_bad_input(made)
+
+
+def test_a_fifo_as_init_prompt_is_refused_not_waited_on(runs_dir: Path, tmp_path: Path, data_dir: Path):
+    fifo = tmp_path / "prompt.safetensors"
+    os.mkfifo(fifo)
+    made = dtvg(
+        "run", "stage1", "rte", *TINY, "--init-prompt", fifo, "--runs-dir", runs_dir, "--data-dir", data_dir,
+        timeout=60,
+    )  # fmt: skip
+    assert f"--init-prompt {fifo} is not a regular file" in assert_bad_input(made)
+
+
+def test_rows_labelled_minus_one_are_left_out_with_a_line(tmp_path: Path, data_dir: Path, capsys):
+    from dtvg_engine.data import load_splits
+
+    copy = tmp_path / "data" / "rte"
+    copy.mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl"):
+        (copy / name).write_bytes((data_dir / "rte" / name).read_bytes())
+    unlabelled = {"sentence1": "a", "sentence2": "b", "label": -1, "idx": 99999}
+    with open(copy / "train.jsonl", "a") as f:
+        f.write(json.dumps(unlabelled) + "\n" + json.dumps(unlabelled) + "\n")
+    load_splits("rte", copy.parent, seed=0, k_shot=16, max_eval=16)
+    assert f"{copy / 'train.jsonl'}: 2 row(s) labelled -1 (no gold label) left out" in capsys.readouterr().err
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_adapter_weights_are_written_0644(llama, tmp_path: Path, usual_umask: None, recwarn):
+    import torch
+
+    from dtvg_engine.export import export_adapter
+
+    adapter = export_adapter(llama, torch.zeros(4, llama.hidden_size), tmp_path / "adapter")
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in adapter.iterdir()}
+    assert modes["adapter_model.safetensors"] == modes["adapter_config.json"] == "0o644"
+    assert not [w for w in recwarn if "Unable to fetch remote file" in str(w.message)]  # saved offline
+
+
+def test_tpv_combine_output_is_written_0644(runs_dir: Path, data_dir: Path, usual_umask: None):
+    done = dtvg("run", "stage1", "rte", *TINY, "--steps", "2", "--runs-dir", runs_dir, "--data-dir", data_dir)
+    assert done.returncode == 0, done.stderr
+    out = runs_dir.parent / "combo.safetensors"
+    combined = dtvg("tpv", "combine", "rte", "--out", out, "--runs-dir", runs_dir)
+    assert combined.returncode == 0, combined.stderr
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in runs_dir.parent.iterdir()) == ["combo.safetensors", "runs"]  # no temp file

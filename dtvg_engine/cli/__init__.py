@@ -15,6 +15,7 @@ from dtvg_engine.cli.run import demo, run_app
 from dtvg_engine.cli.runs import runs_app
 from dtvg_engine.cli.tpv import tpv_app
 from dtvg_engine.errors import UserError, no_space
+from dtvg_engine.runfolder import printable
 
 app = typer.Typer(
     help="DTVG Studio: multi-task soft-prompt transfer, headless.",
@@ -34,7 +35,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)  # it may quote a hostile name
         sys.exit(2)
     except OSError as exc:
         if not no_space(exc):

@@ -13,17 +13,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dtvg_engine import launcher
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
+    STATUSES,
     check_action,
     claim_run,
     clean_text,
     find_link,
     find_run,
+    printable,
     read_config,
     summarize,
     tail_log,
@@ -45,7 +48,7 @@ def show_table(docs: list[dict[str, Any]]) -> None:
     for key in COLUMNS:
         table.add_column(key, no_wrap=key in ("run_id", "status", "step"))
     for doc in docs:
-        cells = []
+        cells: list[Text] = []
         for key in COLUMNS:
             value = doc.get(key)
             if key == "best_metric" and value is not None:
@@ -54,7 +57,7 @@ def show_table(docs: list[dict[str, Any]]) -> None:
                 value = ",".join(value or [])
             elif key == "step":
                 value = f"{value or 0}/{doc.get('total_steps') or '?'}"
-            cells.append("" if value is None else str(value))
+            cells.append(Text("" if value is None else printable(str(value))))  # no markup, no escapes
         table.add_row(*cells)
     out.print(table)
 
@@ -66,6 +69,8 @@ def runs_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Every run in the history index (rebuilt from the run folders when needed)."""
+    if status is not None and status not in STATUSES:
+        raise UserError(f"--status {status!r} is not a status; use one of {', '.join(STATUSES)}")
     history = History(runs_root(runs_dir))
     docs = history.all()
     for run_id, reason in history.skipped.items():  # one bad folder hides no other: name it, list the rest
@@ -86,12 +91,12 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
         return
     for key, value in doc.items():
         if key != "config":
-            out.print(f"[bold]{key}[/bold]: {_readable(key, value)}", highlight=False)
+            out.print(Text.assemble((key, "bold"), ": ", printable(_readable(key, value))), highlight=False)
     out.print_json(data=doc["config"])
     if doc["status"] in ("failed", "killed"):
         out.print("[bold]worker.log (last lines)[/bold]")
         for line in tail_log(run_dir):
-            out.print(line, markup=False, highlight=False)
+            out.print(printable(line), markup=False, highlight=False)
 
 
 def _readable(key: str, value: Any) -> str:
@@ -117,7 +122,7 @@ def runs_stop(
     if not (launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)):
         check_action(run_dir, "stop")  # it ended meanwhile: say so
         raise UserError(f"run {run_dir.name}: its worker could not be signalled; try again")
-    print(f"{'killed' if kill else 'stopping'} {run_dir.name}")
+    print(f"{'killed' if kill else 'stopping'} {printable(run_dir.name)}")
 
 
 @runs_app.command("rm")
@@ -132,7 +137,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         target = os.readlink(link)
         link.unlink()
         History(root).remove(link.name)
-        print(f"removed the link {link.name} (its target {target} is left as it is)")
+        print(printable(f"removed the link {link.name} (its target {target} is left as it is)"))
         return
     run_dir = find_run(root, run)
     check_action(run_dir, "rm")
@@ -144,7 +149,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
     finally:
         os.close(claim)
     History(root).remove(run_dir.name)
-    print(f"removed {run_dir.name}")
+    print(f"removed {printable(run_dir.name)}")
 
 
 @runs_app.command("tag", context_settings={"ignore_unknown_options": True})
@@ -162,7 +167,7 @@ def runs_tag(
         remove_tags=[t[1:] for t in tags if t.startswith("-")],
     )
     History(root).upsert(run_dir)
-    print(" ".join(meta["tags"]))
+    print(printable(" ".join(meta["tags"])))
 
 
 @runs_app.command("note")

@@ -26,6 +26,7 @@ from dtvg_engine.runfolder import (
     RunSummary,
     pid_alive,
     planned_steps,
+    printable,
     read_config,
     summarize,
     tail_log,
@@ -229,7 +230,7 @@ class RunDetailScreen(RunFollowingScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = self.run_dir.name
+        self.sub_title = printable(self.run_dir.name)
         self.query_one("#detail-log", Static).border_title = "Events"
         self.update_view()
 
@@ -291,7 +292,7 @@ class RunDetailScreen(RunFollowingScreen):
             summary = self.app.index.summary(self.run_dir.name)
             error = summary.error if summary is not None else None
         if error:
-            text.append(f"\nerror: {error}", style="red")
+            text.append(f"\nerror: {printable(error)}", style="red")
         if self.reading and self.total_bytes:
             done = 100 * self.loaded_bytes // max(1, self.total_bytes)
             text.append(f"   loading history {done}% (newest steps shown)", style="yellow")
@@ -311,7 +312,7 @@ class RunDetailScreen(RunFollowingScreen):
             text.append(f"eval {split} @{point.step}: {metrics}\n", style="green")
         for _, level, message in list(s.logs)[-8:]:
             style = "red" if level in ("error", "warning") else "dim"
-            text.append(f"[{level}] {message}\n", style=style)
+            text.append(f"[{level}] {printable(message)}\n", style=style)
         if s.checkpoints:
             text.append(f"checkpoint @{s.checkpoints[-1]}\n", style="dim")
         for kind, path in s.artifacts.items():
@@ -319,7 +320,7 @@ class RunDetailScreen(RunFollowingScreen):
         if self.status() == "killed":  # died without a word: what it printed last, a traceback maybe
             text.append("worker.log (last lines):\n", style="bold")
             for line in tail_log(self.run_dir, 6):
-                text.append(line + "\n", style="dim")
+                text.append(printable(line) + "\n", style="dim")
         return text
 
     @on(GroupTimeline.Scrolled)

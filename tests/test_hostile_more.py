@@ -389,3 +389,52 @@ def test_tpv_combine_output_is_written_0644(runs_dir: Path, data_dir: Path, usua
     assert combined.returncode == 0, combined.stderr
     assert oct(out.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in runs_dir.parent.iterdir()) == ["combo.safetensors", "runs"]  # no temp file
+
+
+# ----- a table of runs shows whole values ------------------------------------------------------------------
+
+
+def in_terminal(*args: object, columns: int) -> str:
+    """What `dtvg args` prints in a terminal `columns` wide (a pseudo-terminal), escape codes removed."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    from cli_helpers import DTVG
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([DTVG, *map(str, args)], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal's other end closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, output
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode())
+
+
+def test_list_piped_prints_whole_values(runs_dir: Path):
+    run_dir = finished_run(runs_dir)
+    listed = dtvg("runs", "list", "--runs-dir", runs_dir, env={**os.environ, "COLUMNS": "80"})
+    assert listed.returncode == 0 and "…" not in listed.stdout
+    for whole in (run_dir.name, "stage1", "tiny-llama", "completed", "best_metric", "tags"):
+        assert whole in listed.stdout
+
+
+def test_list_in_80_columns_shows_the_columns_that_fit_whole(runs_dir: Path):
+    run_dir = finished_run(runs_dir)
+    shown = in_terminal("runs", "list", "--runs-dir", runs_dir, columns=80)
+    assert "…" not in shown
+    assert all(len(line) <= 80 for line in shown.splitlines())
+    for whole in (run_dir.name, "stage1", "tiny-llama", "completed"):
+        assert whole in shown

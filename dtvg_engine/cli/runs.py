@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -44,22 +46,42 @@ COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "best_metric"
 
 
 def show_table(docs: list[dict[str, Any]]) -> None:
+    """The runs as a table of whole values, never cut to "s…": every column when the output is not a
+    terminal (a pipe, a file), else the columns that fit the terminal's width, from the left."""
+    rows = [[_cell(doc, key) for key in COLUMNS] for doc in docs]
+    widths = [max((cell_len(row[i]) for row in rows), default=0) for i in range(len(COLUMNS))]
+    widths = [max(width, len(key)) for width, key in zip(widths, COLUMNS, strict=True)]
+    shown = _fitting(widths, out.width) if out.is_terminal else list(range(len(COLUMNS)))
     table = Table()
-    for key in COLUMNS:
-        table.add_column(key, no_wrap=key in ("run_id", "status", "step"))
-    for doc in docs:
-        cells: list[Text] = []
-        for key in COLUMNS:
-            value = doc.get(key)
-            if key == "best_metric" and value is not None:
-                value = f"{value:.4f}"
-            elif key == "tags":
-                value = ",".join(value or [])
-            elif key == "step":
-                value = f"{value or 0}/{doc.get('total_steps') or '?'}"
-            cells.append(Text("" if value is None else printable(str(value))))  # no markup, no escapes
-        table.add_row(*cells)
-    out.print(table)
+    for i in shown:
+        table.add_column(COLUMNS[i], no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(row[i]) for i in shown))  # as text: no markup
+    needed = sum(widths[i] + 3 for i in shown) + 1
+    (out if out.is_terminal else Console(width=max(out.width, needed))).print(table)
+
+
+def _cell(doc: dict[str, Any], key: str) -> str:
+    """A run's value in column `key`, as shown: with terminal escapes written out (`printable`)."""
+    value = doc.get(key)
+    if key == "best_metric" and value is not None:
+        value = f"{value:.4f}"
+    elif key == "tags":
+        value = ",".join(value or [])
+    elif key == "step":
+        value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+    return "" if value is None else printable(str(value))
+
+
+def _fitting(widths: list[int], room: int) -> list[int]:
+    """The columns (by index, from the left; the first always) whose whole values fit `room` cells of
+    a table with one space of padding each side and a border between columns."""
+    shown, used = [0], widths[0] + 4
+    for i, width in enumerate(widths[1:], start=1):
+        if used + width + 3 <= room:
+            shown.append(i)
+            used += width + 3
+    return shown
 
 
 @runs_app.command("list")

@@ -45,6 +45,18 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def new_file_mode(folder: str | os.PathLike[str]) -> int:
+    """The mode a new file in `folder` gets (0666 less the umask), read off a probe file made there:
+    for the files of a writer that makes its own 0600 ones (safetensors, peft), so a copied runs
+    directory stays readable to others, as `replacing` gives every file it writes."""
+    probe = Path(folder) / f".mode.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        return probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename in folder `path` durable; skipped where the filesystem cannot."""
     try:

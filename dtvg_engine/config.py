@@ -10,6 +10,8 @@ dict written to `config.json` before the worker starts; the worker reads nothing
 from __future__ import annotations
 
 import math
+import os
+import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import Field, dataclass, field, fields
@@ -109,14 +111,24 @@ class Rule:
                 self.kind
             ]
             if self.low is not None and self.high is not None:
-                what += f" from {self.low:g} to {self.high:g}"
+                what += f" from {_number(self.low)} to {_number(self.high)}"
             elif self.low is not None:
-                what += f" above {self.low:g}" if self.above else f" of at least {self.low:g}"
+                low = _number(self.low)
+                what += f" above {low}" if self.above else f" of at least {low}"
         return what + (" (or left out)" if self.optional else "")
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: the batch order seeds torch with `seed * 100_003 + epoch`, which must stay below 2^64."""
+
+
+def _number(value: float) -> str:
+    """A bound as written: an integer whole (4294967295, not 4.29497e+09), a float short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 COUNT = Rule(int, low=1)
-SEED = Rule(int, low=0)
+SEED = Rule(int, low=0, high=MAX_SEED)
 PATH = Rule(str, optional=True)
 RATE = Rule(float, low=0, above=True)
 
@@ -294,6 +306,31 @@ def check_settings(settings: dict[str, Any], label: Callable[[str], str] = cli_f
         check_model_name(settings["model"])
 
 
+def check_run_config(config: dict[str, Any], path: str | Path) -> None:
+    """Refuse a run's config.json (`path`) that no new run could have had, before a worker starts on it:
+    it may have been edited since, by hand or by someone else. Its stage, task (or target and method)
+    and every setting in it must pass the checks of a new run (`check_settings`); the keys the engine
+    writes beside the settings (`run_id`, `created`, `split`, `init_sha256`, `stage1_runs`, ...) are not
+    settings, and pass."""
+    try:
+        stage = config.get("stage")
+        if stage not in ("stage1", "stage2"):
+            raise UserError(f"stage must be stage1 or stage2 (got {stage!r})")
+        key = "task" if stage == "stage1" else "target"
+        if not isinstance(config.get(key), str):
+            raise UserError(f"{key} must be a task name (got {config.get(key)!r})")
+        tasks.adopt(config, str(path))  # a user task is known by the definition the run recorded
+        tasks.get_task(config[key])
+        if stage == "stage2":
+            method = config.get("method")
+            if not isinstance(method, str):
+                raise UserError(f"method must be a method name (got {method!r})")
+            method_registry.parse(method)
+        check_settings({key: value for key, value in config.items() if key in SETTINGS_BY_KEY}, str)
+    except UserError as e:
+        raise UserError(f"{path}: {e}; fix the file, or start a new run") from None
+
+
 def check_init_prompt(path: str, model: str, prompt_length: int, init_seed: int) -> None:
     """Refuse an `--init-prompt` file no run of these settings could start from, before a run exists.
 
@@ -303,6 +340,14 @@ def check_init_prompt(path: str, model: str, prompt_length: int, init_seed: int)
     from safetensors import SafetensorError, safe_open  # no torch; imported here to keep this module light
 
     wanted = init_id(model, prompt_length, init_seed)
+    try:
+        kind = os.stat(path).st_mode
+    except OSError as exc:
+        raise UserError(f"--init-prompt {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(kind):  # a FIFO would hang the read, a device make it endless
+        raise UserError(
+            f"--init-prompt {path} is not a regular file; give a prompt written by `dtvg tpv combine`"
+        )
     try:
         with safe_open(path, framework="numpy") as f:
             made_from = (f.metadata() or {}).get("init_id")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -234,7 +235,8 @@ def _find_split_file(task: Task, data_dir: Path, split: str) -> Path:
         raise UserError(f"data: no {split}.jsonl (or .json/.csv/.parquet) in {task.data}")
     hint = f"pass --data-dir pointing at the folder holding {task.path}/{split}.jsonl"
     if not data_dir.is_dir():
-        raise UserError(f"data dir {data_dir} does not exist; {hint} (or set DTVG_DATA_DIR)")
+        what = "is not a folder" if data_dir.exists() else "does not exist"
+        raise UserError(f"data dir {data_dir} {what}; {hint} (or set DTVG_DATA_DIR)")
     for suffix in FORMATS:
         file = data_dir / task.path / f"{split}{suffix}"
         if file.is_file():
@@ -299,6 +301,7 @@ def _prepare_rows(task: Task, rows: list[Row], source: str, split: str) -> list[
             _check_generation_row(task, row, f"{source}: row {number}", split)
         return rows
     prepared = []
+    unlabelled = 0
     for number, row in enumerate(rows, start=1):
         for name in (*task.text_fields, task.label_field):
             if row.get(name) is None:
@@ -307,8 +310,13 @@ def _prepare_rows(task: Task, rows: list[Row], source: str, split: str) -> list[
                     f"every row needs {', '.join((*task.text_fields, task.label_field))}"
                 )
         if row[task.label_field] == UNLABELLED:
+            unlabelled += 1
             continue
         prepared.append({**row, task.label_field: _checked_label(task, row, f"{source}: row {number}")})
+    if unlabelled:  # said, so a count of rows that does not add up is explained
+        print(
+            f"{source}: {unlabelled} row(s) labelled {UNLABELLED} (no gold label) left out", file=sys.stderr
+        )
     return prepared
 
 

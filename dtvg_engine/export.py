@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
 
+from dtvg_engine.atomic import new_file_mode
 from dtvg_engine.backbones import Backbone
 from dtvg_engine.safefiles import make_dir
 
@@ -39,7 +40,10 @@ def export_adapter(backbone: Backbone, prompt: torch.Tensor, out_dir: Path) -> P
         peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
     make_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-", dir=out_dir.parent) as fresh:
-        peft_model.save_pretrained(fresh)
+        # no vocabulary check against the base model's hub config: a save never looks up the network
+        peft_model.save_pretrained(fresh, save_embedding_layers=False)
+        mode = new_file_mode(fresh)  # peft's weights file is 0600
         for written in Path(fresh).iterdir():
+            os.chmod(written, mode)
             os.replace(written, out_dir / written.name)
     return out_dir

@@ -22,7 +22,7 @@ from tinydb import TinyDB, where
 from tinydb.storages import MemoryStorage, Storage
 
 from dtvg_engine import slurm
-from dtvg_engine.errors import UserError
+from dtvg_engine.errors import UserError, no_space
 from dtvg_engine.events import TERMINAL_STATUSES
 from dtvg_engine.runfolder import RunSummary, list_run_dirs, locked, summarize, write_json_atomic
 from dtvg_engine.safefiles import parse_json, read_bytes
@@ -150,7 +150,11 @@ class History:
             indexed = self._read()
             docs = self._current(indexed)
             if indexed is None or docs != sorted(indexed, key=lambda doc: doc["run_id"]):
-                self._replace_all(docs)
+                try:
+                    self._replace_all(docs)
+                except OSError as e:  # a full disk: the index, derived, is brought up to date next time
+                    if not no_space(e):
+                        raise
             return docs
 
     def _current(self, indexed: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -18,16 +18,21 @@ import time
 from pathlib import Path
 
 from dtvg_engine import slurm
+from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import (
+    CONFIG,
     LOG,
     PIDFILE,
     WORKER_LOCK_FD,
     checkpoint_path,
     claim_run,
     pid_alive,
+    read_config,
+    record_exit,
     record_owner,
     refusal,
+    reserve_space,
     run_owner,
     summarize,
     write_text_atomic,
@@ -38,13 +43,23 @@ _POLL_S = 0.05
 _STARTING_S = 1.0
 """How long a stop waits for the pid of a worker that is being launched."""
 
-_children: list[subprocess.Popen[bytes]] = []
-"""Workers this process started, kept so each is reaped once it exits (no zombies, no warnings)."""
+_children: list[tuple[subprocess.Popen[bytes], Path | None]] = []
+"""Processes this process started, each with its run folder (None: not a run's worker), kept so each
+is reaped once it exits (no zombies, no warnings) and a run's worker's exit status is recorded."""
 
 
-def _reap() -> None:
-    """Collect the exit status of every started worker that has exited."""
-    _children[:] = [child for child in _children if child.poll() is None]
+def reap() -> None:
+    """Collect the exit status of every started process that has exited, and record in its run folder
+    how each run's worker ended (`runfolder.record_exit`): whoever waits for a worker is the only one
+    who learns the signal that killed it. Call it before reading the status of runs this process
+    started, so a worker that died shows its reason at once."""
+    running = []
+    for child, run_dir in _children:
+        if child.poll() is None:
+            running.append((child, run_dir))
+        elif run_dir is not None:
+            record_exit(run_dir, child.pid, child.returncode)
+    _children[:] = running
 
 
 def spawn_detached(
@@ -52,12 +67,14 @@ def spawn_detached(
     log_path: str | os.PathLike[str],
     lock_fd: int | None = None,
     env: dict[str, str] | None = None,
+    run_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `command` in its own session (process group), output appended to `log_path`.
 
     `lock_fd`, a run's claim, is inherited by the child (its number in `WORKER_LOCK_FD`), so the claim
     lives exactly as long as the worker. `env` is added to this process's environment (a worker slot's
-    threads and GPU, `workers.slot_environments`). Kept in `_children` so it is reaped when it exits.
+    threads and GPU, `workers.slot_environments`). Kept in `_children` so it is reaped when it exits,
+    and its exit status recorded in `run_dir` (a run's worker).
     """
     extra = {**(env or {}), **({WORKER_LOCK_FD: str(lock_fd)} if lock_fd is not None else {})}
     env = {**os.environ, **extra} if extra else None
@@ -72,7 +89,7 @@ def spawn_detached(
             pass_fds=() if lock_fd is None else (lock_fd,),
             env=env,
         )
-    _children.append(child)
+    _children.append((child, run_dir))
     return child
 
 
@@ -82,11 +99,12 @@ def launch_worker(
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
     The run is claimed first and the claim handed to the worker. `UserError`, before anything starts,
-    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`) or when its
-    checkpoint cannot be loaded safely. `command` replaces the worker command line; tests use it to
-    launch a stand-in. `env`: the worker slot's environment (see `spawn_detached`).
+    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`), when its
+    config.json would not pass as a new run's or its checkpoint cannot be loaded safely. `command`
+    replaces the worker command line; tests use it to launch a stand-in. `env`: the worker slot's
+    environment (see `spawn_detached`).
     """
-    _reap()
+    reap()
     run_dir = Path(run_dir)
     command = command or [sys.executable, "-m", "dtvg_engine.worker", str(run_dir)]
     lock = claim_run(run_dir)
@@ -97,9 +115,11 @@ def launch_worker(
         job_id = slurm.active_job(run_dir)
         if job_id:
             raise UserError(f"run {run_dir.name} is Slurm job {job_id}; stop it first with `dtvg runs stop`")
+        check_run_config(read_config(run_dir), run_dir / CONFIG)  # it may have been edited since
         checkpoint_path(run_dir)
+        reserve_space(run_dir)  # a full disk is refused here, not met by the worker with no word left
         (run_dir / slurm.JOB_FILE).unlink(missing_ok=True)  # a Slurm run resumed here is a local run now
-        worker = spawn_detached(command, run_dir / LOG, lock, env)
+        worker = spawn_detached(command, run_dir / LOG, lock, env, run_dir)
         record_owner(lock, worker.pid)
         write_text_atomic(run_dir / PIDFILE, f"{worker.pid}\n")
     finally:
@@ -181,7 +201,7 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     """
     deadline = time.monotonic() + timeout
     while True:
-        _reap()
+        reap()
         if not pid_alive(pid):
             return True
         if time.monotonic() >= deadline:

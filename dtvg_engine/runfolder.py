@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +27,7 @@ from dtvg_engine.atomic import (  # noqa: F401 (replacing, write_text_atomic: st
     write_json_atomic,
     write_text_atomic,
 )
-from dtvg_engine.errors import UserError
+from dtvg_engine.errors import UserError, no_space
 from dtvg_engine.events import TERMINAL_STATUSES, RunState, read_state
 from dtvg_engine.safefiles import (
     PID_LIMIT,
@@ -59,6 +61,12 @@ PIDFILE = "worker.pid"
 """The launched worker's pid, written by the launcher so a run can be stopped before its first event."""
 WORKER_LOCK = "worker.lock"
 """Held (flock) by the run's worker for its whole life, from launch on; holds its pid. One worker per run."""
+EXIT = "worker.exit"
+"""How the last worker that someone waited for ended: its pid and exit status (`record_exit`)."""
+RESERVE = "worker.reserve"
+"""Disk space a worker holds while it runs (`reserve_space`), freed to record its end on a full disk."""
+RESERVE_BYTES = 256 << 10
+"""The space held: far more than the last events, log lines and index update of a run need."""
 INITS_DIR = "_inits"
 """Shared initializations, `runs/_inits/<model-slug>-r<length>-s<seed>.safetensors`."""
 
@@ -91,20 +99,45 @@ def create_run(runs_dir: str | os.PathLike[str], stage: str, label: str, config:
     is appended. The caller's dict is not modified; read the id back from the folder name.
     """
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     base = new_run_id(stage, label)
     run_id, n = base, 1
-    while True:
-        run_dir = runs_dir / run_id
-        try:
-            run_dir.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-            run_id = f"{base}-{n}"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            run_dir = runs_dir / run_id
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_id = f"{base}-{n}"
+    except OSError as e:
+        raise UserError(f"cannot create a run in {runs_dir}/: {e.strerror}") from e
     resolved = {"run_id": run_id, **{k: v for k, v in config.items() if k != "run_id"}}
-    write_json_atomic(run_dir / CONFIG, resolved)
+    try:
+        write_json_atomic(run_dir / CONFIG, resolved)
+    except OSError as e:  # a disk found full: no folder without a config is left, which no command finds
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(
+            f"cannot create run {run_id} in {runs_dir}/: {e.strerror}; free some space and try again"
+        ) from e
     return run_dir
+
+
+def create_runs(
+    runs_dir: str | os.PathLike[str], stage: str, planned: Sequence[tuple[str, dict[str, Any]]]
+) -> list[Path]:
+    """`create_run` for each (label, config) of `planned`: all of them or, on an error (a full disk),
+    none, so a command that fails leaves no half of what it asked for."""
+    made: list[Path] = []
+    try:
+        for label, config in planned:
+            made.append(create_run(runs_dir, stage, label, config))
+    except BaseException:
+        for run_dir in made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return made
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -251,6 +284,26 @@ def clean_text(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""The characters a terminal acts on rather than shows (ESC, BEL, CR, the C1 set...), newline and tab
+aside."""
+
+
+def printable(text: str) -> str:
+    """`text` with the control characters a terminal acts on written out as escapes ("\\x1b"): a tag, a
+    note, a log line or a run folder's name made by someone else is shown as text, and cannot move the
+    cursor, retitle the window or hide what follows it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def check_tag(tag: str) -> None:
+    """Refuse a tag no listing could show or `dtvg runs tag` remove: empty, or starting with "-"."""
+    if not tag.strip():
+        raise UserError("a tag may not be empty")
+    if tag.startswith("-"):
+        raise UserError(f"tag {tag!r} starts with '-', which `dtvg runs tag` reads as removing a tag")
+
+
 def update_meta(
     run_dir: str | os.PathLike[str],
     *,
@@ -265,6 +318,8 @@ def update_meta(
     leaves it). The read-modify-write holds the run's meta lock, so parallel commands lose nothing.
     """
     run_dir = Path(run_dir)
+    for tag in [*(tags or []), *add_tags]:
+        check_tag(tag)
     with locked(run_dir / META_LOCK, f"change the tags or note of run {run_dir.name}"):
         meta = read_meta(run_dir)
         current = meta["tags"] if tags is None else [clean_text(str(t)) for t in tags]
@@ -273,7 +328,15 @@ def update_meta(
         meta["tags"] = list(dict.fromkeys(current))
         if note is not None:
             meta["note"] = clean_text(note)
-        write_json_atomic(run_dir / META, meta)
+        try:
+            write_json_atomic(run_dir / META, meta)
+        except FileRefused:
+            raise
+        except OSError as e:  # a full disk: the old meta.json stands
+            raise UserError(
+                f"cannot change the tags or note of run {run_dir.name}: {e.strerror}; free some space and "
+                "try again"
+            ) from e
     return meta
 
 
@@ -357,6 +420,73 @@ def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def reserve_space(run_dir: str | os.PathLike[str]) -> None:
+    """Hold `RESERVE_BYTES` of disk in the run folder (worker.reserve) for its worker, so a disk that
+    fills while it runs still has room to record why the run ended (`release_space`).
+
+    `UserError` when the disk is full already: nothing would be recorded, so nothing starts. A
+    filesystem that cannot allocate ahead goes without the reserve.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RESERVE
+    try:
+        fd = open_fd(path, os.O_WRONLY | os.O_CREAT)
+    except FileRefused:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot start run {run_dir.name}: {e.strerror} ({path})") from e
+    try:
+        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+    except OSError as e:
+        if not no_space(e):
+            return
+        os.unlink(path)
+        raise UserError(
+            f"cannot start run {run_dir.name}: {e.strerror} in {run_dir.parent}; free some space, then "
+            f"`dtvg run resume {run_dir.name}`"
+        ) from e
+    finally:
+        os.close(fd)
+
+
+def release_space(run_dir: str | os.PathLike[str]) -> None:
+    """Give back the space `reserve_space` held (nothing when there is none)."""
+    try:
+        os.unlink(Path(run_dir) / RESERVE)
+    except OSError:
+        pass
+
+
+def record_exit(run_dir: str | os.PathLike[str], pid: int, returncode: int) -> None:
+    """Record how the run's worker `pid` ended (a negative `returncode`: the signal that ended it), for
+    whoever reads the run later: a worker killed by a signal (out of memory, kill -9) cannot say so."""
+    try:
+        write_json_atomic(Path(run_dir) / EXIT, {"pid": pid, "returncode": returncode, "time": time.time()})
+    except OSError:
+        pass  # a full disk or a folder gone: the run shows killed without the reason
+
+
+def exit_reason(run_dir: str | os.PathLike[str], pid: int | None) -> str:
+    """Why the worker `pid` of a run ended before it finished, as far as anyone knows (`record_exit`)."""
+    try:
+        record = read_json(Path(run_dir) / EXIT, PID_LIMIT * 4)
+        recorded = record["pid"] == pid and isinstance(record["returncode"], int)
+    except (OSError, ValueError, TypeError, KeyError):
+        recorded = False
+    who = f"the worker (pid {pid})" if pid else "the worker"
+    if not recorded:
+        return f"{who} ended before it finished; no exit status was recorded (nothing waited for it)"
+    code = record["returncode"]
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        cause = " (out of memory, or kill -9)" if -code == signal.SIGKILL else ""
+        return f"{who} was ended by {name}{cause} before it finished"
+    return f"{who} exited with code {code} before it finished"
 
 
 # ----- what may be done to a run ----------------------------------------------------------------------
@@ -607,6 +737,7 @@ def build_summary(
     else:
         status = slurm.run_status(state, job_id, job)
     finish = state.finish if status in TERMINAL_STATUSES else None
+    pid = launched_pid if status == "pending" else (last.pid if last else None) or launched_pid
     stage = str(config.get("stage") or (first.stage if first else ""))
     task = config.get("target" if stage == "stage2" else "task") or (first.label if first else "")
     return RunSummary(
@@ -625,8 +756,8 @@ def build_summary(
         started=state.started,
         ended=finish.time if finish else None,
         duration=state.duration,
-        pid=launched_pid if status == "pending" else (last.pid if last else None) or launched_pid,
-        error=finish.error if finish else None,
+        pid=pid,
+        error=finish.error if finish else exit_reason(run_dir, pid) if status == "killed" else None,
         tags=meta.get("tags", []),
         note=meta.get("note", ""),
         run_dir=str(run_dir),

@@ -193,17 +193,21 @@ def _check_methods(path: Path, spec: dict[str, Any]) -> None:
 
 def _check_name(name: Any, label: str) -> None:
     """Refuse a study name that is not a plain file name: results go to `<runs_dir>/<name>-results.*`,
-    so a name with a folder in it (`../x`, `/tmp/x`) would write outside the runs directory."""
+    so a name with a folder in it (`../x`, `/tmp/x`) would write outside the runs directory, and one
+    that is blank, padded or starts with "." (hidden, as the runs directory's own files are) would be
+    hard to tell apart or to find."""
     plain = (
         isinstance(name, str)
         and 0 < len(name) <= NAME_LIMIT
-        and name not in (".", "..")
+        and name.strip() == name
+        and not name.startswith(".")
         and not any(c in name for c in "/\\")
         and name.isprintable()
     )
     if not plain:
         raise UserError(
-            f"{label} must be a plain file name (no folders, at most {NAME_LIMIT} characters), got {name!r}"
+            f"{label} must be a plain file name (no folders, no leading '.' or spaces, at most "
+            f"{NAME_LIMIT} characters), got {name!r}"
         )
 
 

@@ -54,6 +54,7 @@ class _Followed:
             if validation is not None and validation.primary is not None:
                 text += f"  val {validation.primary:.3f}"
             progress.update(self.task_id, completed=state.step, status=text)
+        launcher.reap()  # a worker that died: its exit status is recorded before its status is read
         if not self.finished and self.pid is not None and not pid_alive(self.pid):
             self.finished = True  # died without a word (killed); its summary says "killed"
             progress.update(self.task_id, status=summarize(self.run_dir).status)

@@ -12,6 +12,8 @@ being cancelled (`scancel`), which leaves the run `killed`, resumable from the c
 
 from __future__ import annotations
 
+import errno
+import faulthandler
 import fcntl
 import os
 import signal
@@ -23,10 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import slurm, tasks
+from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter, Log, read_events
 from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, WORKER_LOCK, WORKER_LOCK_FD, claim_run, read_config, record_owner
+from dtvg_engine.runfolder import (
+    CONFIG,
+    EVENTS,
+    WORKER_LOCK,
+    WORKER_LOCK_FD,
+    claim_run,
+    read_config,
+    record_owner,
+    release_space,
+    reserve_space,
+)
+
+NO_SPACE_TEXT = os.strerror(errno.ENOSPC)
+"""How a full disk is worded in an error, whoever raised it (an `OSError`, safetensors' own error)."""
 
 
 def _stage_runner(stage: str):
@@ -65,17 +81,20 @@ def _update_index(history: History, run_dir: Path) -> None:
     does not fail the run."""
     try:
         history.upsert(run_dir)
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # OSError: a full disk
         print(f"warning: {exc}", file=sys.stderr, flush=True)
 
 
 def run_worker(run_dir: Path, job_id: str | None = None) -> int:
     """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
     config = read_config(run_dir)
+    check_run_config(config, run_dir / CONFIG)  # a worker started by hand, or by Slurm, checks it too
     claim = own_run(run_dir)
     try:
+        reserve_space(run_dir)  # the launcher's, kept; a worker started by hand makes its own
         return _run(run_dir, config, job_id)
     finally:
+        release_space(run_dir)
         os.close(claim)
 
 
@@ -118,9 +137,13 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
                 outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: bool(received))
             except (UserError, RunFailed) as exc:
                 error = str(exc)
-        except Exception as exc:  # a bug or an unexpected library error: keep the run readable
+            finally:
+                release_space(run_dir)  # room for what follows, should the disk have filled meanwhile
+        except Exception as exc:  # a bug, a full disk, an unexpected library error: keep the run readable
             traceback.print_exc()
             error = f"{type(exc).__name__}: {exc}"
+            if NO_SPACE_TEXT in error:
+                error += f"; free some space, then `dtvg run resume {run_dir.name}`"
         status = "failed" if error else outcome.status
         if status == "stopped" and job_id and not slurm.stop_requested(run_dir):
             if signal.SIGUSR2 not in received:  # cancelled: no `run_finished`, so the run shows killed
@@ -205,6 +228,7 @@ def main(argv: list[str] | None = None, job_id: str | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m dtvg_engine.worker RUN_DIR", file=sys.stderr)
         return 2
+    faulthandler.enable()  # a crash in native code (SIGSEGV, SIGABRT) leaves its traceback in worker.log
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import slurm
+from dtvg_engine import launcher, slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Event, EventReader, RunStarted, RunState, parse_line
 from dtvg_engine.history import History
@@ -194,6 +194,7 @@ class RunIndex:
 
         The first scan returns every run. Changes the index records are written to history.json.
         """
+        launcher.reap()  # the workers the dashboard launched: a dead one's exit status, before its status
         seen: set[str] = set()
         changed: list[RunSummary] = []
         dirty_runs: list[_Tracked] = []

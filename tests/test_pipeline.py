@@ -191,7 +191,7 @@ def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(
         (lambda s: s.replace('"tiny"', "7"), "name must be a plain file name"),
         (lambda s: s.replace("[0, 1]", '"zero"'), "seeds must be a non-empty list of integers"),
         (lambda s: s.replace("[0, 1]", "[0, 0]"), "seeds lists 0 more than once"),
-        (lambda s: s.replace("[0, 1]", "[-1]"), "seeds must be an integer of at least 0 (got -1)"),
+        (lambda s: s.replace("[0, 1]", "[-1]"), "seeds must be an integer from 0 to 4294967295 (got -1)"),
         (lambda s: s.replace('targets = ["rte"]', 'targets = "rte"'), "targets must be a non-empty list"),
         (lambda s: s.replace("prompt_length = 4", "prompt_length = 8.5"), "prompt_length must be an integer"),
         (lambda s: s.replace("prompt_length = 4", "prompt_length = 100000"), "prompt_length must be"),

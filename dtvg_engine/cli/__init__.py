@@ -15,7 +15,8 @@ from dtvg_engine.cli.run import demo, run_app
 from dtvg_engine.cli.runs import runs_app
 from dtvg_engine.cli.tasks import tasks_app
 from dtvg_engine.cli.tpv import tpv_app
-from dtvg_engine.errors import UserError
+from dtvg_engine.errors import UserError, no_space
+from dtvg_engine.runfolder import printable
 
 app = typer.Typer(
     help="DTVG Studio: multi-task soft-prompt transfer, headless.",
@@ -31,9 +32,16 @@ app.command("demo")(demo)
 
 
 def main() -> None:
-    """Entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: bad input, and a disk found full, become one line on stderr and exit code 2, never a
+    traceback."""
     try:
         app()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)  # it may quote a hostile name
+        sys.exit(2)
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror}{where}; free some space and try again", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,16 @@ from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, TaskFile, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import check_action, checkpoint_path, create_run, find_run, read_config, summarize
+from dtvg_engine.runfolder import (
+    CONFIG,
+    check_action,
+    checkpoint_path,
+    create_run,
+    create_runs,
+    find_run,
+    read_config,
+    summarize,
+)
 
 JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
 DataDir = setting_option("data_dir")[0]
@@ -55,7 +64,7 @@ def run_stage1(
         _check_data(config["task"], config)
     first = planned[0]  # a P_init here that is not the bank's would be refused by every worker
     bank.check_init(root, configs.init_id(first["model"], first["prompt_length"], first["init_seed"]))
-    run_dirs = [create_run(root, "stage1", config["task"], config) for config in planned]
+    run_dirs = create_runs(root, "stage1", [(config["task"], config) for config in planned])
     _start(run_dirs, detach, jobs, resources)
 
 
@@ -256,5 +265,6 @@ def run_resume(
     if any(changes.values()):
         raise UserError(f"run {run_dir.name} ran on this machine: --slurm-* options are for Slurm runs")
     check_action(run_dir, "resume")
+    configs.check_run_config(read_config(run_dir), run_dir / CONFIG)  # edited since it was made?
     checkpoint_path(run_dir)  # a damaged or unsafe checkpoint is refused before anything starts
     _start([run_dir], detach, 1)

@@ -12,18 +12,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
+from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dtvg_engine import launcher, slurm
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
+    STATUSES,
     check_action,
     claim_run,
     clean_text,
     find_link,
     find_run,
+    printable,
     read_config,
     summarize,
     tail_log,
@@ -41,24 +46,44 @@ COLUMNS = ("run_id", "stage", "method", "task", "model", "status", "executor", "
 
 
 def show_table(docs: list[dict[str, Any]]) -> None:
+    """The runs as a table of whole values, never cut to "s…": every column when the output is not a
+    terminal (a pipe, a file), else the columns that fit the terminal's width, from the left."""
+    rows = [[_cell(doc, key) for key in COLUMNS] for doc in docs]
+    widths = [max((cell_len(row[i]) for row in rows), default=0) for i in range(len(COLUMNS))]
+    widths = [max(width, len(key)) for width, key in zip(widths, COLUMNS, strict=True)]
+    shown = _fitting(widths, out.width) if out.is_terminal else list(range(len(COLUMNS)))
     table = Table()
-    for key in COLUMNS:
-        table.add_column(key, no_wrap=key in ("run_id", "status", "step"))
-    for doc in docs:
-        cells = []
-        for key in COLUMNS:
-            value = doc.get(key)
-            if key == "best_metric" and value is not None:
-                value = f"{value:.4f}"
-            elif key == "tags":
-                value = ",".join(value or [])
-            elif key == "step":
-                value = f"{value or 0}/{doc.get('total_steps') or '?'}"
-            elif key == "executor" and doc.get("job_id"):  # as the dashboard shows it
-                value = f"{value} {doc['job_id']}"
-            cells.append("" if value is None else str(value))
-        table.add_row(*cells)
-    out.print(table)
+    for i in shown:
+        table.add_column(COLUMNS[i], no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(row[i]) for i in shown))  # as text: no markup
+    needed = sum(widths[i] + 3 for i in shown) + 1
+    (out if out.is_terminal else Console(width=max(out.width, needed))).print(table)
+
+
+def _cell(doc: dict[str, Any], key: str) -> str:
+    """A run's value in column `key`, as shown: with terminal escapes written out (`printable`)."""
+    value = doc.get(key)
+    if key == "best_metric" and value is not None:
+        value = f"{value:.4f}"
+    elif key == "tags":
+        value = ",".join(value or [])
+    elif key == "step":
+        value = f"{value or 0}/{doc.get('total_steps') or '?'}"
+    elif key == "executor" and doc.get("job_id"):  # as the dashboard shows it
+        value = f"{value} {doc['job_id']}"
+    return "" if value is None else printable(str(value))
+
+
+def _fitting(widths: list[int], room: int) -> list[int]:
+    """The columns (by index, from the left; the first always) whose whole values fit `room` cells of
+    a table with one space of padding each side and a border between columns."""
+    shown, used = [0], widths[0] + 4
+    for i, width in enumerate(widths[1:], start=1):
+        if used + width + 3 <= room:
+            shown.append(i)
+            used += width + 3
+    return shown
 
 
 @runs_app.command("list")
@@ -68,6 +93,8 @@ def runs_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Every run in the history index (rebuilt from the run folders when needed)."""
+    if status is not None and status not in STATUSES:
+        raise UserError(f"--status {status!r} is not a status; use one of {', '.join(STATUSES)}")
     history = History(runs_root(runs_dir))
     docs = history.all()
     for run_id, reason in history.skipped.items():  # one bad folder hides no other: name it, list the rest
@@ -91,16 +118,16 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
         return
     for key, value in doc.items():
         if key != "config":
-            out.print(f"[bold]{key}[/bold]: {_readable(key, value)}", highlight=False)
+            out.print(Text.assemble((key, "bold"), ": ", printable(_readable(key, value))), highlight=False)
     out.print_json(data=doc["config"])
     if doc["status"] in ("failed", "killed"):
         logs = [("worker.log", tail_log(run_dir))]
         if slurm_log is not None:
             logs.append((f"Slurm log {slurm_log}", tail_log(slurm_log.parent, name=slurm_log.name)))
         for name, lines in logs:
-            out.print(f"[bold]{name} (last lines)[/bold]", highlight=False)
+            out.print(Text.assemble((f"{name} (last lines)", "bold")), highlight=False)
             for line in lines:
-                out.print(line, markup=False, highlight=False)
+                out.print(printable(line), markup=False, highlight=False)
 
 
 def _readable(key: str, value: Any) -> str:
@@ -126,7 +153,7 @@ def runs_stop(
     if not (launcher.kill_run(run_dir) if kill else launcher.stop_run(run_dir)):
         check_action(run_dir, "stop")  # it ended meanwhile: say so
         raise UserError(f"run {run_dir.name}: its worker could not be signalled; try again")
-    print(f"{'killed' if kill else 'stopping'} {run_dir.name}")
+    print(f"{'killed' if kill else 'stopping'} {printable(run_dir.name)}")
 
 
 @runs_app.command("rm")
@@ -141,7 +168,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         target = os.readlink(link)
         link.unlink()
         History(root).remove(link.name)
-        print(f"removed the link {link.name} (its target {target} is left as it is)")
+        print(printable(f"removed the link {link.name} (its target {target} is left as it is)"))
         return
     run_dir = find_run(root, run)
     check_action(run_dir, "rm")
@@ -155,7 +182,7 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         os.close(claim)
     slurm.remove_job_files(record, root)  # its jobs' files under `_slurm/`
     History(root).remove(run_dir.name)
-    print(f"removed {run_dir.name}")
+    print(f"removed {printable(run_dir.name)}")
 
 
 @runs_app.command("tag", context_settings={"ignore_unknown_options": True})
@@ -173,7 +200,7 @@ def runs_tag(
         remove_tags=[t[1:] for t in tags if t.startswith("-")],
     )
     History(root).upsert(run_dir)
-    print(" ".join(meta["tags"]))
+    print(printable(" ".join(meta["tags"])))
 
 
 @runs_app.command("note")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from dtvg_engine.atomic import replacing
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import TPV, find_run, read_config
@@ -127,11 +128,12 @@ def tpv_combine(
         )
     try:
         out_file.parent.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"prompt": prompt.contiguous()},
-            out_file,
-            metadata={"init_id": str(meta["init_id"]), "expression": expression, "scale": str(scale)},
-        )
+        with replacing(out_file) as tmp:  # whole or not at all, and with your umask's mode, not 0600
+            save_file(
+                {"prompt": prompt.contiguous()},
+                tmp,
+                metadata={"init_id": str(meta["init_id"]), "expression": expression, "scale": str(scale)},
+            )
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"--out {out_file}: {out_file.parent} is not a folder") from None
     except OSError as exc:

@@ -21,7 +21,16 @@ from textual.worker import get_current_worker
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Event, EventReader, parse_lines
-from dtvg_engine.runfolder import EVENTS, RunSummary, pid_alive, planned_steps, read_config, summarize
+from dtvg_engine.runfolder import (
+    EVENTS,
+    RunSummary,
+    pid_alive,
+    planned_steps,
+    printable,
+    read_config,
+    summarize,
+    tail_log,
+)
 from dtvg_engine.safefiles import open_file
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
@@ -221,7 +230,7 @@ class RunDetailScreen(RunFollowingScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = self.run_dir.name
+        self.sub_title = printable(self.run_dir.name)
         self.query_one("#detail-log", Static).border_title = "Events"
         self.update_view()
 
@@ -278,8 +287,12 @@ class RunDetailScreen(RunFollowingScreen):
         text.append(f"\nstarted {fmt_time(s.started)}   ran {fmt_duration(s.duration)}", style="dim")
         if s.segments > 1:
             text.append(f"   resumed {s.segments - 1}×", style="dim")
-        if s.error:
-            text.append(f"\nerror: {s.error}", style="red")
+        error = s.error
+        if status == "killed":  # no run_finished: the reason is what the summary knows of its end
+            summary = self.app.index.summary(self.run_dir.name)
+            error = summary.error if summary is not None else None
+        if error:
+            text.append(f"\nerror: {printable(error)}", style="red")
         if self.reading and self.total_bytes:
             done = 100 * self.loaded_bytes // max(1, self.total_bytes)
             text.append(f"   loading history {done}% (newest steps shown)", style="yellow")
@@ -299,11 +312,15 @@ class RunDetailScreen(RunFollowingScreen):
             text.append(f"eval {split} @{point.step}: {metrics}\n", style="green")
         for _, level, message in list(s.logs)[-8:]:
             style = "red" if level in ("error", "warning") else "dim"
-            text.append(f"[{level}] {message}\n", style=style)
+            text.append(f"[{level}] {printable(message)}\n", style=style)
         if s.checkpoints:
             text.append(f"checkpoint @{s.checkpoints[-1]}\n", style="dim")
         for kind, path in s.artifacts.items():
             text.append(f"{kind}: {Path(path).name}\n", style="dim")
+        if self.status() == "killed":  # died without a word: what it printed last, a traceback maybe
+            text.append("worker.log (last lines):\n", style="bold")
+            for line in tail_log(self.run_dir, 6):
+                text.append(printable(line) + "\n", style="dim")
         return text
 
     @on(GroupTimeline.Scrolled)

@@ -12,7 +12,14 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import STATUSES, RunSummary, action_refusal, tail_log, update_meta
+from dtvg_engine.runfolder import (
+    STATUSES,
+    RunSummary,
+    action_refusal,
+    printable,
+    tail_log,
+    update_meta,
+)
 from dtvg_tui import keys, runtable
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_time
 from dtvg_tui.screens.dialogs import ConfirmScreen, PromptScreen
@@ -117,8 +124,8 @@ class RunsScreen(Screen[None]):
         for column, text in zip(runtable.COLUMNS, runtable.row_cells(summary), strict=True):
             if column.key == "status":
                 cells.append(Text(text, style=STATUS_STYLES.get(text, "")))
-            else:
-                cells.append(text)
+            else:  # as text, not markup; a name or tag from someone else may hold terminal escapes
+                cells.append(Text(printable(text)))
         return cells
 
     def on_screen_resume(self) -> None:
@@ -210,7 +217,7 @@ class RunsScreen(Screen[None]):
             )
             return
         text = Text()
-        text.append(summary.run_id, style="bold")
+        text.append(printable(summary.run_id), style="bold")
         text.append(f"  {summary.status}", style=STATUS_STYLES.get(summary.status, ""))
         if summary.best_metric is not None:
             text.append(f"  best {summary.metric_name or 'metric'} {fmt_metric(summary.best_metric)}")
@@ -219,16 +226,16 @@ class RunsScreen(Screen[None]):
         if summary.pid and summary.status in ("running", "pending"):
             text.append(f"  pid {summary.pid}")
         if summary.tags:
-            text.append(f"\ntags: {', '.join(summary.tags)}", style="cyan")
+            text.append(f"\ntags: {printable(', '.join(summary.tags))}", style="cyan")
         if summary.note:
-            text.append(f"\nnote: {summary.note}", style="italic")
+            text.append(f"\nnote: {printable(summary.note)}", style="italic")
         if summary.status in ("failed", "killed"):
             if summary.error:
-                text.append(f"\nerror: {summary.error}", style="red")
+                text.append(f"\nerror: {printable(summary.error)}", style="red")
             lines = tail_log(summary.run_dir, 6)
             if lines:
                 text.append("\nworker.log:\n", style="bold")
-                text.append("\n".join(lines), style="dim")
+                text.append(printable("\n".join(lines)), style="dim")
         info.update(text)
 
     # ----- filter and sort -----
@@ -344,11 +351,14 @@ class RunsScreen(Screen[None]):
             if value is None:
                 return
             tags = [t.strip() for t in value.split(",") if t.strip()]
-            for summary in targets:
-                if many:  # added under the run's meta lock: a tag set elsewhere meanwhile stays
-                    update_meta(summary.run_dir, add_tags=tags)
-                else:
-                    update_meta(summary.run_dir, tags=tags)
+            try:
+                for summary in targets:
+                    if many:  # added under the run's meta lock: a tag set elsewhere meanwhile stays
+                        update_meta(summary.run_dir, add_tags=tags)
+                    else:
+                        update_meta(summary.run_dir, tags=tags)
+            except UserError as e:  # a tag starting with "-", a full disk
+                self.notify(printable(str(e)), severity="error")
             self.refresh_runs()
 
         self.app.push_screen(PromptScreen(question, current, "e.g. baseline, paper"), done)
@@ -360,7 +370,10 @@ class RunsScreen(Screen[None]):
 
         def done(value: str | None) -> None:
             if value is not None:
-                update_meta(summary.run_dir, note=value)
+                try:
+                    update_meta(summary.run_dir, note=value)
+                except UserError as e:  # a full disk
+                    self.notify(printable(str(e)), severity="error")
                 self.refresh_runs()
 
         self.app.push_screen(PromptScreen(f"Note on {summary.run_id}", summary.note), done)

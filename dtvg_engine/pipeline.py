@@ -176,8 +176,12 @@ def run_pipeline(
     plan1 = list(source_plan)
     # A target's own vector is tuned per seed, on that seed's k-shot sample and split (the papers run
     # each few-shot trial through both stages), so no trial sees another's shots or checks its T_t on
-    # rows that are another trial's test set.
-    target_stage1 = {**stage1, "k_shot": stage2.get("k_shot", stage1.get("k_shot"))}
+    # rows that are another trial's test set. It writes as long a text as the target's stage-2 runs do.
+    target_stage1 = {
+        **stage1,
+        "k_shot": stage2.get("k_shot", stage1.get("k_shot")),
+        "max_target_tokens": stage2.get("max_target_tokens", stage1.get("max_target_tokens")),
+    }
     target_runs: dict[tuple[str, int], Path] = {}
     if any(method_registry.parse(entry)[0].needs_target_run for entry in spec["methods"]):
         for task in spec["targets"]:

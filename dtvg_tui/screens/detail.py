@@ -244,6 +244,8 @@ class RunDetailScreen(RunFollowingScreen):
             stats = self._stats()
             loss = [("loss", list(series.loss.xs), list(series.loss.ys))]
             evals = [(split, list(c.xs), list(c.ys)) for split, c in series.evals.items()]
+            if self.generation:  # its score is their mean: show each of BLEU and ROUGE-1/2/L too
+                evals += [(name, list(c.xs), list(c.ys)) for name, c in series.validation_metrics.items()]
             index = self.current_index()
             has_group = len(series.group) > 0
             state = series.group.state(index) if has_group else None

@@ -15,8 +15,10 @@ from textual.widgets import Select, SelectionList
 from dtvg_engine import study
 from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import CONFIG, PREDICTIONS
+from dtvg_engine.tasks import GENERATION_METRICS
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.new_run import NewRunScreen
+from dtvg_tui.widgets.curves import CurvesPlot
 from dtvg_tui.widgets.samples import SAMPLES_BYTES, SamplesPanel, read_samples
 
 from .conftest import settle
@@ -66,9 +68,13 @@ def test_read_samples_reads_a_bounded_part_and_never_a_link(tmp_path: Path) -> N
 
 
 @sync
-async def test_detail_shows_a_generation_runs_samples_and_refreshes_them(recorded_runs: Path):
+async def test_detail_shows_a_generation_runs_samples_and_metric_curves(recorded_runs: Path):
     live = "20261125-180000-stage1-common_gen"
     run_dir, events = clone_run(recorded_runs, "stage1-rte", live)
+    for event in events:  # the recorded run's evaluations, as a generation run reports them
+        if event["type"] == "eval":
+            event["metrics"] = {name: event["step"] / 100 for name in GENERATION_METRICS}
+            event["primary"] = event["step"] / 100
     config = json.loads((run_dir / CONFIG).read_text())
     (run_dir / CONFIG).write_text(json.dumps({**config, "task": "common_gen"}))
     cut = split_at_step(events, 4)  # the first validation
@@ -89,6 +95,13 @@ async def test_detail_shows_a_generation_runs_samples_and_refreshes_them(recorde
             replay(writer, events[cut : split_at_step(events, 8)])  # the next evaluation
             await wait_until(pilot, lambda: "→ second dog 0" in screen_text(app), 10, "refreshed")
             assert "validation @8" in panel.border_title
+            plot = app.screen.query_one("#detail-eval", CurvesPlot)
+
+            def plotted() -> set[str]:  # the curves the plot was last drawn with: (label, points, ...)
+                return {label for label, points, *_ in plot._key[0] if points} if plot._key else set()
+
+            await wait_until(pilot, lambda: len(plotted()) == 5, 5, "every metric plotted")
+            assert plotted() == {"validation", *GENERATION_METRICS}
 
 
 @sync
@@ -100,6 +113,8 @@ async def test_a_classification_run_has_no_samples_panel(recorded_runs: Path):
         app.open_detail(rte)
         await settle(pilot)
         assert not app.screen.query("#detail-samples")
+        plot = app.screen.query_one("#detail-eval", CurvesPlot)
+        assert [label for label, *_ in plot._key[0]] == ["validation", "test"]  # no curve per metric
 
 
 @sync

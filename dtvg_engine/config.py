@@ -75,6 +75,10 @@ MAX_PROMPT_LENGTH = 1024
 """The longest soft prompt accepted: the papers use 100 tokens, and every step costs ~r² attention, so a
 typo like 100000 would make minutes-long steps (and a detached worker that outlives the command)."""
 
+MAX_TARGET_TOKENS = 1024
+"""The longest generation length accepted: each new token is a decoding step, so a typo like 100000
+would make a run decode for hours."""
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -187,6 +191,13 @@ class TrainingSettings:
         "Cut longer inputs in their longest text field (default: the length that holds 95% of the "
         "task's inputs whole, at most 256).",
         Rule(int, low=1, optional=True),
+    )
+    max_target_tokens: int | None = setting(
+        None,
+        "Generation tasks: cut targets to, and stop greedy decoding after, this many tokens "
+        "(end of sequence included; default: 128, the papers' length).",
+        Rule(int, low=1, high=MAX_TARGET_TOKENS, optional=True),
+        unset="128",
     )
     seed: int = setting(0, "Data split, sampling and batch-order seed.", SEED)
     init_seed: int = setting(0, "Seed of the shared prompt initialization.", SEED, shared=True)
@@ -331,6 +342,15 @@ def check_run_config(config: dict[str, Any], path: str | Path) -> None:
         raise UserError(f"{path}: {e}; fix the file, or start a new run") from None
 
 
+def check_generation_settings(task: tasks.Task, settings: dict[str, Any]) -> None:
+    """Refuse a generation length for a task that writes no text (it would be recorded, but mean nothing)."""
+    if settings.get("max_target_tokens") is not None and not task.generation:
+        raise UserError(
+            f"max_target_tokens applies to generation tasks only; {task.name!r} is scored by label words, "
+            "so leave it out for this task"
+        )
+
+
 def check_init_prompt(path: str, model: str, prompt_length: int, init_seed: int) -> None:
     """Refuse an `--init-prompt` file no run of these settings could start from, before a run exists.
 
@@ -376,6 +396,7 @@ def stage1_config(task: str, **overrides: Any) -> dict[str, Any]:
     given = {k: v for k, v in overrides.items() if v is not None}
     settings = {**defaults_for(given.get("model", TRAINING_DEFAULTS["model"])), **given}
     check_settings(settings)
+    check_generation_settings(spec, settings)
     if settings["init_prompt"]:
         check_init_prompt(
             settings["init_prompt"], settings["model"], settings["prompt_length"], settings["init_seed"]
@@ -511,6 +532,7 @@ def stage2_config(
         **fixed,
     }
     check_settings(settings)
+    check_generation_settings(spec, settings)
 
     explicit = _runs_by_task(runs_dir, tpv_runs or [], settings)
     sources = (sources or [task for task in explicit if task != target]) if spec_method.uses_sources else []

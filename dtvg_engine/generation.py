@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +24,15 @@ import torch.nn.functional as F
 from dtvg_engine import tasks
 from dtvg_engine.backbones import Backbone
 from dtvg_engine.data import REFERENCES
-from dtvg_engine.runfolder import replacing
+from dtvg_engine.runfolder import PREDICTIONS, replacing
 from dtvg_engine.scoring import LabelScorer
 
 GENERATION_TOKENS_CAP = 128
 """Inputs and targets are each cut to at most this many tokens (end of sequence included), and greedy
-decoding stops after this many new tokens."""
+decoding stops after this many new tokens, unless a run's `max_input_tokens` / `max_target_tokens` say
+otherwise."""
 IGNORED = -100
 """Label of a position that is not a target token (cross-entropy skips it)."""
-PREDICTIONS = "predictions.jsonl"
-"""The run folder's generated texts: the latest validation generations while the run trains, the test
-generations at the chosen checkpoint once it has finished."""
 
 
 class Example(NamedTuple):
@@ -77,13 +75,6 @@ class TextGenerator(LabelScorer):
         )
         self.max_target_tokens = max_target_tokens
         """Targets longer than this (end of sequence included) lose their end; decoding stops here."""
-
-    @classmethod
-    def fitted(
-        cls, backbone: Backbone, task: tasks.Task, max_input_tokens: int | None, rows: Sequence[dict]
-    ) -> TextGenerator:
-        """Inputs at most `max_input_tokens`, or the 128-token cap when that is None."""
-        return cls(backbone, task, max_input_tokens)
 
     # --- encoding -----------------------------------------------------------------------------------
 
@@ -271,12 +262,15 @@ class TextGenerator(LabelScorer):
 
 
 def fitted_scorer(
-    backbone: Backbone, task: tasks.Task, max_input_tokens: int | None, rows: Sequence[dict]
+    backbone: Backbone, task: tasks.Task, config: dict[str, Any], rows: Sequence[dict]
 ) -> LabelScorer:
-    """The scorer a task trains and is evaluated with: a TextGenerator for a generation task, else a
+    """The scorer a task trains and is evaluated with under a run's `config`: a TextGenerator for a
+    generation task (inputs and targets within their settings, else the 128-token cap), else a
     LabelScorer (`fitted` to the rows' input lengths)."""
-    kind = TextGenerator if task.generation else LabelScorer
-    return kind.fitted(backbone, task, max_input_tokens, rows)
+    if task.generation:
+        targets = config.get("max_target_tokens") or GENERATION_TOKENS_CAP  # runs made before the setting
+        return TextGenerator(backbone, task, config["max_input_tokens"], targets)
+    return LabelScorer.fitted(backbone, task, config["max_input_tokens"], rows)
 
 
 def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

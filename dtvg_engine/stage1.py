@@ -95,7 +95,7 @@ def run(
     init_sha256 = pin_init(run_dir, init_id)
     tuner = SoftPrompt(start_prompt(config, p_init, init_id))
     rows = splits.train + splits.validation + splits.test
-    scorer = fitted_scorer(backbone, task, config["max_input_tokens"], rows)
+    scorer = fitted_scorer(backbone, task, config, rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -79,7 +79,7 @@ def mix_prompt(
             source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
         )
         rows = splits.train + splits.validation
-        scorers[source] = fitted_scorer(backbone, tasks.get_task(source), config["max_input_tokens"], rows)
+        scorers[source] = fitted_scorer(backbone, tasks.get_task(source), config, rows)
         train[source], cut = scorers[source].encode_counted(splits.train)
         validation[source], cut_too = scorers[source].encode_counted(splits.validation)
         limit, total = scorers[source].max_input_tokens, len(rows)
@@ -151,7 +151,7 @@ def run(
     )
     events.emit("log", level="info", message=note)
     rows = splits.train + splits.validation + splits.test
-    scorer = fitted_scorer(backbone, target, config["max_input_tokens"], rows)
+    scorer = fitted_scorer(backbone, target, config, rows)
     outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome

@@ -93,18 +93,22 @@ def plan(spec: StudySpec, banked: dict[str, bank.BankVector] | None = None) -> l
 
     Stage 1: each source once at the `[stage1]` settings (but those taken from the source bank,
     `banked`); when a method needs T_t, each target once per seed on that seed's k-shot sample and
-    split (the stage-2 k-shot), so no trial sees another's shots or checks its T_t on rows that are
-    another trial's test set. Stage 2: every target × method entry × seed at the `[stage2]` settings.
+    split (the stage-2 k-shot and decoding length), so no trial sees another's shots or checks its T_t
+    on rows that are another trial's test set. Stage 2: every target × method entry × seed at the
+    `[stage2]` settings.
     """
     banked = banked_sources(spec) if banked is None else banked
     stage1 = spec.shared | spec.stage1
     slots = [Slot("stage1", task, "pt", None, stage1) for task in spec.sources if task not in banked]
     own: dict[tuple[str, int], Slot] = {}
     if needs_target_runs(spec):
-        k_shot = spec.stage2.get("k_shot", spec.stage1.get("k_shot"))
+        # the stage-2 k-shot, and as long a text as the target's stage-2 runs write (generation)
+        shots = {"k_shot": spec.stage2.get("k_shot", spec.stage1.get("k_shot"))}
+        length = spec.stage2.get("max_target_tokens", spec.stage1.get("max_target_tokens"))
+        shots |= {"max_target_tokens": length} if length is not None else {}
         for task in spec.targets:
             for seed in spec.seeds:
-                own[task, seed] = Slot("stage1", task, "pt", seed, stage1 | {"k_shot": k_shot, "seed": seed})
+                own[task, seed] = Slot("stage1", task, "pt", seed, stage1 | shots | {"seed": seed})
         slots += own.values()
     for target in spec.targets:
         for entry in spec.methods:

@@ -246,6 +246,8 @@ class RunSeries(RunState):
     loss: Curve = field(default_factory=Curve)
     evals: dict[str, Curve] = field(default_factory=dict)
     """Primary metric per eval split."""
+    validation_metrics: dict[str, Curve] = field(default_factory=dict)
+    """Each metric of the validation evaluations (the detail view plots a generation run's BLEU and ROUGE)."""
     group: GroupTrack = field(default_factory=GroupTrack)
     checkpoints: list[int] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -266,6 +268,10 @@ class RunSeries(RunState):
         elif isinstance(event, Eval):
             if event.primary is not None and event.step is not None:
                 self.evals.setdefault(event.split, Curve()).append(event.step, event.primary)
+                if event.split == "validation":
+                    for name, value in event.metrics.items():
+                        if isinstance(value, float):
+                            self.validation_metrics.setdefault(name, Curve()).append(event.step, value)
         elif isinstance(event, Checkpoint):
             self.checkpoints.append(event.step)
         elif isinstance(event, Artifact):

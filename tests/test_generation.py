@@ -20,13 +20,16 @@ from dtvg_engine import method_registry, metrics, tasks
 from dtvg_engine.data import REFERENCES, load_splits
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, EventWriter, Group, read_events
-from dtvg_engine.generation import PREDICTIONS, TextGenerator
+from dtvg_engine.generation import GENERATION_TOKENS_CAP, PREDICTIONS, TextGenerator, fitted_scorer
 from dtvg_engine.runfolder import create_run, summarize
 from dtvg_engine.training import SoftPrompt, fit, predictions
 from dtvg_engine.worker import run_worker
 
 DTVG = str(Path(sys.executable).with_name("dtvg"))
-TINY = {"model": "tiny-llama", "prompt_length": 4, "k_shot": 8, "max_eval": 4, "eval_every": 2}
+TINY = {
+    "model": "tiny-llama", "prompt_length": 4, "k_shot": 8, "max_eval": 4, "eval_every": 2,
+    "max_target_tokens": 8,  # a random model rarely writes end of sequence: decode 8 tokens, not 128
+}  # fmt: skip
 
 
 def rows_of(file: Path) -> list[dict]:
@@ -130,6 +133,28 @@ def test_cli_refuses_a_bad_generation_file_with_one_line_and_no_run(tmp_path: Pa
     assert "test.jsonl: row 2" in result.stderr and "'concepts'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(("_", "."))]
+
+
+def test_cli_refuses_a_generation_length_for_a_classification_task(runs_dir: Path, data_dir: Path) -> None:
+    result = subprocess.run(
+        [DTVG, "run", "stage1", "rte", "--model", "tiny-llama", "--max-target-tokens", "8",
+         "--runs-dir", runs_dir, "--data-dir", data_dir, "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "max_target_tokens applies to generation tasks only; 'rte'" in result.stderr
+    assert "Traceback" not in result.stderr and not list(runs_dir.iterdir())
+
+
+def test_a_run_decodes_as_long_as_its_max_target_tokens(llama, data_dir: Path) -> None:
+    """The setting reaches the generator; a run made before it existed decodes up to the 128-token cap."""
+    task, rows = tasks.get_task("common_gen"), []
+    config = configs.stage1_config("common_gen", model="tiny-llama", max_target_tokens=8)
+    assert fitted_scorer(llama, task, config, rows).max_target_tokens == 8
+    del config["max_target_tokens"]
+    assert fitted_scorer(llama, task, config, rows).max_target_tokens == GENERATION_TOKENS_CAP == 128
+    with pytest.raises(UserError, match="generation tasks only"):
+        configs.stage2_config("rte", [], "pt", data_dir, max_target_tokens=8)
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -264,7 +289,8 @@ def stage1_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pat
     """Stage 1 of a generation target and a classification source, on tiny-llama."""
     runs = tmp_path_factory.mktemp("runs")
     for task in ("common_gen", "rte"):
-        config = configs.stage1_config(task, steps=2, data_dir=str(data_dir), **TINY)
+        settings = TINY if task == "common_gen" else {**TINY, "max_target_tokens": None}
+        config = configs.stage1_config(task, steps=2, data_dir=str(data_dir), **settings)
         assert run_worker(create_run(runs, "stage1", task, config)) == 0
     return runs
 
@@ -314,6 +340,7 @@ def test_t5_stage1_on_e2e_from_the_command_line(runs_dir: Path, data_dir: Path) 
     result = subprocess.run(
         [DTVG, "run", "stage1", "e2e_nlg_cleaned", "--model", "tiny-t5", "--prompt-length", "4",
          "--k-shot", "8", "--max-eval", "3", "--steps", "2", "--eval-every", "2", "--device", "cpu",
+         "--max-target-tokens", "8",
          "--runs-dir", runs_dir, "--data-dir", data_dir],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -393,6 +420,7 @@ steps = 2
 max_eval = 4
 eval_every = 2
 k_shot = 8
+max_target_tokens = 8
 """
 
 
@@ -424,3 +452,8 @@ def test_pipeline_and_report_carry_the_generation_metrics(
     document = json.loads((tmp_path / "report.json").read_text())
     assert [r["mean"] for r in document["rows"]] == [r["mean"] for r in results["rows"]]
     assert document["constant"] == {"common_gen": None}
+    made = [json.loads(path.read_text()) for path in runs_dir.glob("*/config.json")]
+    lengths = {(c["stage"], c.get("task", c.get("target")), c["max_target_tokens"]) for c in made}
+    assert ("stage1", "common_gen", 8) in lengths  # the target's own run writes as long as stage 2
+    assert {length for _, task, length in lengths if task == "common_gen"} == {8}
+    assert {length for _, task, length in lengths if task == "rte"} <= {None}

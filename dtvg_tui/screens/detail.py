@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
+from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Event, EventReader, parse_lines
 from dtvg_engine.runfolder import (
@@ -38,6 +39,7 @@ from dtvg_tui.series import RunSeries
 from dtvg_tui.widgets.curves import CurvesPlot
 from dtvg_tui.widgets.group_panel import GroupPanel
 from dtvg_tui.widgets.group_timeline import GroupTimeline
+from dtvg_tui.widgets.samples import SamplesPanel, read_samples
 
 TAIL_BYTES = 1 << 20
 """How much of a long events file is read first, to show the newest state at once."""
@@ -215,6 +217,9 @@ class RunDetailScreen(RunFollowingScreen):
 
     BINDINGS = keys.DETAIL_BINDINGS
 
+    _samples_of: tuple[tuple[str, int], ...] | None = None
+    """The evaluations seen when the samples panel was last read (it is read again after the next)."""
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="detail-stats")
@@ -226,8 +231,16 @@ class RunDetailScreen(RunFollowingScreen):
                 if self.config.get("stage") == "stage2":
                     yield GroupPanel(id="detail-group")
                     yield GroupTimeline(id="detail-timeline")
+                if self.generation:
+                    yield SamplesPanel(id="detail-samples")
                 yield Static(id="detail-log")
         yield Footer()
+
+    @property
+    def generation(self) -> bool:
+        """Whether the run's task writes text (its samples panel is shown)."""
+        task = tasks.TASKS.get(str(self.config.get("target") or self.config.get("task")))
+        return task is not None and task.generation
 
     def on_mount(self) -> None:
         self.sub_title = printable(self.run_dir.name)
@@ -240,15 +253,21 @@ class RunDetailScreen(RunFollowingScreen):
             stats = self._stats()
             loss = [("loss", list(series.loss.xs), list(series.loss.ys))]
             evals = [(split, list(c.xs), list(c.ys)) for split, c in series.evals.items()]
+            if self.generation:  # its score is their mean: show each of BLEU and ROUGE-1/2/L too
+                evals += [(name, list(c.xs), list(c.ys)) for name, c in series.validation_metrics.items()]
             index = self.current_index()
             has_group = len(series.group) > 0
             state = series.group.state(index) if has_group else None
             log = self._log_text()
+            evaluated = tuple((split, e.step) for split, e in sorted(series.last_eval.items()))
         marker = state.step if state is not None and not self.follow else None
         self.query_one("#detail-stats", Static).update(stats)
         self.query_one("#detail-loss", CurvesPlot).show(loss, marker)
         self.query_one("#detail-eval", CurvesPlot).show(evals, marker, ylabel=series.primary_metric)
         self.query_one("#detail-log", Static).update(log)
+        if self.generation and evaluated != self._samples_of:  # predictions.jsonl changes at each eval
+            self._samples_of = evaluated
+            self.query_one("#detail-samples", SamplesPanel).show(read_samples(self.run_dir))
         if self.first_view_at is None and series.step:
             self.first_view_at = time.perf_counter()
         if self.query("#detail-group"):

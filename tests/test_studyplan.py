@@ -169,7 +169,8 @@ def test_the_plan_trains_what_the_old_pipeline_trained(runs_dir: Path, data_dir:
     new = {path.name.split("-", 2)[2]: path for path in runs_dir.glob("2*")}
     old = {path.name.split("-", 2)[2]: path for path in old_runs.glob("2*")}
     assert set(new) == set(old) - {"stage2-rte-pt-s0", "stage2-rte-pt-s1"}
-    differ = {"run_id", "created", "slot", "stage1_runs", "data_dir"}  # data_dir: where the tests find it
+    # data_dir: where the tests find it; init_sha256: recorded by every run made since the fixture was
+    differ = {"run_id", "created", "slot", "stage1_runs", "data_dir", "init_sha256"}
     for label, path in new.items():
         made, was = read_config(path), read_config(old[label])
         assert {key for key in made.keys() | was.keys() if made.get(key) != was.get(key)} <= differ, label

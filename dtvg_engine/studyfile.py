@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from dtvg_engine import config as configs
 from dtvg_engine import method_registry, slurm, tasks
 from dtvg_engine.errors import UserError
@@ -116,14 +114,7 @@ class StudySpec:
 
 def load_experiment(path: Path) -> StudySpec:
     """Read and check an experiment file; every mistake is a one-line UserError naming the key."""
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"experiment file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"could not read experiment file {path} ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    spec = tasks.read_toml(path, "experiment file")
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise UserError(

@@ -138,18 +138,24 @@ FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """A field name a template may hold: a plain name (no attribute, index, conversion or format spec)."""
 
 
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """A TOML file a user names (a task file, a study file), as a table; a missing, unreadable or
+    malformed one is a one-line UserError naming it as a `kind`."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{kind} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"could not read {kind} {path} ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
 def load_task_file(path: str | Path) -> dict[str, Task]:
     """The tasks of a task file (TOML, one `[tasks.NAME]` table each); reading it executes nothing.
     A relative `data` folder is resolved against the file's folder."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"task file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"could not read task file {path} ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    document = read_toml(path, "task file")
     unknown = sorted(set(document) - {"tasks"})
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r}; a task file holds [tasks.NAME] tables only")

@@ -52,6 +52,9 @@ QUEUED_STATES = frozenset(
 
 _SQUEUE_TIMEOUT_S = 30
 
+_PING_TIMEOUT_S = 10
+"""How long `scontrol ping` may take: it answers at once unless the controller's host is unreachable."""
+
 # ----- what a job asks for -----
 
 DEFAULT_TIME = "4:00:00"
@@ -220,15 +223,55 @@ UNREACHABLE = JobState("UNKNOWN", "squeue failed")
 """The state of every job when `squeue` cannot answer: the job is taken to be there, never lost."""
 
 
+def controller_problem() -> str | None:
+    """Why Slurm's controller cannot be asked now, in Slurm's words ("Slurmctld(primary) at node is
+    DOWN", no configuration found), or None when it answers.
+
+    Asked (`scontrol ping`, one quick message) before sbatch or squeue: their clients keep retrying a
+    controller that is down for Slurm's MessageTimeout (10 s) before they give up, a ping does not;
+    and every Slurm command waits a minute for a `SLURM_CONF` file that is not there.
+    """
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):
+        return f"SLURM_CONF names {conf}, which is not a file"
+    try:
+        done = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=_PING_TIMEOUT_S)
+    except FileNotFoundError:
+        return "scontrol is not on PATH: this is not a machine of a Slurm cluster"
+    except subprocess.TimeoutExpired:
+        return f"scontrol ping had no answer in {_PING_TIMEOUT_S} s"
+    except OSError as exc:
+        return f"scontrol ping: {exc}"
+    if done.returncode == 0 or " is UP" in done.stdout:  # a backup controller may answer for the primary
+        return None
+    down = [line.strip() for line in done.stdout.splitlines() if " is DOWN" in line]
+    said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    return (down or said[-1:] or [f"scontrol ping exited {done.returncode}"])[0]
+
+
+def check_controller() -> None:
+    """`UserError` naming why Slurm's controller cannot be asked and what to do, before anything is
+    submitted (see `controller_problem`)."""
+    problem = controller_problem()
+    if problem:
+        raise UserError(
+            f"Slurm's controller does not answer ({problem}): start it or ask the cluster's admins, "
+            "or set SLURM_CONF to your cluster's slurm.conf; nothing was submitted"
+        )
+
+
 def squeue(job_ids: Iterable[str]) -> dict[str, JobState] | None:
     """The queue state of these jobs, in one `squeue` call; None when squeue cannot be asked.
 
     A job that is not in the answer has left the queue (finished, cancelled, failed or lost).
-    Array tasks are asked and answered one by one (`12_3`), pending ones too (`--array`).
+    Array tasks are asked and answered one by one (`12_3`), pending ones too (`--array`). A controller
+    that is down is found out at once (`controller_problem`), not after squeue's own retries.
     """
     ids = sorted({str(j) for j in job_ids if j})
     if not ids:
         return {}
+    if controller_problem():
+        return None
     fields = "JobArrayID:|,State:|,Reason:|,StdOut:"  # the log last: a path may hold anything
     command = ["squeue", "--noheader", "--array", "--jobs", ",".join(ids), "--Format", fields]
     try:

@@ -72,11 +72,13 @@ def _output_to(path: Path) -> Iterator[None]:
 def _executor(
     folder: Path, resources: Resources, name: str, parallel: int, **more: Any
 ) -> submitit.SlurmExecutor:
-    """submitit's executor for one submission: these resources, at most `parallel` array tasks at once."""
+    """submitit's executor for one submission: these resources, at most `parallel` array tasks at once;
+    `UserError` at once when Slurm's controller does not answer (sbatch would retry it for 10 s)."""
     try:
         executor = submitit.SlurmExecutor(folder=folder)
     except RuntimeError as exc:  # no srun: not a Slurm machine
         raise UserError(f"--executor slurm: {exc} (sbatch and srun must be on PATH)") from None
+    slurm.check_controller()
     executor.update_parameters(
         job_name=name, array_parallelism=parallel, **resources.sbatch_parameters(), **more
     )
@@ -220,6 +222,7 @@ def resubmit(run_dir: Path, changes: dict[str, Any] | None = None) -> str:
     record = slurm.read_job(run_dir)
     if record is None:
         raise UserError(f"run {run_dir.name} did not run on Slurm")
+    slurm.check_controller()
     state = slurm.job_state(record)
     if state is slurm.UNREACHABLE:
         raise UserError(

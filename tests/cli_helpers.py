@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,17 @@ _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
 
 
-def dtvg(*args: object, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run the real `dtvg` command (the venv's) with `args`; `kwargs` go to `subprocess.run`."""
+def dtvg(
+    *args: object, timeout: float = 300, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `dtvg` command (the venv's) with `args`, `env` added to this process's environment;
+    `kwargs` go to `subprocess.run`."""
     return subprocess.run(
         [DTVG, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
         **kwargs,
     )

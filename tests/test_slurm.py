@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_bad_input, dtvg
 from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by on_cluster
     on_cluster,
     restart_cluster,
@@ -29,9 +31,6 @@ from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, Step, eve
 from dtvg_engine.pipeline import results_paths
 from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, list_run_dirs, summarize
 from dtvg_engine.slurm import Resources, parse_options, time_minutes
-
-_VENV_DTVG = Path(sys.executable).with_name("dtvg")
-DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
 
 # ----- resources -----
 
@@ -192,18 +191,6 @@ STEPS = 60
 is done to it lands long before it could finish (loading takes seconds, then each step a moment)."""
 
 
-def dtvg(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `dtvg ARGS`, with `env` added to the environment."""
-    return subprocess.run(
-        [DTVG, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
-
-
 def submit_stage1(runs_dir: Path, data_dir: Path, steps: int, *more: str) -> Path:
     """One tiny rte stage-1 run submitted with `dtvg run stage1 --executor slurm`; its folder."""
     result = dtvg(
@@ -286,6 +273,52 @@ def test_bad_executor_and_slurm_options_are_refused_before_any_run(runs_dir, dat
         assert list_run_dirs(runs_dir) == []
 
 
+def controller_down(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Slurm is the test cluster with its controller down, as Slurm's commands see
+    it: the cluster's slurm.conf, its controller moved to a port nothing listens on (the shared cluster
+    goes on serving the other tests)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    conf = Path(os.environ["SLURM_CONF"]).read_text()
+    down = tmp_path / "down.conf"
+    down.write_text(re.sub(r"(?m)^SlurmctldPort=\d+$", f"SlurmctldPort={port}", conf))
+    return {"SLURM_CONF": str(down)}
+
+
+@on_cluster
+def test_a_cluster_that_is_down_is_said_at_once_and_nothing_is_left(runs_dir, data_dir, tmp_path) -> None:
+    down = controller_down(tmp_path)
+    held = submit_stage1(runs_dir, data_dir, 2, "--slurm-option", "begin=now+1hour")  # on the live cluster
+    study = tmp_path / "downstudy.toml"
+    study.write_text(
+        f'model = "tiny-llama"\nprompt_length = 4\ndevice = "cpu"\ndata_dir = "{data_dir}"\n'
+        'sources = ["mnli"]\ntargets = ["rte"]\nmethods = ["pt"]\n'
+    )
+    try:
+        for command in (
+            ["run", "stage1", "rte", *TINY, "--data-dir", data_dir, "--executor", "slurm"],
+            ["run", "pipeline", study, "--executor", "slurm"],
+            ["run", "resume", held.name],
+        ):
+            started = time.monotonic()
+            result = dtvg(*command, "--runs-dir", runs_dir, env=down)
+            took = time.monotonic() - started
+            assert took < 5, f"{command[:2]} took {took:.1f} s"  # sbatch alone retries for about 10 s
+            line = assert_bad_input(result)
+            assert line.startswith("error: Slurm's controller does not answer (Slurmctld(primary) at ")
+            assert "is DOWN): start it" in line and "SLURM_CONF" in line and "nothing was submitted" in line
+            assert list_run_dirs(runs_dir) == [held] and not (runs_dir / "_pipelines").exists()
+        started = time.monotonic()
+        listed = dtvg("runs", "list", "--json", "--runs-dir", runs_dir, env=down)
+        assert listed.returncode == 0 and time.monotonic() - started < 5, listed.stderr
+        (doc,) = json.loads(listed.stdout)
+        assert doc["slurm_state"] == "unknown (squeue failed)"  # not taken for lost
+        assert summarize(held).slurm_state == "queued (BeginTime)"  # the live cluster still has it
+    finally:
+        subprocess.run(["scancel", slurm.read_job(held)["job_id"]], check=False)
+
+
 @on_cluster
 def test_stop_ends_the_job_stopped_and_resume_resubmits_it(runs_dir, data_dir) -> None:
     run_dir = submit_stage1(runs_dir, data_dir, STEPS)
@@ -351,8 +384,10 @@ def test_a_job_slurm_lost_shows_killed_and_resumes(runs_dir, data_dir) -> None:
     (doc,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
     assert doc["status"] == "killed"
     # with no Slurm to ask, resume says so rather than take the run's job for live
-    down = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir, SLURM_CONF=str(runs_dir / "none.conf"))
-    assert down.returncode == 2 and "squeue cannot be asked" in down.stderr, down.stderr
+    down = dtvg(
+        "run", "resume", run_dir.name, "--runs-dir", runs_dir, env={"SLURM_CONF": str(runs_dir / "no.conf")}
+    )
+    assert "controller does not answer (SLURM_CONF names" in assert_bad_input(down)
     result = dtvg("run", "resume", run_dir.name, "--runs-dir", runs_dir)
     assert result.returncode == 0, result.stderr
     assert wait_for("the resumed run to complete", lambda: settled(run_dir)).status == "completed"

@@ -67,36 +67,47 @@ def setting_option(key: str) -> tuple[Any, Any]:
     return Annotated[kind | None if optional else kind, option], None if swept else setting.default
 
 
-def with_settings(*keys: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command one option per setting in `keys` (`setting_option`), placed before its
-    --runs-dir, and call it with their values as one `settings` dict keyed as config.json is.
+def with_options(
+    gathered: str,
+    options: dict[str, tuple[Any, Any]],
+    gather: Callable[[dict[str, Any]], Any],
+    before: str | None = None,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the `options` (parameter name → annotated type and default), placed before its
+    parameter `before` (else after all of them), and call it with their values as one argument,
+    `gathered` = `gather(values)`.
 
     Typer reads a command's options from its signature, so the command's own signature is extended with
-    one parameter per setting."""
+    one parameter per option; an option left out of a direct call takes its default."""
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
-        own = [
-            p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != gathered]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+            for name, (annotation, default) in options.items()
         ]
-        added = []
-        for key in keys:
-            annotation, default = setting_option(key)
-            name = configs.SETTINGS_BY_KEY[key].name
-            added.append(
-                inspect.Parameter(
-                    name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-                )
-            )
-        at = next((i for i, p in enumerate(own) if p.name == "runs_dir"), len(own))
+        at = next((i for i, p in enumerate(own) if p.name == before), len(own))
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + added + own[at:]]
 
         @functools.wraps(command)
-        def run(**options: Any) -> None:
-            settings = {key: options.pop(configs.SETTINGS_BY_KEY[key].name) for key in keys}
-            command(**options, settings=settings)
+        def run(**values: Any) -> None:
+            mine = {name: values.pop(name, default) for name, (_, default) in options.items()}
+            command(**values, **{gathered: gather(mine)})
 
         run.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
         run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
         return run
 
     return wrap
+
+
+def with_settings(*keys: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command one option per setting in `keys` (`setting_option`), placed before its
+    --runs-dir, and call it with their values as one `settings` dict keyed as config.json is."""
+    keys_by_name = {configs.SETTINGS_BY_KEY[key].name: key for key in keys}
+    return with_options(
+        "settings",
+        {name: setting_option(key) for name, key in keys_by_name.items()},
+        lambda values: {keys_by_name[name]: value for name, value in values.items()},
+        before="runs_dir",
+    )

@@ -35,27 +35,20 @@ run_app = typer.Typer(
 
 @run_app.command("stage1")
 @with_settings(*configs.TRAINING_DEFAULTS)
+@so.with_slurm_options()
 def run_stage1(
     tasks: Annotated[list[str], typer.Argument(help="Tasks to tune a soft prompt for (one run each).")],
     settings: dict[str, Any],
+    request: so.SlurmRequest,
     task_file: TaskFile = None,
     runs_dir: RunsDir = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Start workers in the background and return.")
     ] = False,
     jobs: Annotated[str, typer.Option(help=JOBS_HELP)] = "auto",
-    executor: so.Executor = "local",
-    slurm_partition: so.Partition = None,
-    slurm_time: so.Time = None,
-    slurm_gpus: so.Gpus = None,
-    slurm_cpus: so.Cpus = None,
-    slurm_mem: so.Mem = None,
-    slurm_option: so.Options = None,
-    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune one soft prompt per task from the shared initialization and save its task prompt vector."""
     jobs = configs.parse_jobs("--jobs", jobs)
-    resources = so.resources(locals()) if so.on_slurm(executor) else None
     task_registry.use_file(task_file)
     root = runs_root(runs_dir)
     settings = _resolve_paths(settings)
@@ -65,7 +58,7 @@ def run_stage1(
     first = planned[0]  # a P_init here that is not the bank's would be refused by every worker
     bank.check_init(root, configs.init_id(first["model"], first["prompt_length"], first["init_seed"]))
     run_dirs = create_runs(root, "stage1", [(config["task"], config) for config in planned])
-    _start(run_dirs, detach, jobs, resources)
+    _start(run_dirs, detach, jobs, request.resources())
 
 
 def _resolve_paths(settings: dict[str, Any]) -> dict[str, Any]:
@@ -124,9 +117,11 @@ def _start(
 
 @run_app.command("stage2")
 @with_settings(*(key for key in configs.SETTINGS_BY_KEY if key != "init_prompt"))
+@so.with_slurm_options()
 def run_stage2(
     target: Annotated[str, typer.Option(help="The low-resource target task.")],
     settings: dict[str, Any],
+    request: so.SlurmRequest,
     sources: Annotated[str, typer.Option(help="Source tasks, comma-separated.")] = "",
     tpv: Annotated[
         list[str] | None, typer.Option("--tpv", help="Use these stage-1 runs (repeatable).")
@@ -134,17 +129,8 @@ def run_stage2(
     task_file: TaskFile = None,
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
-    executor: so.Executor = "local",
-    slurm_partition: so.Partition = None,
-    slurm_time: so.Time = None,
-    slurm_gpus: so.Gpus = None,
-    slurm_cpus: so.Cpus = None,
-    slurm_mem: so.Mem = None,
-    slurm_option: so.Options = None,
-    slurm_setup: so.Setup = None,
 ) -> None:
     """Tune the target with a transfer method over the finished stage-1 runs of the sources."""
-    resources = so.resources(locals()) if so.on_slurm(executor) else None
     task_registry.use_file(task_file)
     root = runs_root(runs_dir)
     settings = _resolve_paths(settings)
@@ -161,24 +147,18 @@ def run_stage2(
     for line in configs.describe_stage1_runs(root, config):  # which T_t; on stderr: --detach prints the id
         typer.echo(line, err=True)
     label = f"{target}-{method_registry.run_label(method)}"
-    _start([create_run(root, "stage2", label, config)], detach, 1, resources)
+    _start([create_run(root, "stage2", label, config)], detach, 1, request.resources())
 
 
 @run_app.command("pipeline")
+@so.with_slurm_options()
 def run_pipeline(
     experiment: Annotated[Path, typer.Argument(help="An experiment TOML file.")],
+    request: so.SlurmRequest,
     runs_dir: RunsDir = None,
     jobs: Annotated[str | None, typer.Option(help=JOBS_HELP + " Overrides the file.")] = None,
     data_dir: DataDir = None,
     task_file: TaskFile = None,
-    executor: so.Executor = "local",
-    slurm_partition: so.Partition = None,
-    slurm_time: so.Time = None,
-    slurm_gpus: so.Gpus = None,
-    slurm_cpus: so.Cpus = None,
-    slurm_mem: so.Mem = None,
-    slurm_option: so.Options = None,
-    slurm_setup: so.Setup = None,
 ) -> None:
     """Stage 1 for every task needed (reusing finished runs), then stage 2 for target × method × seed.
 
@@ -195,11 +175,11 @@ def run_pipeline(
     root = runs_root(runs_dir)
     data = str(data_dir.resolve()) if data_dir else None
     on_slurm, first_time = None, False
-    if so.on_slurm(executor):
+    if request.executor == "slurm":
         spec = load_experiment(experiment)
         base = so.Resources.from_table(spec.slurm, str(experiment)) if spec.slurm else None
         on_slurm = so.submitter().PipelineOnSlurm(
-            experiment.resolve(), root.resolve(), so.resources(locals(), base), jobs, data
+            experiment.resolve(), root.resolve(), request.resources(base), jobs, data
         )
         first_time = not record_path(root, spec.name).exists()
     try:
@@ -232,24 +212,19 @@ def demo(
     from dtvg_engine.data import BUNDLED_DATA_DIR
 
     experiment = Path(str(files("dtvg_engine") / "experiments" / "demo.toml"))
-    run_pipeline(experiment, runs_dir, jobs, BUNDLED_DATA_DIR)
+    run_pipeline(experiment=experiment, runs_dir=runs_dir, jobs=jobs, data_dir=BUNDLED_DATA_DIR)
     out.print(
         "open the dashboard to look at the runs: dtvg-tui" + (f" --runs-dir {runs_dir}" if runs_dir else "")
     )
 
 
 @run_app.command("resume")
+@so.with_slurm_options(executor=False)
 def run_resume(
     run: Annotated[str, typer.Argument(help="Run id (or a unique part of it).")],
+    request: so.SlurmRequest,
     runs_dir: RunsDir = None,
     detach: Annotated[bool, typer.Option("--detach")] = False,
-    slurm_partition: so.Partition = None,
-    slurm_time: so.Time = None,
-    slurm_gpus: so.Gpus = None,
-    slurm_cpus: so.Cpus = None,
-    slurm_mem: so.Mem = None,
-    slurm_option: so.Options = None,
-    slurm_setup: so.Setup = None,
 ) -> None:
     """Continue a stopped, killed or failed run from its last checkpoint, or start a queued one.
 
@@ -257,12 +232,11 @@ def run_resume(
     `--slurm-*` options change (more time for a run that keeps reaching its limit).
     """
     run_dir = find_run(runs_root(runs_dir), run)
-    changes = so.changes(locals())
     if slurm.read_job(run_dir) is not None:
-        job_id = so.submitter().resubmit(run_dir, changes)
+        job_id = so.submitter().resubmit(run_dir, request.changes)
         print(f"{run_dir.name}: Slurm job {job_id}")
         return
-    if any(changes.values()):
+    if any(request.changes.values()):
         raise UserError(f"run {run_dir.name} ran on this machine: --slurm-* options are for Slurm runs")
     check_action(run_dir, "resume")
     configs.check_run_config(read_config(run_dir), run_dir / CONFIG)  # edited since it was made?

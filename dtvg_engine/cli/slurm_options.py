@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from dtvg_engine.cli.common import with_options
 from dtvg_engine.errors import UserError
-from dtvg_engine.slurm import DEFAULT_TIME, Resources, parse_options
+from dtvg_engine.slurm import DEFAULT_TIME, Resources, check_controller, parse_options
 
 EXECUTORS = ("local", "slurm")
 
@@ -51,6 +54,18 @@ Setup = Annotated[
 ]
 
 
+SLURM_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "slurm_partition": (Partition, None),
+    "slurm_time": (Time, None),
+    "slurm_gpus": (Gpus, None),
+    "slurm_cpus": (Cpus, None),
+    "slurm_mem": (Mem, None),
+    "slurm_option": (Options, None),
+    "slurm_setup": (Setup, None),
+}
+"""The `--slurm-*` options: parameter name → annotated type and default."""
+
+
 def on_slurm(executor: str) -> bool:
     """Whether `--executor` asks for Slurm; `UserError` for anything but local or slurm."""
     if executor not in EXECUTORS:
@@ -58,22 +73,53 @@ def on_slurm(executor: str) -> bool:
     return executor == "slurm"
 
 
-def changes(options: dict[str, Any]) -> dict[str, Any]:
-    """What a command's `slurm_*` options set, for `Resources.override` (None: not given)."""
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What a command's `--executor` and `--slurm-*` options ask for."""
+
+    executor: str | None
+    """local or slurm (`--executor`); None where a run goes on where it ran (`run resume`)."""
+    changes: dict[str, Any] = field(default_factory=dict)
+    """What the `--slurm-*` options set, for `Resources.override` (None: not given)."""
+
+    def resources(self, base: Resources | None = None) -> Resources | None:
+        """The resources asked for over `base` (a pipeline's `[slurm]` table); None unless on Slurm."""
+        return (base or Resources()).override(**self.changes) if self.executor == "slurm" else None
+
+
+def _changes(options: dict[str, Any]) -> dict[str, Any]:
+    """What the `slurm_*` options set, for `Resources.override` (None: not given)."""
     return {
-        "partition": options.get("slurm_partition"),
-        "time": options.get("slurm_time"),
-        "gpus": options.get("slurm_gpus"),
-        "cpus": options.get("slurm_cpus"),
-        "mem": options.get("slurm_mem"),
-        "options": parse_options(options.get("slurm_option") or []),
-        "setup": options.get("slurm_setup") or None,
+        "partition": options["slurm_partition"],
+        "time": options["slurm_time"],
+        "gpus": options["slurm_gpus"],
+        "cpus": options["slurm_cpus"],
+        "mem": options["slurm_mem"],
+        "options": parse_options(options["slurm_option"] or []),
+        "setup": options["slurm_setup"] or None,
     }
 
 
-def resources(options: dict[str, Any], base: Resources | None = None) -> Resources:
-    """The resources a command's `slurm_*` options ask for, over `base` (a pipeline's `[slurm]` table)."""
-    return (base or Resources()).override(**changes(options))
+def _executor_request(options: dict[str, Any]) -> SlurmRequest:
+    """What `--executor` and the `--slurm-*` options ask for, checked before the command does anything:
+    the options (a bad time limit, an option dtvg sets itself), then whether Slurm's controller answers,
+    so a cluster that is down is said at once, not after the runs' data is read and sbatch's retries.
+    A local run ignores the `--slurm-*` options."""
+    if not on_slurm(options["executor"]):
+        return SlurmRequest("local")
+    request = SlurmRequest("slurm", _changes(options))
+    request.resources()
+    check_controller()
+    return request
+
+
+def with_slurm_options(executor: bool = True) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the `--slurm-*` options, after its own, with `--executor` before them unless
+    `executor` is False (`run resume`: a run goes on where it ran), and call it with what they ask for
+    as `request`, a `SlurmRequest`."""
+    if not executor:
+        return with_options("request", SLURM_OPTIONS, lambda options: SlurmRequest(None, _changes(options)))
+    return with_options("request", {"executor": (Executor, "local"), **SLURM_OPTIONS}, _executor_request)
 
 
 def submitter() -> Any:

@@ -433,8 +433,11 @@ def stop(run_dir: str | os.PathLike[str]) -> bool:
 
     The request is recorded first, so the worker knows it is not a preemption (which it would answer
     by requeueing); then the job is signalled (SIGUSR2, as Slurm warns a job before its time limit),
-    or cancelled outright while it still waits in the queue. False when the run's job is not in the
-    queue, or squeue cannot tell that the job with its id is the run's.
+    or cancelled outright while it still waits in the queue. A job squeue shows running may not have
+    its worker listening yet (it is starting, or starting again after a requeue), and submitit takes
+    an early SIGUSR2 for a preemption and requeues the job: so a worker that starts with a stop on
+    record stops at once. False when the run's job is not in the queue, or squeue cannot tell that
+    the job with its id is the run's.
     """
     record = read_job(run_dir)
     state = job_state(record)

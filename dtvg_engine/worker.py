@@ -110,6 +110,8 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGUSR2, request_stop)  # Slurm's warning before a time limit; `dtvg runs stop`
+    if job_id and slurm.stop_requested(run_dir):  # asked before these handlers could hear it
+        received.add(signal.SIGUSR2)
     history = History(run_dir.parent)
     label_key = "task" if config["stage"] == "stage1" else "target"
     started = time.time()

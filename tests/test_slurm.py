@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,11 +26,12 @@ from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by 
     wait_for,
 )
 
+from dtvg_engine import config as configs
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
 from dtvg_engine.pipeline import results_paths
-from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, list_run_dirs, summarize
+from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, create_run, list_run_dirs, summarize
 from dtvg_engine.slurm import Resources, parse_options, time_minutes
 
 # ----- resources -----
@@ -154,6 +156,33 @@ def test_the_job_a_process_runs_in_names_array_tasks_as_squeue_does(monkeypatch:
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "12")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert slurm.job_from_environment() == "12_3"
+
+
+# ----- the worker as a Slurm job runs it -----
+
+
+def test_a_stop_on_record_when_the_job_starts_stops_the_run_at_once(runs_dir, data_dir) -> None:
+    """`dtvg runs stop` signals a job that squeue shows running, whose worker may not listen yet (the
+    job is starting, or starting again after a requeue, under the same id); submitit takes that early
+    signal for a preemption and requeues the job. The worker that starts then must still stop."""
+    tiny = {"model": "tiny-llama", "prompt_length": 4, "k_shot": 16, "max_eval": 16, "device": "cpu"}
+    config = configs.stage1_config("rte", steps=STEPS, data_dir=str(data_dir), **tiny)
+    run_dir = create_run(runs_dir, "stage1", "rte", config)
+    folder = runs_dir / slurm.SUBMITIT_DIR / "20260101-000000-abcdef"
+    slurm.write_job(run_dir, {"job_id": "7", "folder": str(folder), "stop_requested": time.time()})
+    job = "import sys; from dtvg_engine.slurm_submit import SlurmRun; sys.exit(SlurmRun(sys.argv[1])())"
+    done = subprocess.run(
+        [sys.executable, "-c", job, str(run_dir)],
+        env={**os.environ, "SLURM_JOB_ID": "7"},  # what Slurm gives the job's process
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (run_dir / LOG).read_text()[-2000:]
+    events = read_events(run_dir / EVENTS)
+    assert [e.job_id for e in events if isinstance(e, RunStarted)] == ["7"]
+    assert [(e.status, e.summary["steps"]) for e in events if isinstance(e, RunFinished)] == [("stopped", 0)]
+    assert not [e for e in events if isinstance(e, Step)]
 
 
 # ----- the real cluster -----

@@ -108,7 +108,7 @@ def _executor_request(options: dict[str, Any]) -> SlurmRequest:
     if not on_slurm(options["executor"]):
         return SlurmRequest("local")
     request = SlurmRequest("slurm", _changes(options))
-    request.resources()
+    request.resources()  # raises for a bad time limit, an option dtvg sets itself, …
     check_controller()
     return request
 

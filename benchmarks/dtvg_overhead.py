@@ -31,17 +31,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from dtvg_engine.backbones import load_backbone
-from dtvg_engine.config import STAGE2_DEFAULTS, TRAINING_DEFAULTS
+from dtvg_engine.config import Stage2Settings
 from dtvg_engine.data import load_splits
-from dtvg_engine.events import EventWriter
-from dtvg_engine.methods import build_tuner
+from dtvg_engine.events import EventWriter, Step
+from dtvg_engine.methods import Transfer, build_tuner
 from dtvg_engine.prompts import shared_init
 from dtvg_engine.scoring import Batch, LabelScorer
 from dtvg_engine.tasks import get_task
@@ -83,7 +82,7 @@ class Trainer:
     name: str
     tuner: Tuner
     scorer: LabelScorer
-    config: dict[str, Any]
+    settings: Stage2Settings
     events: EventWriter
     total_steps: int
     step: int = 0
@@ -92,9 +91,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.tuner.to(self.scorer.backbone.device)
-        groups = self.tuner.param_groups(self.config)
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.config["weight_decay"])
-        warmup = max(1, round(self.config["warmup_ratio"] * self.total_steps))
+        groups = self.tuner.param_groups(self.settings)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=self.settings.weight_decay)
+        warmup = max(1, round(self.settings.warmup_ratio * self.total_steps))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(warmup, self.total_steps)
         )
@@ -117,17 +116,17 @@ class Trainer:
         loss.backward()
         sync(self.device)
         t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.params, self.config["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.schedule.step()
         speed = batch_size / (time.perf_counter() - started)
         sync(self.device)
         t4 = time.perf_counter()
         if group is not None:
-            self.events.emit("group", step=step, **group)
-            self.group_sizes.append(len(group["selected"]))
+            self.events.emit(group)
+            self.group_sizes.append(len(group.selected))
         rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-        self.events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
+        self.events.emit(Step(step=step, loss=loss.item(), lr=rates, samples_per_s=speed))
         t5 = time.perf_counter()
         if record:
             for name, (a, b) in zip(PHASES, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)], strict=True):
@@ -178,19 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dtvg-overhead-") as tmp:
         p_init, _ = shared_init(Path(tmp) / "runs", backbone, args.prompt_length, 0)
         tpvs = synthetic_tpvs(p_init, [*sources, TARGET], args.seed)
-        config = {
-            **TRAINING_DEFAULTS,
-            **STAGE2_DEFAULTS,
-            "target": TARGET,
-            "sources": sources,
-            "steps": total,
-            "batch_size": args.batch_size,
-        }
-        trainers = {}
+        settings = Stage2Settings(steps=total, batch_size=args.batch_size)
+        transfer, trainers = Transfer(TARGET, sources, tpvs), {}
         for method in ("pt", "dtvg"):
-            tuner, note = build_tuner({**config, "method": method}, p_init, tpvs)
+            tuner, note = build_tuner(replace(settings, method=method), transfer, p_init)
             events = EventWriter(Path(tmp) / f"{method}-events.jsonl")
-            trainers[method] = Trainer(method, tuner, scorer, config, events, total)
+            trainers[method] = Trainer(method, tuner, scorer, settings, events, total)
         pt, dtvg = trainers["pt"], trainers["dtvg"]
 
         say(
@@ -199,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"inputs <= {MAX_INPUT_TOKENS} tokens (batch widths {min(widths)}-{max(widths)})"
         )
         say(
-            f"dtvg: {len(sources)} sources ({', '.join(sources)}), grouping {config['grouping']}; TPVs are "
+            f"dtvg: {len(sources)} sources ({', '.join(sources)}), grouping {settings.grouping}; TPVs are "
             f"seeded random tensors, not stage-1 results (std {TPV_STD}, {TPV_SHARED:.0%} shared)"
         )
 

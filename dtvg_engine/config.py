@@ -13,7 +13,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,8 @@ def setting(default: Any, help: str, rule: Rule | None, **more: Any) -> Any:
     in field metadata as peft's configs keep theirs. `more`: `key` (the name in config.json and study
     files, where it is no Python name: `lambda`), `label` and `unset` (the New-run form's label, and its
     placeholder for a setting left out), `envvar` (the CLI reads it from the environment), `shared` (a
-    study sets it once, at its top level, for every run)."""
+    study sets it once, at its top level, for every run), `legacy` (what a run whose config.json was
+    written before the setting existed ran with, when that is not the default; `read_settings`)."""
     return field(default=default, metadata={"help": help, "rule": rule, **more})
 
 
@@ -207,6 +208,7 @@ class TrainingSettings:
         "The frozen model's precision: auto (bf16 on a GPU, fp32 on CPU), fp32 or bf16.",
         Rule(str, choices=PRECISIONS),
         shared=True,
+        legacy="fp32",
     )
     eval_order: str = setting(
         "length",
@@ -273,6 +275,33 @@ SETTING_RULES: dict[str, Rule] = {
     key: f.metadata["rule"] for key, f in SETTINGS_BY_KEY.items() if f.metadata["rule"]
 }
 """The rule of every setting (the method is checked against the method registry)."""
+
+RUN_KEYS = frozenset({
+    "run_id", "created", "stage", "method", "task", "target", "sources", "stage1_runs", "bank_sources",
+    "primary_metric", "target_stage1_steps", "split", "init_sha256", "slot", "runs_dir", tasks.RECORD_KEY,
+})  # fmt: skip
+"""The keys the engine writes in config.json beside the settings: what the run is, what it transfers from,
+its data split, init checksum and study slot (`runs_dir` in runs of older versions); a stage-1 run's
+`method` is always "pt"."""
+
+
+def read_settings(config: Mapping[str, Any]) -> TrainingSettings:
+    """The typed settings of a run's config.json as read: `Stage2Settings` for a stage-2 run.
+
+    A setting written by no older version takes its `legacy` value, what such runs ran with (`precision`:
+    fp32), else its default (`max_target_tokens`: None, decode up to 128 tokens). Keys this version does
+    not know are left out here and kept in the file; `unknown_keys` names them. The values are those of
+    the file: `check_run_config` checks them.
+    """
+    kind = Stage2Settings if config.get("stage") == "stage2" else TrainingSettings
+    return kind(**{f.name: config.get(key_of(f), f.metadata.get("legacy", f.default)) for f in fields(kind)})
+
+
+def unknown_keys(config: Mapping[str, Any]) -> list[str]:
+    """The keys of a run's config.json that are neither settings nor `RUN_KEYS`: written by a newer
+    version (or by hand), kept in the file, used by nothing here."""
+    return [key for key in config if key not in SETTINGS_BY_KEY and key not in RUN_KEYS]
+
 
 SWEPT_KEYS = frozenset(key for swept in MODEL_DEFAULTS.values() for key in swept)
 """Settings whose default depends on the model (`MODEL_DEFAULTS`)."""

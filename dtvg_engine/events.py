@@ -15,8 +15,10 @@ read it, all through what is here, so that they agree on what a run did:
 - `RunState`, the one fold of a stream into the run's lifecycle: status as the events tell it, steps done,
   best metric, last evaluations, duration over resumed segments, error.
 
-Writers flush every event and never rewrite a line; `EventWriter.emit` checks each event against the same
-schema, so the worker cannot write a line its readers would skip.
+The same classes are what the worker writes: it makes an event (`Step(step=..., ...)`) and
+`EventWriter.emit` stamps its time and writes it as one line (`event_to_dict`). Writers flush every event
+and never rewrite a line; `emit` checks each line against the schema, so the worker cannot write a line its
+readers would skip.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import (
@@ -57,12 +60,23 @@ class Ranked(TypedDict):
     """Similarity to the target (DTVG eq. 2)."""
 
 
+REQUIRED = {"required": True}
+"""Field metadata: every line holds the field, though an event made to be written may leave it out."""
+WRITTEN_WHEN_SET = {"written_when_set": True}
+"""Field metadata: the writer leaves the field out of a line while it is None."""
+
+
 @dataclass(slots=True)
 class Event:
-    """What every event has: its type (a class constant) and the unix time it was written."""
+    """What every event has: its type (a class constant) and the unix time it was written.
+
+    The worker makes an event without its time (`Step(step=1, ...)`) and `EventWriter.emit` stamps it;
+    the readers make them from lines, which always hold it. A line holds "v", "type", "time", then the
+    fields in their order here.
+    """
 
     TYPE: ClassVar[str] = ""
-    time: float
+    time: float = field(default=0.0, kw_only=True, metadata=REQUIRED)
 
 
 @dataclass(slots=True)
@@ -78,16 +92,16 @@ class RunStarted(Event):
     """The worker's pid (on `host`)."""
     config: dict[str, Any]
     """The full resolved run config."""
-    task: str | None = None
-    """Stage 1: the task tuned."""
-    target: str | None = None
-    """Stage 2: the target task."""
     host: str | None = None
     """Where the worker runs (since turn 2; None in older runs)."""
     executor: str = "local"
     """"local" or "slurm" (since turn 2)."""
     job_id: str | None = None
     """The Slurm job id; None when local."""
+    task: str | None = field(default=None, metadata=WRITTEN_WHEN_SET)
+    """Stage 1: the task tuned."""
+    target: str | None = field(default=None, metadata=WRITTEN_WHEN_SET)
+    """Stage 2: the target task."""
 
     @property
     def label(self) -> str:
@@ -261,7 +275,7 @@ def _schema(cls: type[Event]) -> tuple[tuple[str, Check, bool, str], ...]:
         (
             f.name,
             _check_for(hints[f.name]),
-            f.default is MISSING and f.default_factory is MISSING,
+            f.metadata.get("required", f.default is MISSING and f.default_factory is MISSING),
             str(f.type),
         )
         for f in fields(cls)
@@ -329,6 +343,23 @@ def parse_lines(lines: Iterable[bytes]) -> tuple[list[Event], int]:
 # ----- writing -----
 
 
+@cache
+def _written_fields(cls: type[Event]) -> tuple[tuple[str, bool], ...]:
+    """(name, written only when set) of each field of an event class after its time, in their order."""
+    return tuple((f.name, bool(f.metadata.get("written_when_set"))) for f in fields(cls) if f.name != "time")
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The JSON object of an event's line, which `event_from_dict` reads back: "v", "type", "time", then
+    the fields in their order (one written only when set is left out while None)."""
+    obj = {"v": SCHEMA_VERSION, "type": event.TYPE, "time": event.time}
+    for name, when_set in _written_fields(type(event)):
+        value = getattr(event, name)
+        if value is not None or not when_set:
+            obj[name] = value
+    return obj
+
+
 class EventWriter:
     """Appends events to a run's `events.jsonl`, one flushed line each."""
 
@@ -338,14 +369,15 @@ class EventWriter:
         if _ends_torn(self.path):  # a killed writer's half line: end it, so our first event stands alone
             self._file.write("\n")
 
-    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        """Write one event and return it; `ValueError` when its line would not read back as that event."""
-        event = {"v": SCHEMA_VERSION, "type": type, "time": time.time(), **fields}
-        line = json.dumps(event, separators=(",", ":"))
+    def emit(self, event: Event) -> Event:
+        """Write one event stamped with the time now, and return it so stamped; `ValueError` when its line
+        would not read back as that event."""
+        stamped = replace(event, time=time.time())
+        line = json.dumps(event_to_dict(stamped), separators=(",", ":"))
         event_from_dict(json.loads(line))  # what the readers will see (tuples are lists, floats exact)
         self._file.write(line + "\n")
         self._file.flush()
-        return event
+        return stamped
 
     def close(self) -> None:
         self._file.close()

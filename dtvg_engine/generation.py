@@ -16,13 +16,14 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from dtvg_engine import tasks
 from dtvg_engine.backbones import Backbone
+from dtvg_engine.config import TrainingSettings
 from dtvg_engine.data import REFERENCES
 from dtvg_engine.runfolder import PREDICTIONS, replacing
 from dtvg_engine.scoring import LabelScorer
@@ -262,15 +263,15 @@ class TextGenerator(LabelScorer):
 
 
 def fitted_scorer(
-    backbone: Backbone, task: tasks.Task, config: dict[str, Any], rows: Sequence[dict]
+    backbone: Backbone, task: tasks.Task, settings: TrainingSettings, rows: Sequence[dict]
 ) -> LabelScorer:
-    """The scorer a task trains and is evaluated with under a run's `config`: a TextGenerator for a
+    """The scorer a task trains and is evaluated with under a run's `settings`: a TextGenerator for a
     generation task (inputs and targets within their settings, else the 128-token cap), else a
     LabelScorer (`fitted` to the rows' input lengths)."""
     if task.generation:
-        targets = config.get("max_target_tokens") or GENERATION_TOKENS_CAP  # runs made before the setting
-        return TextGenerator(backbone, task, config["max_input_tokens"], targets)
-    return LabelScorer.fitted(backbone, task, config["max_input_tokens"], rows)
+        targets = settings.max_target_tokens or GENERATION_TOKENS_CAP
+        return TextGenerator(backbone, task, settings.max_input_tokens, targets)
+    return LabelScorer.fitted(backbone, task, settings.max_input_tokens, rows)
 
 
 def _right_padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.events import Group, Ranked
 
 VARIANTS = ("greedy", "prefix", "exhaustive", "ts-only", "kc-only")
 METRICS = ("dot", "cosine")
@@ -111,6 +112,17 @@ class GroupResult:
     ts: float
     kc: float
     objective: float = 0.0  # TS + λ·KC of the selected group (eq. 5)
+
+    def event(self, step: int, scales: dict[str, float]) -> Group:
+        """The `group` event of this choice at `step`; `scales`: the mean token scale of each task."""
+        return Group(
+            step=step,
+            ranked=[Ranked(task=name, sim=sim) for name, sim in self.ranked],
+            selected=list(self.selected),
+            ts=self.ts,
+            kc=self.kc,
+            scales=scales,
+        )
 
 
 def select_group(

@@ -12,16 +12,29 @@ What each method is lives in `method_registry`; this module turns a registry rec
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from dtvg_engine import grouping, method_registry
+from dtvg_engine.config import Stage2Settings
+from dtvg_engine.events import Group
 from dtvg_engine.merge import ScaledTaskVectors
 from dtvg_engine.training import SoftPrompt, Tuner
 
 Chooser = Callable[[Tensor, dict[str, Tensor]], grouping.GroupResult]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What a stage-2 run transfers between, as its config.json records it: the target, the sources,
+    and the stage-1 vector (TPV) of each (the target's own too, for the methods that start from it)."""
+
+    target: str
+    sources: list[str]
+    tpvs: dict[str, Tensor]
 
 
 class GroupedPrompt(Tuner):
@@ -37,20 +50,13 @@ class GroupedPrompt(Tuner):
         self.group: list[str] | None = None
         """The current source group, in ranking order."""
 
-    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any] | None]:
+    def step_prompt(self, step: int) -> tuple[Tensor, Group | None]:
         if not self.vectors.source_names:  # only-target: nothing to group
             self.group = []
             return self.vectors([]), None
         result = self.regroup()
         self.group = result.selected
-        event = {
-            "ranked": [{"task": name, "sim": sim} for name, sim in result.ranked],
-            "selected": list(result.selected),
-            "ts": result.ts,
-            "kc": result.kc,
-            "scales": self.vectors.mean_scales(),
-        }
-        return self.vectors(self.group), event
+        return self.vectors(self.group), result.event(step, self.vectors.mean_scales())
 
     def regroup(self) -> grouping.GroupResult:
         """The group for the current parameters (the kept one for `fixed-group` after its first step)."""
@@ -68,8 +74,8 @@ class GroupedPrompt(Tuner):
             group = self.regroup().selected if self.vectors.source_names else []
             return self.vectors(group).detach()
 
-    def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.vectors.param_groups(config["lr"], config["source_scale_lr"], config["weight_decay"])
+    def param_groups(self, settings: Stage2Settings) -> list[dict[str, Any]]:  # a stage-2 run's
+        return self.vectors.param_groups(settings.lr, settings.source_scale_lr, settings.weight_decay)
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": super().snapshot(), "group": list(self.group or [])}
@@ -88,52 +94,52 @@ def fixed_group(
     return grouping.GroupResult(list(group), now.ranked, ts, kc)
 
 
-def chooser(method: method_registry.Method, config: dict[str, Any]) -> Chooser:
+def chooser(method: method_registry.Method, settings: Stage2Settings) -> Chooser:
     """A grouped method's `group_rule` as a call to `grouping.select_group`."""
     if method.group_rule == "all":
         return lambda target, sources: fixed_group(
             target, sources, grouping.select_group(target, sources, "ts-only"), list(sources)
         )
-    variant = config["grouping"] if method.group_rule == "setting" else method.group_rule
-    lam = config["lambda"]
+    variant = settings.grouping if method.group_rule == "setting" else method.group_rule
+    lam = settings.lambda_
     return lambda target, sources: grouping.select_group(target, sources, variant, lam=lam)
 
 
 def grouped_tuner(
-    method: method_registry.Method, config: dict[str, Any], p_init: Tensor, tpvs: dict[str, Tensor]
+    method: method_registry.Method, settings: Stage2Settings, transfer: Transfer, p_init: Tensor
 ) -> GroupedPrompt:
     """A grouped method's tuner: the target starts from its stage-1 vector T_t, every scale from one."""
-    target = config["target"]
-    sources = {name: tpvs[name] for name in config["sources"]} if method.group_rule else {}
-    vectors = ScaledTaskVectors(p_init, sources, target, target_init=tpvs[target])
-    return GroupedPrompt(vectors, chooser(method, config), fixed=method.frozen)
+    sources = {name: transfer.tpvs[name] for name in transfer.sources} if method.group_rule else {}
+    vectors = ScaledTaskVectors(p_init, sources, transfer.target, target_init=transfer.tpvs[transfer.target])
+    return GroupedPrompt(vectors, chooser(method, settings), fixed=method.frozen)
 
 
 def baseline_init(
     method: method_registry.Method,
-    config: dict[str, Any],
+    settings: Stage2Settings,
+    transfer: Transfer,
     p_init: Tensor,
-    tpvs: dict[str, Tensor],
     mix_prompt: Callable[[], Tensor] | None,
 ) -> tuple[Tensor, str]:
     """The starting prompt of a single-prompt baseline (its `init`), and a line saying how it was chosen."""
     if method.init == "p_init":
         return (
             p_init,
-            f"{method.name}: prompt tuning from the shared initialization for {config['steps']} steps",
+            f"{method.name}: prompt tuning from the shared initialization for {settings.steps} steps",
         )
     if method.init == "mix":
         if mix_prompt is None:
             raise ValueError("mix needs the trainer of the sources' prompt (stage2.mix_prompt)")
         return mix_prompt(), f"{method.name}: prompt tuning from the prompt trained on the sources' data"
-    ranked = rank_sources(method.ranking, config["sources"], p_init, tpvs, config["target"])
+    tpvs = transfer.tpvs
+    ranked = rank_sources(method.ranking, transfer.sources, p_init, tpvs, transfer.target)
     ranking = ", ".join(f"{s} {v:.4g}" for s, v in ranked)
     if method.init == "top-1":
         best = ranked[0][0]
         return p_init + tpvs[
             best
         ], f"{method.name}: initialised from {best}'s prompt (similarities: {ranking})"
-    chosen = [name for name, _ in ranked[: config["top_k"]]]  # top-k-sum
+    chosen = [name for name, _ in ranked[: settings.top_k]]  # top-k-sum
     start = p_init + sum(tpvs[name] for name in chosen)
     return (
         start,
@@ -160,21 +166,21 @@ def rank_sources(
 
 
 def build_tuner(
-    config: dict[str, Any],
+    settings: Stage2Settings,
+    transfer: Transfer,
     p_init: Tensor,
-    tpvs: dict[str, Tensor],
     mix_prompt: Callable[[], Tensor] | None = None,
 ) -> tuple[Tuner, str]:
-    """The tuner of the run's method, and a line saying how it starts.
+    """The tuner of the run's method (`settings.method`), and a line saying how it starts.
 
     `mix_prompt` trains the all-for-one prompt on the sources' data: `init="mix"` needs it.
     """
-    method = method_registry.get(config["method"])
+    method = method_registry.get(settings.method)
     if method.grouped:
-        tuner = grouped_tuner(method, config, p_init, tpvs)
+        tuner = grouped_tuner(method, settings, transfer, p_init)
         if not method.group_rule:
             return tuner, f"{method.name}: P_init + α_t⊙T_t, no sources"
-        rule = config["grouping"] if method.group_rule == "setting" else method.group_rule
-        return tuner, f"{method.name}: grouping ({rule}) every step over {', '.join(config['sources'])}"
-    init, note = baseline_init(method, config, p_init, tpvs, mix_prompt)
+        rule = settings.grouping if method.group_rule == "setting" else method.group_rule
+        return tuner, f"{method.name}: grouping ({rule}) every step over {', '.join(transfer.sources)}"
+    init, note = baseline_init(method, settings, transfer, p_init, mix_prompt)
     return SoftPrompt(init), note

@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 
 from dtvg_engine import metrics, tasks, tpv
 from dtvg_engine.backbones import load_backbone
+from dtvg_engine.config import TrainingSettings
 from dtvg_engine.data import default_data_dir, load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import Artifact, EventWriter, Log
 from dtvg_engine.export import export_adapter
 from dtvg_engine.generation import fitted_scorer
 from dtvg_engine.prompts import INIT_SHA256, pin_init, shared_init
@@ -27,13 +28,13 @@ VALIDATION_CONSTANT_KEY = "validation_constant"
 floor a setting or a source is judged against before any test score is read (experiments/bank.py)."""
 
 
-def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
+def load_task_data(run_dir: Path, settings: TrainingSettings, events: EventWriter, task_name: str):
     """The task's seeded splits; the split actually made is recorded in config.json, with the best
     score a constant prediction gets on its test rows (the floor a study's table reads scores against)
     and on its validation rows (classification and regression only)."""
-    data_dir = config.get("data_dir") or default_data_dir()
+    data_dir = settings.data_dir or default_data_dir()
     splits = load_splits(
-        task_name, data_dir, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"]
+        task_name, data_dir, seed=settings.seed, k_shot=settings.k_shot, max_eval=settings.max_eval
     )
     task = tasks.get_task(task_name)
     floors = {
@@ -44,16 +45,16 @@ def load_task_data(run_dir: Path, config: dict[str, Any], events: EventWriter, t
     split = {**splits.split_info, **floors}
     write_json_atomic(run_dir / "config.json", {**read_config(run_dir), "split": split})
     sizes = splits.split_info["sizes"]
-    events.emit("log", level="info", message=f"{task_name}: {sizes} ({splits.split_info['rule']})")
+    events.emit(Log(level="info", message=f"{task_name}: {sizes} ({splits.split_info['rule']})"))
     return splits
 
 
-def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> torch.Tensor:
+def start_prompt(settings: TrainingSettings, p_init: torch.Tensor, init_id: str) -> torch.Tensor:
     """P_init, or a prompt from `dtvg tpv combine` made on the same init (`--init-prompt`).
 
     The TPV is still measured from P_init, so it stays comparable with every other task's vector.
     """
-    path = config.get("init_prompt")
+    path = settings.init_prompt
     if not path:
         return p_init
     try:
@@ -72,42 +73,47 @@ def start_prompt(config: dict[str, Any], p_init: torch.Tensor, init_id: str) -> 
     return prompt
 
 
-def prepare(run_dir: Path, config: dict[str, Any], events: EventWriter, task_name: str):
+def prepare(run_dir: Path, settings: TrainingSettings, events: EventWriter, task_name: str):
     """What every run starts from: the backbone, the task's splits, and the shared P_init with its id."""
-    # A config written before --precision existed ran in fp32.
-    backbone = load_backbone(config["model"], config["device"], config.get("precision", "fp32"))
+    backbone = load_backbone(settings.model, settings.device, settings.precision)
     events.emit(
-        "log",
-        level="info",
-        message=f"{config['model']} on {backbone.device} in {str(backbone.dtype).removeprefix('torch.')} "
-        f"(--precision {config.get('precision', 'fp32')}), {torch.get_num_threads()} torch threads",
+        Log(
+            level="info",
+            message=f"{settings.model} on {backbone.device} in {str(backbone.dtype).removeprefix('torch.')} "
+            f"(--precision {settings.precision}), {torch.get_num_threads()} torch threads",
+        )
     )
-    splits = load_task_data(run_dir, config, events, task_name)
-    p_init, init_id = shared_init(run_dir.parent, backbone, config["prompt_length"], config["init_seed"])
+    splits = load_task_data(run_dir, settings, events, task_name)
+    p_init, init_id = shared_init(run_dir.parent, backbone, settings.prompt_length, settings.init_seed)
     return backbone, splits, p_init, init_id
 
 
 def run(
-    run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
+    run_dir: Path,
+    config: dict[str, Any],
+    settings: TrainingSettings,
+    events: EventWriter,
+    stop_requested: Callable[[], bool],
 ) -> Outcome:
+    """Tune the task's prompt; `config`: the run's config.json, `settings`: its settings, typed."""
     task = tasks.get_task(config["task"])
-    backbone, splits, p_init, init_id = prepare(run_dir, config, events, task.name)
+    backbone, splits, p_init, init_id = prepare(run_dir, settings, events, task.name)
     init_sha256 = pin_init(run_dir, init_id)
-    tuner = SoftPrompt(start_prompt(config, p_init, init_id))
+    tuner = SoftPrompt(start_prompt(settings, p_init, init_id))
     rows = splits.train + splits.validation + splits.test
-    scorer = fitted_scorer(backbone, task, config, rows)
-    outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
+    scorer = fitted_scorer(backbone, task, settings, rows)
+    outcome = fit(run_dir, settings, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome
 
     tuned = tuner.prompt().cpu()
     with replacing(run_dir / PROMPT) as tmp:
         save_file({"prompt": tuned}, tmp, metadata={"init_id": init_id, "task": task.name})
-    events.emit("artifact", kind="prompt", path=PROMPT)
+    events.emit(Artifact(kind="prompt", path=PROMPT))
     metadata = {
         "task": task.name,
-        "model": config["model"],
-        "prompt_length": config["prompt_length"],
+        "model": settings.model,
+        "prompt_length": settings.prompt_length,
         "init_id": init_id,
         INIT_SHA256: init_sha256,
         "best_metric": outcome.best_metric,
@@ -116,7 +122,7 @@ def run(
         "run_id": config["run_id"],
     }
     tpv.save_tpv(run_dir / TPV, tpv.task_prompt_vector(tuned, p_init), metadata)
-    events.emit("artifact", kind="tpv", path=TPV)
+    events.emit(Artifact(kind="tpv", path=TPV))
     export_adapter(backbone, tuned, run_dir / ADAPTER)
-    events.emit("artifact", kind="adapter", path=ADAPTER)
+    events.emit(Artifact(kind="adapter", path=ADAPTER))
     return outcome

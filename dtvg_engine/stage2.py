@@ -14,12 +14,12 @@ from safetensors.torch import load_file, save_file
 
 from dtvg_engine import bank, metrics, tasks, tpv
 from dtvg_engine.backbones import Backbone
-from dtvg_engine.config import describe_stage1_runs, stage1_settings
+from dtvg_engine.config import Stage2Settings, describe_stage1_runs, stage1_settings
 from dtvg_engine.data import default_data_dir, load_splits
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import Artifact, EventWriter, Log
 from dtvg_engine.export import export_adapter
 from dtvg_engine.generation import fitted_scorer
-from dtvg_engine.methods import build_tuner
+from dtvg_engine.methods import Transfer, build_tuner
 from dtvg_engine.prompts import check_tpv_init, pin_init
 from dtvg_engine.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
 from dtvg_engine.safefiles import make_dir, real_dir, regular_file
@@ -30,7 +30,9 @@ MIX_PROMPT = "mix_prompt.safetensors"
 """`mix`: the sources' trained prompt, inside the run's checkpoint folder (read back on resume)."""
 
 
-def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[str, torch.Tensor]:
+def load_vectors(
+    config: dict[str, Any], settings: Stage2Settings, init_id: str, runs_dir: Path
+) -> dict[str, torch.Tensor]:
     """The stage-1 TPVs this run transfers from, refusing any made from another initialization: its
     stage-1 runs' and the source bank's (each file checked against the sha256 the config records)."""
     tpvs, metas = (
@@ -39,8 +41,8 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
             {
                 "task": "this run",
                 "init_id": init_id,
-                "model": config["model"],
-                "prompt_length": config["prompt_length"],
+                "model": settings.model,
+                "prompt_length": settings.prompt_length,
             }
         ],
     )
@@ -56,7 +58,12 @@ def load_vectors(config: dict[str, Any], init_id: str, runs_dir: Path) -> dict[s
 
 
 def mix_prompt(
-    backbone: Backbone, config: dict[str, Any], p_init: torch.Tensor, run_dir: Path, events: EventWriter
+    backbone: Backbone,
+    config: dict[str, Any],
+    settings: Stage2Settings,
+    p_init: torch.Tensor,
+    run_dir: Path,
+    events: EventWriter,
 ) -> torch.Tensor:
     """SPoT's all-for-one prompt: one prompt tuned on the union of the sources' training data.
 
@@ -69,9 +76,9 @@ def mix_prompt(
     """
     saved = run_dir / CHECKPOINT / MIX_PROMPT
     if real_dir(saved.parent) and os.path.lexists(saved):
-        events.emit("log", level="info", message=f"mix: the sources' prompt from {CHECKPOINT}/{MIX_PROMPT}")
+        events.emit(Log(level="info", message=f"mix: the sources' prompt from {CHECKPOINT}/{MIX_PROMPT}"))
         return load_file(regular_file(saved))["prompt"]
-    data_dir = config.get("data_dir") or default_data_dir()
+    data_dir = settings.data_dir or default_data_dir()
     scorers, train, validation = {}, {}, {}
     for source in config["sources"]:
         made = stage1_settings(run_dir.parent, config, source)
@@ -79,33 +86,33 @@ def mix_prompt(
             source, data_dir, seed=made["seed"], k_shot=made["k_shot"], max_eval=made["max_eval"]
         )
         rows = splits.train + splits.validation
-        scorers[source] = fitted_scorer(backbone, tasks.get_task(source), config, rows)
+        scorers[source] = fitted_scorer(backbone, tasks.get_task(source), settings, rows)
         train[source], cut = scorers[source].encode_counted(splits.train)
         validation[source], cut_too = scorers[source].encode_counted(splits.validation)
         limit, total = scorers[source].max_input_tokens, len(rows)
         message = f"mix: {source} inputs at most {limit} tokens, {cut + cut_too} of {total} cut"
-        events.emit("log", level="info", message=message)
+        events.emit(Log(level="info", message=message))
     tuner = SoftPrompt(p_init).to(backbone.device)
-    optimizer = torch.optim.AdamW(tuner.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    steps = config["mix_steps"]
-    warmup = max(1, round(config["warmup_ratio"] * steps))
+    optimizer = torch.optim.AdamW(tuner.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = settings.mix_steps
+    warmup = max(1, round(settings.warmup_ratio * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, steps))
-    rng = random.Random(config["seed"])
+    rng = random.Random(settings.seed)
     names = list(train)
     best_score, best = None, tuner.prompt().clone()
     for step in range(1, steps + 1):
         source = rng.choices(names, weights=[len(train[n]) for n in names])[0]
         rows = [
             train[source][i]
-            for i in batch_indices(len(train[source]), config["batch_size"], step, config["seed"])
+            for i in batch_indices(len(train[source]), settings.batch_size, step, settings.seed)
         ]
         loss = scorers[source].loss(tuner.weight, scorers[source].collate(rows))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(tuner.parameters(), config["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(tuner.parameters(), settings.max_grad_norm)
         optimizer.step()
         schedule.step()
-        if step % config["eval_every"] == 0 or step == steps:
+        if step % settings.eval_every == 0 or step == steps:
             by_source = {
                 name: metrics.score(
                     scorers[name].task,
@@ -113,8 +120,8 @@ def mix_prompt(
                         scorers[name],
                         tuner.prompt(),
                         validation[name],
-                        config["eval_batch_size"],
-                        config.get("eval_order", "length"),
+                        settings.eval_batch_size,
+                        settings.eval_order,
                     ),
                 )
                 for name in names
@@ -125,10 +132,11 @@ def mix_prompt(
                 best_score, best = score, tuner.prompt().clone()
             scores = ", ".join(f"{name} {value:.3f}" for name, value in by_source.items())
             events.emit(
-                "log",
-                level="info",
-                message=f"mix: source step {step}/{steps}, loss {loss.item():.4f}, validation "
-                f"{score:.4f} ({scores}){' best' if is_best else ''}",
+                Log(
+                    level="info",
+                    message=f"mix: source step {step}/{steps}, loss {loss.item():.4f}, validation "
+                    f"{score:.4f} ({scores}){' best' if is_best else ''}",
+                )
             )
     best = best.cpu()
     make_dir(saved.parent)
@@ -138,28 +146,35 @@ def mix_prompt(
 
 
 def run(
-    run_dir: Path, config: dict[str, Any], events: EventWriter, stop_requested: Callable[[], bool]
+    run_dir: Path,
+    config: dict[str, Any],
+    settings: Stage2Settings,
+    events: EventWriter,
+    stop_requested: Callable[[], bool],
 ) -> Outcome:
+    """Transfer to the target by the run's method; `config`: the run's config.json, `settings`: its
+    settings, typed."""
     target = tasks.get_task(config["target"])
-    backbone, splits, p_init, init_id = prepare(run_dir, config, events, target.name)
+    backbone, splits, p_init, init_id = prepare(run_dir, settings, events, target.name)
     pin_init(run_dir, init_id)
-    tpvs = load_vectors(config, init_id, run_dir.parent)
+    tpvs = load_vectors(config, settings, init_id, run_dir.parent)
     for line in describe_stage1_runs(run_dir.parent, config):
-        events.emit("log", level="info", message=line)
+        events.emit(Log(level="info", message=line))
+    transfer = Transfer(config["target"], config["sources"], tpvs)
     tuner, note = build_tuner(
-        config, p_init, tpvs, lambda: mix_prompt(backbone, config, p_init, run_dir, events)
+        settings, transfer, p_init, lambda: mix_prompt(backbone, config, settings, p_init, run_dir, events)
     )
-    events.emit("log", level="info", message=note)
+    events.emit(Log(level="info", message=note))
     rows = splits.train + splits.validation + splits.test
-    scorer = fitted_scorer(backbone, target, config, rows)
-    outcome = fit(run_dir, config, tuner, scorer, splits, events, stop_requested)
+    scorer = fitted_scorer(backbone, target, settings, rows)
+    outcome = fit(run_dir, settings, tuner, scorer, splits, events, stop_requested)
     if outcome.status != "completed":
         return outcome
     final = tuner.prompt().cpu()
     with replacing(run_dir / PROMPT) as tmp:
-        metadata = {"init_id": init_id, "task": target.name, "method": config["method"]}
+        metadata = {"init_id": init_id, "task": target.name, "method": settings.method}
         save_file({"prompt": final}, tmp, metadata=metadata)
-    events.emit("artifact", kind="prompt", path=PROMPT)
+    events.emit(Artifact(kind="prompt", path=PROMPT))
     export_adapter(backbone, final, run_dir / ADAPTER)
-    events.emit("artifact", kind="adapter", path=ADAPTER)
+    events.emit(Artifact(kind="adapter", path=ADAPTER))
     return outcome

@@ -23,8 +23,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dtvg_engine import metrics
+from dtvg_engine.config import Stage2Settings, TrainingSettings
 from dtvg_engine.data import Splits
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import Checkpoint, Eval, EventWriter, Group, Log, Step
 from dtvg_engine.generation import write_predictions
 from dtvg_engine.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path, replacing
 from dtvg_engine.safefiles import make_dir, parse_json
@@ -38,19 +39,19 @@ class RunFailed(Exception):
 class Tuner(nn.Module):
     """What the loop trains. Subclasses define the prompt of each step and their parameter groups."""
 
-    def step_prompt(self, step: int) -> tuple[Tensor, dict[str, Any] | None]:
-        """The soft prompt [r, d] to train at `step`, and the fields of a `group` event (or None)."""
+    def step_prompt(self, step: int) -> tuple[Tensor, Group | None]:
+        """The soft prompt [r, d] to train at `step`, and the source group it merges (or None)."""
         raise NotImplementedError
 
     def prompt(self) -> Tensor:
         """The prompt as it stands now, without side effects (used for evaluation and export)."""
         raise NotImplementedError
 
-    def param_groups(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+    def param_groups(self, settings: TrainingSettings) -> list[dict[str, Any]]:
         return [
             {
                 "params": [p for p in self.parameters() if p.requires_grad],
-                "lr": config["lr"],
+                "lr": settings.lr,
                 "name": "prompt",
             }
         ]
@@ -143,11 +144,11 @@ def evaluate(
     return metrics.compute(scorer.task, preds, scorer.golds(items))
 
 
-def _rate_settings(config: dict[str, Any], rates: dict[str, float]) -> str:
+def _rate_settings(settings: TrainingSettings, rates: dict[str, float]) -> str:
     """The learning-rate settings this run trains with, for the NaN-loss message: either may be the cause."""
-    flags = [f"--lr (now {config['lr']})"]
-    if "source_scales" in rates:
-        flags.append(f"--source-scale-lr (now {config['source_scale_lr']})")
+    flags = [f"--lr (now {settings.lr})"]
+    if isinstance(settings, Stage2Settings) and "source_scales" in rates:
+        flags.append(f"--source-scale-lr (now {settings.source_scale_lr})")
     return " or ".join(flags)
 
 
@@ -217,16 +218,16 @@ def _from_plain(tree: Any, tensors: dict[str, Tensor]) -> Any:
 
 def fit(
     run_dir: Path,
-    config: dict[str, Any],
+    settings: TrainingSettings,
     tuner: Tuner,
     scorer: LabelScorer,
     splits: Splits,
     events: EventWriter,
     stop_requested: Callable[[], bool],
 ) -> Outcome:
-    """Train `tuner` for `config["steps"]` steps (resuming from the run's checkpoint if there is one)."""
-    steps, batch_size, seed = config["steps"], config["batch_size"], config["seed"]
-    eval_batch, eval_order = config["eval_batch_size"], config.get("eval_order", "length")
+    """Train `tuner` for `settings.steps` steps (resuming from the run's checkpoint if there is one)."""
+    steps, batch_size, seed = settings.steps, settings.batch_size, settings.seed
+    eval_batch, eval_order = settings.eval_batch_size, settings.eval_order
     task = scorer.task
 
     def assess(items: Sequence, split: str, step: int | None) -> dict[str, float]:
@@ -238,12 +239,12 @@ def fit(
 
     torch.manual_seed(seed)
     train_items, val_items, test_items, cut_note = scorer.encode_splits(splits)
-    events.emit("log", level="info", message=cut_note)
+    events.emit(Log(level="info", message=cut_note))
     tuner.to(scorer.backbone.device)
 
-    groups = tuner.param_groups(config)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config["weight_decay"])
-    warmup = max(1, round(config["warmup_ratio"] * steps))
+    groups = tuner.param_groups(settings)
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    warmup = max(1, round(settings.warmup_ratio * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, steps))
     params = [p for g in groups for p in g["params"]]
 
@@ -255,7 +256,7 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         state = saved["state"]
-        events.emit("log", level="info", message=f"resumed from checkpoint at step {state['step']}")
+        events.emit(Log(level="info", message=f"resumed from checkpoint at step {state['step']}"))
 
     def save_checkpoint(step: int) -> None:
         state["step"] = step
@@ -270,7 +271,7 @@ def fit(
                 "state": state,
             },
         )
-        events.emit("checkpoint", step=step, path=str(path.relative_to(run_dir)))
+        events.emit(Checkpoint(step=step, path=str(path.relative_to(run_dir))))
 
     step = state["step"]
     while step < steps:
@@ -287,29 +288,29 @@ def fit(
         rates = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
         if not math.isfinite(loss.item()):
             raise RunFailed(
-                f"loss became {loss.item()} at step {step}; lower {_rate_settings(config, rates)}"
+                f"loss became {loss.item()} at step {step}; lower {_rate_settings(settings, rates)}"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         schedule.step()
         speed = batch_size / (time.perf_counter() - started)
         if group is not None:
-            events.emit("group", step=step, **group)
-        events.emit("step", step=step, loss=loss.item(), lr=rates, samples_per_s=speed)
+            events.emit(group)
+        events.emit(Step(step=step, loss=loss.item(), lr=rates, samples_per_s=speed))
 
-        if step % config["eval_every"] == 0 or step == steps:
+        if step % settings.eval_every == 0 or step == steps:
             scores = assess(val_items, "validation", step)
             value = metrics.score(task, scores)
             best = state["best_metric"] is None or value > state["best_metric"]
             if best:
                 state.update(best_metric=value, best_step=step, best=tuner.snapshot())
-            events.emit("eval", step=step, split="validation", metrics=scores, primary=value, best=best)
+            events.emit(Eval(step=step, split="validation", metrics=scores, primary=value, best=best))
             save_checkpoint(step)
 
     tuner.restore(state["best"])
     test = assess(test_items, "test", state["best_step"])
     value = metrics.score(task, test)
-    events.emit("eval", step=state["best_step"], split="test", metrics=test, primary=value, best=False)
+    events.emit(Eval(step=state["best_step"], split="test", metrics=test, primary=value, best=False))
     return Outcome("completed", step, state["best_metric"], state["best_step"], test)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import slurm, tasks
-from dtvg_engine.config import check_run_config
+from dtvg_engine.config import check_run_config, read_settings, unknown_keys
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter, Log, read_events
+from dtvg_engine.events import EventWriter, Log, RunFinished, RunStarted, read_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
     CONFIG,
@@ -117,17 +117,22 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
     started = time.time()
     with EventWriter(run_dir / EVENTS) as events:
         events.emit(
-            "run_started",
-            run_id=config["run_id"],
-            stage=config["stage"],
-            method=config["method"],
-            pid=os.getpid(),
-            config=config,
-            host=socket.gethostname(),
-            executor="slurm" if job_id else "local",
-            job_id=job_id,
-            **{label_key: config[label_key]},
+            RunStarted(
+                run_id=config["run_id"],
+                stage=config["stage"],
+                method=config["method"],
+                pid=os.getpid(),
+                config=config,
+                host=socket.gethostname(),
+                executor="slurm" if job_id else "local",
+                job_id=job_id,
+                **{label_key: config[label_key]},
+            )
         )
+        unknown = unknown_keys(config)
+        if unknown:  # a newer version's settings: this one cannot honour them, so say so
+            message = f"config.json: {', '.join(unknown)} unknown to this version of dtvg, kept but not used"
+            events.emit(Log(level="warning", message=message))
         _update_index(history, run_dir)
         error = None
         outcome = None
@@ -136,7 +141,8 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
 
             try:
                 tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as recorded
-                outcome = _stage_runner(config["stage"])(run_dir, config, events, lambda: bool(received))
+                run_stage = _stage_runner(config["stage"])
+                outcome = run_stage(run_dir, config, read_settings(config), events, lambda: bool(received))
             except (UserError, RunFailed) as exc:
                 error = str(exc)
             finally:
@@ -157,7 +163,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             elif _requeued(run_dir, job_id, events, history, outcome.step, limits):
                 return 0
         if error:
-            events.emit("log", level="error", message=error)
+            events.emit(Log(level="error", message=error))
             print(f"error: {error}", file=sys.stderr, flush=True)
         summary = {
             "best_metric": outcome.best_metric if outcome else None,
@@ -166,7 +172,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
             "test": outcome.test_metrics if outcome else {},
             "seconds": time.time() - started,
         }
-        events.emit("run_finished", status=status, summary=summary, error=error)
+        events.emit(RunFinished(status=status, summary=summary, error=error))
     _update_index(history, run_dir)
     return 1 if status == "failed" else 0
 
@@ -179,7 +185,7 @@ def _leave_cancelled(job_id: str, events: EventWriter, step: int) -> None:
     the checkpoint just saved; a job requeued from outside goes on from there when it starts again.
     """
     message = f"Slurm ended job {job_id} at step {step} (SIGTERM, no warning: cancelled); resumable from here"
-    events.emit("log", level="warning", message=message)
+    events.emit(Log(level="warning", message=message))
 
 
 def _time_limits(run_dir: Path, job_id: str, ran_s: float) -> int | None:
@@ -217,11 +223,11 @@ def _requeued(
             f"Slurm job {job_id} reached its time limit at step {step}; requeueing it "
             f"({limits} of {slurm.MAX_TIME_LIMITS} times)"
         )
-    events.emit("log", level="warning", message=message)
+    events.emit(Log(level="warning", message=message))
     _update_index(history, run_dir)
     error = slurm.requeue(job_id)  # Slurm now ends this job's processes: return at once
     if error:
-        events.emit("log", level="error", message=f"could not requeue Slurm job {job_id}: {error}")
+        events.emit(Log(level="error", message=f"could not requeue Slurm job {job_id}: {error}"))
     return error is None
 
 

@@ -137,7 +137,7 @@ def test_stage2_takes_bank_vectors_for_sources_without_a_local_run(
     assert (
         sum("stage-1 vector of" in m and "from the source bank" in m for m in logged) == 2
     )  # ... the log too
-    vectors = load_vectors(config, INIT, runs_dir)
+    vectors = load_vectors(config, configs.read_settings(config), INIT, runs_dir)
     for task in SOURCES:
         assert torch.equal(vectors[task], load_file(shipped / INIT / f"{task}.safetensors")["tpv"])
     assert read_state(run_dir / EVENTS).status == "completed"

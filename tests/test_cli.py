@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from tinydb import TinyDB
 
 from dtvg_engine.config import stage1_config
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, RunFinished, RunStarted
 from dtvg_engine.runfolder import create_run
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
@@ -149,9 +149,9 @@ def test_stop_and_resume_refuse_runs_in_the_wrong_state(runs_dir, pending_run):
     assert "not running" in line
     with EventWriter(pending_run / "events.jsonl") as events:  # now it has completed
         events.emit(
-            "run_started", run_id=pending_run.name, stage="stage1", method="pt", task="rte", pid=1, config={}
+            RunStarted(run_id=pending_run.name, stage="stage1", method="pt", task="rte", pid=1, config={})
         )
-        events.emit("run_finished", status="completed", summary={}, error=None)
+        events.emit(RunFinished(status="completed", summary={}, error=None))
     line = assert_bad_input(dtvg("run", "resume", pending_run.name, "--runs-dir", runs_dir))
     assert "completed" in line  # a queued run resumes (tests/test_shared_runs.py), a completed one not
 

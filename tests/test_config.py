@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 
 from dtvg_engine import config
 from dtvg_engine.errors import UserError
+from dtvg_engine.events import Log, read_events
+from dtvg_engine.runfolder import EVENTS, create_run, read_config, summarize
+from dtvg_engine.worker import run_worker
 
 
 def test_every_setting_has_a_rule() -> None:
@@ -127,3 +133,59 @@ def test_the_defaults_are_the_fields_defaults() -> None:
     }
     assert config.SETTING_RULES["lambda"] == config.SETTINGS_BY_KEY["lambda"].metadata["rule"]
     assert all(f.metadata["help"] for f in config.SETTINGS)
+
+
+# ----- reading a run's config.json into the typed settings -----
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RECORDED = sorted(FIXTURES.rglob("config.json"))
+"""The config.json of every run kept as a fixture, made by older versions (some before `precision`,
+`eval_order`, `max_target_tokens` or `init_sha256` existed)."""
+
+
+def test_every_recorded_run_config_reads_into_its_typed_settings() -> None:
+    """What a file holds is read as is; a setting it lacks takes what runs of its version ran with."""
+    assert len(RECORDED) > 30
+    missing = set()
+    for path in RECORDED:
+        recorded = json.loads(path.read_text())
+        settings = config.read_settings(recorded)
+        stage2 = recorded["stage"] == "stage2"
+        assert type(settings) is (config.Stage2Settings if stage2 else config.TrainingSettings), path
+        assert config.unknown_keys(recorded) == [], path
+        for setting_field in dataclasses.fields(settings):
+            key, value = config.key_of(setting_field), getattr(settings, setting_field.name)
+            if key in recorded:
+                assert value == recorded[key], (path, key)
+            else:
+                missing.add(key)
+                assert value == setting_field.metadata.get("legacy", setting_field.default), (path, key)
+    assert {"precision", "eval_order", "max_target_tokens"} <= missing
+
+
+def test_a_run_made_before_a_setting_existed_reads_as_it_ran() -> None:
+    recorded = json.loads((FIXTURES / "runs" / "20261125-165136-stage1-rte" / "config.json").read_text())
+    assert not {"precision", "max_target_tokens", "eval_order", "init_sha256"} & set(recorded)
+    settings = config.read_settings(recorded)
+    assert (settings.precision, settings.max_target_tokens, settings.eval_order) == ("fp32", None, "length")
+    assert config.TrainingSettings().precision == "auto"  # what a new run gets instead
+
+
+def test_a_config_with_a_key_of_a_newer_version_trains_keeps_it_and_says_so(runs_dir: Path, data_dir: Path):
+    """A key this version does not know is no crash: the run trains on the settings it knows, the file
+    keeps the key, and the run's log names it."""
+    made = config.stage1_config(
+        "rte", model="tiny-llama", prompt_length=4, k_shot=8, max_eval=4, steps=2, eval_every=2,
+        data_dir=str(data_dir),
+    )  # fmt: skip
+    newer = {**made, "warp_factor": 9}
+    assert config.read_settings(newer) == config.read_settings(made)
+    assert config.unknown_keys(newer) == ["warp_factor"]
+    run_dir = create_run(runs_dir, "stage1", "rte", newer)
+    assert run_worker(run_dir) == 0, (run_dir / "worker.log").read_text()[-2000:]
+    assert summarize(run_dir).status == "completed"
+    assert read_config(run_dir)["warp_factor"] == 9
+    warnings = [
+        e.message for e in read_events(run_dir / EVENTS) if isinstance(e, Log) and e.level == "warning"
+    ]
+    assert warnings == ["config.json: warp_factor unknown to this version of dtvg, kept but not used"]

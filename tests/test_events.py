@@ -8,9 +8,11 @@ damaged streams to all of them and checks they agree with the fold of the good l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,7 @@ from dtvg_tui import runindex
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.series import RunSeries
 
+REPO = Path(__file__).resolve().parents[1]
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
 
@@ -141,14 +144,62 @@ def test_events_read_as_their_dataclasses_with_nan_kept_and_new_fields_ignored()
 def test_the_writer_refuses_an_event_its_readers_would_skip(tmp_path: Path):
     with ev.EventWriter(tmp_path / "events.jsonl") as writer:
         with pytest.raises(ValueError, match="step field 'step' should be int"):
-            writer.emit("step", step="x", loss=0.5, lr={}, samples_per_s=1.0)
-        with pytest.raises(ValueError, match="without its 'error' field"):
-            writer.emit("run_finished", status="completed", summary={})
+            writer.emit(ev.Step(step="x", loss=0.5, lr={}, samples_per_s=1.0))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="run_finished field 'status' should be"):
+            writer.emit(ev.RunFinished(status="exploded", summary={}, error=None))  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="unknown event type"):
-            writer.emit("mystery")
-        written = writer.emit("step", step=1, loss=0.5, lr={"prompt": 0.1}, samples_per_s=2.0)
+            writer.emit(ev.Event())
+        written = writer.emit(ev.Step(step=1, loss=0.5, lr={"prompt": 0.1}, samples_per_s=2.0))
     events = ev.read_events(tmp_path / "events.jsonl")
-    assert len(events) == 1 and events[0].time == written["time"]
+    assert events == [written] and written.time > 0
+
+
+_ARCHITECTURE = (REPO / "docs" / "architecture.md").read_text()
+_EVENT_STREAM = _ARCHITECTURE.split("## Event stream\n")[1].split("\n## ")[0]
+DOCUMENTED = re.findall(r"^\| `(\w+)` \| (.*) \|$", _EVENT_STREAM, re.M)
+"""(type, fields) of each row of the event table in docs/architecture.md."""
+
+SAMPLES: dict[type[ev.Event], dict] = {
+    ev.RunStarted: dict(
+        run_id="r", stage="stage2", method="dtvg", pid=7, config={"lr": 0.3}, host="node7", executor="slurm",
+        job_id="42", target="rte",
+    ),
+    ev.Step: dict(step=1, loss=0.5, lr={"prompt": 0.3}, samples_per_s=8.0),
+    ev.Group: dict(
+        step=1, ranked=[{"task": "qnli", "sim": 0.5}], selected=["qnli"], ts=0.5, kc=0.1, scales={"rte": 1.0}
+    ),
+    ev.Eval: dict(step=2, split="validation", metrics={"accuracy": 0.75}, primary=0.75, best=True),
+    ev.Checkpoint: dict(step=2, path="checkpoint/state.safetensors"),
+    ev.Artifact: dict(kind="prompt", path="prompt.safetensors"),
+    ev.Log: dict(level="info", message="hello"),
+    ev.RunFinished: dict(status="completed", summary={"steps": 2}, error=None),
+}  # fmt: skip
+"""Fields of one event of each class, in the order of their class."""
+
+
+def test_every_documented_event_type_has_a_class_that_the_writer_round_trips(tmp_path: Path):
+    """The worker writes the classes the readers read: each event comes back equal, its line holding
+    "v", "type", "time", then its fields in their class's order (as lines were written before)."""
+    assert [kind for kind, _ in DOCUMENTED] == list(ev.EVENT_TYPES)
+    assert set(SAMPLES) == set(ev.EVENT_CLASSES)
+    for (kind, documented), cls in zip(DOCUMENTED, ev.EVENT_CLASSES, strict=True):
+        fields_named = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", documented)))  # not the notes
+        assert cls.TYPE == kind and fields_named == {f.name for f in dataclasses.fields(cls)} - {"time"}
+    path = tmp_path / "events.jsonl"
+    with ev.EventWriter(path) as writer:
+        written = [writer.emit(cls(**fields)) for cls, fields in SAMPLES.items()]
+    assert ev.read_events(path) == written
+    for raw, (cls, fields) in zip(path.read_bytes().splitlines(), SAMPLES.items(), strict=True):
+        assert list(json.loads(raw)) == ["v", "type", "time", *fields], cls.TYPE
+
+
+def test_a_run_started_line_holds_the_task_or_the_target_not_both(tmp_path: Path):
+    """Stage 1 names its task, stage 2 its target, each as the last field of the line."""
+    fields = dict(run_id="r", stage="stage1", method="pt", pid=7, config={})
+    with ev.EventWriter(tmp_path / "events.jsonl") as writer:
+        writer.emit(ev.RunStarted(**fields, task="rte"))
+    line = json.loads((tmp_path / "events.jsonl").read_bytes())
+    assert list(line) == ["v", "type", "time", *fields, "host", "executor", "job_id", "task"]
 
 
 # ----- the reader -----

@@ -150,9 +150,10 @@ def test_a_run_decodes_as_long_as_its_max_target_tokens(llama, data_dir: Path) -
     """The setting reaches the generator; a run made before it existed decodes up to the 128-token cap."""
     task, rows = tasks.get_task("common_gen"), []
     config = configs.stage1_config("common_gen", model="tiny-llama", max_target_tokens=8)
-    assert fitted_scorer(llama, task, config, rows).max_target_tokens == 8
+    assert fitted_scorer(llama, task, configs.read_settings(config), rows).max_target_tokens == 8
     del config["max_target_tokens"]
-    assert fitted_scorer(llama, task, config, rows).max_target_tokens == GENERATION_TOKENS_CAP == 128
+    settings = configs.read_settings(config)
+    assert fitted_scorer(llama, task, settings, rows).max_target_tokens == GENERATION_TOKENS_CAP == 128
     with pytest.raises(UserError, match="generation tasks only"):
         configs.stage2_config("rte", [], "pt", data_dir, max_target_tokens=8)
 
@@ -253,12 +254,12 @@ def test_a_training_run_keeps_its_latest_validation_generations(
     """Before its test, predictions.jsonl holds the last evaluation's validation generations."""
     splits = load_splits("common_gen", data_dir, seed=0, k_shot=4, max_eval=3)
     generator = TextGenerator(llama, tasks.get_task("common_gen"), max_target_tokens=6)
-    config = {**configs.TRAINING_DEFAULTS, "steps": 6, "batch_size": 2, "eval_every": 2}
+    settings = configs.TrainingSettings(steps=6, batch_size=2, eval_every=2)
     checks = iter(range(100))
     stop_at_step_five = lambda: next(checks) == 4  # noqa: E731 - asked before each step
     with EventWriter(tmp_path / "events.jsonl") as events:
         prompt = SoftPrompt(torch.zeros(4, llama.hidden_size))
-        outcome = fit(tmp_path, config, prompt, generator, splits, events, stop_at_step_five)
+        outcome = fit(tmp_path, settings, prompt, generator, splits, events, stop_at_step_five)
     assert outcome.status == "stopped" and outcome.step == 4
     records = rows_of(tmp_path / PREDICTIONS)
     assert [(r["split"], r["step"]) for r in records] == [("validation", 4)] * 3

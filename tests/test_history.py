@@ -11,7 +11,7 @@ from pathlib import Path
 from tinydb import TinyDB
 
 from dtvg_engine import runfolder as rf
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, RunFinished, RunStarted
 from dtvg_engine.history import TABLE, History
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,10 +23,12 @@ def make_run(runs_dir: Path, label: str, status: str | None = None, pid: int | N
     run = rf.create_run(runs_dir, "stage1", label, {**CONFIG, "task": label})
     if status or pid:
         with EventWriter(run / rf.EVENTS) as events:
-            events.emit("run_started", run_id=run.name, stage="stage1", method="pt", task=label,
-                        pid=pid or os.getpid(), config={})  # fmt: skip
+            started = RunStarted(
+                run_id=run.name, stage="stage1", method="pt", task=label, pid=pid or os.getpid(), config={}
+            )
+            events.emit(started)
             if status:
-                events.emit("run_finished", status=status, summary={}, error=None)
+                events.emit(RunFinished(status=status, summary={}, error=None))
     return run
 
 
@@ -81,8 +83,9 @@ def test_upsert_replaces_one_document_after_tag_and_status_changes(runs_dir):
     history = History(runs_dir)
     assert history.get(run.name)["status"] == "pending"
     with EventWriter(run / rf.EVENTS) as events:
-        events.emit("run_started", run_id=run.name, stage="stage1", method="pt", task="rte",
-                    pid=os.getpid(), config={})  # fmt: skip
+        events.emit(
+            RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte", pid=os.getpid(), config={})
+        )
     assert history.upsert(run)["status"] == "running"
     rf.update_meta(run, tags=["good"], note="keep")
     history.upsert(run)

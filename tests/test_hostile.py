@@ -20,7 +20,7 @@ from cli_helpers import assert_bad_input, dtvg
 from dtvg_engine import bank
 from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, RunFinished, RunStarted
 from dtvg_engine.runfolder import create_run, read_meta
 from dtvg_engine.safefiles import FileRefused, parse_json
 
@@ -49,10 +49,8 @@ def finished_run(runs_dir: Path, task: str = "rte") -> Path:
     """A stage-1 run whose events say it started and completed."""
     run_dir = new_run(runs_dir, task)
     with EventWriter(run_dir / "events.jsonl") as events:
-        events.emit(
-            "run_started", run_id=run_dir.name, stage="stage1", method="pt", pid=1, task=task, config={}
-        )
-        events.emit("run_finished", status="completed", summary={}, error=None)
+        events.emit(RunStarted(run_id=run_dir.name, stage="stage1", method="pt", pid=1, task=task, config={}))
+        events.emit(RunFinished(status="completed", summary={}, error=None))
     return run_dir
 
 

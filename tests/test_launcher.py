@@ -19,17 +19,17 @@ CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama
 STAND_IN = """
 import os, signal, subprocess, sys, time
 sys.path.insert(0, sys.argv[2])
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, RunFinished, RunStarted
 
 events = EventWriter(os.path.join(sys.argv[1], "events.jsonl"))
 
 def stop(signum, frame):
-    events.emit("run_finished", status="stopped", summary={}, error=None)
+    events.emit(RunFinished(status="stopped", summary={}, error=None))
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, stop)
-events.emit("run_started", run_id=os.path.basename(sys.argv[1]), stage="stage1", method="pt", task="rte",
-            pid=os.getpid(), config={})
+events.emit(RunStarted(run_id=os.path.basename(sys.argv[1]), stage="stage1", method="pt", task="rte",
+            pid=os.getpid(), config={}))
 child = subprocess.Popen(["sleep", "60"])
 print("child", child.pid, flush=True)
 time.sleep(60)

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from dtvg_engine import method_registry
+from dtvg_engine.config import Stage2Settings
 from dtvg_engine.errors import UserError
-from dtvg_engine.methods import build_tuner
+from dtvg_engine.methods import Transfer, build_tuner
+from dtvg_engine.training import Tuner
 
 R = 2
-SETTINGS = {"grouping": "greedy", "lambda": 1.0, "top_k": 2, "steps": 4}
 
 
 def tpv(*row: float) -> torch.Tensor:
@@ -18,8 +19,10 @@ def tpv(*row: float) -> torch.Tensor:
     return torch.tensor([row] * R, dtype=torch.float32)
 
 
-def config(method: str, sources: list[str], **extra) -> dict:
-    return {**SETTINGS, "method": method, "target": "rte", "sources": sources, **extra}
+def tuner_of(method: str, sources: list[str], p_init: torch.Tensor, tpvs: dict, **extra) -> tuple[Tuner, str]:
+    """The tuner of `method` transferring from `sources` to rte (greedy grouping, λ 1, top-k 2)."""
+    settings = Stage2Settings(method=method, steps=4, **extra)
+    return build_tuner(settings, Transfer("rte", sources, tpvs), p_init)
 
 
 def test_evaluation_regroups_from_the_current_parameters() -> None:
@@ -27,20 +30,20 @@ def test_evaluation_regroups_from_the_current_parameters() -> None:
     the authors regroup on every forward pass; it used to keep the group of the step before."""
     p_init = torch.zeros(R, 2)
     tpvs = {"rte": tpv(1, 0), "a": tpv(1, 0), "b": tpv(-1, 0)}
-    tuner, _ = build_tuner(config("dtvg", ["a", "b"]), p_init, tpvs)
+    tuner, _ = tuner_of("dtvg", ["a", "b"], p_init, tpvs)
     _, event = tuner.step_prompt(1)
-    assert event["selected"] == ["a"]  # sim(a, t) = 1, sim(b, t) = -1
+    assert event.selected == ["a"]  # sim(a, t) = 1, sim(b, t) = -1
     with torch.no_grad():  # an optimizer step that flips both source scales: now only b points along t
         tuner.vectors.source_scales.fill_(-1.0)
     assert torch.equal(tuner.prompt(), tuner.vectors(["b"]).detach())
     _, event = tuner.step_prompt(2)
-    assert event["selected"] == ["b"]  # training's next step agrees with what was evaluated
+    assert event.selected == ["b"]  # training's next step agrees with what was evaluated
 
 
 def test_fixed_group_evaluates_with_its_first_group() -> None:
     p_init = torch.zeros(R, 2)
     tpvs = {"rte": tpv(1, 0), "a": tpv(1, 0), "b": tpv(-1, 0)}
-    tuner, _ = build_tuner(config("fixed-group", ["a", "b"]), p_init, tpvs)
+    tuner, _ = tuner_of("fixed-group", ["a", "b"], p_init, tpvs)
     tuner.step_prompt(1)
     with torch.no_grad():
         tuner.vectors.source_scales.fill_(-1.0)
@@ -55,7 +58,7 @@ SUM_TPVS = {"rte": tpv(1, 1), "near": tpv(2, 2), "mid": tpv(1, 0), "far": tpv(-1
 def test_tpv_sum_adds_the_top_k_sources_by_eq2(k: int, chosen: list[str]) -> None:
     """The TPV paper combines a few related sources, not every one listed (it used to add them all)."""
     p_init = torch.randn(R, 2)
-    tuner, note = build_tuner(config("tpv-sum", ["far", "mid", "near"], top_k=k), p_init, SUM_TPVS)
+    tuner, note = tuner_of("tpv-sum", ["far", "mid", "near"], p_init, SUM_TPVS, top_k=k)
     expected = p_init + sum(SUM_TPVS[name] for name in chosen)
     assert torch.allclose(tuner.prompt(), expected)
     assert f"Σ TPV of {', '.join(chosen)}" in note
@@ -63,7 +66,7 @@ def test_tpv_sum_adds_the_top_k_sources_by_eq2(k: int, chosen: list[str]) -> Non
 
 def test_tpv_top1_and_spot_start_from_their_best_source() -> None:
     p_init = torch.zeros(R, 2)
-    tuner, note = build_tuner(config("tpv-top1", ["far", "mid", "near"]), p_init, SUM_TPVS)
+    tuner, note = tuner_of("tpv-top1", ["far", "mid", "near"], p_init, SUM_TPVS)
     assert torch.equal(tuner.prompt(), SUM_TPVS["near"]) and "from near's prompt" in note
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from dtvg_engine import runfolder as rf
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import Eval, Event, EventWriter, RunFinished, RunStarted, Step
 
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 50}
 
@@ -26,16 +26,16 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def emit(run_dir: Path, type: str, **fields) -> dict:
+def emit(run_dir: Path, event: Event) -> Event:
     with EventWriter(run_dir / rf.EVENTS) as writer:
-        return writer.emit(type, **fields)
+        return writer.emit(event)
 
 
-def started(run_dir: Path, pid: int | None = None) -> dict:
+def started(run_dir: Path, pid: int | None = None) -> Event:
+    pid = os.getpid() if pid is None else pid
     return emit(
-        run_dir, "run_started", run_id=run_dir.name, stage="stage1", method="pt", task="rte",
-        pid=os.getpid() if pid is None else pid, config={},
-    )  # fmt: skip
+        run_dir, RunStarted(run_id=run_dir.name, stage="stage1", method="pt", task="rte", pid=pid, config={})
+    )
 
 
 def test_new_run_id_is_timestamped_and_filesystem_safe():
@@ -143,11 +143,11 @@ def test_summary_of_a_completed_run(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", {**CONFIG, "primary_metric": "accuracy"})
     rf.update_meta(run, tags=["x"], note="hello")
     start = started(run)
-    emit(run, "step", step=10, loss=1.0, lr={"prompt": 0.3}, samples_per_s=5.0)
-    emit(run, "eval", step=10, split="validation", metrics={"accuracy": 0.6}, primary=0.6, best=True)
-    emit(run, "step", step=20, loss=0.8, lr={"prompt": 0.3}, samples_per_s=5.0)
-    emit(run, "eval", step=20, split="validation", metrics={"accuracy": 0.5}, primary=0.5, best=False)
-    finish = emit(run, "run_finished", status="completed", summary={}, error=None)
+    emit(run, Step(step=10, loss=1.0, lr={"prompt": 0.3}, samples_per_s=5.0))
+    emit(run, Eval(step=10, split="validation", metrics={"accuracy": 0.6}, primary=0.6, best=True))
+    emit(run, Step(step=20, loss=0.8, lr={"prompt": 0.3}, samples_per_s=5.0))
+    emit(run, Eval(step=20, split="validation", metrics={"accuracy": 0.5}, primary=0.5, best=False))
+    finish = emit(run, RunFinished(status="completed", summary={}, error=None))
     with open(run / rf.EVENTS, "a") as f:
         f.write('{"v": 1, "type": "step", "ste')  # torn last line
 
@@ -155,7 +155,7 @@ def test_summary_of_a_completed_run(runs_dir):
     assert summary.to_dict() == {
         "run_id": run.name, "stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama",
         "status": "completed", "best_metric": 0.6, "metric_name": "accuracy", "step": 20, "total_steps": 50,
-        "started": start["time"], "ended": finish["time"], "duration": finish["time"] - start["time"],
+        "started": start.time, "ended": finish.time, "duration": finish.time - start.time,
         "pid": os.getpid(), "error": None, "tags": ["x"], "note": "hello", "run_dir": str(run),
         "executor": "local", "job_id": None, "host": None, "slurm_state": None,
     }  # fmt: skip
@@ -172,7 +172,7 @@ def test_summary_of_a_stage2_run_names_its_target(runs_dir):
 def test_status_of_failed_run_carries_its_error(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     started(run)
-    emit(run, "run_finished", status="failed", summary={}, error="CUDA out of memory")
+    emit(run, RunFinished(status="failed", summary={}, error="CUDA out of memory"))
     summary = rf.summarize(run)
     assert (summary.status, summary.error) == ("failed", "CUDA out of memory")
 
@@ -201,7 +201,7 @@ def test_status_before_the_first_event_follows_the_pidfile(runs_dir):
 def test_resumed_run_counts_every_segment(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     first = started(run)
-    emit(run, "run_finished", status="stopped", summary={}, error=None)
+    emit(run, RunFinished(status="stopped", summary={}, error=None))
     worker = subprocess.Popen(["sleep", "30"])  # relaunched; the new worker is still loading
     try:
         (run / rf.PIDFILE).write_text(f"{worker.pid}\n")
@@ -213,18 +213,18 @@ def test_resumed_run_counts_every_segment(runs_dir):
     finally:
         worker.kill()
         worker.wait()
-    end = emit(run, "run_finished", status="completed", summary={}, error=None)
+    end = emit(run, RunFinished(status="completed", summary={}, error=None))
     summary = rf.summarize(run)
-    assert (summary.status, summary.started, summary.ended) == ("completed", first["time"], end["time"])
+    assert (summary.status, summary.started, summary.ended) == ("completed", first.time, end.time)
     events = [json.loads(line) for line in (run / rf.EVENTS).read_text().splitlines()]
-    expected = (events[1]["time"] - first["time"]) + (end["time"] - second["time"])
+    expected = (events[1]["time"] - first.time) + (end.time - second.time)
     assert summary.duration == pytest.approx(expected)
 
 
 def test_a_finished_run_whose_relaunch_died_keeps_its_status(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     started(run)
-    emit(run, "run_finished", status="completed", summary={}, error=None)
+    emit(run, RunFinished(status="completed", summary={}, error=None))
     (run / rf.PIDFILE).write_text(f"{dead_pid()}\n")
     os.utime(run / rf.PIDFILE, (time.time() + 1, time.time() + 1))
     assert rf.summarize(run).status == "completed"

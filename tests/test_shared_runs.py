@@ -26,7 +26,7 @@ from dtvg_engine import launcher
 from dtvg_engine import runfolder as rf
 from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import Event, EventWriter, RunFinished, RunStarted
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
@@ -63,30 +63,21 @@ def tiny_run(runs_dir: Path, data_dir: Path, task: str = "rte", steps: int = 200
     return rf.create_run(runs_dir, "stage1", task, config)
 
 
-def emit(run_dir: Path, type: str, **fields) -> None:
+def emit(run_dir: Path, event: Event) -> None:
     with EventWriter(run_dir / rf.EVENTS) as writer:
-        writer.emit(type, **fields)
+        writer.emit(event)
 
 
 def killed_run(runs_dir: Path, data_dir: Path) -> Path:
     """A run whose worker started and died without a word (status "killed")."""
     run = tiny_run(runs_dir, data_dir)
-    emit(
-        run,
-        "run_started",
-        run_id=run.name,
-        stage="stage1",
-        method="pt",
-        task="rte",
-        pid=dead_pid(),
-        config={},
-    )
+    emit(run, RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte", pid=dead_pid(), config={}))
     return run
 
 
 def stopped_run(runs_dir: Path, data_dir: Path) -> Path:
     run = killed_run(runs_dir, data_dir)
-    emit(run, "run_finished", status="stopped", summary={}, error=None)
+    emit(run, RunFinished(status="stopped", summary={}, error=None))
     return run
 
 
@@ -290,10 +281,8 @@ def test_runs_rm_dot_dot_is_refused_even_when_the_parent_looks_like_a_run(tmp_pa
     runs_dir = project / "runs"
     runs_dir.mkdir(parents=True)
     rf.write_json_atomic(project / rf.CONFIG, {"stage": "stage1"})  # the parent looks like a finished run
-    emit(
-        project, "run_started", run_id="x", stage="stage1", method="pt", task="rte", pid=dead_pid(), config={}
-    )
-    emit(project, "run_finished", status="completed", summary={}, error=None)
+    emit(project, RunStarted(run_id="x", stage="stage1", method="pt", task="rte", pid=dead_pid(), config={}))
+    emit(project, RunFinished(status="completed", summary={}, error=None))
     (project / "thesis.tex").write_text("years of work")
     for ref in ("..", ".", "runs/..", "", "../runs"):
         assert_bad_input(dtvg("runs", "rm", ref, "--runs-dir", runs_dir))
@@ -423,8 +412,8 @@ def test_a_run_whose_dead_workers_pid_was_reused_is_not_stuck(runs_dir, data_dir
     unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         run = tiny_run(runs_dir, data_dir)
-        emit(run, "run_started", run_id=run.name, stage="stage1", method="pt", task="rte",
-             pid=unrelated.pid, config={})  # fmt: skip
+        emit(run, RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte",
+             pid=unrelated.pid, config={}))  # fmt: skip
         assert rf.summarize(run).status == "running"  # as far as the pid can tell
         assert "not running" in assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
         assert unrelated.poll() is None  # never signalled: it is not the run's worker

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from textual.app import App
 
-from dtvg_engine.events import EventWriter
+from dtvg_engine.events import EventWriter, event_from_dict
 from dtvg_engine.runfolder import CONFIG, EVENTS, PIDFILE
 
 
@@ -96,12 +96,9 @@ def write_events(run_dir: Path, events: list[dict[str, Any]], pid: int | None = 
 def replay(writer: EventWriter, events: list[dict[str, Any]], pid: int | None = None) -> None:
     """Emit recorded events through a real `EventWriter`, now, as the worker would (time = now)."""
     for event in events:
-        fields = {k: v for k, v in event.items() if k not in ("v", "type", "time")}
         if event["type"] == "run_started":
-            fields["run_id"] = writer.path.parent.name
-            if pid:
-                fields["pid"] = pid
-        writer.emit(event["type"], **fields)
+            event = {**event, "run_id": writer.path.parent.name, **({"pid": pid} if pid else {})}
+        writer.emit(event_from_dict(event))
 
 
 def split_at_step(events: list[dict[str, Any]], step: int) -> int:

@@ -326,8 +326,9 @@ def test_score(run_dir: Path) -> float | None:
     except OSError:
         return None
     test = _last_test(chunk.split(b"\n")[1 if size > _TAIL else 0 :])  # a cut first line is no line
-    if test is None and size > _TAIL:  # a run that wrote much after its test: read it whole
-        test = _last_test(EventReader(path).read_lines())
+    if test is None and size > _TAIL:  # a run that wrote much after its test: read it all, a chunk at a time
+        for lines in EventReader(path).chunks():
+            test = _last_test(lines) or test
     return test.primary if test else None
 
 
@@ -584,7 +585,8 @@ def stage1_row(
 
 def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
     """(step, selected sources) of every `group` event of a run (only those lines are parsed)."""
-    groups = list(_events_of(EventReader(Path(run_dir) / EVENTS).read_lines(), b"group"))
+    chunks = EventReader(Path(run_dir) / EVENTS).chunks()
+    groups = (event for lines in chunks for event in _events_of(lines, b"group"))
     return [(e.step, tuple(e.selected)) for e in groups if isinstance(e, Group)]
 
 

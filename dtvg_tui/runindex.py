@@ -113,8 +113,13 @@ class RunIndex:
             docs = self.history._read() or []
         except Exception:  # noqa: BLE001 - a broken index only costs a rebuild
             docs = []
-        summaries = [s for doc in docs if (s := summary_from_dict(doc)) is not None]
-        self._indexed = {s.run_id: s.to_dict() for s in summaries}
+        summaries = []
+        self._indexed = {}
+        for doc in docs:
+            summary = summary_from_dict(doc)
+            if summary is not None:
+                summaries.append(summary)
+                self._indexed[summary.run_id] = doc  # as indexed: what `_write_back` compares against
         return sorted(summaries, key=lambda s: s.run_id)
 
     def sync_history(self) -> list[RunSummary]:

@@ -14,6 +14,7 @@ from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, TaskFile, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.errors import UserError
+from dtvg_engine.modelcache import check_cache
 from dtvg_engine.runfolder import (
     CONFIG,
     check_action,
@@ -62,8 +63,10 @@ def run_stage1(
     planned = [configs.stage1_config(task, **settings) for task in tasks]
     for config in planned:
         _check_data(config["task"], config)
-    first = planned[0]  # a P_init here that is not the bank's would be refused by every worker
+    first = planned[0]  # a P_init here that is damaged or not the bank's would be refused by every worker
     bank.check_init(root, configs.init_id(first["model"], first["prompt_length"], first["init_seed"]))
+    if resources is None:  # a Slurm job converts the model into its node's cache
+        check_cache(first["model"])
     run_dirs = create_runs(root, "stage1", [(config["task"], config) for config in planned])
     _start(run_dirs, detach, jobs, resources)
 
@@ -158,6 +161,9 @@ def run_stage2(
         **settings,
     )
     _check_data(target, config)
+    bank.check_init(root, configs.init_id(config["model"], config["prompt_length"], config["init_seed"]))
+    if resources is None:
+        check_cache(config["model"])
     for line in configs.describe_stage1_runs(root, config):  # which T_t; on stderr: --detach prints the id
         typer.echo(line, err=True)
     label = f"{target}-{method_registry.run_label(method)}"

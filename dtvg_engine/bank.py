@@ -253,7 +253,14 @@ def init_conflict(runs_dir: Path, init_id: str) -> str | None:
 
 
 def check_init(runs_dir: Path, init_id: str) -> None:
-    """Refuse, before any run exists, a runs directory whose init `init_id` differs from the bank's."""
+    """Refuse, before any run exists, a runs directory whose init `init_id` is damaged or differs from
+    the bank's."""
+    from dtvg_engine.tpv_plain import read_tensor
+
+    local = Path(runs_dir) / INITS_DIR / f"{init_id}.safetensors"
+    if os.path.lexists(local):
+        fix = "delete this damaged shared init: the next run samples it again from its seed"
+        read_tensor(local, "prompt", fix=f"{fix} (or copies the bank's)")
     problem = init_conflict(runs_dir, init_id)
     if problem:
         raise UserError(problem)

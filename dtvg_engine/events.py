@@ -11,9 +11,11 @@ read it, all through what is here, so that they agree on what a run did:
   skipped and counted, never fatal: one bad line must not hide a run.
 - `EventReader`, the one resumable reader: it follows a file from a byte offset, leaves a torn last line
   for the next read (it may still be being written) and starts again from byte 0 when the file was
-  truncated or replaced.
+  truncated or replaced. Whole files are read a chunk at a time (`READ_CHUNK_BYTES`), so reading one
+  of any size holds about one chunk, never the file.
 - `RunState`, the one fold of a stream into the run's lifecycle: status as the events tell it, steps done,
-  best metric, last evaluations, duration over resumed segments, error.
+  best metric, last evaluations, duration over resumed segments, error. `RunState.feed_lines` folds raw
+  lines parsing only those the fold needs (`summary_events`), which is how summaries read a long run.
 
 The same classes are what the worker writes: it makes an event (`Step(step=..., ...)`) and
 `EventWriter.emit` stamps its time and writes it as one line (`event_to_dict`). Writers flush every event
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
@@ -400,6 +402,9 @@ def _ends_torn(path: Path) -> bool:
 
 # ----- reading -----
 
+READ_CHUNK_BYTES = 8 << 20
+"""How much of an events file one read of a whole file takes: what reading a file of any size holds."""
+
 
 class EventReader:
     """Follows one `events.jsonl` from a byte offset; one reader per file, used from one thread.
@@ -484,6 +489,18 @@ class EventReader:
         self.skipped += skipped
         return events
 
+    def chunks(self) -> Iterator[list[bytes]]:
+        """The complete lines after `offset` up to the end, consumed `READ_CHUNK_BYTES` at a time.
+
+        Lazy: a chunk is read when the one before has been used, so a file of any size costs about
+        one chunk of memory. Check `restarted` after each chunk when following a file that may be
+        replaced meanwhile.
+        """
+        while True:
+            yield self.read_lines(READ_CHUNK_BYTES)
+            if self.at_end:
+                return
+
 
 def _file_id(f: Any) -> tuple[int, int]:
     st = os.fstat(f.fileno())
@@ -496,12 +513,80 @@ def _line_ends_at(f: Any, offset: int) -> bool:
     return f.read(1) == b"\n"
 
 
+def iter_events(path: str | os.PathLike[str]) -> Iterator[Event]:
+    """Every event of a file, in order, read a chunk at a time (a missing file has none)."""
+    for lines in EventReader(path).chunks():
+        yield from parse_lines(lines)[0]
+
+
 def read_events(path: str | os.PathLike[str]) -> list[Event]:
     """Every event of a file (a missing file has none)."""
-    return EventReader(path).read()
+    return list(iter_events(path))
 
 
 # ----- the fold -----
+
+_PREFIX = b'{"v":1,"type":"'
+"""How the writer starts every line (compact JSON, `v` and `type` first)."""
+_BULK_TYPES = frozenset((b"step", b"group", b"log", b"checkpoint", b"artifact"))
+
+
+def _bulk_types(lines: list[bytes]) -> list[bytes | None]:
+    """The type of each line a summary may leave unparsed, told from its bytes alone; None for any other.
+
+    Only a line that starts as the writer writes a step, group, log, checkpoint or artifact event
+    qualifies, and only when no second "type" key (written plainly or with \\u escapes) could make
+    it another type when parsed: lifecycle and eval lines, and anything unusual, are always parsed.
+    Whether any line could hold a second key is first asked of all lines at once, in C: as the writer
+    writes them, none can, and each line then costs a slice.
+    """
+    start = len(_PREFIX)
+    joined = b"\n".join(lines)
+    plain = (
+        b"\\u" not in joined and joined.count(b'"type"') == len(lines) == joined.count(b"\n" + _PREFIX) + 1
+    )
+    if plain and joined.startswith(_PREFIX):  # every line written by the writer, one "type" key each
+        return [
+            kind if (kind := line[start : line.find(b'"', start)]) in _BULK_TYPES else None for line in lines
+        ]
+    kinds: list[bytes | None] = []
+    for line in lines:
+        end = line.find(b'"', start)
+        kind = line[start:end]
+        bulk = line.startswith(_PREFIX) and kind in _BULK_TYPES
+        kinds.append(kind if bulk and line.find(b'"type"', end) < 0 and b"\\u" not in line else None)
+    return kinds
+
+
+def summary_events(lines: list[bytes]) -> list[Event]:
+    """The events of `lines` that `RunState` needs to fold the same state as from all of them.
+
+    Lifecycle and eval lines (and any line that does not look like a plain bulk line) are parsed; of
+    the thousands of step and group lines in between only the last valid step, the last valid event
+    before every `run_started` (where a dead segment ended) and the last valid event (the latest time)
+    are. Validity is the shared schema's (`parse_line`): a damaged line is passed over for the one before.
+    Summarizing a 100,000-line stage-2 run this way takes a fraction of parsing it.
+    """
+    kinds = _bulk_types(lines)
+    parsed: dict[int, Event | None] = {
+        i: parse_line(line) for i, line in enumerate(lines) if kinds[i] is None
+    }
+
+    def keep_latest_valid(before: int) -> None:
+        for i in range(before - 1, -1, -1):
+            if i not in parsed:
+                parsed[i] = parse_line(lines[i])
+            if parsed[i] is not None:
+                return
+
+    for i in [i for i, event in parsed.items() if isinstance(event, RunStarted)] + [len(lines)]:
+        keep_latest_valid(i)
+    for i in range(len(lines) - 1, -1, -1):
+        if kinds[i] == b"step":
+            parsed[i] = event = parse_line(lines[i])
+            if event is not None:
+                break
+    return [event for _, event in sorted(parsed.items()) if event is not None]
 
 
 @dataclass
@@ -510,7 +595,7 @@ class RunState:
 
     Only lifecycle, step and eval events change it (every event moves `last_time`), so a reader that
     needs no curves may skip the other lines, as long as it keeps the last valid line before each
-    `run_started` and at the end (`dtvg_tui.runindex` does). Whether a `running` worker is still alive
+    `run_started` and at the end (`feed_lines` does). Whether a `running` worker is still alive
     is no part of the stream: `runfolder.derive_status` adds it.
     """
 
@@ -534,6 +619,10 @@ class RunState:
         """Fold more events, in file order."""
         for event in events:
             self.add(event)
+
+    def feed_lines(self, lines: list[bytes]) -> None:
+        """Fold the next complete lines of a file, parsing only those the fold needs (`summary_events`)."""
+        self.feed(summary_events(lines))
 
     def add(self, event: Event) -> None:
         """Fold one event."""
@@ -602,7 +691,8 @@ class RunState:
 
 
 def read_state(path: str | os.PathLike[str]) -> RunState:
-    """The fold of every event of a file."""
+    """The fold of every event of a file, read a chunk at a time (`feed_lines`)."""
     state = RunState()
-    state.feed(read_events(path))
+    for lines in EventReader(path).chunks():
+        state.feed_lines(lines)
     return state

@@ -48,6 +48,7 @@ from typing import Any
 from dtvg_engine import bank, method_registry, slurm, tasks, workers
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
+from dtvg_engine.modelcache import check_cache
 from dtvg_engine.runfolder import (
     EVENTS,
     create_run,
@@ -174,7 +175,9 @@ def run_pipeline(
     if data_dir:
         spec = spec.with_data_dir(data_dir)
     ident = study_init_id(spec)
-    bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init not the bank's
+    bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init damaged or not the bank's
+    if on_slurm is None:  # a Slurm job converts the model into its node's cache
+        check_cache(spec.shared.get("model", configs.TRAINING_DEFAULTS["model"]))
     record_study(runs_dir, spec, path)  # so the dashboard can open and stop the study
     jobs = jobs or spec.jobs
     outcome = Outcome(spec.name, [])

@@ -247,7 +247,7 @@ def report(spec: StudySpec, runs_dir: Path) -> tuple[str, Results]:
     runs = Runs.read(runs_dir)
     study = find_study(spec, runs)
     test = cache(test_score)  # each events file read once
-    table = results(study, runs, test, constant_score)
+    table = results(study, runs, test, constant_score, tested_metrics)
     lines = [
         f"# Study `{spec.name}`: {len(study.runs)} finished stage-2 runs",
         "",

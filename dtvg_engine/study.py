@@ -326,8 +326,9 @@ def test_score(run_dir: Path) -> float | None:
     except OSError:
         return None
     test = _last_test(chunk.split(b"\n")[1 if size > _TAIL else 0 :])  # a cut first line is no line
-    if test is None and size > _TAIL:  # a run that wrote much after its test: read it whole
-        test = _last_test(EventReader(path).read_lines())
+    if test is None and size > _TAIL:  # a run that wrote much after its test: read it all, a chunk at a time
+        for lines in EventReader(path).chunks():
+            test = _last_test(lines) or test
     return test.primary if test else None
 
 
@@ -347,28 +348,42 @@ def _number(value: Any) -> float | None:
 
 Scores = dict[tuple[str, str], dict[int, float]]
 """(target, method) → seed → test score."""
+MetricScores = dict[tuple[str, str], dict[int, dict[str, float]]]
+"""(target, method) → seed → every metric of that seed's test evaluation."""
 
 
-def results_rows(spec: StudySpec, scores: Scores) -> list[dict[str, Any]]:
-    """Per target and method: the test score's mean ± (population) std over seeds, the seed count and
-    each seed's score (`by_seed`, so paired differences can be read from the JSON alone); the best mean
-    of each target is marked `best`."""
+def seed_stats(by_seed: dict[int, float]) -> dict[str, Any]:
+    """Mean ± (population) std over seeds, the seed count and each seed's value (`by_seed`, keyed by the
+    seed as text, so paired differences can be read from the JSON alone)."""
+    values = list(by_seed.values())
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
+        "seeds": len(values),
+        "by_seed": {str(seed): by_seed[seed] for seed in sorted(by_seed)},
+    }
+
+
+def results_rows(
+    spec: StudySpec, scores: Scores, metrics: MetricScores | None = None
+) -> list[dict[str, Any]]:
+    """Per target and method: the test score's `seed_stats`; the best mean of each target is marked
+    `best`. A generation target's row also holds each metric's `seed_stats` under `metrics` (BLEU and
+    ROUGE: the score is their mean), from `metrics` when given."""
     rows = []
     for target in spec.targets:
+        generation = metrics is not None and tasks.get_task(target).generation
         for method in spec.methods:
-            by_seed = scores.get((target, method), {})
-            values = list(by_seed.values())
-            rows.append(
-                {
-                    "target": target,
-                    "method": method,
-                    "metric": tasks.get_task(target).primary,
-                    "mean": statistics.fmean(values) if values else None,
-                    "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
-                    "seeds": len(values),
-                    "by_seed": {str(seed): by_seed[seed] for seed in sorted(by_seed)},
+            row = {"target": target, "method": method, "metric": tasks.get_task(target).primary}
+            row |= seed_stats(scores.get((target, method), {}))
+            if generation:
+                by_seed = metrics.get((target, method), {})
+                names = dict.fromkeys(name for values in by_seed.values() for name in values)
+                row["metrics"] = {
+                    name: seed_stats({seed: v[name] for seed, v in by_seed.items() if name in v})
+                    for name in names
                 }
-            )
+            rows.append(row)
     for target in spec.targets:
         ranked = [r for r in rows if r["target"] == target and r["mean"] is not None]
         if ranked:
@@ -384,6 +399,16 @@ def study_scores(study: Study, test: Callable[[Path], float | None]) -> Scores:
         if value is not None:
             scores.setdefault((target, method), {})[seed] = value
     return scores
+
+
+def study_metrics(study: Study, metrics: Callable[[Path], dict[str, float]]) -> MetricScores:
+    """(target, method) → seed → every test metric of that seed's run, for the generation targets."""
+    found: MetricScores = {}
+    for (target, method, seed), run_dir in study.runs.items():
+        values = metrics(run_dir) if tasks.get_task(target).generation else {}
+        if values:
+            found.setdefault((target, method), {})[seed] = values
+    return found
 
 
 def target_constants(study: Study, constant: Callable[[Path], float | None]) -> dict[str, float | None]:
@@ -449,7 +474,8 @@ class Results:
     study: Study
     rows: list[dict[str, Any]]
     """`results_rows`: per target and method, its metric, mean, std, seeds (each seed's score in
-    `by_seed`) and the best mark (`best`, on the best row of each target only)."""
+    `by_seed`) and the best mark (`best`, on the best row of each target only); a generation target's
+    rows may hold each metric's (`metrics`)."""
     constants: dict[str, float | None]
     """Per target: the constant-prediction floor (`target_constants`)."""
     stage1: list[tuple[Path, dict[str, Any]]]
@@ -500,12 +526,19 @@ class Results:
 
 
 def results(
-    study: Study, runs: Runs, test: Callable[[Path], float | None], constant: Callable[[Path], float | None]
+    study: Study,
+    runs: Runs,
+    test: Callable[[Path], float | None],
+    constant: Callable[[Path], float | None],
+    metrics: Callable[[Path], dict[str, float]] | None = None,
 ) -> Results:
-    """The study's table from each finished run's `test` score and each test split's `constant` floor."""
+    """The study's table from each finished run's `test` score and each test split's `constant` floor;
+    with `metrics` (every metric of a run's test evaluation), a generation target's rows hold each one."""
     return Results(
         study,
-        results_rows(study.spec, study_scores(study, test)),
+        results_rows(
+            study.spec, study_scores(study, test), study_metrics(study, metrics) if metrics else None
+        ),
         target_constants(study, constant),
         stage1_records(study, runs, test, constant),
     )
@@ -584,7 +617,8 @@ def stage1_row(
 
 def group_steps(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
     """(step, selected sources) of every `group` event of a run (only those lines are parsed)."""
-    groups = list(_events_of(EventReader(Path(run_dir) / EVENTS).read_lines(), b"group"))
+    chunks = EventReader(Path(run_dir) / EVENTS).chunks()
+    groups = (event for lines in chunks for event in _events_of(lines, b"group"))
     return [(e.step, tuple(e.selected)) for e in groups if isinstance(e, Group)]
 
 

@@ -43,13 +43,16 @@ def _floats(raw: bytes, dtype: str) -> array:
     return values
 
 
-def read_tensor(path: str | Path, key: str) -> tuple[list[int], array]:
+TPV_FIX = "pass the tpv.safetensors of a finished stage-1 run"
+
+
+def read_tensor(path: str | Path, key: str, fix: str = TPV_FIX) -> tuple[list[int], array]:
     """The shape and the flat row-major values of tensor `key` of a safetensors file.
 
-    `UserError` naming the file when it is missing, damaged, or has no float tensor `key`.
+    `UserError` naming the file when it is missing, damaged, or has no float tensor `key`, ending with
+    `fix`, what to do about it.
     """
     path = Path(path)
-    fix = "pass the tpv.safetensors of a finished stage-1 run"
     try:
         with open_file(path) as f:
             head = f.read(8)

@@ -40,10 +40,10 @@ class _Followed:
         self.task_id = progress.add_task(label, total=planned_steps(config), status="queued")
 
     def poll(self, progress: Progress) -> None:
-        events = self.reader.read()
-        if self.reader.restarted:  # truncated or replaced: fold what it holds now
-            self.state = RunState()
-        self.state.feed(events)
+        for lines in self.reader.chunks():
+            if self.reader.restarted:  # truncated or replaced: fold what it holds now
+                self.state = RunState()
+            self.state.feed_lines(lines)
         state = self.state
         if state.finish is not None:
             self.finished = True

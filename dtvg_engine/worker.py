@@ -27,7 +27,7 @@ from typing import Any
 from dtvg_engine import slurm, tasks
 from dtvg_engine.config import check_run_config, read_settings, unknown_keys
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter, Log, RunFinished, RunStarted, read_events
+from dtvg_engine.events import EventWriter, Log, RunFinished, RunStarted, iter_events
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
     CONFIG,
@@ -194,8 +194,8 @@ def _time_limits(run_dir: Path, job_id: str, ran_s: float) -> int | None:
     if not slurm.at_time_limit(slurm.read_job(run_dir), ran_s):
         return None
     said = f"Slurm job {job_id} reached its time limit"
-    earlier = [e for e in read_events(run_dir / EVENTS) if isinstance(e, Log) and e.message.startswith(said)]
-    return len(earlier) + 1
+    earlier = sum(isinstance(e, Log) and e.message.startswith(said) for e in iter_events(run_dir / EVENTS))
+    return earlier + 1
 
 
 def _out_of_time(run_dir: Path, job_id: str, limits: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from dtvg_engine import launcher, slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Event, EventReader, RunStarted, RunState, parse_line
+from dtvg_engine.events import EventReader, RunState
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
     EVENTS,
@@ -46,70 +46,6 @@ def summary_from_dict(doc: dict[str, Any]) -> RunSummary | None:
         return RunSummary(**{k: v for k, v in doc.items() if k in _SUMMARY_FIELDS})
     except TypeError:
         return None
-
-
-_CHUNK = 8 << 20
-_PREFIX = b'{"v":1,"type":"'
-"""How the writer starts every line (compact JSON, `v` and `type` first)."""
-_BULK_TYPES = frozenset((b"step", b"group", b"log", b"checkpoint", b"artifact"))
-
-
-def _bulk_types(lines: list[bytes]) -> list[bytes | None]:
-    """The type of each line a summary may leave unparsed, told from its bytes alone; None for any other.
-
-    Only a line that starts as the writer writes a step, group, log, checkpoint or artifact event
-    qualifies, and only when no second "type" key (written plainly or with \\u escapes) could make
-    it another type when parsed: lifecycle and eval lines, and anything unusual, are always parsed.
-    Whether any line could hold a second key is first asked of all lines at once, in C: as the writer
-    writes them, none can, and each line then costs a slice.
-    """
-    start = len(_PREFIX)
-    joined = b"\n".join(lines)
-    plain = (
-        b"\\u" not in joined and joined.count(b'"type"') == len(lines) == joined.count(b"\n" + _PREFIX) + 1
-    )
-    if plain and joined.startswith(_PREFIX):  # every line written by the writer, one "type" key each
-        return [
-            kind if (kind := line[start : line.find(b'"', start)]) in _BULK_TYPES else None for line in lines
-        ]
-    kinds: list[bytes | None] = []
-    for line in lines:
-        end = line.find(b'"', start)
-        kind = line[start:end]
-        bulk = line.startswith(_PREFIX) and kind in _BULK_TYPES
-        kinds.append(kind if bulk and line.find(b'"type"', end) < 0 and b"\\u" not in line else None)
-    return kinds
-
-
-def summary_events(lines: list[bytes]) -> list[Event]:
-    """The events of `lines` that `RunState` needs to fold the same state as from all of them.
-
-    Lifecycle and eval lines (and any line that does not look like a plain bulk line) are parsed; of
-    the thousands of step and group lines in between only the last valid step, the last valid event
-    before every `run_started` (where a dead segment ended) and the last valid event (the latest time)
-    are. Validity is the shared schema's (`parse_line`): a damaged line is passed over for the one before.
-    Indexing a 100,000-line stage-2 run this way takes a fraction of reading it.
-    """
-    kinds = _bulk_types(lines)
-    parsed: dict[int, Event | None] = {
-        i: parse_line(line) for i, line in enumerate(lines) if kinds[i] is None
-    }
-
-    def keep_latest_valid(before: int) -> None:
-        for i in range(before - 1, -1, -1):
-            if i not in parsed:
-                parsed[i] = parse_line(lines[i])
-            if parsed[i] is not None:
-                return
-
-    for i in [i for i, event in parsed.items() if isinstance(event, RunStarted)] + [len(lines)]:
-        keep_latest_valid(i)
-    for i in range(len(lines) - 1, -1, -1):
-        if kinds[i] == b"step":
-            parsed[i] = event = parse_line(lines[i])
-            if event is not None:
-                break
-    return [event for _, event in sorted(parsed.items()) if event is not None]
 
 
 def _mtime(path: Path) -> int | None:
@@ -146,13 +82,11 @@ class _Tracked:
         if st.st_size == self.size and st.st_mtime_ns == self.mtime:
             return False
         self.size, self.mtime = st.st_size, st.st_mtime_ns
-        while True:
-            lines = self.reader.read_lines(_CHUNK)
+        for lines in self.reader.chunks():
             if self.reader.restarted:  # truncated or replaced: fold it again from the start
                 self.state = RunState()
-            self.state.feed(summary_events(lines))
-            if self.reader.at_end:
-                return True
+            self.state.feed_lines(lines)
+        return True
 
     def summarize(self, queue: slurm.Queue | None = None) -> RunSummary:
         """The same summary as `runfolder.summarize`, from the folded state."""
@@ -179,8 +113,13 @@ class RunIndex:
             docs = self.history._read() or []
         except Exception:  # noqa: BLE001 - a broken index only costs a rebuild
             docs = []
-        summaries = [s for doc in docs if (s := summary_from_dict(doc)) is not None]
-        self._indexed = {s.run_id: s.to_dict() for s in summaries}
+        summaries = []
+        self._indexed = {}
+        for doc in docs:
+            summary = summary_from_dict(doc)
+            if summary is not None:
+                summaries.append(summary)
+                self._indexed[summary.run_id] = doc  # as indexed: what `_write_back` compares against
         return sorted(summaries, key=lambda s: s.run_id)
 
     def sync_history(self) -> list[RunSummary]:

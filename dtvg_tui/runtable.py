@@ -52,6 +52,11 @@ COLUMNS: tuple[Column, ...] = (
 """The table's columns, left to right."""
 
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
+
+ROW_LIMIT = 1000
+"""The most rows the table holds: each row costs the table a measure of every cell, so 5,000 runs would
+take seconds to a first screen. Sorting and filtering still see every run; the title says when rows
+beyond the first `ROW_LIMIT` are left out."""
 _BY_KEY = {c.key: c for c in COLUMNS}
 
 _FIELDS = {

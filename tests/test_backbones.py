@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from cli_helpers import assert_bad_input, dtvg
 
 from dtvg_engine import backbones
-from dtvg_engine.backbones import cache_dir, check_model_name, load_backbone, resolve_device
+from dtvg_engine.backbones import cache_dir, check_model_name, load_backbone, load_tokenizer, resolve_device
 from dtvg_engine.errors import UserError
 
 
@@ -106,3 +110,29 @@ def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("DTVG_CACHE_DIR")
     assert cache_dir().name == "dtvg-studio"
+
+
+@pytest.mark.parametrize("blocked", ["read-only", "a file in the way"])
+def test_an_unwritable_model_cache_is_one_line_naming_it_and_the_fix(tmp_path, data_dir, blocked):
+    """A read-only DTVG_CACHE_DIR (or home) failed the run with a PermissionError naming neither the
+    folder nor the fix; now `dtvg run` refuses it in one line (exit 2, no run), and so does a worker."""
+    if blocked == "read-only":  # root writes through permissions: /sys refuses even root
+        cache = tmp_path / "ro" if os.geteuid() else Path("/sys/dtvg-cache")
+        if os.geteuid():
+            cache.mkdir(mode=0o555)
+    else:
+        (tmp_path / "file").write_text("")
+        cache = tmp_path / "file" / "cache"
+    env = {**os.environ, "DTVG_CACHE_DIR": str(cache)}
+    runs = tmp_path / "runs"
+    result = dtvg(
+        "run", "stage1", "rte", "--model", "tiny-llama", "--steps", 2, "--k-shot", 4,
+        "--runs-dir", runs, "--data-dir", data_dir, env=env,
+    )  # fmt: skip
+    line = assert_bad_input(result)
+    assert f"the model cache {cache}" in line and "set DTVG_CACHE_DIR to a writable folder" in line, line
+    assert not runs.exists() or not any(p.name.startswith("2") for p in runs.iterdir())
+    with pytest.MonkeyPatch.context() as patch:  # a worker started anyway (by hand, on another node)
+        patch.setenv("DTVG_CACHE_DIR", str(cache))
+        with pytest.raises(UserError, match="set DTVG_CACHE_DIR to a writable folder"):
+            load_tokenizer("tiny-llama")

@@ -8,6 +8,7 @@ run is created, so nothing half-made shows up in `dtvg runs list` or the dashboa
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -160,6 +161,36 @@ def test_runs_list_json_on_an_empty_runs_dir(runs_dir):
     result = dtvg("runs", "list", "--json", "--runs-dir", runs_dir)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_runs_table_is_drawn_as_rich_draws_it(capsys):
+    """`runs list` draws its table line by line (rich's Table took seconds for 5,000 runs, issue 24); what
+    it prints is what rich's Table prints for the same values, wide characters and empty cells included."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dtvg_engine.cli import runs
+
+    docs = [
+        {"run_id": "20250101-000000-stage1-rte", "stage": "stage1", "method": "pt", "task": "rte",
+         "model": "tiny-llama", "status": "completed", "executor": "local", "best_metric": 0.71234,
+         "step": 30, "total_steps": 30, "tags": ["実験", "b"]},
+        {"run_id": "r2", "stage": "stage2", "method": "dtvg", "task": "sst2", "model": "m",
+         "status": "killed", "executor": "slurm", "job_id": "42", "best_metric": None, "step": 0,
+         "total_steps": None, "tags": []},
+    ]  # fmt: skip
+    runs.show_table(docs)
+    printed = capsys.readouterr().out
+    table = Table()
+    for key in runs.COLUMNS:
+        table.add_column(key, no_wrap=True)
+    for doc in docs:
+        table.add_row(*(runs._cell(doc, key) for key in runs.COLUMNS))
+    console = Console(width=300, file=io.StringIO(), color_system=None)
+    console.print(table, crop=False)
+    expected = "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
+    assert "\n".join(line.rstrip() for line in printed.splitlines()) == expected
+    assert "0.7123" in printed and "slurm 42" in printed and "実験,b" in printed
 
 
 def history_ids(runs_dir: Path) -> list[str]:

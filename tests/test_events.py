@@ -27,7 +27,6 @@ from dtvg_engine import events as ev
 from dtvg_engine import report, study, watch
 from dtvg_engine import runfolder as rf
 from dtvg_engine.history import History
-from dtvg_tui import runindex
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.series import RunSeries
 
@@ -468,7 +467,7 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
     progress = Progress(disable=True)
     followed = watch._Followed(run_dir, progress)
     split = int(len(data) * cut)
-    with mock.patch.object(runindex, "_CHUNK", chunk):
+    with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
         for part in (data[:split], data[split:]):  # read once mid-way (maybe mid-line), then to the end
             with open(path, "ab") as f:
                 f.write(part)
@@ -480,15 +479,56 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
                 if reader.at_end:
                     break
             followed.poll(progress)
+        # and the readers of a whole file, a chunk at a time
+        summary = rf.summarize(run_dir)
+        assert comparable(summary) == comparable(expected)
+        listed = index.summary(run_dir.name)  # the Runs table
+        assert listed is not None and json.dumps(listed.to_dict()) == json.dumps(summary.to_dict())
+        assert comparable(series) == comparable(expected)  # the run detail
+        assert comparable(followed.state) == comparable(expected)  # the foreground progress bars
+        assert followed.finished or expected.finish is None  # (it stops following at a segment's finish)
+        assert report.group_steps(run_dir) == expected_groups
+        (doc,) = History(runs_dir).all()
+        assert json.dumps(doc) == json.dumps(summary.to_dict())
+        test = expected.last_eval.get("test")
+        assert json.dumps(study.test_score(run_dir)) == json.dumps(test.primary if test is not None else None)
 
-    summary = rf.summarize(run_dir)
-    assert comparable(summary) == comparable(expected)
-    assert json.dumps(index.summary(run_dir.name).to_dict()) == json.dumps(summary.to_dict())  # Runs table
-    assert comparable(series) == comparable(expected)  # the run detail
-    assert comparable(followed.state) == comparable(expected)  # the foreground progress bars
-    assert followed.finished or expected.finish is None  # (it stops following at a segment's finish)
-    assert report.group_steps(run_dir) == expected_groups
-    (doc,) = History(runs_dir).all()
-    assert json.dumps(doc) == json.dumps(summary.to_dict())
-    test = expected.last_eval.get("test")
-    assert json.dumps(study.test_score(run_dir)) == json.dumps(test.primary if test is not None else None)
+
+# ----- a long events file is read a chunk at a time -----
+
+
+def test_a_long_events_file_is_folded_in_chunks_not_held_whole(tmp_path: Path):
+    """Folding (as `runs list` does), scoring or following a long run holds about one read chunk, never
+    the file (issue 24: `runs list` over a 285 MB events file peaked at five times the file)."""
+    import tracemalloc
+
+    lines = [started(1.0)]
+    for n in range(1, 20_001):
+        lines.append(step(n))
+        if n % 5_000 == 0:
+            lines.append(evaluation(n, n / 40_000, best=True))
+    lines += [evaluation(20_000, 0.4, False, split="test"), finished(30_000.0)]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / rf.CONFIG).write_text(json.dumps({**CONFIG, "steps": 20_000}))
+    path = run_dir / rf.EVENTS
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    size = path.stat().st_size  # about 2 MB
+    chunk = 64 << 10
+    with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
+        for read in (ev.read_state, study.test_score, report.group_steps, next_event):
+            tracemalloc.start()
+            try:
+                read(path if read in (ev.read_state, next_event) else run_dir)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < size / 4, (read.__name__, peak, size)
+    state = ev.read_state(path)
+    assert (state.status, state.step, state.best_metric) == ("completed", 20_000, 0.5)
+    assert state.last_eval["test"].primary == 0.4
+
+
+def next_event(path: Path) -> ev.Event:
+    """The first event of a file, read lazily."""
+    return next(ev.iter_events(path))

@@ -452,6 +452,17 @@ def test_pipeline_and_report_carry_the_generation_metrics(
         assert f"| common_gen | {name} |" in report.stdout
     document = json.loads((tmp_path / "report.json").read_text())
     assert [r["mean"] for r in document["rows"]] == [r["mean"] for r in results["rows"]]
+    for row in document[
+        "rows"
+    ]:  # each metric too, mean, std and per seed (issue 22); the score is their mean
+        assert list(row["metrics"]) == ["bleu", "rouge1", "rouge2", "rougeL"]
+        assert all(
+            m["seeds"] == 1 and m["std"] == 0.0 and list(m["by_seed"]) == ["0"]
+            for m in row["metrics"].values()
+        )
+        per_seed = [m["by_seed"]["0"] for m in row["metrics"].values()]
+        assert row["by_seed"]["0"] == pytest.approx(sum(per_seed) / 4)
+        assert all(0 <= value <= 1 for value in per_seed)
     assert document["constant"] == {"common_gen": None}
     made = [json.loads(path.read_text()) for path in runs_dir.glob("*/config.json")]
     lengths = {(c["stage"], c.get("task", c.get("target")), c["max_target_tokens"]) for c in made}

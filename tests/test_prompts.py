@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input, dtvg
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dtvg_engine.errors import UserError
 from dtvg_engine.prompts import TOP_VOCAB, init_id, sample_init, shared_init
 
 
@@ -81,3 +83,29 @@ def test_init_depends_on_prompt_length_and_model(runs_dir, llama, t5):
     assert id_other == "tiny-t5-r4-s0"
     names = sorted(p.name for p in (runs_dir / "_inits").iterdir())
     assert names == [f"{i}.safetensors" for i in sorted([id_short, id_long, id_other])]
+
+
+# ----- a damaged shared init (issue 24) -----
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_shared_init_is_one_line_naming_it_and_the_fix(runs_dir, llama, data_dir, damage):
+    """A damaged `_inits` file failed the run with "SafetensorError: header too large", naming neither
+    the file nor the fix; now `dtvg run` refuses it in one line (exit 2, no run), and the fix it names,
+    deleting the file, samples the same P_init again."""
+    prompt, ident = shared_init(runs_dir, llama, 8, 0)
+    prompt = prompt.clone()  # not the file's memory map, which the damage below changes
+    path = runs_dir / "_inits" / f"{ident}.safetensors"
+    original = path.read_bytes()
+    path.write_bytes(b"garbage\n" if damage == "garbage" else original[: len(original) // 2])
+    result = dtvg(
+        "run", "stage1", "rte", "--model", "tiny-llama", "--prompt-length", 8, "--steps", 2, "--k-shot", 4,
+        "--runs-dir", runs_dir, "--data-dir", data_dir,
+    )  # fmt: skip
+    line = assert_bad_input(result)
+    assert str(path) in line and "delete this damaged shared init" in line, line
+    assert sorted(p.name for p in runs_dir.iterdir() if p.name != "history.json") == ["_inits"]  # no run
+    with pytest.raises(UserError, match="delete this damaged shared init"):  # a worker started anyway
+        shared_init(runs_dir, llama, 8, 0)
+    path.unlink()
+    assert torch.equal(shared_init(runs_dir, llama, 8, 0)[0], prompt)

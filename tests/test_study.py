@@ -167,6 +167,8 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
     assert results.markdown in report.stdout
     assert json.loads(table.read_text()) == results.document()
     assert all(row["seeds"] == 2 for row in results.document()["rows"])
+    shape = {"target", "method", "metric", "mean", "std", "seeds", "by_seed"}  # transfer.json's: no "metrics"
+    assert all(row.keys() - {"best"} == shape for row in json.loads(table.read_text())["rows"])
     assert len(results.document()["stage1"]) == 3 + 4 and None not in results.constants.values()
     assert "—" not in results.markdown  # every cell, the floor and the averages have a value
 

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import read_events
+from dtvg_engine.events import iter_events
 from dtvg_engine.runfolder import EVENTS, read_config, summarize
 from dtvg_tui import keys
 from dtvg_tui.configdiff import config_diff
@@ -63,7 +63,7 @@ class CompareScreen(Screen[None]):
         loaded = []
         for run_dir in self.run_dirs:
             series = RunSeries()
-            series.feed(read_events(run_dir / EVENTS))
+            series.feed(iter_events(run_dir / EVENTS))
             loaded.append(series)
         self.app.call_from_thread(self._loaded, loaded)
 

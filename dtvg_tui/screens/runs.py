@@ -48,6 +48,8 @@ class RunsScreen(Screen[None]):
         """Descending order (newest first for run ids)."""
         self.shown: list[str] = []
         """Ids in table order."""
+        self.matching = 0
+        """How many runs pass the filter (the table shows at most `runtable.ROW_LIMIT` of them)."""
         self._cells: dict[str, tuple[str, ...]] = {}
         self._scanning = False
         self._scanned_once = False
@@ -142,9 +144,11 @@ class RunsScreen(Screen[None]):
         if self._stale:
             return
         table = self.query_one("#runs-table", DataTable)
-        shown = runtable.view(
+        matching = runtable.view(
             self.summaries.values(), self.query_text, self.status_filter, self.sort_column, self.sort_reverse
         )
+        self.matching = len(matching)
+        shown = matching[: runtable.ROW_LIMIT]
         ids = [s.run_id for s in shown]
         if ids == self.shown:
             for summary in shown:
@@ -171,7 +175,10 @@ class RunsScreen(Screen[None]):
         sort = next(c.label for c in runtable.COLUMNS if c.key == self.sort_column)
         order = "↓" if self.sort_reverse else "↑"
         selected = f", {len(self.selected)} selected" if self.selected else ""
-        self.sub_title = f"{len(self.shown)}/{len(self.summaries)} runs, sorted by {sort} {order}{selected}"
+        count = f"{len(self.shown)}/{len(self.summaries)} runs"
+        if self.matching > len(self.shown):  # capped: say so, and how to reach the others
+            count = f"first {len(self.shown)} of {self.matching} ({len(self.summaries)} runs; / to filter)"
+        self.sub_title = f"{count}, sorted by {sort} {order}{selected}"
 
     @property
     def current_id(self) -> str | None:

@@ -21,6 +21,7 @@ from dtvg_engine import launcher
 from dtvg_engine.config import stage1_config
 from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import create_run, read_meta
+from dtvg_tui import runtable
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runtable import COLUMN_KEYS
 from dtvg_tui.screens.compare import CompareScreen
@@ -98,6 +99,23 @@ async def test_runs_table_filter_sort_select(recorded_runs: Path):
         assert len(runs.selected) == 2 and "2 selected" in runs.sub_title
         await pilot.click("#runs-table", offset=(30, 0))  # a header: any header sorts
         assert runs.sort_column in COLUMN_KEYS
+
+
+@sync
+async def test_runs_table_holds_at_most_its_row_limit_and_says_so(recorded_runs: Path, monkeypatch):
+    """5,000 runs took seconds to a first screen (issue 24): the table holds the first ROW_LIMIT of the
+    order, sorting and filtering still see every run, and the title says how many are left out."""
+    monkeypatch.setattr(runtable, "ROW_LIMIT", 3)
+    app = app_for(recorded_runs)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        assert len(runs.shown) == 3 and runs.query_one("#runs-table").row_count == 3
+        assert "first 3 of 7 (7 runs; / to filter)" in runs.sub_title
+        assert runs.shown == sorted(runs.summaries, reverse=True)[:3]  # the newest, as sorted over all
+        await pilot.press("slash", *"qnli", "enter")  # a filter reaches a run beyond the first rows
+        assert runs.shown == [run_id(recorded_runs, "stage1-qnli")] and "first" not in runs.sub_title
 
 
 @sync

@@ -232,7 +232,8 @@ def state_of(summary: RunSummary | None) -> str:
         return "queued"
     if summary.status == "pending":  # launched (its worker is loading) or only queued by a pipeline
         return "running" if summary.pid is not None else "queued"
-    return {"completed": "done", "running": "running", "stopped": "stopped"}.get(summary.status, "failed")
+    live = {"running": "running", "suspended": "running"}  # suspended: its worker holds it, stopped
+    return {"completed": "done", **live, "stopped": "stopped"}.get(summary.status, "failed")
 
 
 def _pick(candidates: list[str], runs: Runs) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from live_worker import stand_in_worker
 from safetensors.torch import save_file
 
 from dtvg_engine import grouping, metrics, study, studyprocess, tasks, tpv_plain
@@ -189,16 +190,15 @@ def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> N
 
 
 def test_progress_states_of_derived_runs(runs: Path) -> None:
-    """A run folder with no events is queued; one whose worker lives is running; one whose worker died is
+    """A run folder with no events is queued; one a worker owns is running; one whose worker died is
     failed (killed); a stopped one is stopped; a run missing altogether is queued."""
     queued = run_dir(runs, "stage2-rte-tpv-top1-s0")  # as a pipeline leaves the runs it has not launched yet
     (queued / EVENTS).unlink()
     (queued / PIDFILE).unlink()
     launched = run_dir(runs, "stage2-rte-tpv-top1-s1")
     (launched / EVENTS).unlink()
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        (launched / PIDFILE).write_text(f"{sleeper.pid}\n")
+    with stand_in_worker(launched) as worker:  # launched, still loading
+        (launched / PIDFILE).write_text(f"{worker.pid}\n")
         died = run_dir(runs, "stage2-mrpc-dtvg-s1")
         lines = (died / EVENTS).read_text().splitlines()
         (died / EVENTS).write_text("\n".join(lines[:5]) + "\n")  # run_started ... , no finish
@@ -209,9 +209,6 @@ def test_progress_states_of_derived_runs(runs: Path) -> None:
         shutil.rmtree(run_dir(runs, "stage2-mrpc-tpv-top1-s0"))
         plan = study.fill(spec(), study.Runs.read(runs))
         slots = {(s.task, s.method, s.seed): s for s in plan if s.stage == "stage2"}
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert slots["rte", "tpv-top1", 0].state == "queued" and slots["rte", "tpv-top1", 0].run_id == queued.name
     assert slots["rte", "tpv-top1", 1].state == "running"
     assert slots["mrpc", "dtvg", 1].state == "failed"

@@ -209,6 +209,32 @@ def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
     raise UserError(f"{ref!r} matches {len(matches)} runs: {names}; give more of the id")
 
 
+def missing_stage1_runs(runs_dir: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, str]:
+    """Task → id of each stage-1 run a stage-2 run's `config` transfers from (its `stage1_runs`) that
+    the runs directory no longer holds (removed, or never copied along)."""
+    named = config.get("stage1_runs")
+    if not isinstance(named, dict):
+        return {}
+    return {
+        str(task): str(run_id)
+        for task, run_id in named.items()
+        if not (_is_run_name(str(run_id)) and _is_run_dir(Path(runs_dir) / str(run_id)))
+    }
+
+
+def stage1_dependents(runs_dir: str | os.PathLike[str], run_id: str) -> list[str]:
+    """The runs that transfer from the stage-1 run `run_id` (name it in their `stage1_runs`)."""
+    found = []
+    for run_dir in list_run_dirs(runs_dir):
+        try:
+            named = read_config(run_dir).get("stage1_runs")
+        except UserError:
+            continue  # a damaged folder depends on nothing anyone can use
+        if isinstance(named, dict) and run_id in named.values():
+            found.append(run_dir.name)
+    return found
+
+
 def find_link(runs_dir: str | os.PathLike[str], ref: str) -> Path | None:
     """The symbolic link `ref` names directly inside `runs_dir`, or None when it names no link."""
     link = Path(runs_dir) / _name_inside(Path(runs_dir), ref)

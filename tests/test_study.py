@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input, dtvg
 from live_worker import stand_in_worker
 from safetensors.torch import save_file
 
@@ -170,6 +171,32 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
     assert all(row["seeds"] == 2 for row in results.document()["rows"])
     assert len(results.document()["stage1"]) == 3 + 4 and None not in results.constants.values()
     assert "—" not in results.markdown  # every cell, the floor and the averages have a value
+
+
+def test_a_stage1_run_that_stage2_runs_need_is_removed_only_with_force(runs: Path) -> None:
+    """`runs rm` warns and refuses; once removed (--force), the report and `runs show` of a stage-2
+    run that transferred from it say it is missing."""
+    source = run_dir(runs, "stage1-mnli")
+    refused = assert_bad_input(dtvg("runs", "rm", source.name, "--runs-dir", runs))  # not pt's 4
+    assert f"run {source.name} is the stage-1 run of 12 stage-2 run(s)" in refused and "--force" in refused
+    assert source.is_dir()
+    removed = dtvg("runs", "rm", source.name, "--force", "--runs-dir", runs)
+    assert removed.returncode == 0 and not source.exists()
+    assert removed.stderr.startswith(f"warning: run {source.name} is the stage-1 run of 12 stage-2 run(s)")
+    reported = dtvg("runs", "report", SPEC_FILE, "--runs-dir", runs)
+    assert reported.returncode == 0, reported.stderr
+    assert (
+        f"Missing: stage-1 run {source.name} (mnli), which stage-2 runs transferred from" in reported.stdout
+    )
+    assert "| mnli | source |" not in reported.stdout and "| qnli | source |" in reported.stdout
+    assert "# Study `tiny-study`: 16 finished stage-2 runs" in reported.stdout  # every run still counts
+    target = run_dir(runs, "stage2-rte-dtvg-s0")
+    shown = dtvg("runs", "show", target.name, "--json", "--runs-dir", runs)
+    assert json.loads(shown.stdout)["missing_stage1_runs"] == {"mnli": source.name}
+    shown = dtvg("runs", "show", target.name, "--runs-dir", runs)
+    assert f"missing_stage1_runs: {source.name} (mnli)" in shown.stdout
+    own = run_dir(runs, "stage1-rte-s0")  # a target's own run (T_t) too
+    assert "--force" in assert_bad_input(dtvg("runs", "rm", own.name, "--runs-dir", runs))
 
 
 def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> None:

@@ -510,7 +510,8 @@ def release_space(run_dir: str | os.PathLike[str]) -> None:
 
 def record_exit(run_dir: str | os.PathLike[str], pid: int, returncode: int) -> None:
     """Record how the run's worker `pid` ended (a negative `returncode`: the signal that ended it), for
-    whoever reads the run later: a worker killed by a signal (out of memory, kill -9) cannot say so."""
+    whoever reads the run later. The worker records its own end; whoever waits for it records it again,
+    with what only a waiter learns: a signal that cannot be caught (out of memory, kill -9)."""
     try:
         write_json_atomic(Path(run_dir) / EXIT, {"pid": pid, "returncode": returncode, "time": time.time()})
     except OSError:
@@ -526,7 +527,10 @@ def exit_reason(run_dir: str | os.PathLike[str], pid: int | None) -> str:
         recorded = False
     who = f"the worker (pid {pid})" if pid else "the worker"
     if not recorded:
-        return f"{who} ended before it finished; no exit status was recorded (nothing waited for it)"
+        return (
+            f"{who} ended before it finished; no exit status was recorded (nothing waited for it), so a "
+            "signal it cannot catch ended it (SIGKILL: out of memory, or kill -9) or a crash (see its log)"
+        )
     code = record["returncode"]
     if code < 0:
         try:

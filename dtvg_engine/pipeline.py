@@ -172,7 +172,8 @@ def run_pipeline(
     spec = load_experiment(path)
     if data_dir:
         spec = spec.with_data_dir(data_dir)
-    with claim_study(runs_dir, spec.name):  # a second pipeline of the study is refused
+    wait_s = 60.0 if on_slurm is not None and on_slurm.stage > 1 else 0.0  # its submitter may be exiting
+    with claim_study(runs_dir, spec.name, wait_s):  # a second pipeline of the study is refused
         return _run_study(path, spec, runs_dir, jobs, on_slurm)
 
 

@@ -122,22 +122,28 @@ def _lockfile(runs_dir: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def claim_study(runs_dir: Path, name: str) -> Iterator[None]:
+def claim_study(runs_dir: Path, name: str, wait_s: float = 0.0) -> Iterator[None]:
     """Own the study for the block: hold its pipeline lock (`_pipelines/<name>.lock`, flock, with this
     process's pid), so that two pipelines of one study never train side by side in a runs directory.
-    The lock dies with its process, however it ends. `UserError` naming the pipeline that holds it."""
+    The lock dies with its process, however it ends. `UserError` naming the pipeline that holds it
+    (after `wait_s` seconds: a Slurm pass may start while the pass that submitted it is exiting)."""
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     make_dir(Path(runs_dir) / PIPELINES_DIR)
     fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR | os.O_CREAT)
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = lock_owner(_lockfile(runs_dir, name))
-            raise UserError(
-                f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); wait for "
-                "it to end, or stop it (the dashboard's study view, s) before running it again"
-            ) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = lock_owner(_lockfile(runs_dir, name))
+                    raise UserError(
+                        f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); "
+                        "wait for it to end, or stop it (the dashboard's study view, s) before running again"
+                    ) from None
+            time.sleep(0.5)
         record_owner(fd, os.getpid())
         yield
     finally:

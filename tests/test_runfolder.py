@@ -12,12 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_bad_input, dtvg
 from live_worker import owning, stand_in_worker
 
-from dtvg_engine import launcher
 from dtvg_engine import runfolder as rf
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventWriter
+from dtvg_tui.runindex import RunIndex
 
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 50}
 
@@ -219,8 +220,14 @@ def test_a_stopped_worker_shows_suspended_and_stop_continues_it(runs_dir):
             time.sleep(0.01)
         summary = rf.summarize(run)
         assert (summary.status, summary.pid) == ("suspended", worker.pid)
-        assert "stop it first" in rf.action_refusal(run, "resume")  # it still owns the run
-        assert launcher.stop_run(run)  # SIGTERM, then SIGCONT so that it is acted on
+        (listed,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+        assert listed["status"] == "suspended"  # the CLI's listing
+        (indexed,), _ = RunIndex(runs_dir).scan()
+        assert indexed.status == "suspended"  # the dashboard's
+        refused = assert_bad_input(dtvg("run", "resume", run.name, "--runs-dir", runs_dir))
+        assert f"run {run.name} is suspended (worker pid {worker.pid}); stop it first" in refused
+        stopped = dtvg("runs", "stop", run.name, "--runs-dir", runs_dir)  # SIGTERM, then SIGCONT
+        assert stopped.returncode == 0, stopped.stderr
         assert worker.wait(timeout=10) == -signal.SIGTERM
     assert rf.summarize(run).status == "killed"  # the stand-in wrote no run_finished
 

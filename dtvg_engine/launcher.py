@@ -172,14 +172,14 @@ def _signal(pid: int, signum: int) -> bool:
 
 def stop_run(run_dir: str | os.PathLike[str]) -> bool:
     """Ask the run's worker to stop (SIGTERM; a Slurm run's job, `slurm.stop`): it checkpoints and
-    finishes "stopped".
+    finishes "stopped". A suspended worker (SIGSTOP, Ctrl-Z) is continued (SIGCONT) to do so.
 
     Returns False when the run has no live worker (no job in the queue).
     """
     if slurm.read_job(run_dir) is not None:
         return slurm.stop(run_dir)
     pid = _live_pid(run_dir)
-    return pid is not None and _signal(pid, signal.SIGTERM)
+    return pid is not None and _signal(pid, signal.SIGTERM) and _signal(pid, signal.SIGCONT)
 
 
 def kill_run(run_dir: str | os.PathLike[str]) -> bool:

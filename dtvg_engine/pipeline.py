@@ -51,6 +51,7 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.modelcache import check_cache
 from dtvg_engine.runfolder import (
     EVENTS,
+    LIVE_STATUSES,
     create_run,
     list_run_dirs,
     read_config,
@@ -59,9 +60,9 @@ from dtvg_engine.runfolder import (
     write_text_atomic,
 )
 from dtvg_engine.study import Results, Runs, table_of
-from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.studyfile import StudySpec, load_experiment
 from dtvg_engine.studyplan import SlotKey, banked_sources, plan, study_init_id
-from dtvg_engine.studyprocess import record_study
+from dtvg_engine.studyprocess import claim_study, record_study
 
 IGNORED_WHEN_MATCHING = {
     "run_id", "created", "runs_dir", "split", "init_sha256", "eval_batch_size", "eval_order", "slot",
@@ -120,13 +121,11 @@ def execute(plan: list[tuple[Path, str]], jobs: int, report: list[str], on_slurm
             report.append(f"reused {run_dir.name}")
         elif status in ("stopped", "killed", "failed"):
             report.append(f"resuming {run_dir.name} ({status})")
-        elif status in ("running", "pending"):
+        elif status in LIVE_STATUSES:
             report.append(f"{run_dir.name} is {status} in another process; not started twice")
     if on_slurm is not None:
         live = [
-            job
-            for run_dir, status in plan
-            if status in ("running", "pending") and (job := slurm.active_job(run_dir))
+            job for run_dir, status in plan if status in LIVE_STATUSES and (job := slurm.active_job(run_dir))
         ]
         width = workers.array_width(jobs, len(todo))
         try:
@@ -174,6 +173,13 @@ def run_pipeline(
     spec = load_experiment(path)
     if data_dir:
         spec = spec.with_data_dir(data_dir)
+    wait_s = 60.0 if on_slurm is not None and on_slurm.stage > 1 else 0.0  # its submitter may be exiting
+    with claim_study(runs_dir, spec.name, wait_s):  # a second pipeline of the study is refused
+        return _run_study(path, spec, runs_dir, jobs, on_slurm)
+
+
+def _run_study(path: Path, spec: StudySpec, runs_dir: Path, jobs: int | None, on_slurm: Any) -> Outcome:
+    """`run_pipeline`, once the study is this process's."""
     ident = study_init_id(spec)
     bank.check_init(runs_dir, ident)  # every run of this init would refuse a P_init damaged or not the bank's
     if on_slurm is None:  # a Slurm job converts the model into its node's cache

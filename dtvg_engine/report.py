@@ -262,6 +262,12 @@ def report(spec: StudySpec, runs_dir: Path) -> tuple[str, Results]:
         *stage1_section(table.stage1, list(study.banked.values()), runs),
         "",
     ]
+    for run_id, task in study.missing.items():
+        lines += [
+            f"Missing: stage-1 run {run_id} ({task}), which stage-2 runs transferred from, is no longer in "
+            f"{runs_dir}/; its row, similarities and picks are left out.",
+            "",
+        ]
     if (study.sources or study.banked) and study.targets:
         sources, targets, p_init = _vectors(study, runs_dir)
         first_seed = {target: vector for (target, seed), vector in targets.items() if seed == spec.seeds[0]}

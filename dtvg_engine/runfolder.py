@@ -73,8 +73,10 @@ RESERVE_BYTES = 256 << 10
 INITS_DIR = "_inits"
 """Shared initializations, `runs/_inits/<model-slug>-r<length>-s<seed>.safetensors`."""
 
-STATUSES = ("pending", "running", "completed", "failed", "stopped", "killed")
-"""Every status `summarize` reports: the three `run_finished` statuses plus three derived ones."""
+STATUSES = ("pending", "running", "suspended", "completed", "failed", "stopped", "killed")
+"""Every status `summarize` reports: the three `run_finished` statuses plus four derived ones."""
+LIVE_STATUSES = ("pending", "running", "suspended")
+"""Statuses of a run a worker owns (or, pending, may own in a moment): its status can change unseen."""
 
 _LOG_TAIL_BYTES = 256 * 1024
 
@@ -207,6 +209,32 @@ def find_run(runs_dir: str | os.PathLike[str], ref: str) -> Path:
     raise UserError(f"{ref!r} matches {len(matches)} runs: {names}; give more of the id")
 
 
+def missing_stage1_runs(runs_dir: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, str]:
+    """Task → id of each stage-1 run a stage-2 run's `config` transfers from (its `stage1_runs`) that
+    the runs directory no longer holds (removed, or never copied along)."""
+    named = config.get("stage1_runs")
+    if not isinstance(named, dict):
+        return {}
+    return {
+        str(task): str(run_id)
+        for task, run_id in named.items()
+        if not (_is_run_name(str(run_id)) and _is_run_dir(Path(runs_dir) / str(run_id)))
+    }
+
+
+def stage1_dependents(runs_dir: str | os.PathLike[str], run_id: str) -> list[str]:
+    """The runs that transfer from the stage-1 run `run_id` (name it in their `stage1_runs`)."""
+    found = []
+    for run_dir in list_run_dirs(runs_dir):
+        try:
+            named = read_config(run_dir).get("stage1_runs")
+        except UserError:
+            continue  # a damaged folder depends on nothing anyone can use
+        if isinstance(named, dict) and run_id in named.values():
+            found.append(run_dir.name)
+    return found
+
+
 def find_link(runs_dir: str | os.PathLike[str], ref: str) -> Path | None:
     """The symbolic link `ref` names directly inside `runs_dir`, or None when it names no link."""
     link = Path(runs_dir) / _name_inside(Path(runs_dir), ref)
@@ -243,12 +271,24 @@ def pid_alive(pid: int | None) -> bool:
         return True  # it exists, but belongs to another user
     except OSError:
         return False
+    return _process_state(pid) != "Z"
+
+
+def pid_suspended(pid: int | None) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, Ctrl-Z, a debugger): alive, but making no progress
+    until it is sent SIGCONT."""
+    return isinstance(pid, int) and pid > 0 and _process_state(pid) in ("T", "t")
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter /proc gives process `pid` ("R", "S", "T", "Z", ...); None without /proc
+    (macOS) or once it has gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True  # no /proc (macOS) or it exited just now; os.kill said it was there
+        return None
     fields = stat.rpartition(")")[2].split()  # the state follows the command name, which may hold ")"
-    return not fields or fields[0] != "Z"
+    return fields[0] if fields else None
 
 
 def read_pid(run_dir: str | os.PathLike[str]) -> int | None:
@@ -410,10 +450,16 @@ WORKER_LOCK_FD = "DTVG_WORKER_LOCK_FD"
 def run_owner(run_dir: str | os.PathLike[str]) -> int | None:
     """The pid of the worker owning the run (holding its lock): 0 while it is being launched, None when
     no worker owns it. Only reads, so it works in a read-only runs directory."""
+    return lock_owner(Path(run_dir) / WORKER_LOCK)
+
+
+def lock_owner(path: Path) -> int | None:
+    """The pid `record_owner` wrote in the lock file `path` while a process holds it (0 before the pid
+    is written), None when none does."""
     try:
-        fd = open_fd(Path(run_dir) / WORKER_LOCK)
+        fd = open_fd(path)
     except OSError:
-        return None  # no worker ever ran here (or no worker of ours: they lock a regular file)
+        return None  # never locked (or not by us: we lock a regular file)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -464,7 +510,8 @@ def release_space(run_dir: str | os.PathLike[str]) -> None:
 
 def record_exit(run_dir: str | os.PathLike[str], pid: int, returncode: int) -> None:
     """Record how the run's worker `pid` ended (a negative `returncode`: the signal that ended it), for
-    whoever reads the run later: a worker killed by a signal (out of memory, kill -9) cannot say so."""
+    whoever reads the run later. The worker records its own end; whoever waits for it records it again,
+    with what only a waiter learns: a signal that cannot be caught (out of memory, kill -9)."""
     try:
         write_json_atomic(Path(run_dir) / EXIT, {"pid": pid, "returncode": returncode, "time": time.time()})
     except OSError:
@@ -480,7 +527,10 @@ def exit_reason(run_dir: str | os.PathLike[str], pid: int | None) -> str:
         recorded = False
     who = f"the worker (pid {pid})" if pid else "the worker"
     if not recorded:
-        return f"{who} ended before it finished; no exit status was recorded (nothing waited for it)"
+        return (
+            f"{who} ended before it finished; no exit status was recorded (nothing waited for it), so a "
+            "signal it cannot catch ended it (SIGKILL: out of memory, or kill -9) or a crash (see its log)"
+        )
     code = record["returncode"]
     if code < 0:
         try:
@@ -499,8 +549,8 @@ ACTIONS = ("stop", "resume", "rm")
 
 UNFINISHED_STATUSES = ("pending", "running", "stopped", "killed", "failed")
 """Statuses a run can be resumed from once no worker owns it: `pending` is a run queued but never
-launched (a foreground `dtvg run` or a pipeline interrupted before its turn); `running` is one whose
-worker died while its pid lives on in another process."""
+launched (a foreground `dtvg run` or a pipeline interrupted before its turn); `running` is how a run
+that was running looks to the launcher that has just claimed it to start it again."""
 
 
 def refusal(action: str, run_id: str, status: str, owner: int | None) -> str | None:
@@ -651,7 +701,8 @@ class RunSummary:
     duration: float | None = None
     """Seconds spent running, summed over resumed segments (an unfinished one up to its last event)."""
     pid: int | None = None
-    """Worker pid: from the last `run_started`, else (and while pending) from worker.pid."""
+    """Worker pid: the owner's (`run_owner`) while a worker owns the run, else from the last
+    `run_started`, else (and while pending) from worker.pid."""
     error: str | None = None
     """The error of the last `run_finished`, when the run is finished."""
     tags: list[str] = field(default_factory=list)
@@ -675,31 +726,40 @@ class RunSummary:
         return {**vars(self), "tags": list(self.tags)}
 
 
-def derive_status(state: RunState, launched_pid: int | None, launched_at: float | None) -> str:
-    """The run's status from its folded events and its pidfile (pid and mtime, None when absent).
+def derive_status(
+    state: RunState, launched_pid: int | None, launched_at: float | None, owner: int | None
+) -> str:
+    """The run's status from its folded events, its pidfile (pid and mtime, None when absent) and the
+    worker owning it (`run_owner`: the pid holding its worker lock, 0 while launched, None when none).
 
+    A run is live only while a worker owns it: the lock dies with its worker, while a pid in a file
+    may by now name any other process (pids are reused).
     - the last lifecycle event is `run_finished`: its status;
-    - the last one is `run_started`: "running" while its pid (else the pidfile's) is alive, else "killed";
-    - no lifecycle event yet: "pending" while the launched pid is alive or no pid was recorded (a
-      foreground run about to start), "killed" once the launched worker died without a word.
-    A newer launch (pidfile written after the last lifecycle event by another, still living pid) is
-    "pending" whatever came before: a resumed run whose worker is still loading.
+    - the last one is `run_started`: "running" while a worker owns the run, else "killed";
+    - no lifecycle event yet: "pending" while a worker owns the run or none was ever launched (a queued
+      run, a foreground run about to start), "killed" once the launched worker is gone without a word.
+    A newer launch (pidfile written after the last lifecycle event by another pid, which owns the run)
+    is "pending" whatever came before: a resumed run whose worker is still loading.
+    A live run whose worker is stopped (SIGSTOP, Ctrl-Z) is "suspended": it holds the run, so it is
+    not resumed or removed, but it makes no progress until it gets SIGCONT (`dtvg runs stop` sends it).
     """
+    live = owner is not None
     last_time = state.lifecycle_time
-    if last_time is None:
-        return "killed" if launched_pid is not None and not pid_alive(launched_pid) else "pending"
     start = state.last_start
-    relaunched = (
-        launched_at is not None
+    if last_time is None:
+        status = "pending" if live or launched_pid is None else "killed"
+    elif (
+        live
+        and launched_at is not None
         and launched_at > last_time
         and (start is None or start.pid != launched_pid)
-        and pid_alive(launched_pid)
-    )
-    if relaunched:
-        return "pending"
-    if state.finish is not None:
+    ):
+        status = "pending"  # relaunched
+    elif state.finish is not None:
         return state.finish.status
-    return "running" if pid_alive((start.pid if start else None) or launched_pid) else "killed"
+    else:
+        status = "running" if live else "killed"
+    return "suspended" if status != "killed" and owner and pid_suspended(owner) else status
 
 
 def planned_steps(config: dict[str, Any]) -> int | None:
@@ -737,12 +797,13 @@ def build_summary(
     record = slurm.read_job(run_dir)
     job_id = str(record["job_id"]) if record and record.get("job_id") else None
     job = (queue or slurm.Queue([job_id])).job_of(record) if job_id else None
+    owner = run_owner(run_dir) if record is None else None
     if record is None:
-        status = derive_status(state, launched_pid, launched_at)
+        status = derive_status(state, launched_pid, launched_at, owner)
     else:
         status = slurm.run_status(state, job_id, job)
     finish = state.finish if status in TERMINAL_STATUSES else None
-    pid = launched_pid if status == "pending" else (last.pid if last else None) or launched_pid
+    pid = owner or (launched_pid if status == "pending" else (last.pid if last else None) or launched_pid)
     stage = str(config.get("stage") or (first.stage if first else ""))
     task = config.get("target" if stage == "stage2" else "task") or (first.label if first else "")
     return RunSummary(

@@ -13,6 +13,8 @@ would overflow the parser. So every file the tools open inside a runs directory 
 Anything else is refused with `FileRefused`: a `UserError` (the CLI prints it as one line) that is also
 an `OSError`, so a reader that passes over an unreadable file (a missing note, a log tail) passes over
 this one too. Libraries that open files by name (safetensors, peft) get a path checked just before.
+The TOML files a user names (task and study files, `tasks.read_toml`) are read the same way, except
+that a link to a regular file is followed (`follow`).
 Standard library only: the terminal UI imports it.
 """
 
@@ -62,33 +64,42 @@ def _kind(mode: int) -> str:
     return "a regular file"
 
 
-def _refused(path: str | os.PathLike[str], mode: int, wanted: str = "a regular file") -> FileRefused:
-    return FileRefused(
-        f"{path} is {_kind(mode)}, not {wanted}; the tools open only regular files and folders inside a "
-        "runs directory (move it away)"
-    )
+_INSIDE = "; the tools open only regular files and folders inside a runs directory (move it away)"
 
 
-def open_fd(path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+def _refused(
+    path: str | os.PathLike[str], mode: int, wanted: str = "a regular file", follow: bool = False
+) -> FileRefused:
+    """`path` is not what may be opened; `follow`: a file a user named, not one of a runs directory."""
+    return FileRefused(f"{path} is {_kind(mode)}, not {wanted}{'' if follow else _INSIDE}")
+
+
+def open_fd(
+    path: str | os.PathLike[str], flags: int = os.O_RDONLY, mode: int = 0o666, follow: bool = False
+) -> int:
     """A descriptor of the regular file `path` (created when `flags` say so); `FileRefused` for a link
-    at its end, a device, a FIFO, a socket or a folder. Nothing but a regular file is ever opened."""
+    at its end, a device, a FIFO, a socket or a folder. Nothing but a regular file is ever opened.
+
+    `follow`: for a file a user names (a task or study file), where a link to a regular file is fine.
+    """
+    if not follow:
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            pass  # O_CREAT makes it below, or os.open says it is missing
+        else:
+            if not stat.S_ISREG(found.st_mode):
+                raise _refused(path, found.st_mode)
     try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        pass  # O_CREAT makes it below, or os.open says it is missing
-    else:
-        if not stat.S_ISREG(found.st_mode):
-            raise _refused(path, found.st_mode)
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+        fd = os.open(path, flags | (0 if follow else os.O_NOFOLLOW) | os.O_NONBLOCK, mode)
     except OSError as e:
-        if e.errno == errno.ELOOP:  # a link swapped in after the lstat
+        if e.errno == errno.ELOOP and not follow:  # a link swapped in after the lstat
             raise _refused(path, stat.S_IFLNK) from None
         raise
     opened = os.fstat(fd).st_mode
-    if not stat.S_ISREG(opened):  # swapped in after the lstat
+    if not stat.S_ISREG(opened):  # swapped in after the lstat, or what a followed link names
         os.close(fd)
-        raise _refused(path, opened)
+        raise _refused(path, opened, follow=follow)
     return fd
 
 
@@ -97,12 +108,14 @@ def open_file(path: str | os.PathLike[str], mode: str = "rb", encoding: str | No
     return os.fdopen(open_fd(path, _OPEN_FLAGS[mode[0]]), mode, encoding=encoding)
 
 
-def read_bytes(path: str | os.PathLike[str], limit: int = JSON_LIMIT) -> bytes:
-    """The bytes of the regular file `path`; `FileRefused` when it holds more than `limit`."""
-    with open_file(path) as f:
+def read_bytes(path: str | os.PathLike[str], limit: int = JSON_LIMIT, follow: bool = False) -> bytes:
+    """The bytes of the regular file `path` (see `open_fd`, `follow`); `FileRefused` when it holds more
+    than `limit`."""
+    with os.fdopen(open_fd(path, follow=follow), "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise FileRefused(f"{path} is larger than {limit} bytes, more than the tools ever write there")
+        written = "" if follow else ", more than the tools ever write there"
+        raise FileRefused(f"{path} is larger than {limit} bytes{written}")
     return data
 
 

@@ -30,6 +30,7 @@ from dtvg_engine.runfolder import (
     TPV,
     RunSummary,
     list_run_dirs,
+    missing_stage1_runs,
     read_config,
     summarize,
 )
@@ -126,8 +127,9 @@ def fits(config: dict[str, Any], slot: plans.Slot, spec: StudySpec, runs: Runs) 
     if config.get("sources") not in (list(spec.sources), []):  # methods that use no sources record none
         return False
     seen = {**config, "steps": config.get("steps", 0) - config.get("target_stage1_steps", 0)}
-    own = (config.get("stage1_runs") or {}).get(config.get("target"))  # T_t from this seed's own shots
-    return _has(seen, wanted) and (own is None or runs.configs.get(own, {}).get("seed") == config.get("seed"))
+    # T_t from this seed's own shots (unknown when its run was removed: the report says it is missing)
+    own = runs.configs.get((config.get("stage1_runs") or {}).get(config.get("target")))
+    return _has(seen, wanted) and (own is None or own.get("seed") == config.get("seed"))
 
 
 def join(spec: StudySpec, slots: list[plans.Slot], runs: Runs) -> dict[SlotKey, list[str]]:
@@ -157,6 +159,8 @@ class Study:
     """(target, seed) → the target's own stage-1 run for that seed (its vector T_t)."""
     banked: dict[str, bank.BankVector] = field(default_factory=dict)
     """Source task → the source bank's vector the stage-2 runs transferred from (`bank_sources`)."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Run id → task of each stage-1 run the stage-2 runs transferred from that is no longer there."""
 
 
 def find_study(spec: StudySpec, runs: Runs) -> Study:
@@ -180,9 +184,14 @@ def study_of(spec: StudySpec, filled: dict[SlotKey, Path], runs: Runs) -> Study:
     sources: dict[str, Path] = {}
     targets: dict[tuple[str, int], Path] = {}
     banked: dict[str, bank.BankVector] = {}
+    missing: dict[str, str] = {}
     for (target, _, seed), run_dir in found.items():
         config = runs.configs.get(run_dir.name, {})
+        gone = missing_stage1_runs(runs.runs_dir, config)
+        missing |= {run_id: task for task, run_id in gone.items()}
         for task, run_id in (config.get("stage1_runs") or {}).items():
+            if task in gone:
+                continue
             if task == target:
                 targets[target, seed] = runs.runs_dir / run_id
             else:
@@ -197,6 +206,7 @@ def study_of(spec: StudySpec, filled: dict[SlotKey, Path], runs: Runs) -> Study:
         {task: sources[task] for task in spec.sources if task in sources},
         {key: targets[key] for key in sorted(targets, key=lambda k: (spec.targets.index(k[0]), k[1]))},
         {task: banked[task] for task in spec.sources if task in banked and task not in sources},
+        missing,
     )
 
 
@@ -232,7 +242,8 @@ def state_of(summary: RunSummary | None) -> str:
         return "queued"
     if summary.status == "pending":  # launched (its worker is loading) or only queued by a pipeline
         return "running" if summary.pid is not None else "queued"
-    return {"completed": "done", "running": "running", "stopped": "stopped"}.get(summary.status, "failed")
+    live = {"running": "running", "suspended": "running"}  # suspended: its worker holds it, stopped
+    return {"completed": "done", **live, "stopped": "stopped"}.get(summary.status, "failed")
 
 
 def _pick(candidates: list[str], runs: Runs) -> str | None:

@@ -7,19 +7,26 @@ Standard library only: the dashboard's study screens start and stop studies thro
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import pid_alive, write_json_atomic, write_text_atomic
-from dtvg_engine.safefiles import PID_LIMIT, read_bytes, read_json
+from dtvg_engine.runfolder import (
+    lock_owner,
+    pid_alive,
+    record_owner,
+    write_json_atomic,
+    write_text_atomic,
+)
+from dtvg_engine.safefiles import PID_LIMIT, make_dir, open_fd, read_bytes, read_json
 from dtvg_engine.study import Runs, fill
 from dtvg_engine.studyfile import StudySpec, load_experiment
 
@@ -110,6 +117,39 @@ def _pidfile(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / PIPELINES_DIR / f"{name}.pid"
 
 
+def _lockfile(runs_dir: Path, name: str) -> Path:
+    return Path(runs_dir) / PIPELINES_DIR / f"{name}.lock"
+
+
+@contextlib.contextmanager
+def claim_study(runs_dir: Path, name: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Own the study for the block: hold its pipeline lock (`_pipelines/<name>.lock`, flock, with this
+    process's pid), so that two pipelines of one study never train side by side in a runs directory.
+    The lock dies with its process, however it ends. `UserError` naming the pipeline that holds it
+    (after `wait_s` seconds: a Slurm pass may start while the pass that submitted it is exiting)."""
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    make_dir(Path(runs_dir) / PIPELINES_DIR)
+    fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR | os.O_CREAT)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    owner = lock_owner(_lockfile(runs_dir, name))
+                    raise UserError(
+                        f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); "
+                        "wait for it to end, or stop it (the dashboard's study view, s) before running again"
+                    ) from None
+            time.sleep(0.5)
+        record_owner(fd, os.getpid())
+        yield
+    finally:
+        os.close(fd)
+
+
 def _jobfile(runs_dir: Path, name: str) -> Path:
     return Path(runs_dir) / PIPELINES_DIR / f"{name}.slurm.json"
 
@@ -138,10 +178,14 @@ def pipeline_running(runs_dir: Path, name: str) -> str | None:
 
 
 def pipeline_pid(runs_dir: Path, name: str) -> int | None:
-    """The pid of the study's pipeline while it runs, else None.
+    """The pid of the study's pipeline while it runs, else None: the one holding the study's lock
+    (`claim_study`), else one just started that has yet to take it.
 
-    A pid is only believed while its process is a `dtvg run pipeline` (pids are reused).
+    A pid in the pidfile is only believed while its process is a `dtvg run pipeline` (pids are reused).
     """
+    owner = lock_owner(_lockfile(runs_dir, name))
+    if owner:
+        return owner
     try:
         pid = int(read_bytes(_pidfile(runs_dir, name), PID_LIMIT).strip())
     except (OSError, ValueError):

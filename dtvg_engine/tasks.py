@@ -34,6 +34,7 @@ from typing import Any
 import tomllib
 
 from dtvg_engine.errors import UserError
+from dtvg_engine.safefiles import FileRefused, read_bytes
 
 HUB_PREFIX = "hf://"
 """How a data dir names a Hugging Face dataset instead of a local folder (`hf://owner/name`)."""
@@ -138,13 +139,21 @@ FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """A field name a template may hold: a plain name (no attribute, index, conversion or format spec)."""
 
 
+TOML_LIMIT = 4 << 20
+"""The most bytes read of a task or study file: 4 MiB, far more than any holds."""
+
+
 def read_toml(path: Path, kind: str) -> dict[str, Any]:
     """A TOML file a user names (a task file, a study file), as a table; a missing, unreadable or
-    malformed one is a one-line UserError naming it as a `kind`."""
+    malformed one is a one-line UserError naming it as a `kind`. A link to a file is fine; a FIFO or a
+    device (/dev/zero) is refused rather than waited on or read without end, and so is a file larger
+    than `TOML_LIMIT`."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_bytes(path, TOML_LIMIT, follow=True).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{kind} {path} does not exist") from None
+    except FileRefused as exc:
+        raise UserError(f"{kind} {exc}; name a TOML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"could not read {kind} {path} ({exc})") from None
     except tomllib.TOMLDecodeError as exc:

@@ -36,6 +36,7 @@ from dtvg_engine.runfolder import (
     WORKER_LOCK_FD,
     claim_run,
     read_config,
+    record_exit,
     record_owner,
     release_space,
     reserve_space,
@@ -85,17 +86,47 @@ def _update_index(history: History, run_dir: Path) -> None:
         print(f"warning: {exc}", file=sys.stderr, flush=True)
 
 
+RECORDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGALRM, signal.SIGUSR1, signal.SIGXCPU)
+"""Signals that end a worker without a word but that it can catch: it records each as its end before
+it dies of it. SIGKILL (the out-of-memory killer, kill -9) cannot be caught: only a process waiting for
+the worker learns of it."""
+
+
+def _record_end_on_signals(run_dir: Path) -> None:
+    """Have a `RECORDED_SIGNALS` signal record itself in `worker.exit`, then end the worker as it would
+    have (the default action), so its parent, if any, sees the same signal."""
+
+    def end(signum: int, frame: object) -> None:
+        record_exit(run_dir, os.getpid(), -signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in RECORDED_SIGNALS:
+        signal.signal(signum, end)
+
+
 def run_worker(run_dir: Path, job_id: str | None = None) -> int:
-    """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker)."""
+    """Run the run; `job_id` is the Slurm job this worker runs as (None: a local worker).
+
+    Once it owns the run, the worker records how it ends (`worker.exit`: its exit code, or a signal it
+    can catch) itself: a detached worker has nobody waiting for it to record that.
+    """
     config = read_config(run_dir)
     check_run_config(config, run_dir / CONFIG)  # a worker started by hand, or by Slurm, checks it too
     claim = own_run(run_dir)
+    code = 1  # what Python exits with when an exception escapes
     try:
+        _record_end_on_signals(run_dir)
         reserve_space(run_dir)  # the launcher's, kept; a worker started by hand makes its own
-        return _run(run_dir, config, job_id)
+        code = _run(run_dir, config, job_id)
+    except UserError:
+        code = 2  # `main` says why
+        raise
     finally:
-        release_space(run_dir)
+        release_space(run_dir)  # room for the record, should the disk be full
+        record_exit(run_dir, os.getpid(), code)
         os.close(claim)
+    return code
 
 
 def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:

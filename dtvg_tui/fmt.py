@@ -8,6 +8,7 @@ import time
 STATUS_STYLES: dict[str, str] = {
     "pending": "yellow",
     "running": "bold cyan",
+    "suspended": "bold yellow",
     "completed": "green",
     "failed": "bold red",
     "stopped": "magenta",

@@ -22,6 +22,7 @@ from dtvg_engine.events import EventReader, RunState
 from dtvg_engine.history import History
 from dtvg_engine.runfolder import (
     EVENTS,
+    LIVE_STATUSES,
     META,
     PIDFILE,
     RunSummary,
@@ -165,7 +166,7 @@ class RunIndex:
             if job_mtime != tracked.job_mtime:  # submitted to Slurm (again)
                 tracked.job_mtime = job_mtime
                 dirty = True
-            if tracked.summary is not None and tracked.summary.status in ("running", "pending"):
+            if tracked.summary is not None and tracked.summary.status in LIVE_STATUSES:
                 dirty = True  # a worker that died says nothing: its pid (or Slurm job) has to be checked
             if dirty:
                 dirty_runs.append(tracked)

@@ -21,6 +21,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from live_worker import owning
 from rich.progress import Progress
 
 from dtvg_engine import events as ev
@@ -461,37 +462,39 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
 
     runs_dir = tmp_path_factory.mktemp("runs")
     run_dir = rf.create_run(runs_dir, "stage2", "rte", {**CONFIG, "stage": "stage2", "target": "rte"})
-    path = run_dir / rf.EVENTS
-    index = RunIndex(runs_dir)
-    series, reader = RunSeries(), ev.EventReader(path)
-    progress = Progress(disable=True)
-    followed = watch._Followed(run_dir, progress)
-    split = int(len(data) * cut)
-    with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
-        for part in (data[:split], data[split:]):  # read once mid-way (maybe mid-line), then to the end
-            with open(path, "ab") as f:
-                f.write(part)
-            index.scan()
-            while True:
-                events = reader.read(max_bytes=chunk)
-                assert not reader.restarted
-                series.feed(events)
-                if reader.at_end:
-                    break
-            followed.poll(progress)
-        # and the readers of a whole file, a chunk at a time
-        summary = rf.summarize(run_dir)
-        assert comparable(summary) == comparable(expected)
-        listed = index.summary(run_dir.name)  # the Runs table
-        assert listed is not None and json.dumps(listed.to_dict()) == json.dumps(summary.to_dict())
-        assert comparable(series) == comparable(expected)  # the run detail
-        assert comparable(followed.state) == comparable(expected)  # the foreground progress bars
-        assert followed.finished or expected.finish is None  # (it stops following at a segment's finish)
-        assert report.group_steps(run_dir) == expected_groups
-        (doc,) = History(runs_dir).all()
-        assert json.dumps(doc) == json.dumps(summary.to_dict())
-        test = expected.last_eval.get("test")
-        assert json.dumps(study.test_score(run_dir)) == json.dumps(test.primary if test is not None else None)
+    with owning(run_dir):  # this process plays the worker that wrote the stream
+        path = run_dir / rf.EVENTS
+        index = RunIndex(runs_dir)
+        series, reader = RunSeries(), ev.EventReader(path)
+        progress = Progress(disable=True)
+        followed = watch._Followed(run_dir, progress)
+        split = int(len(data) * cut)
+        with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
+            for part in (data[:split], data[split:]):  # read once mid-way (maybe mid-line), then to the end
+                with open(path, "ab") as f:
+                    f.write(part)
+                index.scan()
+                while True:
+                    events = reader.read(max_bytes=chunk)
+                    assert not reader.restarted
+                    series.feed(events)
+                    if reader.at_end:
+                        break
+                followed.poll(progress)
+            # and the readers of a whole file, a chunk at a time
+            summary = rf.summarize(run_dir)
+            assert comparable(summary) == comparable(expected)
+            listed = index.summary(run_dir.name)  # the Runs table
+            assert listed is not None and json.dumps(listed.to_dict()) == json.dumps(summary.to_dict())
+            assert comparable(series) == comparable(expected)  # the run detail
+            assert comparable(followed.state) == comparable(expected)  # the foreground progress bars
+            assert followed.finished or expected.finish is None  # (it stops following at a segment's finish)
+            assert report.group_steps(run_dir) == expected_groups
+            (doc,) = History(runs_dir).all()
+            assert json.dumps(doc) == json.dumps(summary.to_dict())
+            test = expected.last_eval.get("test")
+            score = test.primary if test is not None else None
+            assert json.dumps(study.test_score(run_dir)) == json.dumps(score)
 
 
 # ----- a long events file is read a chunk at a time -----

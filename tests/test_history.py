@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from live_worker import owning
 from tinydb import TinyDB
 
 from dtvg_engine import runfolder as rf
@@ -82,11 +83,11 @@ def test_upsert_replaces_one_document_after_tag_and_status_changes(runs_dir):
     run = make_run(runs_dir, "rte")
     history = History(runs_dir)
     assert history.get(run.name)["status"] == "pending"
-    with EventWriter(run / rf.EVENTS) as events:
+    with owning(run), EventWriter(run / rf.EVENTS) as events:  # this process plays the worker
         events.emit(
             RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte", pid=os.getpid(), config={})
         )
-    assert history.upsert(run)["status"] == "running"
+        assert history.upsert(run)["status"] == "running"
     rf.update_meta(run, tags=["good"], note="keep")
     history.upsert(run)
     doc = history.get(run.name)
@@ -99,20 +100,21 @@ def test_all_follows_runs_added_deleted_and_killed_behind_its_back(runs_dir):
     history = History(runs_dir)
     done = make_run(runs_dir, "done", "completed")
     live = make_run(runs_dir, "live", pid=os.getpid())
-    history.rebuild()
-    added = make_run(runs_dir, "added", "stopped")
-    dead = make_run(runs_dir, "dead", pid=dead_pid())
-    # What the dying worker had told the index before it was killed:
-    history.upsert(dead)
-    stale = json.loads((runs_dir / "history.json").read_text())
-    for doc in stale[TABLE].values():
-        if doc["run_id"] == dead.name:
-            doc["status"] = "running"
-    (runs_dir / "history.json").write_text(json.dumps(stale))
-    for name in os.listdir(done):
-        (done / name).unlink()
-    done.rmdir()
-    docs = {d["run_id"]: d["status"] for d in history.all()}
+    with owning(live):  # this process plays its worker
+        history.rebuild()
+        added = make_run(runs_dir, "added", "stopped")
+        dead = make_run(runs_dir, "dead", pid=dead_pid())
+        # What the dying worker had told the index before it was killed:
+        history.upsert(dead)
+        stale = json.loads((runs_dir / "history.json").read_text())
+        for doc in stale[TABLE].values():
+            if doc["run_id"] == dead.name:
+                doc["status"] = "running"
+        (runs_dir / "history.json").write_text(json.dumps(stale))
+        for name in os.listdir(done):
+            (done / name).unlink()
+        done.rmdir()
+        docs = {d["run_id"]: d["status"] for d in history.all()}
     assert docs == {live.name: "running", added.name: "stopped", dead.name: "killed"}
 
 

@@ -162,6 +162,30 @@ def test_a_worker_nobody_waited_for_says_so(runs_dir: Path):
     assert "no exit status was recorded (nothing waited for it)" in summary.error
 
 
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGXCPU])
+def test_a_detached_worker_records_the_signal_that_ended_it(runs_dir: Path, data_dir: Path, signum: int):
+    """Nothing waits for a detached worker: it records its own end."""
+    command = ["run", "stage1", "rte", *TINY, "--steps", "2000", "--detach"]
+    started = dtvg(*command, "--runs-dir", runs_dir, "--data-dir", data_dir)
+    assert started.returncode == 0, started.stderr
+    run_dir = runs_dir / started.stdout.split()[-1]
+    deadline = time.monotonic() + 120
+    while not (run_dir / EVENTS).exists() or b"run_started" not in (run_dir / EVENTS).read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = read_pid(run_dir)
+    os.kill(pid, signum)
+    while summarize(run_dir).status == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    summary = summarize(run_dir)
+    name = signal.Signals(signum).name
+    assert (summary.status, summary.error) == (
+        "killed",
+        f"the worker (pid {pid}) was ended by {name} before it finished",
+    )
+
+
 def test_a_foreground_run_records_the_signal_that_killed_its_worker(runs_dir: Path, data_dir: Path):
     command = [sys.executable, "-m", "dtvg_engine.cli", "run", "stage1", "rte", *TINY, "--steps", "500"]
     command += ["--runs-dir", str(runs_dir), "--data-dir", str(data_dir)]

@@ -8,14 +8,16 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_bad_input
 
-from dtvg_engine import study
+from dtvg_engine import study, studyprocess
 from dtvg_engine.errors import UserError
 from dtvg_engine.launcher import wait_for_exit
-from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, summarize
+from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, run_owner, summarize
 from dtvg_engine.studyfile import load_experiment
 
 STUDY = """
@@ -154,6 +156,29 @@ def test_pipeline_resumes_a_killed_run(tmp_path: Path, runs_dir: Path, data_dir:
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming {killed.name} (killed)" in result.stdout
     assert summarize(killed).status == "completed"
+
+
+def test_a_second_pipeline_of_a_running_study_is_refused(
+    tmp_path: Path, runs_dir: Path, data_dir: Path
+) -> None:
+    """Both would train the same slots: the second is refused in one line naming the first."""
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(ONE_RUN_STUDY.replace("steps = 3", "steps = 5000", 1))  # stage 1 runs long
+    args = ["run", "pipeline", str(experiment), "--runs-dir", str(runs_dir), "--data-dir", str(data_dir)]
+    first = subprocess.Popen([sys.executable, "-m", "dtvg_engine.cli", *args], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while studyprocess.pipeline_pid(runs_dir, "tiny") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline, "the first pipeline never started"
+            time.sleep(0.1)
+        second = assert_bad_input(pipeline(experiment, runs_dir, data_dir))
+        assert f"study tiny is already running in {runs_dir}/ (pipeline pid {first.pid})" in second
+        assert first.poll() is None
+    finally:  # the first pipeline and its workers end (they checkpoint first)
+        studyprocess.stop_study(load_experiment(experiment), runs_dir)
+        first.wait(timeout=60)
+        for run in list_run_dirs(runs_dir):
+            assert wait_for_exit(run_owner(run) or 0, timeout=60)
 
 
 def test_pipeline_runs_what_an_interrupted_pipeline_only_queued(

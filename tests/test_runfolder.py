@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,10 +12,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_bad_input, dtvg
+from live_worker import owning, stand_in_worker
 
 from dtvg_engine import runfolder as rf
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import Eval, Event, EventWriter, RunFinished, RunStarted, Step
+from dtvg_tui.runindex import RunIndex
 
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 50}
 
@@ -177,10 +181,12 @@ def test_status_of_failed_run_carries_its_error(runs_dir):
     assert (summary.status, summary.error) == ("failed", "CUDA out of memory")
 
 
-def test_status_running_then_killed_by_pid(runs_dir):
+def test_status_running_while_a_worker_owns_the_run_then_killed(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
-    started(run)
-    assert rf.summarize(run).status == "running"
+    with owning(run):
+        started(run)
+        assert rf.summarize(run).status == "running"
+    assert rf.summarize(run).status == "killed"  # this process lives on, but no longer owns the run
     killed = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     started(killed, pid=dead_pid())
     summary = rf.summarize(killed)
@@ -188,13 +194,53 @@ def test_status_running_then_killed_by_pid(runs_dir):
     assert "ended before it finished; no exit status was recorded" in summary.error  # nothing waited
 
 
-def test_status_before_the_first_event_follows_the_pidfile(runs_dir):
+def test_a_recycled_pid_does_not_make_a_run_running(runs_dir):
+    """The worker died and its pid now names another, unrelated, live process."""
+    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        started(run, pid=other.pid)
+        (run / rf.PIDFILE).write_text(f"{other.pid}\n")
+        assert rf.summarize(run).status == "killed"
+        assert rf.action_refusal(run, "resume") is None
+        assert rf.action_refusal(run, "stop") == f"run {run.name} is not running (killed)"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_stopped_worker_shows_suspended_and_stop_continues_it(runs_dir):
+    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    with stand_in_worker(run) as worker:
+        started(run, pid=worker.pid)
+        assert rf.summarize(run).status == "running"
+        os.kill(worker.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not rf.pid_suspended(worker.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        summary = rf.summarize(run)
+        assert (summary.status, summary.pid) == ("suspended", worker.pid)
+        (listed,) = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
+        assert listed["status"] == "suspended"  # the CLI's listing
+        (indexed,), _ = RunIndex(runs_dir).scan()
+        assert indexed.status == "suspended"  # the dashboard's
+        refused = assert_bad_input(dtvg("run", "resume", run.name, "--runs-dir", runs_dir))
+        assert f"run {run.name} is suspended (worker pid {worker.pid}); stop it first" in refused
+        stopped = dtvg("runs", "stop", run.name, "--runs-dir", runs_dir)  # SIGTERM, then SIGCONT
+        assert stopped.returncode == 0, stopped.stderr
+        assert worker.wait(timeout=10) == -signal.SIGTERM
+    assert rf.summarize(run).status == "killed"  # the stand-in wrote no run_finished
+
+
+def test_status_before_the_first_event_follows_the_worker_lock(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     assert rf.summarize(run).status == "pending"  # nothing launched yet, or a foreground run starting
-    (run / rf.PIDFILE).write_text(f"{os.getpid()}\n")
-    assert rf.summarize(run).status == "pending"
-    assert rf.summarize(run).pid == os.getpid()
-    (run / rf.PIDFILE).write_text(f"{dead_pid()}\n")
+    with stand_in_worker(run) as worker:
+        (run / rf.PIDFILE).write_text(f"{worker.pid}\n")
+        assert rf.summarize(run).status == "pending"
+        assert rf.summarize(run).pid == worker.pid
+    assert rf.summarize(run).status == "killed"
+    (run / rf.PIDFILE).write_text(f"{os.getpid()}\n")  # alive, but not the run's worker
     assert rf.summarize(run).status == "killed"
 
 
@@ -202,17 +248,13 @@ def test_resumed_run_counts_every_segment(runs_dir):
     run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
     first = started(run)
     emit(run, RunFinished(status="stopped", summary={}, error=None))
-    worker = subprocess.Popen(["sleep", "30"])  # relaunched; the new worker is still loading
-    try:
+    with stand_in_worker(run) as worker:  # relaunched; the new worker is still loading
         (run / rf.PIDFILE).write_text(f"{worker.pid}\n")
         os.utime(run / rf.PIDFILE, (time.time() + 1, time.time() + 1))
         relaunched = rf.summarize(run)
         assert (relaunched.status, relaunched.ended, relaunched.pid) == ("pending", None, worker.pid)
         second = started(run, pid=worker.pid)
         assert rf.summarize(run).status == "running"
-    finally:
-        worker.kill()
-        worker.wait()
     end = emit(run, RunFinished(status="completed", summary={}, error=None))
     summary = rf.summarize(run)
     assert (summary.status, summary.started, summary.ended) == ("completed", first.time, end.time)

@@ -414,8 +414,9 @@ def test_a_run_whose_dead_workers_pid_was_reused_is_not_stuck(runs_dir, data_dir
         run = tiny_run(runs_dir, data_dir)
         emit(run, RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte",
              pid=unrelated.pid, config={}))  # fmt: skip
-        assert rf.summarize(run).status == "running"  # as far as the pid can tell
-        assert "not running" in assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
+        assert rf.summarize(run).status == "killed"  # no worker owns it, whatever the pid names now
+        stop = assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
+        assert stop == f"error: run {run.name} is not running (killed)"
         assert unrelated.poll() is None  # never signalled: it is not the run's worker
         removed = dtvg("runs", "rm", run.name, "--runs-dir", runs_dir)
         assert removed.returncode == 0, removed.stderr

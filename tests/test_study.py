@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_bad_input, dtvg
+from live_worker import stand_in_worker
 from safetensors.torch import save_file
 
 from dtvg_engine import grouping, metrics, study, studyprocess, tasks, tpv_plain
@@ -173,6 +175,32 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
     assert "—" not in results.markdown  # every cell, the floor and the averages have a value
 
 
+def test_a_stage1_run_that_stage2_runs_need_is_removed_only_with_force(runs: Path) -> None:
+    """`runs rm` warns and refuses; once removed (--force), the report and `runs show` of a stage-2
+    run that transferred from it say it is missing."""
+    source = run_dir(runs, "stage1-mnli")
+    refused = assert_bad_input(dtvg("runs", "rm", source.name, "--runs-dir", runs))  # not pt's 4
+    assert f"run {source.name} is the stage-1 run of 12 stage-2 run(s)" in refused and "--force" in refused
+    assert source.is_dir()
+    removed = dtvg("runs", "rm", source.name, "--force", "--runs-dir", runs)
+    assert removed.returncode == 0 and not source.exists()
+    assert removed.stderr.startswith(f"warning: run {source.name} is the stage-1 run of 12 stage-2 run(s)")
+    reported = dtvg("runs", "report", SPEC_FILE, "--runs-dir", runs)
+    assert reported.returncode == 0, reported.stderr
+    assert (
+        f"Missing: stage-1 run {source.name} (mnli), which stage-2 runs transferred from" in reported.stdout
+    )
+    assert "| mnli | source |" not in reported.stdout and "| qnli | source |" in reported.stdout
+    assert "# Study `tiny-study`: 16 finished stage-2 runs" in reported.stdout  # every run still counts
+    target = run_dir(runs, "stage2-rte-dtvg-s0")
+    shown = dtvg("runs", "show", target.name, "--json", "--runs-dir", runs)
+    assert json.loads(shown.stdout)["missing_stage1_runs"] == {"mnli": source.name}
+    shown = dtvg("runs", "show", target.name, "--runs-dir", runs)
+    assert f"missing_stage1_runs: {source.name} (mnli)" in shown.stdout
+    own = run_dir(runs, "stage1-rte-s0")  # a target's own run (T_t) too
+    assert "--force" in assert_bad_input(dtvg("runs", "rm", own.name, "--runs-dir", runs))
+
+
 def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> None:
     from dtvg_engine.events import read_state
 
@@ -191,16 +219,15 @@ def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> N
 
 
 def test_progress_states_of_derived_runs(runs: Path) -> None:
-    """A run folder with no events is queued; one whose worker lives is running; one whose worker died is
+    """A run folder with no events is queued; one a worker owns is running; one whose worker died is
     failed (killed); a stopped one is stopped; a run missing altogether is queued."""
     queued = run_dir(runs, "stage2-rte-tpv-top1-s0")  # as a pipeline leaves the runs it has not launched yet
     (queued / EVENTS).unlink()
     (queued / PIDFILE).unlink()
     launched = run_dir(runs, "stage2-rte-tpv-top1-s1")
     (launched / EVENTS).unlink()
-    sleeper = subprocess.Popen(["sleep", "60"])
-    try:
-        (launched / PIDFILE).write_text(f"{sleeper.pid}\n")
+    with stand_in_worker(launched) as worker:  # launched, still loading
+        (launched / PIDFILE).write_text(f"{worker.pid}\n")
         died = run_dir(runs, "stage2-mrpc-dtvg-s1")
         lines = (died / EVENTS).read_text().splitlines()
         (died / EVENTS).write_text("\n".join(lines[:5]) + "\n")  # run_started ... , no finish
@@ -211,9 +238,6 @@ def test_progress_states_of_derived_runs(runs: Path) -> None:
         shutil.rmtree(run_dir(runs, "stage2-mrpc-tpv-top1-s0"))
         plan = study.fill(spec(), study.Runs.read(runs))
         slots = {(s.task, s.method, s.seed): s for s in plan if s.stage == "stage2"}
-    finally:
-        sleeper.kill()
-        sleeper.wait()
     assert slots["rte", "tpv-top1", 0].state == "queued" and slots["rte", "tpv-top1", 0].run_id == queued.name
     assert slots["rte", "tpv-top1", 1].state == "running"
     assert slots["mrpc", "dtvg", 1].state == "failed"

@@ -208,6 +208,50 @@ def test_a_bad_task_file_is_one_line_exit_2_and_no_run(case: str, tmp_path: Path
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def named_file(tmp_path: Path, kind: str) -> Path:
+    """What a user may name where a TOML file belongs: a FIFO, a device, a folder, a 5 MiB file."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "fifo.toml")
+        return tmp_path / "fifo.toml"
+    if kind == "device":
+        return Path("/dev/zero")
+    if kind == "folder":
+        (tmp_path / "folder.toml").mkdir()
+        return tmp_path / "folder.toml"
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * (5 << 20) + "\n")
+    return huge
+
+
+NOT_A_TOML_FILE = {
+    "fifo": "is a FIFO, not a regular file; name a TOML file",
+    "device": "is a device, not a regular file; name a TOML file",
+    "folder": "is a folder, not a regular file; name a TOML file",
+    "huge": f"is larger than {4 << 20} bytes; name a TOML file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_A_TOML_FILE))
+def test_a_task_or_study_file_that_is_no_regular_file_is_one_line_not_a_hang(
+    kind: str, tmp_path: Path
+) -> None:
+    path = named_file(tmp_path, kind)
+    runs = tmp_path / "runs"
+    line = assert_bad_input(dtvg("tasks", "list", "--tasks", path, timeout=60))
+    assert line == f"error: task file {path} {NOT_A_TOML_FILE[kind]}"
+    line = assert_bad_input(dtvg("run", "pipeline", path, "--runs-dir", runs, timeout=60))
+    assert line == f"error: experiment file {path} {NOT_A_TOML_FILE[kind]}"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_task_file_may_be_a_link(my_rte: Path, tmp_path: Path) -> None:
+    link = tmp_path / "linked.toml"
+    link.symlink_to(my_rte)
+    listed = dtvg("tasks", "list", "--tasks", link, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "my_rte" in listed.stdout
+
+
 def test_a_template_field_missing_in_the_data_names_file_task_and_field(my_rte: Path, tmp_path: Path) -> None:
     my_rte.write_text(MY_RTE.replace("{sentence2}", "{hypothesis}"))
     line = assert_bad_input(

@@ -28,8 +28,10 @@ from dtvg_engine.runfolder import (
     clean_text,
     find_link,
     find_run,
+    missing_stage1_runs,
     printable,
     read_config,
+    stage1_dependents,
     summarize,
     tail_log,
     update_meta,
@@ -125,6 +127,9 @@ def runs_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> 
     if slurm_log is not None:  # why Slurm ended a job (a kill, srun's errors) is only there
         doc["slurm_log"] = str(slurm_log)
     doc["config"] = read_config(run_dir)
+    missing = missing_stage1_runs(run_dir.parent, doc["config"])
+    if missing:  # removed since: what it transferred from can no longer be looked at
+        doc["missing_stage1_runs"] = missing
     if as_json:
         print_json(doc)
         return
@@ -152,6 +157,9 @@ def _readable(key: str, value: Any) -> str:
         return f"{value:.0f} s"
     if key == "tags":
         return ", ".join(value)
+    if key == "missing_stage1_runs":
+        named = ", ".join(f"{run_id} ({task})" for task, run_id in value.items())
+        return f"{named}: no longer in the runs directory"
     return str(value)
 
 
@@ -169,8 +177,15 @@ def runs_stop(
 
 
 @runs_app.command("rm")
-def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
-    """Delete a run's folder and its history entry; not while a worker owns it.
+def runs_rm(
+    run: str,
+    runs_dir: RunsDir = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove a stage-1 run even though stage-2 runs transfer from it.")
+    ] = False,
+) -> None:
+    """Delete a run's folder and its history entry; not while a worker owns it, nor (without --force) a
+    stage-1 run that stage-2 runs transfer from.
 
     A symbolic link in the runs directory is removed alone: what it points to is left as it is.
     """
@@ -184,6 +199,13 @@ def runs_rm(run: str, runs_dir: RunsDir = None) -> None:
         return
     run_dir = find_run(root, run)
     check_action(run_dir, "rm")
+    dependents = stage1_dependents(root, run_dir.name)
+    if dependents:
+        named = ", ".join(dependents[:5]) + (", …" if len(dependents) > 5 else "")
+        line = f"run {run_dir.name} is the stage-1 run of {len(dependents)} stage-2 run(s) ({named})"
+        if not force:
+            raise UserError(printable(f"{line}; their reports need it. Remove it anyway with --force"))
+        typer.echo(printable(f"warning: {line}, which will show it missing"), err=True)
     record = slurm.read_job(run_dir)
     claim = claim_run(run_dir)  # and no worker starts on it while it goes
     try:

@@ -25,10 +25,10 @@ from dtvg_engine.events import Event, EventReader, parse_lines
 from dtvg_engine.runfolder import (
     EVENTS,
     RunSummary,
-    pid_alive,
     planned_steps,
     printable,
     read_config,
+    run_owner,
     summarize,
     tail_log,
 )
@@ -192,7 +192,7 @@ class RunFollowingScreen(Screen[None]):
         if summary is not None:
             return summary.status
         status = self.series.status
-        if status == "running" and not pid_alive(self.series.pid):
+        if status == "running" and run_owner(self.run_dir) is None:
             return "killed"
         return status
 

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runfolder import (
+    LIVE_STATUSES,
     STATUSES,
     RunSummary,
     action_refusal,
@@ -230,7 +231,7 @@ class RunsScreen(Screen[None]):
             text.append(f"  best {summary.metric_name or 'metric'} {fmt_metric(summary.best_metric)}")
         if summary.started:
             text.append(f"  started {fmt_time(summary.started)}  ran {fmt_duration(summary.duration)}")
-        if summary.pid and summary.status in ("running", "pending"):
+        if summary.pid and summary.status in LIVE_STATUSES:
             text.append(f"  pid {summary.pid}")
         if summary.tags:
             text.append(f"\ntags: {printable(', '.join(summary.tags))}", style="cyan")

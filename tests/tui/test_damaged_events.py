@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from live_worker import owning
+
 from dtvg_engine.runfolder import EVENTS, create_run, summarize
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runindex import RunIndex
@@ -79,21 +81,24 @@ async def test_the_run_detail_finishes_loading_a_file_with_a_torn_last_line(tmp_
     lines = completed_run(pid=os.getpid())
     run_dir = make_run(runs, "torn", [*lines[:-1], b"\x00garbage"], tail=b'{"v":1,"type":"step","st')
     app = DtvgApp(runs, refresh_interval=0.3, follow_interval=0.1)
-    async with app.run_test(size=(160, 45)) as pilot:
-        await pilot.pause(0.2)
-        app.open_detail(run_dir)
-        deadline = time.monotonic() + 10
-        while not (isinstance(app.screen, RunDetailScreen) and not app.screen.reading):
-            assert time.monotonic() < deadline, "the detail is still loading"
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
-        detail = app.screen
-        summary = summarize(run_dir)
-        assert (
-            (detail.series.step, detail.series.status) == (summary.step, summary.status) == (300, "running")
-        )
-        text = screen_text(app)
-        assert "step 300/300" in text and "loading" not in text
+    with owning(run_dir):  # this process plays the worker, which is still running
+        async with app.run_test(size=(160, 45)) as pilot:
+            await pilot.pause(0.2)
+            app.open_detail(run_dir)
+            deadline = time.monotonic() + 10
+            while not (isinstance(app.screen, RunDetailScreen) and not app.screen.reading):
+                assert time.monotonic() < deadline, "the detail is still loading"
+                await pilot.pause(0.05)
+            await pilot.pause(0.3)
+            detail = app.screen
+            summary = summarize(run_dir)
+            assert (
+                (detail.series.step, detail.series.status)
+                == (summary.step, summary.status)
+                == (300, "running")
+            )
+            text = screen_text(app)
+            assert "step 300/300" in text and "loading" not in text
 
 
 def test_the_runs_table_is_not_fooled_by_a_second_type_key(tmp_path: Path):

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from live_worker import owning
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.events import EventReader, EventWriter, read_events
@@ -29,7 +30,7 @@ def test_run_index_matches_summarize_and_follows_appends(recorded_runs: Path):
     assert index.scan() == ([], [])
     # a run that is still writing: a recorded run replayed by a real EventWriter, half now, half later
     run_dir, events = clone_run(recorded_runs, "stage1-sst2", "20261125-180000-stage1-sst2")
-    with EventWriter(run_dir / EVENTS) as writer:
+    with owning(run_dir), EventWriter(run_dir / EVENTS) as writer:  # this process plays the worker
         replay(writer, events[: split_at_step(events, 5)], pid=os.getpid())
         (changed, _) = index.scan()
         assert [s.status for s in changed] == ["running"] and changed[0].step == 5

@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+from live_worker import owning
 from textual.screen import Screen
 from textual.widgets import Select
 
@@ -83,7 +84,7 @@ async def test_runs_table_filter_sort_select(recorded_runs: Path):
         assert runs.shown == [run_id(recorded_runs, "stage1-qnli")]
         await pilot.press("escape")
         assert len(runs.shown) == 7
-        await pilot.press("x", "x", "x", "x")  # any → pending → running → completed → failed
+        await pilot.press("x", "x", "x", "x", "x")  # any → pending → running → suspended → completed → failed
         assert runs.status_filter == "failed" and runs.shown == [failed]
         text = screen_text(app)
         assert "loss became nan at step 3" in text and "worker.log" in text
@@ -173,7 +174,7 @@ async def test_detail_follows_a_live_run(recorded_runs: Path):
     live = "20261125-180000-stage2-rte-dtvg"
     run_dir, events = clone_run(recorded_runs, "stage2-rte-dtvg", live)
     cut = split_at_step(events, 6)
-    with EventWriter(run_dir / "events.jsonl") as writer:
+    with owning(run_dir), EventWriter(run_dir / "events.jsonl") as writer:
         replay(writer, events[:cut], pid=os.getpid())  # this process plays the worker: alive
         app = app_for(recorded_runs)
         async with app.run_test(size=SIZE) as pilot:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from live_worker import owning
 from textual.widgets import Select, SelectionList
 
 from dtvg_engine import study
@@ -79,7 +80,7 @@ async def test_detail_shows_a_generation_runs_samples_and_metric_curves(recorded
     (run_dir / CONFIG).write_text(json.dumps({**config, "task": "common_gen"}))
     cut = split_at_step(events, 4)  # the first validation
     write_predictions(run_dir, 4, "first")
-    with EventWriter(run_dir / "events.jsonl") as writer:
+    with owning(run_dir), EventWriter(run_dir / "events.jsonl") as writer:
         replay(writer, events[:cut], pid=os.getpid())  # this process plays the worker: alive
         app = DtvgApp(recorded_runs, refresh_interval=0.2, follow_interval=0.1)
         async with app.run_test(size=SIZE) as pilot:

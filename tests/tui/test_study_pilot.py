@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from live_worker import stand_in_worker
+
 from dtvg_engine import study, studyprocess, tpv_plain
 from dtvg_engine.events import EventWriter
 from dtvg_engine.runfolder import TPV, read_config, summarize
@@ -203,32 +205,30 @@ async def test_progress_follows_runs_as_they_start_and_finish(study_runs: Path):
     taken = sorted(p for p in study_runs.iterdir() if "stage2-rte-dtvg-s" in p.name)
     for path in taken:
         shutil.move(path, holding / path.name)
-    sleeper = subprocess.Popen(["sleep", "120"])
-    try:
-        async with make_app(study_runs).run_test(size=SIZE) as pilot:
-            await settle_study(pilot)
-            view = pilot.app.screen
-            assert view.snapshot.counts == {"done": 21, "running": 0, "queued": 2, "stopped": 0, "failed": 0}
-            assert "21/23 done" in screen_text(pilot.app)
-            assert view.query_one("#study-table").get_cell("rte", "dtvg").plain.startswith("—  0/2")
+    async with make_app(study_runs).run_test(size=SIZE) as pilot:
+        await settle_study(pilot)
+        view = pilot.app.screen
+        assert view.snapshot.counts == {"done": 21, "running": 0, "queued": 2, "stopped": 0, "failed": 0}
+        assert "21/23 done" in screen_text(pilot.app)
+        assert view.query_one("#study-table").get_cell("rte", "dtvg").plain.startswith("—  0/2")
 
-            source = holding / taken[0].name
-            shutil.copytree(source, study_runs / source.name)
-            (study_runs / source.name / "events.jsonl").unlink()
-            events = [json.loads(line) for line in (source / "events.jsonl").read_text().splitlines()]
-            finish = next(i for i, e in enumerate(events) if e["type"] == "run_finished")
-            with EventWriter(study_runs / source.name / "events.jsonl") as writer:
-                replay(writer, events[:finish], pid=sleeper.pid)
-                await wait_until(pilot, lambda: view.snapshot.counts["running"] == 1, 15, "shown running")
-                assert "1 running" in screen_text(pilot.app)
-                replay(writer, events[finish:])
-            await wait_until(pilot, lambda: view.snapshot.counts["done"] == 22, 15, "shown done")
-            cell = view.query_one("#study-table").get_cell("rte", "dtvg").plain
-            assert "1/2" in cell and "—" not in cell
-            assert summarize(study_runs / source.name).status == "completed"
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+        source = holding / taken[0].name
+        shutil.copytree(source, study_runs / source.name)
+        (study_runs / source.name / "events.jsonl").unlink()
+        events = [json.loads(line) for line in (source / "events.jsonl").read_text().splitlines()]
+        finish = next(i for i, e in enumerate(events) if e["type"] == "run_finished")
+        with (
+            stand_in_worker(study_runs / source.name) as worker,  # a live worker owns the run
+            EventWriter(study_runs / source.name / "events.jsonl") as writer,
+        ):
+            replay(writer, events[:finish], pid=worker.pid)
+            await wait_until(pilot, lambda: view.snapshot.counts["running"] == 1, 15, "shown running")
+            assert "1 running" in screen_text(pilot.app)
+            replay(writer, events[finish:])
+        await wait_until(pilot, lambda: view.snapshot.counts["done"] == 22, 15, "shown done")
+        cell = view.query_one("#study-table").get_cell("rte", "dtvg").plain
+        assert "1/2" in cell and "—" not in cell
+        assert summarize(study_runs / source.name).status == "completed"
 
 
 TINY = """\

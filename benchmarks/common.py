@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from dtvg_engine.backbones import DEFAULT_MODEL
+from dtvg_engine.train.backbones import DEFAULT_MODEL
 
 COUNTS = ("batch_size", "prompt_length", "steps", "block", "threads")
 """Options that must be positive."""

@@ -1,7 +1,7 @@
 """Training speed of a `dtvg` stage-2 step (6 sources) against a plain `pt` step, measured in the same run.
 
-Both tuners are built the way `dtvg_engine.stage2.run` builds them, with `methods.build_tuner` for `dtvg`
-and for `pt` from the shared init P_init and the task prompt vectors (TPVs) of the
+Both tuners are built the way `dtvg_engine.train.stage2.run` builds them, with `methods.build_tuner` for
+`dtvg` and for `pt` from the shared init P_init and the task prompt vectors (TPVs) of the
 sources and the target. One step is exactly what `training.fit` does per step: `tuner.step_prompt(step)`
 (for dtvg: rescale the vectors, rank the sources, choose the group, build P_mix and the `group` event's
 fields), `LabelScorer.loss`, the finite-loss check, zero_grad, backward, gradient clipping, AdamW, the
@@ -36,15 +36,15 @@ from pathlib import Path
 
 import torch
 
-from dtvg_engine.backbones import load_backbone
 from dtvg_engine.config import Stage2Settings
-from dtvg_engine.data import load_splits
-from dtvg_engine.events import EventWriter, Step
-from dtvg_engine.methods import Transfer, build_tuner
-from dtvg_engine.prompts import shared_init
-from dtvg_engine.scoring import Batch, LabelScorer
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import Tuner, batch_indices, linear_schedule
+from dtvg_engine.method.methods import Transfer, build_tuner
+from dtvg_engine.runs.events import EventWriter, Step
+from dtvg_engine.train.backbones import load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.prompts import shared_init
+from dtvg_engine.train.scoring import Batch, LabelScorer
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import Tuner, batch_indices, linear_schedule
 
 from common import COUNTS, default_data_dir, parse_timing_args, setup, sync, timing_parser
 

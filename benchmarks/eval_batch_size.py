@@ -23,12 +23,12 @@ from collections.abc import Sequence
 
 import torch
 
-from dtvg_engine.backbones import DEFAULT_MODEL, load_backbone
-from dtvg_engine.data import load_splits
-from dtvg_engine.prompts import sample_init
-from dtvg_engine.scoring import LabelScorer
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import predictions
+from dtvg_engine.train.backbones import DEFAULT_MODEL, load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.prompts import sample_init
+from dtvg_engine.train.scoring import LabelScorer
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import predictions
 
 from common import default_data_dir
 

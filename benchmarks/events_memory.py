@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from dtvg_engine import events, runfolder
+from dtvg_engine.runs import events, runfolder
 
 def rss_mb(field):
     for line in open("/proc/self/status"):

@@ -34,12 +34,12 @@ import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from safetensors.torch import load_file
 
-from dtvg_engine.backbones import DEFAULT_MODEL, Backbone, load_backbone
-from dtvg_engine.data import load_splits
-from dtvg_engine.generation import GENERATION_TOKENS_CAP, Example, TextGenerator
-from dtvg_engine.prompts import sample_init
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import predictions
+from dtvg_engine.train.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.generation import GENERATION_TOKENS_CAP, Example, TextGenerator
+from dtvg_engine.train.prompts import sample_init
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import predictions
 
 from common import default_data_dir, setup, sync
 

@@ -30,14 +30,14 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from dtvg_engine import metrics
-from dtvg_engine.backbones import DEFAULT_MODEL, load_backbone
-from dtvg_engine.data import load_splits
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, PROMPT, list_run_dirs, read_config, summarize
-from dtvg_engine.scoring import LabelScorer
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import predictions
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import EVENTS, PROMPT, list_run_dirs, read_config, summarize
+from dtvg_engine.train import metrics
+from dtvg_engine.train.backbones import DEFAULT_MODEL, load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.scoring import LabelScorer
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import predictions
 
 from common import default_data_dir
 

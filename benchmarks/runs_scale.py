@@ -51,7 +51,7 @@ asyncio.run(main())
 
 
 def build(runs_dir: Path, count: int) -> None:
-    from dtvg_engine.history import History
+    from dtvg_engine.runs.history import History
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_runs import make_scale_runs

@@ -1,6 +1,6 @@
 """Training speed of our stage-1 step against standard peft prompt tuning, measured in the same run.
 
-Ours is exactly what `dtvg_engine.training.fit` does per step: `LabelScorer.loss` (prompt key/value
+Ours is exactly what `dtvg_engine.train.training.fit` does per step: `LabelScorer.loss` (prompt key/value
 cache computed once per batch, LM head only at the answer position), backward, gradient clipping, AdamW
 on the prompt. The reference is peft `PromptTuningConfig` + `get_peft_model` on a second copy of the
 same backbone, trained the standard way: the input is the example tokens followed by the gold label
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import torch
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from dtvg_engine.backbones import Backbone, load_backbone
 from dtvg_engine.config import TRAINING_DEFAULTS
-from dtvg_engine.data import load_splits
-from dtvg_engine.prompts import sample_init
-from dtvg_engine.scoring import Batch, LabelScorer
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import SoftPrompt, batch_indices
+from dtvg_engine.train.backbones import Backbone, load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.prompts import sample_init
+from dtvg_engine.train.scoring import Batch, LabelScorer
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import SoftPrompt, batch_indices
 
 from common import default_data_dir, parse_timing_args, setup, sync, timing_parser
 

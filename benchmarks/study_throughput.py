@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine.backbones import DEFAULT_MODEL
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, list_run_dirs, read_config
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import EVENTS, list_run_dirs, read_config
+from dtvg_engine.train.backbones import DEFAULT_MODEL
 
 from common import default_data_dir
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine.runfolder import CONFIG, EVENTS
+from dtvg_engine.runs.runfolder import CONFIG, EVENTS
 
 T0 = 1_750_000_000.0
 """2025-06-15 15:06:40 UTC: the start of every generated timeline."""

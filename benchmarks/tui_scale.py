@@ -149,7 +149,7 @@ with open(path, "a") as f:
 
 
 def build(runs_dir: Path, runs: int, lines: int) -> tuple[str, str]:
-    from dtvg_engine.history import History
+    from dtvg_engine.runs.history import History
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_runs import make_scale_runs, stage1_config, training_events, write_run
@@ -164,7 +164,7 @@ def build(runs_dir: Path, runs: int, lines: int) -> tuple[str, str]:
 
 def measure_study(tmp: Path, seeds: int) -> dict:
     """The study view on a generated finished study (`synthetic_runs.make_study_runs`), in a fresh process."""
-    from dtvg_engine.history import History
+    from dtvg_engine.runs.history import History
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from synthetic_runs import make_study_runs, study_toml

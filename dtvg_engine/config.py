@@ -18,9 +18,10 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import method_registry, tasks
 from dtvg_engine.errors import UserError
-from dtvg_engine.method_registry import GROUPINGS
+from dtvg_engine.method import method_registry
+from dtvg_engine.method.method_registry import GROUPINGS
+from dtvg_engine.train import tasks
 
 BUILTIN_MODELS = ("smollm2-135m", "tiny-llama", "tiny-t5")
 """Names resolved without a hub or a path: the pretrained default and two tiny random test models."""
@@ -468,7 +469,7 @@ def find_stage1_run(
 def _newest_stage1_run(
     runs_dir: str | Path, task: str, settings: dict[str, Any], same_split: bool = False
 ) -> Path | None:
-    from dtvg_engine.runfolder import TPV, list_run_dirs, read_config, summarize
+    from dtvg_engine.runs.runfolder import TPV, list_run_dirs, read_config, summarize
 
     found = []
     for run_dir in reversed(list_run_dirs(runs_dir)):
@@ -497,7 +498,7 @@ def _no_stage1_run(runs_dir: str | Path, task: str, settings: dict[str, Any]) ->
 
 def _runs_by_task(runs_dir: str | Path, refs: list[str], settings: dict[str, Any]) -> dict[str, Path]:
     """Explicit `--tpv RUN` choices, keyed by their task; refuses runs of another init."""
-    from dtvg_engine.runfolder import TPV, find_run, read_config
+    from dtvg_engine.runs.runfolder import TPV, find_run, read_config
 
     chosen: dict[str, Path] = {}
     for ref in refs:
@@ -597,7 +598,7 @@ def _source_vectors(
     """Each source's stage-1 vector: its `--tpv` run, else the newest local completed run of the same
     init, else the source bank's (task → init id and sha256 of the file, which the run checks). With
     `bank_tasks` (the pipeline), those sources come from the bank and no other source does."""
-    from dtvg_engine import bank
+    from dtvg_engine.method import bank
 
     ident = init_id(settings["model"], settings["prompt_length"], settings["init_seed"])
     runs: dict[str, Path] = {}
@@ -621,8 +622,8 @@ def _source_vectors(
 def stage1_settings(runs_dir: str | Path, config: dict[str, Any], task: str) -> dict[str, Any]:
     """The settings the stage-1 vector of `task` a stage-2 config transfers was tuned with (its split
     and steps): its run's config, or the source bank's record of it."""
-    from dtvg_engine import bank
-    from dtvg_engine.runfolder import read_config
+    from dtvg_engine.method import bank
+    from dtvg_engine.runs.runfolder import read_config
 
     if task in config["stage1_runs"]:
         return read_config(Path(runs_dir) / Path(config["stage1_runs"][task]).name)
@@ -655,8 +656,8 @@ def describe_stage1_runs(runs_dir: str | Path, config: dict[str, Any]) -> list[s
     """Which stage-1 run a stage-2 config transfers from for each task, and whether the target's own
     run T_t shares its seed and split, or that a source's vector comes from the source bank (the CLI
     prints these lines, the worker logs them)."""
-    from dtvg_engine import bank
-    from dtvg_engine.runfolder import read_config
+    from dtvg_engine.method import bank
+    from dtvg_engine.runs.runfolder import read_config
 
     lines = []
     for task, shipped in (config.get("bank_sources") or {}).items():

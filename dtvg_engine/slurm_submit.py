@@ -26,14 +26,14 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError
 
-from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, LOG, check_action, read_config
-from dtvg_engine.safefiles import open_fd
-from dtvg_engine.slurm import SUBMITIT_DIR, Resources
-from dtvg_engine.studyfile import load_experiment
-from dtvg_engine.studyprocess import record_pipeline_job
+from dtvg_engine.runs import slurm
+from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runfolder import EVENTS, LOG, check_action, read_config
+from dtvg_engine.runs.safefiles import open_fd
+from dtvg_engine.runs.slurm import SUBMITIT_DIR, Resources
+from dtvg_engine.studies.studyfile import load_experiment
+from dtvg_engine.studies.studyprocess import record_pipeline_job
 
 
 class SlurmRun:
@@ -204,7 +204,7 @@ class PipelineOnSlurm:
     def __call__(self) -> None:
         """The continuation job: run the pipeline's next pass and print what it did (to submitit's log).
         The last pass fails the job, as `dtvg run pipeline` exits 1, unless every run completed."""
-        from dtvg_engine.pipeline import run_pipeline, unfinished_line
+        from dtvg_engine.studies.pipeline import run_pipeline, unfinished_line
 
         outcome = run_pipeline(self.experiment, self.runs_dir, self.jobs, self.data_dir, on_slurm=self)
         print("\n".join(outcome.report), flush=True)

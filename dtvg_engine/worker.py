@@ -24,12 +24,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import slurm, tasks
 from dtvg_engine.config import check_run_config, read_settings, unknown_keys
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter, Log, RunFinished, RunStarted, iter_events
-from dtvg_engine.history import History
-from dtvg_engine.runfolder import (
+from dtvg_engine.runs import slurm
+from dtvg_engine.runs.events import EventWriter, Log, RunFinished, RunStarted, iter_events
+from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runfolder import (
     CONFIG,
     EVENTS,
     WORKER_LOCK,
@@ -41,6 +41,7 @@ from dtvg_engine.runfolder import (
     release_space,
     reserve_space,
 )
+from dtvg_engine.train import tasks
 
 NO_SPACE_TEXT = os.strerror(errno.ENOSPC)
 """How a full disk is worded in an error, whoever raised it (an `OSError`, safetensors' own error)."""
@@ -49,11 +50,11 @@ NO_SPACE_TEXT = os.strerror(errno.ENOSPC)
 def _stage_runner(stage: str):
     """The stage's run function, imported late so a bad config fails before torch loads."""
     if stage == "stage1":
-        from dtvg_engine import stage1
+        from dtvg_engine.train import stage1
 
         return stage1.run
     if stage == "stage2":
-        from dtvg_engine import stage2
+        from dtvg_engine.train import stage2
 
         return stage2.run
     raise UserError(f"unknown stage {stage!r} in config.json; expected stage1 or stage2")
@@ -168,7 +169,7 @@ def _run(run_dir: Path, config: dict[str, Any], job_id: str | None) -> int:
         error = None
         outcome = None
         try:
-            from dtvg_engine.training import RunFailed
+            from dtvg_engine.train.training import RunFailed
 
             try:
                 tasks.adopt(config, str(run_dir / "config.json"))  # the user tasks it uses, as recorded

@@ -10,9 +10,9 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import default_runs_dir
+from dtvg_engine.runs.runfolder import default_runs_dir
+from dtvg_engine.train import tasks
 from dtvg_tui import keys
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.screens.runs import RunsScreen
@@ -104,7 +104,7 @@ class DtvgApp(App[None]):
 
     def open_study(self, path: Path) -> None:
         """Open the study of a pipeline file (or of a pipeline's record in the runs directory)."""
-        from dtvg_engine.studyprocess import load_study
+        from dtvg_engine.studies.studyprocess import load_study
         from dtvg_tui.screens.study import StudyScreen
 
         try:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         keymap = keys.load_keymap(keys.keymap_path())
         tasks.use_file(None)  # $DTVG_TASKS: the user's tasks, offered by the New-run form
         if args.study is not None:
-            from dtvg_engine.studyprocess import load_study
+            from dtvg_engine.studies.studyprocess import load_study
 
             load_study(args.study)  # a bad study file is refused here, not inside the dashboard
     except UserError as e:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import launcher, slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventReader, RunState
-from dtvg_engine.history import History
-from dtvg_engine.runfolder import (
+from dtvg_engine.runs import launcher, slurm
+from dtvg_engine.runs.events import EventReader, RunState
+from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runfolder import (
     EVENTS,
     LIVE_STATUSES,
     META,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtvg_engine.events import Artifact, Checkpoint, Eval, Event, Group, Log, RunState, Step
+from dtvg_engine.runs.events import Artifact, Checkpoint, Eval, Event, Group, Log, RunState, Step
 
 NAN = float("nan")
 

@@ -1,7 +1,7 @@
 """The task-similarity matrix of stage-1 task prompt vectors (DTVG eq. 2), without torch.
 
 `sim(T1, T2) = (1/r²) (Σ_i v_i¹)ᵀ (Σ_j v_j²)`: the dot product of the token-summed vectors over r².
-Vectors are read with safetensors' numpy API (`dtvg_engine.tpv_numpy`); numpy is imported lazily so the
+Vectors are read with safetensors' numpy API (`dtvg_engine.method.tpv_numpy`); numpy is imported lazily so the
 dashboard's start does not pay for it.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import TPV
+from dtvg_engine.runs.runfolder import TPV
 
 
 def similarity_matrix(vectors: list[Any]) -> list[list[float]]:
@@ -34,9 +34,9 @@ def stage1_tpvs(config: dict[str, Any], runs_dir: Path) -> dict[str, Path]:
     """Task → tpv.safetensors of the stage-1 runs a stage-2 config names (target first when it has one).
 
     `stage1_runs` names runs by id, found in the stage-2 run's own runs directory; `bank_sources` names
-    the sources whose vectors came from the source bank (`dtvg_engine.bank`).
+    the sources whose vectors came from the source bank (`dtvg_engine.method.bank`).
     """
-    from dtvg_engine import bank
+    from dtvg_engine.method import bank
 
     runs = config.get("stage1_runs") or {}
     files = {task: Path(runs_dir) / Path(run_id).name / TPV for task, run_id in runs.items()}
@@ -48,7 +48,7 @@ def stage1_tpvs(config: dict[str, Any], runs_dir: Path) -> dict[str, Path]:
 
 def load_matrix(config: dict[str, Any], runs_dir: Path) -> tuple[list[str], list[list[float]]]:
     """Names and similarity matrix of the run's stage-1 vectors (UserError when a file is missing)."""
-    from dtvg_engine.tpv_numpy import load_tpv_numpy
+    from dtvg_engine.method.tpv_numpy import load_tpv_numpy
 
     paths = stage1_tpvs(config, runs_dir)
     if not paths:

@@ -4,7 +4,7 @@ Plain Python (no Textual), run in a worker thread by the study screen. The dashb
 run's summary fresh (the Runs screen's scans); what the view adds is read once per run and kept: its
 config (read again when config.json changes: the worker adds its split as it starts), its test score and
 its source groups once it completed, and the similarity of the stage-1 vectors once per set of files.
-Everything is computed by `dtvg_engine.study`, as `dtvg runs report` computes it.
+Everything is computed by `dtvg_engine.studies.study`, as `dtvg runs report` computes it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import bank, study
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import CONFIG, RunSummary, read_config
-from dtvg_engine.studyfile import StudySpec
-from dtvg_engine.studyplan import banked_sources
+from dtvg_engine.method import bank
+from dtvg_engine.runs.runfolder import CONFIG, RunSummary, read_config
+from dtvg_engine.studies import study
+from dtvg_engine.studies.studyfile import StudySpec
+from dtvg_engine.studies.studyplan import banked_sources
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class StudyData:
         }
         key = (tuple(sorted(sources.items())), tuple(sorted(targets.items())))
         if self._similarity is None or self._similarity[0] != key:
-            from dtvg_engine.tpv_plain import similarity_matrix
+            from dtvg_engine.method.tpv_plain import similarity_matrix
 
             try:
                 files = study.vector_files(self.spec, sources, targets, self.banked)

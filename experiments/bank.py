@@ -16,10 +16,10 @@ import argparse
 from pathlib import Path
 
 from dtvg_engine import config as configs
-from dtvg_engine import pipeline
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, read_config
-from dtvg_engine.stage1 import VALIDATION_CONSTANT_KEY
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import EVENTS, read_config
+from dtvg_engine.studies import pipeline
+from dtvg_engine.train.stage1 import VALIDATION_CONSTANT_KEY
 
 MODEL = "smollm2-135m"
 SOURCES = ("snli", "qnli", "qqp", "sst5", "ag_news", "trec")

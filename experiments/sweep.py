@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine import config as configs
-from dtvg_engine import metrics, pipeline, tasks, tpv_plain
-from dtvg_engine.data import load_splits
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, INITS_DIR, PROMPT
+from dtvg_engine.method import tpv_plain
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, PROMPT
+from dtvg_engine.studies import pipeline
+from dtvg_engine.train import metrics, tasks
+from dtvg_engine.train.data import load_splits
 
 MODEL = "smollm2-135m"
 LRS = (3e-3, 3e-2, 0.3)  # 0.3: the papers' T5 rate; the DTVG paper took 1e-3 for Llama-3.2

@@ -1,12 +1,12 @@
 """Ship the task prompt vectors of finished stage-1 runs in the source bank (README: "Source bank").
 
-    python scripts/ship_bank.py RUN_DIR... [--bank-dir dtvg_engine/bank]
+    python scripts/ship_bank.py RUN_DIR... [--bank-dir dtvg_engine/method/bank]
 
 The runs must be completed full-data (not k-shot) stage-1 runs of one shared init. Their `tpv.safetensors`
 go to `<bank>/<init_id>/<task>.safetensors`, the init they were tuned from to `init.safetensors`
 (byte for byte), and `bank.json` records each vector's provenance: the run, its config, the steps
 trained, the best validation checkpoint, its validation and test scores, the constant-prediction floor,
-the date and the file's sha256 (`dtvg_engine.bank` describes the layout). A task already in the bank is
+the date and the file's sha256 (`dtvg_engine.method.bank` describes the layout). A task already in the bank is
 replaced; the others stay. Exit 2 with one line for a run the bank cannot take.
 """
 
@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dtvg_engine import bank
 from dtvg_engine.config import init_id
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import (
+from dtvg_engine.method import bank
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import (
     EVENTS,
     INITS_DIR,
     TPV,
@@ -33,7 +33,7 @@ from dtvg_engine.runfolder import (
     summarize,
     write_json_atomic,
 )
-from dtvg_engine.study import recorded_constant
+from dtvg_engine.studies.study import recorded_constant
 
 LOCAL_KEYS = ("run_id", "created", "runs_dir")
 """Config keys that say where a run was made, not how: left out of the shipped record."""

@@ -21,7 +21,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="module")
 def llama():
     """The tiny random Llama (one per test module, so no test sees another's changes)."""
-    from dtvg_engine.backbones import load_backbone
+    from dtvg_engine.train.backbones import load_backbone
 
     return load_backbone("tiny-llama", "cpu")
 
@@ -29,7 +29,7 @@ def llama():
 @pytest.fixture(scope="module")
 def t5():
     """The tiny random T5, one per test module."""
-    from dtvg_engine.backbones import load_backbone
+    from dtvg_engine.train.backbones import load_backbone
 
     return load_backbone("tiny-t5", "cpu")
 

@@ -9,9 +9,15 @@ import pytest
 import torch
 from cli_helpers import assert_bad_input, dtvg
 
-from dtvg_engine import backbones
-from dtvg_engine.backbones import cache_dir, check_model_name, load_backbone, load_tokenizer, resolve_device
 from dtvg_engine.errors import UserError
+from dtvg_engine.train import backbones
+from dtvg_engine.train.backbones import (
+    cache_dir,
+    check_model_name,
+    load_backbone,
+    load_tokenizer,
+    resolve_device,
+)
 
 
 def test_tiny_llama_is_a_frozen_causal_lm(llama):

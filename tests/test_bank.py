@@ -15,12 +15,21 @@ import torch
 from cli_helpers import assert_bad_input
 from safetensors.torch import load_file, save_file
 
-from dtvg_engine import bank, study, studyplan
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import read_state
-from dtvg_engine.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config, summarize
-from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.method import bank
+from dtvg_engine.runs.events import read_state
+from dtvg_engine.runs.runfolder import (
+    EVENTS,
+    INITS_DIR,
+    TPV,
+    create_run,
+    list_run_dirs,
+    read_config,
+    summarize,
+)
+from dtvg_engine.studies import study, studyplan
+from dtvg_engine.studies.studyfile import load_experiment
 from dtvg_engine.worker import run_worker
 from dtvg_tui.studydata import StudyData
 
@@ -115,7 +124,7 @@ def test_tpv_bank_lists_the_bank(shipped: Path, tmp_path: Path) -> None:
 def test_stage2_takes_bank_vectors_for_sources_without_a_local_run(
     shipped: Path, runs_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtvg_engine.stage2 import load_vectors
+    from dtvg_engine.train.stage2 import load_vectors
 
     monkeypatch.setenv(bank.BANK_ENV, str(shipped))
     target = stage1(runs_dir, "rte", data_dir, k_shot=16)  # its P_init is the bank's, copied
@@ -177,7 +186,7 @@ def test_a_changed_or_truncated_bank_file_is_refused(
 def test_a_different_local_init_is_refused(
     shipped: Path, runs_dir: Path, data_dir: Path, llama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtvg_engine.prompts import shared_init
+    from dtvg_engine.train.prompts import shared_init
 
     monkeypatch.setenv(bank.BANK_ENV, str(shipped))
     local = runs_dir / INITS_DIR / f"{INIT}.safetensors"
@@ -289,7 +298,9 @@ def test_no_bank_is_no_bank(tmp_path: Path, runs_dir: Path, monkeypatch: pytest.
 
 
 def test_the_bank_listing_imports_no_ml_stack(shipped: Path) -> None:
-    code = "import json, sys, dtvg_engine.bank as b; b.entries(); print(json.dumps(sorted(sys.modules)))"
+    code = (
+        "import json, sys, dtvg_engine.method.bank as b; b.entries(); print(json.dumps(sorted(sys.modules)))"
+    )
     env = {**os.environ, bank.BANK_ENV: str(shipped)}
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code], env=env)))
     assert not loaded & {"torch", "numpy", "transformers", "peft", "datasets", "safetensors"}

@@ -22,8 +22,8 @@ from safetensors.numpy import save_file
 from tinydb import TinyDB
 
 from dtvg_engine.config import stage1_config
-from dtvg_engine.events import EventWriter, RunFinished, RunStarted
-from dtvg_engine.runfolder import create_run
+from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
+from dtvg_engine.runs.runfolder import create_run
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"

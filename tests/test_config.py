@@ -11,8 +11,8 @@ import pytest
 
 from dtvg_engine import config
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Log, read_events
-from dtvg_engine.runfolder import EVENTS, create_run, read_config, summarize
+from dtvg_engine.runs.events import Log, read_events
+from dtvg_engine.runs.runfolder import EVENTS, create_run, read_config, summarize
 from dtvg_engine.worker import run_worker
 
 
@@ -114,7 +114,7 @@ def test_every_run_option_that_is_a_setting_comes_from_its_field() -> None:
 
 
 def test_study_file_keys_are_settings_or_the_study_shape() -> None:
-    from dtvg_engine import studyfile
+    from dtvg_engine.studies import studyfile
 
     settings = set(config.SETTINGS_BY_KEY)
     assert studyfile.TOP_KEYS - set(studyfile.STUDY_KEYS) == set(studyfile.SHARED_KEYS) <= settings

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine.data import BUNDLED_DATA_DIR, allocate, default_data_dir, load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.tasks import TASKS, target_id
+from dtvg_engine.train.data import BUNDLED_DATA_DIR, allocate, default_data_dir, load_splits
+from dtvg_engine.train.tasks import TASKS, target_id
 
 
 def idxs(rows: list[dict]) -> set[int]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from dtvg_engine import metrics
-from dtvg_engine.data import load_splits
-from dtvg_engine.prompts import sample_init
-from dtvg_engine.scoring import Batch, LabelScorer
-from dtvg_engine.tasks import get_task
-from dtvg_engine.training import evaluate, predictions
+from dtvg_engine.train import metrics
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.prompts import sample_init
+from dtvg_engine.train.scoring import Batch, LabelScorer
+from dtvg_engine.train.tasks import get_task
+from dtvg_engine.train.training import evaluate, predictions
 
 
 class WidthScorer(LabelScorer):

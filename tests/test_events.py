@@ -2,7 +2,7 @@
 
 Issue 11, item 8: one line that parsed but lacked `time` or had `"step": "x"` crashed `dtvg runs list`
 and `runs show` for the whole runs directory, and after torn or garbage lines the dashboard disagreed
-with the CLI. Every reader now goes through `dtvg_engine.events`; the property test at the end feeds
+with the CLI. Every reader now goes through `dtvg_engine.runs.events`; the property test at the end feeds
 damaged streams to all of them and checks they agree with the fold of the good lines alone.
 """
 
@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 from live_worker import owning
 from rich.progress import Progress
 
-from dtvg_engine import events as ev
-from dtvg_engine import report, study, watch
-from dtvg_engine import runfolder as rf
-from dtvg_engine.history import History
+from dtvg_engine.runs import events as ev
+from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs import watch
+from dtvg_engine.runs.history import History
+from dtvg_engine.studies import report, study
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.series import RunSeries
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine import tasks
-from dtvg_engine.studyfile import load_experiment
-from dtvg_engine.studyplan import banked_sources
+from dtvg_engine.studies.studyfile import load_experiment
+from dtvg_engine.studies.studyplan import banked_sources
+from dtvg_engine.train import tasks
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

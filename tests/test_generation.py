@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from dtvg_engine import config as configs
-from dtvg_engine import method_registry, metrics, tasks
-from dtvg_engine.data import REFERENCES, load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Eval, EventWriter, Group, read_events
-from dtvg_engine.generation import GENERATION_TOKENS_CAP, PREDICTIONS, TextGenerator, fitted_scorer
-from dtvg_engine.runfolder import create_run, summarize
-from dtvg_engine.training import SoftPrompt, fit, predictions
+from dtvg_engine.method import method_registry
+from dtvg_engine.runs.events import Eval, EventWriter, Group, read_events
+from dtvg_engine.runs.runfolder import create_run, summarize
+from dtvg_engine.train import metrics, tasks
+from dtvg_engine.train.data import REFERENCES, load_splits
+from dtvg_engine.train.generation import GENERATION_TOKENS_CAP, PREDICTIONS, TextGenerator, fitted_scorer
+from dtvg_engine.train.training import SoftPrompt, fit, predictions
 from dtvg_engine.worker import run_worker
 
 DTVG = str(Path(sys.executable).with_name("dtvg"))
@@ -370,8 +371,8 @@ def test_runs_compare_json_carries_the_generation_metrics(stage1_runs: Path) -> 
 def test_smollm2_learns_common_gen_and_decodes_as_transformers_does(data_dir: Path) -> None:
     """On the default model: a few teacher-forced steps lower the loss, and batched greedy decoding (left
     padding, the shared prompt cache) writes what `generate` writes for each row alone."""
-    from dtvg_engine.backbones import load_backbone
-    from dtvg_engine.prompts import sample_init
+    from dtvg_engine.train.backbones import load_backbone
+    from dtvg_engine.train.prompts import sample_init
 
     backbone = load_backbone("smollm2-135m", "cpu")
     generator = TextGenerator(backbone, tasks.get_task("common_gen"), max_target_tokens=24)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.grouping import (
+from dtvg_engine.method.grouping import (
     knowledge_consistency,
     select_group,
     sim,

@@ -11,9 +11,9 @@ from pathlib import Path
 from live_worker import owning
 from tinydb import TinyDB
 
-from dtvg_engine import runfolder as rf
-from dtvg_engine.events import EventWriter, RunFinished, RunStarted
-from dtvg_engine.history import TABLE, History
+from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
+from dtvg_engine.runs.history import TABLE, History
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 10}
@@ -130,7 +130,7 @@ def test_remove_drops_a_document(runs_dir):
 
 WRITER = """
 import sys
-from dtvg_engine.history import History
+from dtvg_engine.runs.history import History
 history = History(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     for run_dir in sys.argv[3:]:

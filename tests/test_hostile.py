@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_bad_input, dtvg
 
-from dtvg_engine import bank
 from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventWriter, RunFinished, RunStarted
-from dtvg_engine.runfolder import create_run, read_meta
-from dtvg_engine.safefiles import FileRefused, parse_json
+from dtvg_engine.method import bank
+from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
+from dtvg_engine.runs.runfolder import create_run, read_meta
+from dtvg_engine.runs.safefiles import FileRefused, parse_json
 
 DEEP = "[" * 100_000 + "]" * 100_000
 """JSON nested 100,000 levels deep: valid, and far past what the parser's stack holds."""
@@ -134,7 +134,7 @@ def test_resume_refuses_a_checkpoint_folder_linked_elsewhere(runs_dir: Path, tmp
 def test_adapter_export_writes_nothing_through_links(llama, runs_dir: Path, tmp_path: Path, outside: Path):
     import torch
 
-    from dtvg_engine.export import export_adapter
+    from dtvg_engine.train.export import export_adapter
 
     prompt = torch.zeros(4, llama.hidden_size)
     linked = runs_dir / "linked"
@@ -157,7 +157,7 @@ def test_adapter_export_writes_nothing_through_links(llama, runs_dir: Path, tmp_
 
 
 def test_a_shared_init_is_never_written_through_a_linked_inits_folder(llama, runs_dir: Path, tmp_path: Path):
-    from dtvg_engine.prompts import shared_init
+    from dtvg_engine.train.prompts import shared_init
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -310,8 +310,8 @@ TINY += ["--steps", "2", "--eval-every", "1", "--device", "cpu"]
 def test_a_changed_shared_init_is_refused_by_resume_and_by_every_reader(runs_dir: Path, data_dir: Path):
     from safetensors.torch import load_file, save_file
 
-    from dtvg_engine.prompts import check_tpv_init, init_file, pin_init
-    from dtvg_engine.tpv import load_tpv
+    from dtvg_engine.method.tpv import load_tpv
+    from dtvg_engine.train.prompts import check_tpv_init, init_file, pin_init
 
     done = dtvg("run", "stage1", "rte", *TINY, "--runs-dir", runs_dir, "--data-dir", data_dir)
     assert done.returncode == 0, done.stdout + done.stderr

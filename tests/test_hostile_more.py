@@ -22,10 +22,10 @@ import pytest
 from cli_helpers import assert_bad_input, dtvg
 from test_hostile import finished_run, new_run
 
-from dtvg_engine import launcher
 from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize, update_meta
+from dtvg_engine.runs import launcher
+from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize, update_meta
 
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
 TINY += ["--eval-every", "1", "--device", "cpu"]
@@ -348,7 +348,7 @@ def test_list_refuses_an_unknown_status(runs_dir: Path):
 
 @pytest.mark.parametrize("name", [" ", ".hidden", " padded"])
 def test_a_study_name_may_not_be_blank_padded_or_hidden(tmp_path: Path, name: str):
-    from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studies.studyfile import load_experiment
 
     study = tmp_path / "study.toml"
     study.write_text(f'name = "{name}"\nsources = ["sst2"]\ntargets = ["rte"]\nmethods = ["pt"]\n')
@@ -374,7 +374,7 @@ def test_a_fifo_as_init_prompt_is_refused_not_waited_on(runs_dir: Path, tmp_path
 
 
 def test_rows_labelled_minus_one_are_left_out_with_a_line(tmp_path: Path, data_dir: Path, capsys):
-    from dtvg_engine.data import load_splits
+    from dtvg_engine.train.data import load_splits
 
     copy = tmp_path / "data" / "rte"
     copy.mkdir(parents=True)
@@ -397,7 +397,7 @@ def usual_umask() -> Iterator[None]:
 def test_adapter_weights_are_written_0644(llama, tmp_path: Path, usual_umask: None, recwarn):
     import torch
 
-    from dtvg_engine.export import export_adapter
+    from dtvg_engine.train.export import export_adapter
 
     adapter = export_adapter(llama, torch.zeros(4, llama.hidden_size), tmp_path / "adapter")
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in adapter.iterdir()}

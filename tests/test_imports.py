@@ -73,9 +73,9 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reads_imports_inside_functions() -> None:
     edges = graph()
-    assert "dtvg_engine.pipeline" in edges["dtvg_engine.cli.run"]  # imported inside a command
+    assert "dtvg_engine.studies.pipeline" in edges["dtvg_engine.cli.run"]  # imported inside a command
     assert "dtvg_engine.worker" in edges["dtvg_engine.slurm_submit"]  # inside a method
-    assert "dtvg_engine.runfolder" in edges["dtvg_engine.config"]  # inside a function
+    assert "dtvg_engine.runs.runfolder" in edges["dtvg_engine.config"]  # inside a function
 
 
 def test_find_cycle_finds_one() -> None:
@@ -86,3 +86,13 @@ def test_find_cycle_finds_one() -> None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_engine_keeps_its_modules_in_rooms() -> None:
+    """Beside its rooms the engine's top holds only what every room uses and the processes started by module
+    path, and a room's `__init__` imports nothing (docs/architecture.md, 'Layers')."""
+    rooms = {"method", "train", "runs", "studies"}
+    top = {name.split(".")[1] for name in modules() if name.startswith("dtvg_engine.")}
+    assert top == rooms | {"cli", "config", "errors", "worker", "slurm_submit"}
+    edges = graph()
+    assert {room: edges[f"dtvg_engine.{room}"] for room in rooms} == {room: set() for room in rooms}

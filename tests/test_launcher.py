@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine import launcher
-from dtvg_engine import runfolder as rf
+from dtvg_engine.runs import launcher
+from dtvg_engine.runs import runfolder as rf
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 10}
@@ -19,7 +19,7 @@ CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama
 STAND_IN = """
 import os, signal, subprocess, sys, time
 sys.path.insert(0, sys.argv[2])
-from dtvg_engine.events import EventWriter, RunFinished, RunStarted
+from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
 
 events = EventWriter(os.path.join(sys.argv[1], "events.jsonl"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtvg_engine.merge import ScaledTaskVectors, merged_prompt, rescaled
+from dtvg_engine.method.merge import ScaledTaskVectors, merged_prompt, rescaled
 
 R, D = 3, 4
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtvg_engine import method_registry
 from dtvg_engine.config import Stage2Settings
 from dtvg_engine.errors import UserError
-from dtvg_engine.methods import Transfer, build_tuner
-from dtvg_engine.training import Tuner
+from dtvg_engine.method import method_registry
+from dtvg_engine.method.methods import Transfer, build_tuner
+from dtvg_engine.train.training import Tuner
 
 R = 2
 

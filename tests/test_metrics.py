@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dtvg_engine.metrics import METRICS, accuracy, compute, f1, macro_f1, mcc, pearson, score, spearman
-from dtvg_engine.tasks import get_task
+from dtvg_engine.train.metrics import METRICS, accuracy, compute, f1, macro_f1, mcc, pearson, score, spearman
+from dtvg_engine.train.tasks import get_task
 
 # tp=2 (rows 0, 4), fp=1 (row 1), fn=1 (row 3), tn=1 (row 2)
 BINARY_PREDS = [1, 1, 0, 0, 1]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_bad_input
 
-from dtvg_engine import study, studyprocess
 from dtvg_engine.errors import UserError
-from dtvg_engine.launcher import wait_for_exit
-from dtvg_engine.runfolder import list_run_dirs, read_config, read_pid, run_owner, summarize
-from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.runs.launcher import wait_for_exit
+from dtvg_engine.runs.runfolder import list_run_dirs, read_config, read_pid, run_owner, summarize
+from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.studies.studyfile import load_experiment
 
 STUDY = """
 name = "tiny"
@@ -286,7 +286,7 @@ def test_a_data_dir_spelled_through_a_symlink_reuses_the_runs(runs_dir: Path, da
     """The dashboard resumes a study with `--data-dir` (resolved) where its file names the data through
     a symlink: the stopped run must be found again, not trained a second time in a new folder."""
     from dtvg_engine import config as configs
-    from dtvg_engine.pipeline import reuse_or_create
+    from dtvg_engine.studies.pipeline import reuse_or_create
 
     link = tmp_path / "data-link"
     link.symlink_to(data_dir)

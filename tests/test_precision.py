@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtvg_engine import backbones
-from dtvg_engine.backbones import load_backbone, resolve_precision
 from dtvg_engine.config import stage1_config
-from dtvg_engine.data import load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.prompts import sample_init
-from dtvg_engine.runfolder import list_run_dirs, read_config
-from dtvg_engine.scoring import LabelScorer
-from dtvg_engine.tasks import get_task
+from dtvg_engine.runs.runfolder import list_run_dirs, read_config
+from dtvg_engine.train import backbones
+from dtvg_engine.train.backbones import load_backbone, resolve_precision
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.prompts import sample_init
+from dtvg_engine.train.scoring import LabelScorer
+from dtvg_engine.train.tasks import get_task
 
 CPU = torch.device("cpu")
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.prompts import TOP_VOCAB, init_id, sample_init, shared_init
+from dtvg_engine.train.prompts import TOP_VOCAB, init_id, sample_init, shared_init
 
 
 def _token_ids(backbone, prompt: torch.Tensor) -> list[int]:

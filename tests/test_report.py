@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine.report import constant_score, trajectory
-from dtvg_engine.runfolder import create_run
+from dtvg_engine.runs.runfolder import create_run
+from dtvg_engine.studies.report import constant_score, trajectory
 
 
 def test_trajectory_keeps_the_first_step_and_every_change() -> None:
@@ -28,7 +28,7 @@ def _run(runs_dir: Path, data_dir: Path, **config) -> Path:
 
 def test_constant_reads_a_label_kept_in_another_field(runs_dir: Path, data_dir: Path) -> None:
     """trec keeps its label in `coarse_label`; the constant column used to raise KeyError 'label'."""
-    from dtvg_engine.data import load_splits
+    from dtvg_engine.train.data import load_splits
 
     run_dir = _run(runs_dir, data_dir, target="trec")
     test = load_splits("trec", data_dir, seed=0, k_shot=16, max_eval=40).test
@@ -38,8 +38,8 @@ def test_constant_reads_a_label_kept_in_another_field(runs_dir: Path, data_dir: 
 
 def test_constant_is_the_best_constant_score_not_its_f1(runs_dir: Path, data_dir: Path) -> None:
     """MRPC's score is the mean of accuracy and F1, so "always equivalent" no longer scores its F1."""
-    from dtvg_engine import metrics, tasks
-    from dtvg_engine.data import load_splits
+    from dtvg_engine.train import metrics, tasks
+    from dtvg_engine.train.data import load_splits
 
     mrpc = tasks.get_task("mrpc")
     golds = [row["label"] for row in load_splits("mrpc", data_dir, seed=0, k_shot=16, max_eval=40).test]

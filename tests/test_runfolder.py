@@ -15,9 +15,9 @@ import pytest
 from cli_helpers import assert_bad_input, dtvg
 from live_worker import owning, stand_in_worker
 
-from dtvg_engine import runfolder as rf
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Eval, Event, EventWriter, RunFinished, RunStarted, Step
+from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs.events import Eval, Event, EventWriter, RunFinished, RunStarted, Step
 from dtvg_tui.runindex import RunIndex
 
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 50}

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtvg_engine import tasks
-from dtvg_engine.data import load_splits
 from dtvg_engine.errors import UserError
-from dtvg_engine.scoring import LabelScorer, covering_length
+from dtvg_engine.train import tasks
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.scoring import LabelScorer, covering_length
 
 PROMPT_LENGTH = 6
 ATOL = 1e-5

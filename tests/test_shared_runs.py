@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_bad_input
 
-from dtvg_engine import launcher
-from dtvg_engine import runfolder as rf
 from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Event, EventWriter, RunFinished, RunStarted
+from dtvg_engine.runs import launcher
+from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs.events import Event, EventWriter, RunFinished, RunStarted
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"
@@ -175,7 +175,7 @@ def test_a_worker_started_by_hand_never_unpickles(runs_dir, data_dir, tmp_path):
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(runs_dir, data_dir):
     import torch
 
-    from dtvg_engine.training import write_checkpoint
+    from dtvg_engine.train.training import write_checkpoint
 
     run = killed_run(runs_dir, data_dir)
     path = run / rf.CHECKPOINT / rf.CHECKPOINT_FILE
@@ -194,7 +194,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     """AdamW and its schedule resume bit for bit from the tensors + JSON format."""
     import torch
 
-    from dtvg_engine.training import linear_schedule, load_checkpoint, write_checkpoint
+    from dtvg_engine.train.training import linear_schedule, load_checkpoint, write_checkpoint
 
     def setup():
         torch.manual_seed(0)

@@ -27,12 +27,12 @@ from slurm_cluster import (  # noqa: F401 - slurm_cluster: the fixture, used by 
 )
 
 from dtvg_engine import config as configs
-from dtvg_engine import slurm
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
-from dtvg_engine.pipeline import results_paths
-from dtvg_engine.runfolder import EVENTS, LOG, TPV, RunSummary, create_run, list_run_dirs, summarize
-from dtvg_engine.slurm import Resources, parse_options, time_minutes
+from dtvg_engine.runs import slurm
+from dtvg_engine.runs.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
+from dtvg_engine.runs.runfolder import EVENTS, LOG, TPV, RunSummary, create_run, list_run_dirs, summarize
+from dtvg_engine.runs.slurm import Resources, parse_options, time_minutes
+from dtvg_engine.studies.pipeline import results_paths
 
 # ----- resources -----
 
@@ -553,7 +553,7 @@ def test_a_pipeline_sbatch_refuses_leaves_nothing_behind(runs_dir, data_dir, tmp
 def test_stopping_a_study_on_slurm_cancels_its_queued_runs_and_the_rest_of_its_pipeline(
     runs_dir, data_dir, tmp_path
 ) -> None:
-    from dtvg_engine import studyprocess
+    from dtvg_engine.studies import studyprocess
 
     path = tmp_path / "stopme.toml"
     path.write_text(

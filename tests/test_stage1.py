@@ -22,14 +22,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tinydb import TinyDB
 
-from dtvg_engine import metrics, tasks
-from dtvg_engine.backbones import load_backbone
-from dtvg_engine.data import load_splits
-from dtvg_engine.events import EVENT_TYPES, read_events
-from dtvg_engine.runfolder import pid_alive, summarize
-from dtvg_engine.scoring import LabelScorer
-from dtvg_engine.tpv import load_tpv
-from dtvg_engine.training import linear_schedule
+from dtvg_engine.method.tpv import load_tpv
+from dtvg_engine.runs.events import EVENT_TYPES, read_events
+from dtvg_engine.runs.runfolder import pid_alive, summarize
+from dtvg_engine.train import metrics, tasks
+from dtvg_engine.train.backbones import load_backbone
+from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.scoring import LabelScorer
+from dtvg_engine.train.training import linear_schedule
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
 DTVG = str(_VENV_DTVG) if _VENV_DTVG.exists() else "dtvg"

@@ -1,4 +1,5 @@
-"""dtvg_engine.study and dtvg_engine.tpv_plain: a study as its run folders show it, without the ML stack.
+"""dtvg_engine.studies.study and dtvg_engine.method.tpv_plain: a study as its run folders show it, without the
+ML stack.
 
 The recorded study (`tests/fixtures/study/`, made by `tests/fixtures/record_study.py` with the real
 pipeline) is read both by `dtvg runs report` and by the study module the dashboard uses: their tables
@@ -21,10 +22,12 @@ from cli_helpers import assert_bad_input, dtvg
 from live_worker import stand_in_worker
 from safetensors.torch import save_file
 
-from dtvg_engine import grouping, metrics, study, studyprocess, tasks, tpv_plain
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
-from dtvg_engine.studyfile import StudySpec
+from dtvg_engine.method import grouping, tpv_plain
+from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
+from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.studies.studyfile import StudySpec
+from dtvg_engine.train import metrics, tasks
 
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "study"
 SPEC_FILE = RECORDED / "tiny-study.toml"
@@ -70,7 +73,7 @@ def test_plain_similarity_is_the_engines_eq2(tmp_path: Path, dtype: torch.dtype)
 def test_plain_similarity_of_the_recorded_vectors() -> None:
     files = {p.parent.name: p for p in sorted((RECORDED / "runs").glob(f"*stage1*/{TPV}"))}
     _, plain = tpv_plain.similarity_matrix(files)
-    from dtvg_engine.tpv import load_tpv
+    from dtvg_engine.method.tpv import load_tpv
 
     _, engine = grouping.similarity_matrix({name: load_tpv(path)[0] for name, path in files.items()})
     assert flat(plain) == pytest.approx(flat(engine), rel=1e-5)
@@ -103,7 +106,9 @@ def test_plain_reader_refuses_what_is_no_tpv(tmp_path: Path) -> None:
 
 
 def test_the_study_modules_import_no_ml_stack() -> None:
-    modules = "dtvg_engine.studyprocess, dtvg_engine.tpv_plain"  # studyprocess imports the others
+    modules = (
+        "dtvg_engine.studies.studyprocess, dtvg_engine.method.tpv_plain"  # studyprocess imports the others
+    )
     code = f"import json, sys, {modules}; print(json.dumps(sorted(sys.modules)))"
     loaded = set(json.loads(subprocess.check_output([sys.executable, "-c", code])))
     assert not loaded & {"torch", "numpy", "transformers", "peft", "datasets", "safetensors"}
@@ -121,7 +126,7 @@ def test_constant_score_by_hand() -> None:
 
 def test_runs_record_the_floor_the_report_computes_from_the_data() -> None:
     """The floor each run records with its split is what `report.constant_score` gets from the data."""
-    from dtvg_engine.report import constant_score
+    from dtvg_engine.studies.report import constant_score
 
     for path in [
         run_dir(RECORDED / "runs", "stage2-rte-pt-s1"),
@@ -202,7 +207,7 @@ def test_a_stage1_run_that_stage2_runs_need_is_removed_only_with_force(runs: Pat
 
 
 def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> None:
-    from dtvg_engine.events import read_state
+    from dtvg_engine.runs.events import read_state
 
     path = run_dir(runs, "stage2-rte-dtvg-s0")
     expected = read_state(path / EVENTS).last_eval["test"].primary  # the whole file, parsed

@@ -1,4 +1,5 @@
-"""dtvg_engine.studyplan: a study's slots computed forward, and studies made before runs recorded theirs.
+"""dtvg_engine.studies.studyplan: a study's slots computed forward, and studies made before runs recorded
+theirs.
 
 `tests/fixtures/study-v1/` (a pt-fair and both dtvg groupings, with pt at its T_t's settings) and
 `tests/fixtures/study/` were made by the pipeline before runs recorded their slot;
@@ -17,10 +18,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from dtvg_engine import study, studyplan, studyprocess
-from dtvg_engine.report import report
-from dtvg_engine.runfolder import read_config
-from dtvg_engine.studyfile import StudySpec, load_experiment
+from dtvg_engine.runs.runfolder import read_config
+from dtvg_engine.studies import study, studyplan, studyprocess
+from dtvg_engine.studies.report import report
+from dtvg_engine.studies.studyfile import StudySpec, load_experiment
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OLD_STUDIES = {

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import assert_bad_input, dtvg
 
-from dtvg_engine import tasks
-from dtvg_engine.data import load_splits
 from dtvg_engine.errors import UserError
+from dtvg_engine.train import tasks
+from dtvg_engine.train.data import load_splits
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "builtin_tasks.json"
 """Every field of every built-in task as the registry in Python code defined them, before task files."""
@@ -311,7 +311,7 @@ def test_a_user_task_runs_as_source_and_target_through_both_stages(
 def test_a_queued_user_task_run_starts_without_its_task_file(my_rte: Path, tmp_path: Path) -> None:
     """A run folder is resumable on its own: the worker takes the task from config.json."""
     from dtvg_engine.config import stage1_config
-    from dtvg_engine.runfolder import create_run
+    from dtvg_engine.runs.runfolder import create_run
 
     tasks.use_file(my_rte)
     config = stage1_config("my_rte", model="tiny-llama", prompt_length=4, k_shot=16, max_eval=16, steps=2)
@@ -348,7 +348,7 @@ k_shot = 16
 
 
 def test_a_study_names_its_task_file_or_holds_its_tasks(my_rte: Path, tmp_path: Path) -> None:
-    from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studies.studyfile import load_experiment
 
     study = tmp_path / "study.toml"
     study.write_text(f'tasks = "{my_rte.name}"\n' + STUDY)
@@ -364,7 +364,7 @@ def test_a_study_names_its_task_file_or_holds_its_tasks(my_rte: Path, tmp_path: 
 def test_a_study_without_tasks_takes_those_of_the_environment(
     my_rte: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studies.studyfile import load_experiment
 
     study = tmp_path / "study.toml"
     study.write_text(STUDY)

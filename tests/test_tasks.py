@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.tasks import TASKS, get_task, label_of, render, target_id
+from dtvg_engine.train.tasks import TASKS, get_task, label_of, render, target_id
 
 EXPECTED = {
     "mnli", "snli", "qnli", "qqp", "sst2", "rte", "cb", "mrpc", "cola", "stsb", "wic",

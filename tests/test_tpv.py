@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.tpv import (
+from dtvg_engine.method.tpv import (
     check_compatible,
     combine,
     load_tpv,
@@ -60,7 +60,7 @@ def test_numpy_loader_equals_torch_loader(tmp_path):
 
 
 def test_numpy_loader_does_not_import_torch():
-    code = "import sys, dtvg_engine.tpv_numpy; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, dtvg_engine.method.tpv_numpy; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

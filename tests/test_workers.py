@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine import workers
 from dtvg_engine.config import parse_jobs
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import list_run_dirs
-from dtvg_engine.studyfile import load_experiment
+from dtvg_engine.runs import workers
+from dtvg_engine.runs.runfolder import list_run_dirs
+from dtvg_engine.studies.studyfile import load_experiment
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import default_runs_dir
-from dtvg_engine.tasks import TASKS_ENV
+from dtvg_engine.runs.runfolder import default_runs_dir
+from dtvg_engine.train.tasks import TASKS_ENV
 
 out = Console()
 

@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dtvg_engine import bank, launcher, method_registry, slurm, workers
 from dtvg_engine import config as configs
-from dtvg_engine import tasks as task_registry
 from dtvg_engine.cli import slurm_options as so
 from dtvg_engine.cli.common import RunsDir, TaskFile, out, runs_root, setting_option, with_settings
 from dtvg_engine.cli.runs import show_table
 from dtvg_engine.errors import UserError
-from dtvg_engine.modelcache import check_cache
-from dtvg_engine.runfolder import (
+from dtvg_engine.method import bank, method_registry
+from dtvg_engine.runs import launcher, slurm, workers
+from dtvg_engine.runs.runfolder import (
     CONFIG,
     check_action,
     checkpoint_path,
@@ -26,9 +25,11 @@ from dtvg_engine.runfolder import (
     read_config,
     summarize,
 )
+from dtvg_engine.train import tasks as task_registry
+from dtvg_engine.train.modelcache import check_cache
 
 if TYPE_CHECKING:
-    from dtvg_engine.studyfile import StudySpec
+    from dtvg_engine.studies.studyfile import StudySpec
 
 JOBS_HELP = "Runs at once: a number, or auto (as many as the cores or GPUs hold, each its share)."
 DataDir = setting_option("data_dir")[0]
@@ -71,7 +72,7 @@ def run_stage1(
 def _resolve_paths(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings with their paths absolute (the data dir: the given one, else the default), so a run
     reads the same files from whatever folder its worker starts in."""
-    from dtvg_engine.data import default_data_dir
+    from dtvg_engine.train.data import default_data_dir
 
     resolved = {
         key: str(Path(value).resolve()) if isinstance(value, Path) else value
@@ -84,14 +85,14 @@ def _resolve_paths(settings: dict[str, Any]) -> dict[str, Any]:
 def _check_data(task: str, config: dict[str, Any]) -> None:
     """Read the run's data now, and check a user task's label words under the model's tokenizer: a bad
     file is an error here, not a failed run."""
-    from dtvg_engine.data import load_splits
+    from dtvg_engine.train.data import load_splits
 
     data = Path(config["data_dir"])
     load_splits(task, data, seed=config["seed"], k_shot=config["k_shot"], max_eval=config["max_eval"])
     spec = task_registry.get_task(task)
     if spec.origin != task_registry.BUILTIN and spec.label_words:
-        from dtvg_engine.backbones import load_tokenizer
-        from dtvg_engine.scoring import check_label_words
+        from dtvg_engine.train.backbones import load_tokenizer
+        from dtvg_engine.train.scoring import check_label_words
 
         check_label_words(spec, load_tokenizer(config["model"]))
 
@@ -111,7 +112,7 @@ def _start(
             launcher.launch_worker(run_dir, env=slot)
             print(run_dir.name)
         return
-    from dtvg_engine.watch import run_foreground
+    from dtvg_engine.runs.watch import run_foreground
 
     statuses = run_foreground(run_dirs, jobs)
     show_table([summarize(d).to_dict() for d in run_dirs])
@@ -175,9 +176,9 @@ def run_pipeline(
     Exits 1 unless every run of the study completed. On Slurm each stage is one job array and the rest
     of the pipeline a job that waits for it: the command returns once the first stage is submitted.
     """
-    from dtvg_engine.pipeline import results_paths, run_pipeline, unfinished_line
-    from dtvg_engine.studyfile import load_experiment
-    from dtvg_engine.studyprocess import forget_study, record_path
+    from dtvg_engine.studies.pipeline import results_paths, run_pipeline, unfinished_line
+    from dtvg_engine.studies.studyfile import load_experiment
+    from dtvg_engine.studies.studyprocess import forget_study, record_path
 
     if jobs is not None:
         jobs = configs.parse_jobs("--jobs", jobs)
@@ -219,8 +220,8 @@ def demo(
     """A complete small experiment on the bundled model and data: 6 bank sources, target sst2, pt vs dtvg."""
     from importlib.resources import files
 
-    from dtvg_engine.data import BUNDLED_DATA_DIR
-    from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studies.studyfile import load_experiment
+    from dtvg_engine.train.data import BUNDLED_DATA_DIR
 
     experiment = Path(str(files("dtvg_engine") / "experiments" / "demo.toml"))
     run_pipeline(experiment=experiment, runs_dir=runs_dir, jobs=jobs, data_dir=BUNDLED_DATA_DIR)

@@ -17,11 +17,11 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from dtvg_engine import launcher, slurm
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
-from dtvg_engine.history import History
-from dtvg_engine.runfolder import (
+from dtvg_engine.runs import launcher, slurm
+from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runfolder import (
     STATUSES,
     check_action,
     claim_run,
@@ -290,8 +290,8 @@ def _fmt(value: float | None) -> str:
 
 def _test_metrics(run_dir: Path) -> dict[str, float]:
     """The test-split metrics a completed run reported last."""
-    from dtvg_engine.events import read_state
-    from dtvg_engine.runfolder import EVENTS
+    from dtvg_engine.runs.events import read_state
+    from dtvg_engine.runs.runfolder import EVENTS
 
     test = read_state(run_dir / EVENTS).last_eval.get("test")
     return test.metrics if test is not None else {}
@@ -310,11 +310,11 @@ def runs_report(
     ] = None,
 ) -> None:
     """A study's finished runs as Markdown: scores, stage 1, similarities, source picks, groups."""
-    from dtvg_engine.report import report
-    from dtvg_engine.studyfile import load_experiment
+    from dtvg_engine.studies.report import report
+    from dtvg_engine.studies.studyfile import load_experiment
 
     text, table = report(load_experiment(experiment), runs_root(runs_dir))
-    if json_out:  # the document the dashboard's study view exports too (dtvg_engine.study.Results)
+    if json_out:  # the document the dashboard's study view exports too (dtvg_engine.studies.study.Results)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_out, table.document())
     typer.echo(text)

@@ -16,7 +16,7 @@ import typer
 
 from dtvg_engine.cli.common import with_options
 from dtvg_engine.errors import UserError
-from dtvg_engine.slurm import DEFAULT_TIME, Resources, check_controller, parse_options
+from dtvg_engine.runs.slurm import DEFAULT_TIME, Resources, check_controller, parse_options
 
 EXECUTORS = ("local", "slurm")
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dtvg_engine import tasks
 from dtvg_engine.cli.common import JsonFlag, TaskFile, out, print_json
+from dtvg_engine.train import tasks
 
 tasks_app = typer.Typer(help="The tasks runs can use: built in, or from a task file.", no_args_is_help=True)
 

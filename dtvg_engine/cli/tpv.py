@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dtvg_engine.atomic import replacing
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import TPV, find_run, read_config
-from dtvg_engine.safefiles import check_output, regular_file
+from dtvg_engine.runs.atomic import replacing
+from dtvg_engine.runs.runfolder import TPV, find_run, read_config
+from dtvg_engine.runs.safefiles import check_output, regular_file
 
 tpv_app = typer.Typer(help="Task prompt vectors: show, similarity, arithmetic.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ tpv_app = typer.Typer(help="Task prompt vectors: show, similarity, arithmetic.",
 @tpv_app.command("show")
 def tpv_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> None:
     """A task prompt vector's metadata and norms."""
-    from dtvg_engine.tpv import load_tpv
+    from dtvg_engine.method.tpv import load_tpv
 
     run_dir = find_run(runs_root(runs_dir), run)
     if not (run_dir / TPV).is_file():
@@ -43,7 +43,7 @@ def tpv_show(run: str, runs_dir: RunsDir = None, as_json: JsonFlag = False) -> N
 
 def _vectors(root: Path, refs: list[str]) -> dict[str, tuple[Path, Any, dict[str, Any]]]:
     """Stage-1 TPVs by label (their task, or the run id when a task appears twice)."""
-    from dtvg_engine.tpv import check_compatible, load_tpv
+    from dtvg_engine.method.tpv import check_compatible, load_tpv
 
     loaded = []
     for ref in refs:
@@ -67,7 +67,7 @@ def tpv_sim(
     as_json: JsonFlag = False,
 ) -> None:
     """The task-similarity matrix of stage-1 task prompt vectors (the papers' Figures 10-11)."""
-    from dtvg_engine.grouping import similarity_matrix
+    from dtvg_engine.method.grouping import similarity_matrix
 
     if metric not in ("dot", "cosine"):
         raise UserError(f"unknown --metric {metric!r}; use dot or cosine")
@@ -97,8 +97,8 @@ def tpv_combine(
     """
     from safetensors.torch import load_file, save_file
 
-    from dtvg_engine.prompts import check_tpv_init
-    from dtvg_engine.tpv import combine, parse_expression
+    from dtvg_engine.method.tpv import combine, parse_expression
+    from dtvg_engine.train.prompts import check_tpv_init
 
     if not math.isfinite(scale):
         raise UserError(f"--scale must be a finite number (got {scale})")
@@ -143,7 +143,7 @@ def tpv_combine(
 
 def _newest_stage1(root: Path, name: str) -> str:
     """A run id for an expression term: the name itself if it is a run, else the task's newest stage-1 run."""
-    from dtvg_engine.runfolder import list_run_dirs
+    from dtvg_engine.runs.runfolder import list_run_dirs
 
     for run_dir in reversed(list_run_dirs(root)):
         config = read_config(run_dir)
@@ -155,8 +155,8 @@ def _newest_stage1(root: Path, name: str) -> str:
 @tpv_app.command("bank")
 def tpv_bank(as_json: JsonFlag = False) -> None:
     """The source vectors shipped for stage 2: init, task, steps, validation and test scores."""
-    from dtvg_engine import bank
-    from dtvg_engine.study import pct
+    from dtvg_engine.method import bank
+    from dtvg_engine.studies.study import pct
 
     vectors = bank.entries()
     if as_json:

@@ -19,10 +19,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from dtvg_engine import tasks
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import Event, EventReader, parse_lines
-from dtvg_engine.runfolder import (
+from dtvg_engine.runs.events import Event, EventReader, parse_lines
+from dtvg_engine.runs.runfolder import (
     EVENTS,
     RunSummary,
     planned_steps,
@@ -32,7 +31,8 @@ from dtvg_engine.runfolder import (
     summarize,
     tail_log,
 )
-from dtvg_engine.safefiles import open_file
+from dtvg_engine.runs.safefiles import open_file
+from dtvg_engine.train import tasks
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number, fmt_progress, fmt_time
 from dtvg_tui.series import RunSeries

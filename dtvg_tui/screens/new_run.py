@@ -30,9 +30,11 @@ from textual.widgets import (
 )
 
 from dtvg_engine import config as configs
-from dtvg_engine import launcher, method_registry, tasks
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import TPV, create_run
+from dtvg_engine.method import method_registry
+from dtvg_engine.runs import launcher
+from dtvg_engine.runs.runfolder import TPV, create_run
+from dtvg_engine.train import tasks
 from dtvg_tui import keys
 
 INIT_KEYS = ("model", "prompt_length", "init_seed")
@@ -58,7 +60,7 @@ STAGE2_FORM = ("grouping", "source_scale_lr", *(key for key in STAGE1_FORM if ke
 
 def finished_stage1_runs(summaries: list[Any]) -> dict[tuple[str, int, int], dict[str, str]]:
     """Completed stage-1 runs with a TPV, by init (model, prompt length, init seed): task → newest run dir."""
-    from dtvg_engine.runfolder import read_config
+    from dtvg_engine.runs.runfolder import read_config
 
     by_init: dict[tuple[str, int, int], dict[str, str]] = {}
     for summary in sorted(summaries, key=lambda s: s.run_id):
@@ -83,7 +85,7 @@ def finished_stage1_runs(summaries: list[Any]) -> dict[tuple[str, int, int], dic
 def bank_sources() -> dict[tuple[str, int, int], set[str]]:
     """The source bank's tasks by init (model, prompt length, init seed): stage 2 takes a source's bank
     vector when no local stage-1 run of that init has one (`config.stage2_config`)."""
-    from dtvg_engine import bank
+    from dtvg_engine.method import bank
 
     return {init.settings: set(init.vectors) for init in bank.inits() if init.settings}
 
@@ -326,7 +328,7 @@ class NewRunScreen(Screen[None]):
 
     def _launch_pipeline(self) -> None:
         """Start `dtvg run pipeline FILE` as the study view's `g` does (a bad file is refused here)."""
-        from dtvg_engine.studyprocess import start_pipeline
+        from dtvg_engine.studies.studyprocess import start_pipeline
 
         path = Path(self._value("pl-file")).expanduser()
         _, log_path = start_pipeline(path, Path(self.app.runs_dir))

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import (
+from dtvg_engine.runs.runfolder import (
     LIVE_STATUSES,
     STATUSES,
     RunSummary,
@@ -413,7 +413,7 @@ def control_run(screen: Screen, summary: RunSummary | None, what: str) -> None:
         if not confirmed:
             return
         try:
-            from dtvg_engine import launcher
+            from dtvg_engine.runs import launcher
         except ImportError as e:  # the engine's launcher is missing: say so instead of crashing
             screen.notify(f"cannot {what}: {e}", severity="error")
             return

@@ -6,8 +6,8 @@ finished, the seeds per cell, the best per target marked, the constant-predictio
 the highlighted target, the stage-1 runs, the similarity heatmap of the stage-1 vectors and how often each
 source was in a grouped method's group. Enter on a cell lists its runs (`StudyCellScreen`), from where
 the run detail, inspector and compare screens open as from the Runs screen. `StudiesScreen` (S on the
-Runs screen) lists the studies there are. The tables come from `dtvg_engine.study`, as `dtvg runs report`
-writes them, and the export writes exactly the report's table.
+Runs screen) lists the studies there are. The tables come from `dtvg_engine.studies.study`, as
+`dtvg runs report` writes them, and the export writes exactly the report's table.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
-from dtvg_engine import study, studyprocess
 from dtvg_engine.errors import UserError
-from dtvg_engine.runfolder import write_json_atomic, write_text_atomic
-from dtvg_engine.studyfile import StudySpec
+from dtvg_engine.runs.runfolder import write_json_atomic, write_text_atomic
+from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration
 from dtvg_tui.screens.dialogs import ConfirmScreen
@@ -545,7 +545,8 @@ class StudiesScreen(Screen[None]):
                 "enter: open · escape: back"
                 if self.studies
                 else f"No studies: no pipeline file (*.toml) in {where}, and no pipeline ran in "
-                f"{self.app.runs_dir}. Write one (see dtvg_engine/pipeline.py) or open it with --study FILE.",
+                f"{self.app.runs_dir}. Write one (see dtvg_engine/studies/pipeline.py) or open it with "
+                f"--study FILE.",
                 style="dim",
             )
         )

@@ -15,8 +15,8 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from dtvg_engine.runfolder import PREDICTIONS
-from dtvg_engine.safefiles import open_file, parse_json
+from dtvg_engine.runs.runfolder import PREDICTIONS
+from dtvg_engine.runs.safefiles import open_file, parse_json
 
 SAMPLES_SHOWN = 3
 """How many rows the panel shows."""

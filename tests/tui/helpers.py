@@ -17,8 +17,8 @@ from typing import Any
 from rich.console import Console
 from textual.app import App
 
-from dtvg_engine.events import EventWriter, event_from_dict
-from dtvg_engine.runfolder import CONFIG, EVENTS, PIDFILE
+from dtvg_engine.runs.events import EventWriter, event_from_dict
+from dtvg_engine.runs.runfolder import CONFIG, EVENTS, PIDFILE
 
 
 def screen_text(app: App) -> str:

@@ -9,9 +9,9 @@ import pytest
 from live_worker import owning
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.events import EventReader, EventWriter, read_events
-from dtvg_engine.history import History
-from dtvg_engine.runfolder import EVENTS, summarize
+from dtvg_engine.runs.events import EventReader, EventWriter, read_events
+from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runfolder import EVENTS, summarize
 from dtvg_tui import keys, runtable
 from dtvg_tui.configdiff import config_diff, flatten
 from dtvg_tui.fmt import fmt_duration

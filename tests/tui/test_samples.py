@@ -13,10 +13,10 @@ from pathlib import Path
 from live_worker import owning
 from textual.widgets import Select, SelectionList
 
-from dtvg_engine import study
-from dtvg_engine.events import EventWriter
-from dtvg_engine.runfolder import CONFIG, PREDICTIONS
-from dtvg_engine.tasks import GENERATION_METRICS
+from dtvg_engine.runs.events import EventWriter
+from dtvg_engine.runs.runfolder import CONFIG, PREDICTIONS
+from dtvg_engine.studies import study
+from dtvg_engine.train.tasks import GENERATION_METRICS
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.new_run import NewRunScreen
 from dtvg_tui.widgets.curves import CurvesPlot

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dtvg_engine.events import Event, event_from_dict, parse_lines
+from dtvg_engine.runs.events import Event, event_from_dict, parse_lines
 from dtvg_tui.series import Curve, GroupTrack, RunSeries, downsample
 
 
@@ -148,7 +148,7 @@ def test_run_series_folds_a_resumed_run():
 
 
 def test_run_series_is_the_engine_fold_with_columns_on_top():
-    from dtvg_engine.events import RunState
+    from dtvg_engine.runs.events import RunState
 
     events = parsed(
         {"type": "run_started", "time": 0.0, "run_id": "r", "stage": "stage1", "method": "pt", "task": "rte",

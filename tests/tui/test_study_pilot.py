@@ -1,7 +1,7 @@
 """The study view driven with Textual's pilot on the study recorded with the real pipeline.
 
-What it shows is checked against `dtvg_engine.study` and `dtvg runs report` on the same runs; its export
-against the report's own output; its progress against runs made live from the recorded ones; and its
+What it shows is checked against `dtvg_engine.studies.study` and `dtvg runs report` on the same runs; its
+export against the report's own output; its progress against runs made live from the recorded ones; and its
 start/stop keys against a real tiny pipeline.
 """
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 from live_worker import stand_in_worker
 
-from dtvg_engine import study, studyprocess, tpv_plain
-from dtvg_engine.events import EventWriter
-from dtvg_engine.runfolder import TPV, read_config, summarize
+from dtvg_engine.method import tpv_plain
+from dtvg_engine.runs.events import EventWriter
+from dtvg_engine.runs.runfolder import TPV, read_config, summarize
+from dtvg_engine.studies import study, studyprocess
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.compare import CompareScreen
 from dtvg_tui.screens.detail import RunDetailScreen

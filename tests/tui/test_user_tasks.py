@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine import tasks
+from dtvg_engine.train import tasks
 
 from .helpers import sync
 from .test_pilot import app_for, open_new_run

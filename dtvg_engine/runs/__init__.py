@@ -1,0 +1,1 @@
+"""Runs on disk and as processes: run folder, event stream, history, launching, workers, Slurm."""

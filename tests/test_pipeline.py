@@ -297,3 +297,22 @@ def test_a_data_dir_spelled_through_a_symlink_reuses_the_runs(runs_dir: Path, da
     assert reuse_or_create(runs_dir, "stage1", "rte", resolved)[0] == first  # still to run, in its folder
     other = {**as_written, "data_dir": str(tmp_path)}  # other data are other runs
     assert reuse_or_create(runs_dir, "stage1", "rte", other)[0] != first
+
+
+def test_a_study_that_left_no_trace_leaves_no_lock_and_its_next_claim_is_sound(tmp_path: Path) -> None:
+    """`forget_study` (sbatch refused a study's first jobs) removes the study's lock file too, unless a
+    pipeline holds it; a claim never counts a lock on a file that was removed from under it."""
+    runs = tmp_path / "runs"
+    with studyprocess.claim_study(runs, "s"):
+        studyprocess.forget_study(runs, "s")  # held: the lock file stays
+        assert (runs / studyprocess.PIPELINES_DIR / "s.lock").exists()
+    studyprocess.forget_study(runs, "s")
+    assert sorted(runs.iterdir()) == []  # free: nothing left, not even _pipelines/
+    stale = os.open(tmp_path / "old.lock", os.O_RDWR | os.O_CREAT)  # a lock on a file no longer there
+    try:
+        assert not studyprocess._lock_current(stale, tmp_path / "gone.lock")
+        with studyprocess.claim_study(runs, "s"), pytest.raises(UserError, match="already running"):
+            with studyprocess.claim_study(runs, "s"):
+                pass
+    finally:
+        os.close(stale)

@@ -66,6 +66,13 @@ def forget_study(runs_dir: Path, name: str) -> None:
     """Remove what `record_study` left, for a pipeline that started nothing (sbatch refused it)."""
     record_path(runs_dir, name).unlink(missing_ok=True)
     _pidfile(runs_dir, name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # its lock file too, unless a pipeline of the study holds it now
+        fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR)
+        try:
+            if _lock_current(fd, _lockfile(runs_dir, name)):
+                _lockfile(runs_dir, name).unlink()
+        finally:
+            os.close(fd)
     with contextlib.suppress(OSError):  # gone only when empty: other studies' records stay
         (Path(runs_dir) / PIPELINES_DIR).rmdir()
 
@@ -128,26 +135,43 @@ def claim_study(runs_dir: Path, name: str, wait_s: float = 0.0) -> Iterator[None
     The lock dies with its process, however it ends. `UserError` naming the pipeline that holds it
     (after `wait_s` seconds: a Slurm pass may start while the pass that submitted it is exiting)."""
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    make_dir(Path(runs_dir) / PIPELINES_DIR)
-    fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR | os.O_CREAT)
     deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    while True:
+        make_dir(Path(runs_dir) / PIPELINES_DIR)
+        fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR | os.O_CREAT)
+        try:
+            if _lock_current(fd, _lockfile(runs_dir, name)):
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    owner = lock_owner(_lockfile(runs_dir, name))
-                    raise UserError(
-                        f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); "
-                        "wait for it to end, or stop it (the dashboard's study view, s) before running again"
-                    ) from None
-            time.sleep(0.5)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            owner = lock_owner(_lockfile(runs_dir, name))
+            raise UserError(
+                f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); "
+                "wait for it to end, or stop it (the dashboard's study view, s) before running again"
+            )
+        time.sleep(0.5)
+    try:
         record_owner(fd, os.getpid())
         yield
     finally:
         os.close(fd)
+
+
+def _lock_current(fd: int, path: Path) -> bool:
+    """Take the lock on `fd` if free, and keep it only if `fd` is still the file at `path`: a study that
+    left no trace removes its lock file (`forget_study`), and a lock on a removed file guards nothing."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+            return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def _jobfile(runs_dir: Path, name: str) -> Path:

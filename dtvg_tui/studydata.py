@@ -17,7 +17,8 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
-from dtvg_engine.runs.runfolder import CONFIG, RunSummary, read_config
+from dtvg_engine.runs.runfolder import CONFIG, read_config
+from dtvg_engine.runs.runstatus import RunSummary
 from dtvg_engine.studies import study
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_engine.studies.studyplan import banked_sources

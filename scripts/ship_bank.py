@@ -22,17 +22,10 @@ from typing import Any
 from dtvg_engine.config import init_id
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
+from dtvg_engine.runs.atomic import replacing, write_json_atomic
 from dtvg_engine.runs.events import read_state
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    INITS_DIR,
-    TPV,
-    find_run,
-    read_config,
-    replacing,
-    summarize,
-    write_json_atomic,
-)
+from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, TPV, find_run, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.studies.study import recorded_constant
 
 LOCAL_KEYS = ("run_id", "created", "runs_dir")

@@ -19,15 +19,8 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
 from dtvg_engine.runs.events import read_state
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    INITS_DIR,
-    TPV,
-    create_run,
-    list_run_dirs,
-    read_config,
-    summarize,
-)
+from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.studies import study, studyplan
 from dtvg_engine.studies.studyfile import load_experiment
 from dtvg_engine.worker import run_worker

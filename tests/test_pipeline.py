@@ -16,7 +16,9 @@ from cli_helpers import assert_bad_input
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.launcher import wait_for_exit
-from dtvg_engine.runs.runfolder import list_run_dirs, read_config, read_pid, run_owner, summarize
+from dtvg_engine.runs.runfolder import list_run_dirs, read_config
+from dtvg_engine.runs.runowner import read_pid, run_owner
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.studies import study, studyprocess
 from dtvg_engine.studies.studyfile import load_experiment
 

@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import grouping, tpv_plain
-from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
+from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, TPV, read_config
+from dtvg_engine.runs.runstatus import RunSummary
 from dtvg_engine.studies import study, studyprocess
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_engine.train import metrics, tasks

@@ -49,16 +49,10 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank, method_registry
 from dtvg_engine.runs import slurm, workers
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    LIVE_STATUSES,
-    create_run,
-    list_run_dirs,
-    read_config,
-    read_pid,
-    summarize,
-    write_text_atomic,
-)
+from dtvg_engine.runs.atomic import write_text_atomic
+from dtvg_engine.runs.runfolder import EVENTS, create_run, list_run_dirs, read_config
+from dtvg_engine.runs.runowner import read_pid
+from dtvg_engine.runs.runstatus import LIVE_STATUSES, summarize
 from dtvg_engine.studies.study import Results, Runs, table_of
 from dtvg_engine.studies.studyfile import StudySpec, load_experiment
 from dtvg_engine.studies.studyplan import SlotKey, banked_sources, plan, study_init_id

@@ -25,15 +25,8 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank, method_registry
 from dtvg_engine.runs import workers
 from dtvg_engine.runs.events import Eval, Event, EventReader, Group, parse_line
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    TPV,
-    RunSummary,
-    list_run_dirs,
-    missing_stage1_runs,
-    read_config,
-    summarize,
-)
+from dtvg_engine.runs.runfolder import EVENTS, TPV, list_run_dirs, missing_stage1_runs, read_config
+from dtvg_engine.runs.runstatus import RunSummary, summarize
 from dtvg_engine.runs.safefiles import open_file
 from dtvg_engine.studies import studyplan as plans
 from dtvg_engine.studies.studyfile import StudySpec

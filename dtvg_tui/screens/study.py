@@ -24,7 +24,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runs.runfolder import write_json_atomic, write_text_atomic
+from dtvg_engine.runs.atomic import write_json_atomic, write_text_atomic
 from dtvg_engine.studies import study, studyprocess
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_tui import keys

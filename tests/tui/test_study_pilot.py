@@ -17,7 +17,8 @@ from live_worker import stand_in_worker
 
 from dtvg_engine.method import tpv_plain
 from dtvg_engine.runs.events import EventWriter
-from dtvg_engine.runs.runfolder import TPV, read_config, summarize
+from dtvg_engine.runs.runfolder import TPV, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.studies import study, studyprocess
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.compare import CompareScreen

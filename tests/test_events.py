@@ -27,7 +27,7 @@ from rich.progress import Progress
 from dtvg_engine.runs import events as ev
 from dtvg_engine.runs import runfolder, runstatus, watch
 from dtvg_engine.runs.history import History
-from dtvg_engine.studies import report, study
+from dtvg_engine.studies import report, studyresults
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.series import RunSeries
 
@@ -494,7 +494,7 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
             assert json.dumps(doc) == json.dumps(summary.to_dict())
             test = expected.last_eval.get("test")
             score = test.primary if test is not None else None
-            assert json.dumps(study.test_score(run_dir)) == json.dumps(score)
+            assert json.dumps(studyresults.test_score(run_dir)) == json.dumps(score)
 
 
 # ----- a long events file is read a chunk at a time -----
@@ -519,7 +519,7 @@ def test_a_long_events_file_is_folded_in_chunks_not_held_whole(tmp_path: Path):
     size = path.stat().st_size  # about 2 MB
     chunk = 64 << 10
     with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
-        for read in (ev.read_state, study.test_score, report.group_steps, next_event):
+        for read in (ev.read_state, studyresults.test_score, report.group_steps, next_event):
             tracemalloc.start()
             try:
                 read(path if read in (ev.read_state, next_event) else run_dir)

@@ -310,7 +310,7 @@ def runs_report(
     from dtvg_engine.studies.studyfile import load_experiment
 
     text, table = report(load_experiment(experiment), runs_root(runs_dir))
-    if json_out:  # the document the dashboard's study view exports too (dtvg_engine.studies.study.Results)
+    if json_out:  # the document the dashboard's study view exports too (studyresults.Results)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_out, table.document())
     typer.echo(text)

@@ -3,7 +3,7 @@
 Writes one stage-2 run whose events.jsonl is about N MB (default 285, the file of issue 24: `runs list`
 then peaked at 1.39 GB), then, each in a fresh process so that its peak is its own, folds it:
 
-- ours: `runfolder.summarize`, what `dtvg runs list` does for each run (the file read a chunk at a time,
+- ours: `runstatus.summarize`, what `dtvg runs list` does for each run (the file read a chunk at a time,
   `events.READ_CHUNK_BYTES`, only the lines the fold needs parsed);
 - reference: the same fold over the whole file read and parsed at once (how summaries read it before).
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from dtvg_engine.runs import events, runfolder
+from dtvg_engine.runs import events, runfolder, runstatus
 
 def rss_mb(field):
     for line in open("/proc/self/status"):
@@ -39,7 +39,7 @@ run_dir, how = Path(sys.argv[1]), sys.argv[2]
 before = rss_mb("VmRSS")
 t0 = time.perf_counter()
 if how == "ours":
-    summary = runfolder.summarize(run_dir)
+    summary = runstatus.summarize(run_dir)
     steps, best = summary.step, summary.best_metric
 else:
     state = events.RunState()

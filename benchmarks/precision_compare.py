@@ -31,7 +31,8 @@ from typing import Any
 from safetensors.torch import load_file
 
 from dtvg_engine.runs.events import read_state
-from dtvg_engine.runs.runfolder import EVENTS, PROMPT, list_run_dirs, read_config, summarize
+from dtvg_engine.runs.runfolder import EVENTS, PROMPT, list_run_dirs, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.train import metrics
 from dtvg_engine.train.backbones import DEFAULT_MODEL, load_backbone
 from dtvg_engine.train.data import load_splits

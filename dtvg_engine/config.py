@@ -469,7 +469,8 @@ def find_stage1_run(
 def _newest_stage1_run(
     runs_dir: str | Path, task: str, settings: dict[str, Any], same_split: bool = False
 ) -> Path | None:
-    from dtvg_engine.runs.runfolder import TPV, list_run_dirs, read_config, summarize
+    from dtvg_engine.runs.runfolder import TPV, list_run_dirs, read_config
+    from dtvg_engine.runs.runstatus import summarize
 
     found = []
     for run_dir in reversed(list_run_dirs(runs_dir)):

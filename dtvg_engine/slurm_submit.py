@@ -29,7 +29,8 @@ from submitit.core.utils import FailedJobError
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import slurm
 from dtvg_engine.runs.history import History
-from dtvg_engine.runs.runfolder import EVENTS, LOG, check_action, read_config
+from dtvg_engine.runs.runactions import check_action
+from dtvg_engine.runs.runfolder import EVENTS, LOG, read_config
 from dtvg_engine.runs.safefiles import open_fd
 from dtvg_engine.runs.slurm import SUBMITIT_DIR, Resources
 from dtvg_engine.studies.studyfile import load_experiment

@@ -29,13 +29,10 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.runs import slurm
 from dtvg_engine.runs.events import EventWriter, Log, RunFinished, RunStarted, iter_events
 from dtvg_engine.runs.history import History
-from dtvg_engine.runs.runfolder import (
-    CONFIG,
-    EVENTS,
-    WORKER_LOCK,
+from dtvg_engine.runs.runfolder import CONFIG, EVENTS, WORKER_LOCK, read_config
+from dtvg_engine.runs.runowner import (
     WORKER_LOCK_FD,
     claim_run,
-    read_config,
     record_exit,
     record_owner,
     release_space,

@@ -20,17 +20,9 @@ from dtvg_engine.errors import UserError
 from dtvg_engine.runs import launcher, slurm
 from dtvg_engine.runs.events import EventReader, RunState
 from dtvg_engine.runs.history import History
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    LIVE_STATUSES,
-    META,
-    PIDFILE,
-    RunSummary,
-    build_summary,
-    list_run_dirs,
-    read_config,
-    read_meta,
-)
+from dtvg_engine.runs.runfolder import EVENTS, META, PIDFILE, list_run_dirs, read_config
+from dtvg_engine.runs.runmeta import read_meta
+from dtvg_engine.runs.runstatus import LIVE_STATUSES, RunSummary, build_summary
 
 _SUMMARY_FIELDS = {f.name for f in fields(RunSummary)}
 
@@ -90,7 +82,7 @@ class _Tracked:
         return True
 
     def summarize(self, queue: slurm.Queue | None = None) -> RunSummary:
-        """The same summary as `runfolder.summarize`, from the folded state."""
+        """The same summary as `runstatus.summarize`, from the folded state."""
         return build_summary(self.run_dir, self.config, self.meta, self.state, queue)
 
 

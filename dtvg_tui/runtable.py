@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dtvg_engine.runs.runfolder import STATUSES, RunSummary
+from dtvg_engine.runs.runstatus import STATUSES, RunSummary
 from dtvg_tui.fmt import fmt_duration, fmt_metric, fmt_progress, fmt_time
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
-from dtvg_engine.runs.runfolder import CONFIG, RunSummary, read_config
-from dtvg_engine.studies import study
+from dtvg_engine.runs.runfolder import CONFIG, read_config
+from dtvg_engine.runs.runstatus import RunSummary
+from dtvg_engine.studies import study, studyprogress, studyresults
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_engine.studies.studyplan import banked_sources
 
@@ -42,13 +43,13 @@ class Snapshot:
 
     spec: StudySpec
     runs: study.Runs
-    slots: list[study.Filled]
+    slots: list[studyprogress.Filled]
     counts: dict[str, int]
     seconds_left: float | None
-    results: study.Results
-    stage1: list[tuple[study.Filled, study.Stage1Row | None]]
+    results: studyresults.Results
+    stage1: list[tuple[studyprogress.Filled, studyresults.Stage1Row | None]]
     """Each planned stage-1 run and, once it has a run folder, its row."""
-    banked: list[study.Stage1Row]
+    banked: list[studyresults.Stage1Row]
     """The sources taken from the source bank (no run of this runs directory)."""
     tests: dict[str, float | None]
     """Run id → test score of every finished run read so far."""
@@ -57,11 +58,11 @@ class Snapshot:
     similarity_error: str | None = None
     """Why there is no similarity matrix (yet)."""
 
-    def slot_runs(self, target: str, method: str) -> list[study.Filled]:
+    def slot_runs(self, target: str, method: str) -> list[studyprogress.Filled]:
         """The stage-2 slots of one table cell, one per seed."""
         return [s for s in self.slots if s.stage == "stage2" and s.task == target and s.method == method]
 
-    def run_dir(self, slot: study.Filled) -> Path | None:
+    def run_dir(self, slot: studyprogress.Filled) -> Path | None:
         return self.runs.runs_dir / slot.run_id if slot.run_id else None
 
 
@@ -99,7 +100,7 @@ class StudyData:
         if run_id not in self._tests:
             if runs.status(run_id) != "completed":
                 return None
-            self._tests[run_id] = study.test_score(run_dir)
+            self._tests[run_id] = studyresults.test_score(run_dir)
         return self._tests[run_id]
 
     def load(self, summaries: dict[str, RunSummary]) -> Snapshot:
@@ -112,13 +113,13 @@ class StudyData:
             if config is not None:
                 configs[run_id] = config
         runs = study.Runs(self.runs_dir, configs, summaries.get)
-        slots = study.fill(self.spec, runs)
+        slots = studyprogress.fill(self.spec, runs)
         found = study.find_study(self.spec, runs)
-        results = study.results(
+        results = studyresults.results(
             found,
             runs,
             lambda run_dir: self._test(run_dir, runs),
-            lambda run_dir: study.recorded_constant(configs.get(run_dir.name, {})),
+            lambda run_dir: studyresults.recorded_constant(configs.get(run_dir.name, {})),
         )
         stage1 = []
         for slot in (s for s in slots if s.stage == "stage1"):
@@ -126,17 +127,17 @@ class StudyData:
             row = None
             if slot.run_id:
                 run_dir = self.runs_dir / slot.run_id
-                row = study.stage1_row(slot.task, role, run_dir, runs, self._test(run_dir, runs))
+                row = studyresults.stage1_row(slot.task, role, run_dir, runs, self._test(run_dir, runs))
             stage1.append((slot, row))
         return Snapshot(
             self.spec,
             runs,
             slots,
-            study.counts(slots),
-            study.seconds_left(self.spec, slots, runs),
+            studyprogress.counts(slots),
+            studyprogress.seconds_left(self.spec, slots, runs),
             results,
             stage1,
-            [study.bank_row(vector) for vector in self.banked.values()],
+            [studyresults.bank_row(vector) for vector in self.banked.values()],
             dict(self._tests),
         )
 
@@ -154,7 +155,7 @@ class StudyData:
             from dtvg_engine.method.tpv_plain import similarity_matrix
 
             try:
-                files = study.vector_files(self.spec, sources, targets, self.banked)
+                files = studyresults.vector_files(self.spec, sources, targets, self.banked)
                 found = (
                     similarity_matrix(files) if files else "No stage-1 run of this study has finished yet."
                 )
@@ -177,23 +178,23 @@ class StudyData:
                     if slot.state != "done" or not slot.run_id:
                         continue
                     if slot.run_id not in self._groups:
-                        self._groups[slot.run_id] = study.group_steps(self.runs_dir / slot.run_id)
+                        self._groups[slot.run_id] = studyresults.group_steps(self.runs_dir / slot.run_id)
                     if self._groups[slot.run_id]:
                         per_seed.append(self._groups[slot.run_id])
                 if not any(group for steps in per_seed for _, group in steps):
                     continue  # a method that groups nothing (no sources, or no group events)
-                shares = [study.source_shares(steps, sources) for steps in per_seed]
+                shares = [studyresults.source_shares(steps, sources) for steps in per_seed]
                 rows.append(
                     GroupRow(
                         target,
                         method,
                         len(per_seed),
                         [statistics.fmean(column) for column in zip(*shares, strict=True)],
-                        statistics.fmean(len(study.trajectory(steps)) - 1 for steps in per_seed),
+                        statistics.fmean(len(studyresults.trajectory(steps)) - 1 for steps in per_seed),
                     )
                 )
         return rows
 
 
-def _done_stage1(slot: study.Filled, seed: int | None) -> bool:
+def _done_stage1(slot: studyprogress.Filled, seed: int | None) -> bool:
     return slot.stage == "stage1" and slot.seed == seed and slot.state == "done" and slot.run_id is not None

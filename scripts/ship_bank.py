@@ -22,18 +22,11 @@ from typing import Any
 from dtvg_engine.config import init_id
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
+from dtvg_engine.runs.atomic import replacing, write_json_atomic
 from dtvg_engine.runs.events import read_state
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    INITS_DIR,
-    TPV,
-    find_run,
-    read_config,
-    replacing,
-    summarize,
-    write_json_atomic,
-)
-from dtvg_engine.studies.study import recorded_constant
+from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, TPV, find_run, read_config
+from dtvg_engine.runs.runstatus import summarize
+from dtvg_engine.studies.studyresults import recorded_constant
 
 LOCAL_KEYS = ("run_id", "created", "runs_dir")
 """Config keys that say where a run was made, not how: left out of the shipped record."""

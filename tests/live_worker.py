@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dtvg_engine.runs.runfolder import claim_run, record_owner
+from dtvg_engine.runs.runowner import claim_run, record_owner
 
 _STAND_IN = """
 import os, sys, time
-from dtvg_engine.runs.runfolder import claim_run, record_owner
+from dtvg_engine.runs.runowner import claim_run, record_owner
 record_owner(claim_run(sys.argv[1]), os.getpid())
 print("owned", flush=True)
 time.sleep(600)

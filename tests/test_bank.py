@@ -19,16 +19,9 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
 from dtvg_engine.runs.events import read_state
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    INITS_DIR,
-    TPV,
-    create_run,
-    list_run_dirs,
-    read_config,
-    summarize,
-)
-from dtvg_engine.studies import study, studyplan
+from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, TPV, create_run, list_run_dirs, read_config
+from dtvg_engine.runs.runstatus import summarize
+from dtvg_engine.studies import study, studyplan, studyprogress
 from dtvg_engine.studies.studyfile import load_experiment
 from dtvg_engine.worker import run_worker
 from dtvg_tui.studydata import StudyData
@@ -240,7 +233,7 @@ def test_pipeline_takes_bank_sources_and_bank_false_trains_them(
     assert sorted(configs_[1]["bank_sources"]) == SOURCES
     monkeypatch.setenv(bank.BANK_ENV, str(shipped))
     spec = load_experiment(experiment)
-    slots = study.fill(spec, study.Runs.read(runs_dir))  # the study view plans no source run either
+    slots = studyprogress.fill(spec, study.Runs.read(runs_dir))  # the study view plans no source run either
     assert [(s.stage, s.task, s.state) for s in slots] == [
         ("stage1", "rte", "done"),
         ("stage2", "rte", "done"),

@@ -12,7 +12,8 @@ import pytest
 from dtvg_engine import config
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.events import Log, read_events
-from dtvg_engine.runs.runfolder import EVENTS, create_run, read_config, summarize
+from dtvg_engine.runs.runfolder import EVENTS, create_run, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.worker import run_worker
 
 

@@ -25,10 +25,9 @@ from live_worker import owning
 from rich.progress import Progress
 
 from dtvg_engine.runs import events as ev
-from dtvg_engine.runs import runfolder as rf
-from dtvg_engine.runs import watch
+from dtvg_engine.runs import runfolder, runstatus, watch
 from dtvg_engine.runs.history import History
-from dtvg_engine.studies import report, study
+from dtvg_engine.studies import report, studyresults
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.series import RunSeries
 
@@ -78,8 +77,8 @@ def completed_run(steps: int = 300) -> list[bytes]:
 
 
 def make_run(runs_dir: Path, lines: list[bytes], tail: bytes = b"", label: str = "rte") -> Path:
-    run_dir = rf.create_run(runs_dir, "stage1", label, CONFIG)
-    (run_dir / rf.EVENTS).write_bytes(b"".join(raw + b"\n" for raw in lines) + tail)
+    run_dir = runfolder.create_run(runs_dir, "stage1", label, CONFIG)
+    (run_dir / runfolder.EVENTS).write_bytes(b"".join(raw + b"\n" for raw in lines) + tail)
     return run_dir
 
 
@@ -298,7 +297,7 @@ def test_an_index_written_before_executor_existed_is_brought_up_to_date(runs_dir
         del doc["executor"], doc["job_id"], doc["host"]
     path.write_text(json.dumps(data))
     (doc,) = History(runs_dir).all()
-    assert doc == rf.summarize(run_dir).to_dict() and doc["executor"] == "local"
+    assert doc == runstatus.summarize(run_dir).to_dict() and doc["executor"] == "local"
 
 
 # ----- every reader agrees, whatever the damage (property test) -----
@@ -443,7 +442,7 @@ def damaged_streams(draw) -> tuple[list[dict], bytes]:
     return good, out
 
 
-def comparable(state: ev.RunState | rf.RunSummary) -> str:
+def comparable(state: ev.RunState | runstatus.RunSummary) -> str:
     """What every reader must agree on, as JSON text (so NaN compares equal to NaN)."""
     return json.dumps(
         (state.status, state.step, state.best_metric, state.duration, state.started, state.error)
@@ -462,9 +461,9 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
     expected_groups = [(e["step"], tuple(e["selected"])) for e in good if e["type"] == "group"]
 
     runs_dir = tmp_path_factory.mktemp("runs")
-    run_dir = rf.create_run(runs_dir, "stage2", "rte", {**CONFIG, "stage": "stage2", "target": "rte"})
+    run_dir = runfolder.create_run(runs_dir, "stage2", "rte", {**CONFIG, "stage": "stage2", "target": "rte"})
     with owning(run_dir):  # this process plays the worker that wrote the stream
-        path = run_dir / rf.EVENTS
+        path = run_dir / runfolder.EVENTS
         index = RunIndex(runs_dir)
         series, reader = RunSeries(), ev.EventReader(path)
         progress = Progress(disable=True)
@@ -483,7 +482,7 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
                         break
                 followed.poll(progress)
             # and the readers of a whole file, a chunk at a time
-            summary = rf.summarize(run_dir)
+            summary = runstatus.summarize(run_dir)
             assert comparable(summary) == comparable(expected)
             listed = index.summary(run_dir.name)  # the Runs table
             assert listed is not None and json.dumps(listed.to_dict()) == json.dumps(summary.to_dict())
@@ -495,7 +494,7 @@ def test_every_reader_agrees_on_a_damaged_stream(tmp_path_factory, stream, cut, 
             assert json.dumps(doc) == json.dumps(summary.to_dict())
             test = expected.last_eval.get("test")
             score = test.primary if test is not None else None
-            assert json.dumps(study.test_score(run_dir)) == json.dumps(score)
+            assert json.dumps(studyresults.test_score(run_dir)) == json.dumps(score)
 
 
 # ----- a long events file is read a chunk at a time -----
@@ -514,13 +513,13 @@ def test_a_long_events_file_is_folded_in_chunks_not_held_whole(tmp_path: Path):
     lines += [evaluation(20_000, 0.4, False, split="test"), finished(30_000.0)]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / rf.CONFIG).write_text(json.dumps({**CONFIG, "steps": 20_000}))
-    path = run_dir / rf.EVENTS
+    (run_dir / runfolder.CONFIG).write_text(json.dumps({**CONFIG, "steps": 20_000}))
+    path = run_dir / runfolder.EVENTS
     path.write_bytes(b"\n".join(lines) + b"\n")
     size = path.stat().st_size  # about 2 MB
     chunk = 64 << 10
     with mock.patch.object(ev, "READ_CHUNK_BYTES", chunk):
-        for read in (ev.read_state, study.test_score, report.group_steps, next_event):
+        for read in (ev.read_state, studyresults.test_score, report.group_steps, next_event):
             tracemalloc.start()
             try:
                 read(path if read in (ev.read_state, next_event) else run_dir)

@@ -19,7 +19,8 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import method_registry
 from dtvg_engine.runs.events import Eval, EventWriter, Group, read_events
-from dtvg_engine.runs.runfolder import create_run, summarize
+from dtvg_engine.runs.runfolder import create_run
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.train import metrics, tasks
 from dtvg_engine.train.data import REFERENCES, load_splits
 from dtvg_engine.train.generation import GENERATION_TOKENS_CAP, PREDICTIONS, TextGenerator, fitted_scorer

@@ -11,7 +11,7 @@ from pathlib import Path
 from live_worker import owning
 from tinydb import TinyDB
 
-from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs import runfolder, runmeta, runstatus
 from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
 from dtvg_engine.runs.history import TABLE, History
 
@@ -21,9 +21,9 @@ CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama
 
 def make_run(runs_dir: Path, label: str, status: str | None = None, pid: int | None = None) -> Path:
     """A run folder; with `status`, one that started (as `pid`, default this process) and finished."""
-    run = rf.create_run(runs_dir, "stage1", label, {**CONFIG, "task": label})
+    run = runfolder.create_run(runs_dir, "stage1", label, {**CONFIG, "task": label})
     if status or pid:
-        with EventWriter(run / rf.EVENTS) as events:
+        with EventWriter(run / runfolder.EVENTS) as events:
             started = RunStarted(
                 run_id=run.name, stage="stage1", method="pt", task=label, pid=pid or os.getpid(), config={}
             )
@@ -47,12 +47,12 @@ def leftovers(runs_dir: Path) -> list[str]:
 def test_rebuild_indexes_every_run_and_is_a_tinydb_file(runs_dir):
     a = make_run(runs_dir, "rte", "completed")
     b = make_run(runs_dir, "cola", "failed")
-    (runs_dir / rf.INITS_DIR).mkdir()
+    (runs_dir / runfolder.INITS_DIR).mkdir()
     docs = History(runs_dir).rebuild()
     assert [d["run_id"] for d in docs] == sorted([a.name, b.name])
     with TinyDB(runs_dir / "history.json") as db:
         stored = {d["run_id"]: d for d in db.table(TABLE).all()}
-    assert stored[a.name] == rf.summarize(a).to_dict()
+    assert stored[a.name] == runstatus.summarize(a).to_dict()
     assert stored[b.name]["status"] == "failed"
     assert leftovers(runs_dir) == ["history.json"]
 
@@ -83,12 +83,12 @@ def test_upsert_replaces_one_document_after_tag_and_status_changes(runs_dir):
     run = make_run(runs_dir, "rte")
     history = History(runs_dir)
     assert history.get(run.name)["status"] == "pending"
-    with owning(run), EventWriter(run / rf.EVENTS) as events:  # this process plays the worker
+    with owning(run), EventWriter(run / runfolder.EVENTS) as events:  # this process plays the worker
         events.emit(
             RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte", pid=os.getpid(), config={})
         )
         assert history.upsert(run)["status"] == "running"
-    rf.update_meta(run, tags=["good"], note="keep")
+    runmeta.update_meta(run, tags=["good"], note="keep")
     history.upsert(run)
     doc = history.get(run.name)
     assert (doc["tags"], doc["note"]) == (["good"], "keep")

@@ -21,7 +21,8 @@ from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank
 from dtvg_engine.runs.events import EventWriter, RunFinished, RunStarted
-from dtvg_engine.runs.runfolder import create_run, read_meta
+from dtvg_engine.runs.runfolder import create_run
+from dtvg_engine.runs.runmeta import read_meta
 from dtvg_engine.runs.safefiles import FileRefused, parse_json
 
 DEEP = "[" * 100_000 + "]" * 100_000

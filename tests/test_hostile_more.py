@@ -25,7 +25,10 @@ from test_hostile import finished_run, new_run
 from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import launcher
-from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, read_meta, read_pid, summarize, update_meta
+from dtvg_engine.runs.runfolder import EVENTS, PIDFILE
+from dtvg_engine.runs.runmeta import read_meta, update_meta
+from dtvg_engine.runs.runowner import read_pid
+from dtvg_engine.runs.runstatus import summarize
 
 TINY = ["--model", "tiny-llama", "--prompt-length", "4", "--k-shot", "16", "--max-eval", "16"]
 TINY += ["--eval-every", "1", "--device", "cpu"]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtvg_engine.runs import launcher
-from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs import launcher, runfolder, runowner, runstatus
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"stage": "stage1", "method": "pt", "task": "rte", "model": "tiny-llama", "steps": 10}
@@ -65,53 +64,53 @@ def wait_until(condition, timeout: float = 20.0) -> None:
 
 
 def test_launch_returns_at_once_and_records_the_pid(runs_dir, launched):
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     begin = time.monotonic()
     pid = launch(run, launched, [sys.executable, "-c", "import time; time.sleep(60)"])
     assert time.monotonic() - begin < 10  # did not wait for the 60 s worker (loose for a loaded machine)
-    assert rf.read_pid(run) == pid
-    assert rf.pid_alive(pid)
+    assert runowner.read_pid(run) == pid
+    assert runowner.pid_alive(pid)
     assert os.getpgid(pid) == pid  # its own session and group
-    summary = rf.summarize(run)
+    summary = runstatus.summarize(run)
     assert (summary.status, summary.pid) == ("pending", pid)
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_stop_before_the_first_event_leaves_a_killed_run(runs_dir, launched):
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     pid = launch(run, launched, [sys.executable, "-c", "import time; time.sleep(60)"])
     assert launcher.stop_run(run)
     assert launcher.wait_for_exit(pid, 10)
-    assert rf.summarize(run).status == "killed"
+    assert runstatus.summarize(run).status == "killed"
     assert not launcher.stop_run(run)
 
 
 def test_stop_is_graceful(runs_dir, launched):
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     pid = launch(run, launched)
-    wait_until(lambda: rf.summarize(run).status == "running")
-    assert rf.summarize(run).pid == pid
+    wait_until(lambda: runstatus.summarize(run).status == "running")
+    assert runstatus.summarize(run).pid == pid
     assert launcher.stop_run(run)
     assert launcher.wait_for_exit(pid, 10)
-    assert rf.summarize(run).status == "stopped"
+    assert runstatus.summarize(run).status == "stopped"
     assert not launcher.stop_run(run) and not launcher.kill_run(run)
 
 
 def test_kill_takes_the_worker_and_its_children(runs_dir, launched):
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     pid = launch(run, launched)
-    wait_until(lambda: any(line.startswith("child ") for line in rf.tail_log(run)))
-    child = int(next(line for line in rf.tail_log(run) if line.startswith("child ")).split()[1])
-    assert rf.summarize(run).status == "running" and rf.pid_alive(child)
+    wait_until(lambda: any(line.startswith("child ") for line in runfolder.tail_log(run)))
+    child = int(next(line for line in runfolder.tail_log(run) if line.startswith("child ")).split()[1])
+    assert runstatus.summarize(run).status == "running" and runowner.pid_alive(child)
     assert launcher.kill_run(run)
     assert launcher.wait_for_exit(pid, 10)
     assert launcher.wait_for_exit(child, 10)
-    assert rf.summarize(run).status == "killed"
+    assert runstatus.summarize(run).status == "killed"
     assert not launcher.kill_run(run)
 
 
 def test_a_run_without_a_live_worker_is_left_alone(runs_dir):
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     assert not launcher.stop_run(run) and not launcher.kill_run(run)
 
 
@@ -126,11 +125,11 @@ def test_default_command_is_the_worker_module(runs_dir, monkeypatch):
 
     monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
     monkeypatch.setattr(launcher, "_children", [])
-    run = rf.create_run(runs_dir, "stage1", "rte", CONFIG)
+    run = runfolder.create_run(runs_dir, "stage1", "rte", CONFIG)
     assert launcher.launch_worker(run) == 4242
     assert seen["command"] == [sys.executable, "-m", "dtvg_engine.worker", str(run)]
     assert seen["start_new_session"] and seen["stdin"] == launcher.subprocess.DEVNULL
-    assert (run / rf.LOG).exists() and rf.read_pid(run) == 4242
+    assert (run / runfolder.LOG).exists() and runowner.read_pid(run) == 4242
 
 
 def test_wait_for_exit_times_out_on_a_live_process():

@@ -16,8 +16,10 @@ from cli_helpers import assert_bad_input
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.launcher import wait_for_exit
-from dtvg_engine.runs.runfolder import list_run_dirs, read_config, read_pid, run_owner, summarize
-from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.runs.runfolder import list_run_dirs, read_config
+from dtvg_engine.runs.runowner import read_pid, run_owner
+from dtvg_engine.runs.runstatus import summarize
+from dtvg_engine.studies import studyprocess, studyresults
 from dtvg_engine.studies.studyfile import load_experiment
 
 STUDY = """
@@ -79,7 +81,11 @@ def test_pipeline_runs_the_study_then_reuses_it(tmp_path: Path, runs_dir: Path, 
     assert all(r["seeds"] == 2 and 0 <= r["mean"] <= 1 for r in rows.values())
     assert all(list(r["by_seed"]) == ["0", "1"] for r in rows.values())  # paired readings need the seed
     assert sum(bool(r.get("best")) for r in rows.values()) == 1
-    own = {read_config(r)["seed"]: study.test_score(r) for r in runs if read_config(r).get("task") == "rte"}
+    own = {
+        read_config(r)["seed"]: studyresults.test_score(r)
+        for r in runs
+        if read_config(r).get("task") == "rte"
+    }
     assert rows["rte", "pt"]["by_seed"] == {str(seed): score for seed, score in own.items()}
     assert "| target | pt | dtvg | dtvg:prefix | constant |" in (runs_dir / "tiny-results.md").read_text()
 

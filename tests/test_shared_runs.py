@@ -24,8 +24,7 @@ from cli_helpers import assert_bad_input
 
 from dtvg_engine.config import stage1_config
 from dtvg_engine.errors import UserError
-from dtvg_engine.runs import launcher
-from dtvg_engine.runs import runfolder as rf
+from dtvg_engine.runs import atomic, launcher, runactions, runfolder, runmeta, runowner, runstatus
 from dtvg_engine.runs.events import Event, EventWriter, RunFinished, RunStarted
 
 _VENV_DTVG = Path(sys.executable).with_name("dtvg")
@@ -43,7 +42,11 @@ def wait_for(predicate, timeout: float, what: str, run_dir: Path | None = None) 
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            log = (run_dir / rf.LOG).read_text()[-3000:] if run_dir and (run_dir / rf.LOG).exists() else ""
+            log = (
+                (run_dir / runfolder.LOG).read_text()[-3000:]
+                if run_dir and (run_dir / runfolder.LOG).exists()
+                else ""
+            )
             pytest.fail(f"timed out after {timeout}s waiting for {what}\n{log}")
         time.sleep(0.1)
 
@@ -60,11 +63,11 @@ def tiny_run(runs_dir: Path, data_dir: Path, task: str = "rte", steps: int = 200
         task, model="tiny-llama", prompt_length=4, k_shot=16, max_eval=16, steps=steps, eval_every=500,
         batch_size=4, max_input_tokens=32, device="cpu", data_dir=str(data_dir),
     )  # fmt: skip
-    return rf.create_run(runs_dir, "stage1", task, config)
+    return runfolder.create_run(runs_dir, "stage1", task, config)
 
 
 def emit(run_dir: Path, event: Event) -> None:
-    with EventWriter(run_dir / rf.EVENTS) as writer:
+    with EventWriter(run_dir / runfolder.EVENTS) as writer:
         writer.emit(event)
 
 
@@ -84,7 +87,7 @@ def stopped_run(runs_dir: Path, data_dir: Path) -> Path:
 def events_of(run_dir: Path) -> list[dict]:
     """The run's events as written (complete lines only: a worker may be writing the last one)."""
     try:
-        text = (run_dir / rf.EVENTS).read_text()
+        text = (run_dir / runfolder.EVENTS).read_text()
     except FileNotFoundError:
         return []
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
@@ -127,7 +130,7 @@ class _Payload:
 
 def plant_hostile_checkpoint(run_dir: Path, marker: Path) -> Path:
     """An old-style checkpoint/state.pt whose pickle runs code, as a colleague's run folder might hold."""
-    path = run_dir / rf.CHECKPOINT / "state.pt"
+    path = run_dir / runfolder.CHECKPOINT / "state.pt"
     path.parent.mkdir()
     path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
     return path
@@ -145,7 +148,7 @@ def test_resume_never_runs_a_pickled_checkpoint(runs_dir, data_dir, tmp_path, de
     time.sleep(0.5)  # a worker, had one started, would be unpickling by now
     assert not marker.exists()
     assert snapshot(run) == before  # untouched: no event, no pidfile, still resumable
-    assert rf.summarize(run).status == "killed"
+    assert runstatus.summarize(run).status == "killed"
 
 
 def test_the_launcher_refuses_a_pickled_checkpoint(runs_dir, data_dir, tmp_path):
@@ -155,7 +158,7 @@ def test_the_launcher_refuses_a_pickled_checkpoint(runs_dir, data_dir, tmp_path)
     plant_hostile_checkpoint(run, marker)
     with pytest.raises(UserError, match="state.pt"):
         launcher.launch_worker(run)
-    assert not (run / rf.PIDFILE).exists() and not marker.exists()
+    assert not (run / runfolder.PIDFILE).exists() and not marker.exists()
 
 
 def test_a_worker_started_by_hand_never_unpickles(runs_dir, data_dir, tmp_path):
@@ -168,7 +171,7 @@ def test_a_worker_started_by_hand_never_unpickles(runs_dir, data_dir, tmp_path):
     )
     assert worker.returncode == 1, worker.stderr
     assert not marker.exists()
-    summary = rf.summarize(run)
+    summary = runstatus.summarize(run)
     assert summary.status == "failed" and "never loaded" in summary.error
 
 
@@ -178,10 +181,10 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(runs_dir, data_dir):
     from dtvg_engine.train.training import write_checkpoint
 
     run = killed_run(runs_dir, data_dir)
-    path = run / rf.CHECKPOINT / rf.CHECKPOINT_FILE
+    path = run / runfolder.CHECKPOINT / runfolder.CHECKPOINT_FILE
     path.parent.mkdir()
     write_checkpoint(path, {"state": {"step": 3}, "tuner": {"weight": torch.ones(64, 8)}})
-    assert rf.checkpoint_path(run) == path
+    assert runfolder.checkpoint_path(run) == path
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # cut off mid-tensor, as a full disk leaves it
     line = assert_bad_input(dtvg("run", "resume", run.name, "--runs-dir", runs_dir))
@@ -280,7 +283,8 @@ def test_runs_rm_dot_dot_is_refused_even_when_the_parent_looks_like_a_run(tmp_pa
     project = tmp_path / "project"
     runs_dir = project / "runs"
     runs_dir.mkdir(parents=True)
-    rf.write_json_atomic(project / rf.CONFIG, {"stage": "stage1"})  # the parent looks like a finished run
+    # the parent looks like a finished run
+    atomic.write_json_atomic(project / runfolder.CONFIG, {"stage": "stage1"})
     emit(project, RunStarted(run_id="x", stage="stage1", method="pt", task="rte", pid=dead_pid(), config={}))
     emit(project, RunFinished(status="completed", summary={}, error=None))
     (project / "thesis.tex").write_text("years of work")
@@ -333,7 +337,7 @@ def test_parallel_tag_and_note_commands_lose_nothing(runs_dir, data_dir):
         for proc in procs:
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err.decode()
-    meta = rf.read_meta(run)
+    meta = runmeta.read_meta(run)
     assert sorted(meta["tags"]) == sorted(f"{t}-{r}" for t in tags for r in range(2))  # every confirmed tag
     assert meta["note"] == "note 1"
     listed = json.loads(dtvg("runs", "list", "--json", "--runs-dir", runs_dir).stdout)
@@ -348,15 +352,15 @@ SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 def test_a_second_launch_is_refused_while_a_worker_owns_the_run(runs_dir, data_dir, groups):
     run = tiny_run(runs_dir, data_dir)
     groups.append(launcher.launch_worker(run, SLEEPER))
-    assert rf.run_owner(run) == groups[0]
+    assert runowner.run_owner(run) == groups[0]
     with pytest.raises(UserError, match=f"already has a worker \\(pid {groups[0]}\\)"):
         launcher.launch_worker(run, SLEEPER)
-    assert rf.read_pid(run) == groups[0]
+    assert runowner.read_pid(run) == groups[0]
     os.killpg(groups[0], signal.SIGKILL)  # kill -9: the claim goes with the worker
     assert launcher.wait_for_exit(groups[0], 10)
-    assert rf.run_owner(run) is None
+    assert runowner.run_owner(run) is None
     groups.append(launcher.launch_worker(run, SLEEPER))
-    assert rf.run_owner(run) == groups[1]
+    assert runowner.run_owner(run) == groups[1]
 
 
 def test_two_workers_started_together_one_exits_at_once(runs_dir, data_dir, groups):
@@ -378,7 +382,7 @@ def test_two_workers_started_together_one_exits_at_once(runs_dir, data_dir, grou
     wait_for(lambda: starts(run) >= 1, WORKER_TIMEOUT, "the winner's run_started", run)
     time.sleep(1)
     assert [e["pid"] for e in events_of(run) if e["type"] == "run_started"] == [winner.pid]
-    assert rf.run_owner(run) == winner.pid
+    assert runowner.run_owner(run) == winner.pid
 
 
 def test_two_resumes_racing_start_one_worker(runs_dir, data_dir, groups):
@@ -386,8 +390,8 @@ def test_two_resumes_racing_start_one_worker(runs_dir, data_dir, groups):
     command = [DTVG, "run", "resume", run.name, "--detach", "--runs-dir", str(runs_dir)]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs]
-    if rf.read_pid(run):
-        groups.append(rf.read_pid(run))
+    if runowner.read_pid(run):
+        groups.append(runowner.read_pid(run))
     assert sorted(code for code, _ in results) == [0, 2], results
     refused = next(err for code, err in results if code == 2)
     assert "worker" in refused and "Traceback" not in refused
@@ -414,7 +418,7 @@ def test_a_run_whose_dead_workers_pid_was_reused_is_not_stuck(runs_dir, data_dir
         run = tiny_run(runs_dir, data_dir)
         emit(run, RunStarted(run_id=run.name, stage="stage1", method="pt", task="rte",
              pid=unrelated.pid, config={}))  # fmt: skip
-        assert rf.summarize(run).status == "killed"  # no worker owns it, whatever the pid names now
+        assert runstatus.summarize(run).status == "killed"  # no worker owns it, whatever the pid names now
         stop = assert_bad_input(dtvg("runs", "stop", run.name, "--runs-dir", runs_dir))
         assert stop == f"error: run {run.name} is not running (killed)"
         assert unrelated.poll() is None  # never signalled: it is not the run's worker
@@ -427,15 +431,15 @@ def test_a_run_whose_dead_workers_pid_was_reused_is_not_stuck(runs_dir, data_dir
 
 def test_status_rules_are_one_table():
     owner, none = 4242, None
-    assert rf.refusal("stop", "r", "running", owner) is None
-    assert "not running" in rf.refusal("stop", "r", "pending", none)
+    assert runactions.refusal("stop", "r", "running", owner) is None
+    assert "not running" in runactions.refusal("stop", "r", "pending", none)
     for status in ("pending", "stopped", "killed", "failed", "running"):
-        assert rf.refusal("resume", "r", status, none) is None, status
-        assert "stop it first" in rf.refusal("resume", "r", status, owner)
-    assert "completed" in rf.refusal("resume", "r", "completed", none)
-    for status in rf.STATUSES:
-        assert rf.refusal("rm", "r", status, none) is None
-        assert "stop it first" in rf.refusal("rm", "r", status, owner)
+        assert runactions.refusal("resume", "r", status, none) is None, status
+        assert "stop it first" in runactions.refusal("resume", "r", status, owner)
+    assert "completed" in runactions.refusal("resume", "r", "completed", none)
+    for status in runstatus.STATUSES:
+        assert runactions.refusal("rm", "r", status, none) is None
+        assert "stop it first" in runactions.refusal("rm", "r", status, owner)
 
 
 def test_ctrl_c_keeps_queued_runs_resumable(runs_dir, data_dir, groups):
@@ -450,23 +454,23 @@ def test_ctrl_c_keeps_queued_runs_resumable(runs_dir, data_dir, groups):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: len(rf.list_run_dirs(runs_dir)) == 2, 60, "both run folders")
-        by_task = {rf.read_config(d)["task"]: d for d in rf.list_run_dirs(runs_dir)}
+        wait_for(lambda: len(runfolder.list_run_dirs(runs_dir)) == 2, 60, "both run folders")
+        by_task = {runfolder.read_config(d)["task"]: d for d in runfolder.list_run_dirs(runs_dir)}
         first, second = by_task["rte"], by_task["cb"]  # launched in that order, one at a time
         wait_for(lambda: any(e["type"] == "step" for e in events_of(first)), WORKER_TIMEOUT, "a step", first)
-        groups.append(rf.read_pid(first))
+        groups.append(runowner.read_pid(first))
         cli.send_signal(signal.SIGINT)
         _, err = cli.communicate(timeout=120)
     finally:
         cli.kill()
     assert cli.returncode == 1 and "Traceback" not in err, err
     assert "kept queued" in err and second.name in err
-    assert rf.summarize(first).status == "stopped"
-    assert rf.summarize(second).status == "pending" and rf.run_owner(second) is None
+    assert runstatus.summarize(first).status == "stopped"
+    assert runstatus.summarize(second).status == "pending" and runowner.run_owner(second) is None
 
     resumed = dtvg("run", "resume", second.name, "--detach", "--runs-dir", runs_dir)
     assert resumed.returncode == 0, resumed.stderr
-    groups.append(rf.read_pid(second))
+    groups.append(runowner.read_pid(second))
     wait_for(lambda: starts(second) == 1, WORKER_TIMEOUT, "the queued run's worker", second)
 
     # 10. every file the runs wrote is readable by others (this umask: 022)
@@ -485,9 +489,9 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
 
     old = os.umask(umask)
     try:
-        rf.write_json_atomic(tmp_path / "a.json", {"a": 1})
+        atomic.write_json_atomic(tmp_path / "a.json", {"a": 1})
         assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
-        with rf.replacing(tmp_path / "b.safetensors") as tmp:  # safetensors writes a 0600 file itself
+        with atomic.replacing(tmp_path / "b.safetensors") as tmp:  # safetensors writes a 0600 file itself
             save_file({"x": np.ones(2)}, str(tmp))
         assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == mode
     finally:
@@ -578,8 +582,8 @@ def test_a_note_that_is_not_utf8_still_exports(runs_dir, data_dir, tmp_path):
 
 def test_a_meta_json_with_stray_bytes_keeps_its_tags_and_note(runs_dir, data_dir):
     run = tiny_run(runs_dir, data_dir)
-    (run / rf.META).write_bytes(b'{"tags": ["paper"], "note": "lr 0.3 \xe9t\xe9"}')
-    assert rf.read_meta(run) == {"tags": ["paper"], "note": "lr 0.3 \ufffdt\ufffd"}
+    (run / runfolder.META).write_bytes(b'{"tags": ["paper"], "note": "lr 0.3 \xe9t\xe9"}')
+    assert runmeta.read_meta(run) == {"tags": ["paper"], "note": "lr 0.3 \ufffdt\ufffd"}
     tagged = dtvg("runs", "tag", run.name, "best", "--runs-dir", runs_dir)
     assert tagged.returncode == 0, tagged.stderr
-    assert rf.read_meta(run)["tags"] == ["paper", "best"]
+    assert runmeta.read_meta(run)["tags"] == ["paper", "best"]

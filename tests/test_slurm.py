@@ -30,7 +30,8 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import slurm
 from dtvg_engine.runs.events import Log, RunFinished, RunStarted, RunState, Step, event_from_dict, read_events
-from dtvg_engine.runs.runfolder import EVENTS, LOG, TPV, RunSummary, create_run, list_run_dirs, summarize
+from dtvg_engine.runs.runfolder import EVENTS, LOG, TPV, create_run, list_run_dirs
+from dtvg_engine.runs.runstatus import RunSummary, summarize
 from dtvg_engine.runs.slurm import Resources, parse_options, time_minutes
 from dtvg_engine.studies.pipeline import results_paths
 

@@ -24,7 +24,8 @@ from tinydb import TinyDB
 
 from dtvg_engine.method.tpv import load_tpv
 from dtvg_engine.runs.events import EVENT_TYPES, read_events
-from dtvg_engine.runs.runfolder import pid_alive, summarize
+from dtvg_engine.runs.runowner import pid_alive
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.train import metrics, tasks
 from dtvg_engine.train.backbones import load_backbone
 from dtvg_engine.train.data import load_splits

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from dtvg_engine import config as configs
 from dtvg_engine.method import method_registry
-from dtvg_engine.runs.runfolder import EVENTS, PROMPT, create_run, read_config, summarize
+from dtvg_engine.runs.runfolder import EVENTS, PROMPT, create_run, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.worker import run_worker
 
 TINY = {"model": "tiny-llama", "prompt_length": 4, "k_shot": 16, "max_eval": 16, "eval_every": 3}

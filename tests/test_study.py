@@ -24,8 +24,9 @@ from safetensors.torch import save_file
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import grouping, tpv_plain
-from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, TPV, RunSummary, read_config
-from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.runs.runfolder import EVENTS, PIDFILE, TPV, read_config
+from dtvg_engine.runs.runstatus import RunSummary
+from dtvg_engine.studies import study, studyprocess, studyprogress, studyresults
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_engine.train import metrics, tasks
 
@@ -133,7 +134,7 @@ def test_runs_record_the_floor_the_report_computes_from_the_data() -> None:
         run_dir(RECORDED / "runs", "stage2-mrpc-dtvg-s0"),
     ]:
         config = read_config(path)
-        recorded = study.recorded_constant(config)
+        recorded = studyresults.recorded_constant(config)
         assert recorded is not None and recorded == pytest.approx(constant_score(path))
 
 
@@ -146,9 +147,9 @@ def test_the_recorded_study_is_complete(runs: Path) -> None:
     assert {key[1] for key in found.runs} == {"pt", "tpv-top1", "dtvg", "dtvg:prefix"}
     assert read_config(found.runs["rte", "dtvg:prefix", 1])["grouping"] == "prefix"
     assert set(found.sources) == {"mnli", "qnli", "sst2"} and len(found.targets) == 4
-    slots = study.fill(spec(), study.Runs.read(runs))
-    assert len(slots) == 3 + 2 * 2 + 16 and study.counts(slots)["done"] == len(slots)
-    assert study.seconds_left(spec(), slots, study.Runs.read(runs)) == 0.0
+    slots = studyprogress.fill(spec(), study.Runs.read(runs))
+    assert len(slots) == 3 + 2 * 2 + 16 and studyprogress.counts(slots)["done"] == len(slots)
+    assert studyprogress.seconds_left(spec(), slots, study.Runs.read(runs)) == 0.0
 
 
 def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> None:
@@ -168,8 +169,8 @@ def test_report_and_json_out_are_the_study_table(runs: Path, tmp_path: Path) -> 
     report = subprocess.run([*command, "--json-out", str(table)], capture_output=True, text=True, check=True)
     runs_ = study.Runs.read(runs)
     found = study.find_study(spec(), runs_)
-    results = study.results(
-        found, runs_, study.test_score, lambda path: study.recorded_constant(read_config(path))
+    results = studyresults.results(
+        found, runs_, studyresults.test_score, lambda path: studyresults.recorded_constant(read_config(path))
     )
     assert results.markdown in report.stdout
     assert json.loads(table.read_text()) == results.document()
@@ -211,13 +212,13 @@ def test_test_score_is_the_last_test_eval_even_far_from_the_end(runs: Path) -> N
 
     path = run_dir(runs, "stage2-rte-dtvg-s0")
     expected = read_state(path / EVENTS).last_eval["test"].primary  # the whole file, parsed
-    assert study.test_score(path) == expected is not None
+    assert studyresults.test_score(path) == expected is not None
     with open(path / EVENTS, "a") as f:  # 100 KB of log lines after the test eval
         for _ in range(1000):
             f.write(
                 json.dumps({"v": 1, "type": "log", "time": 1.0, "level": "info", "message": "x" * 90}) + "\n"
             )
-    assert study.test_score(path) == expected
+    assert studyresults.test_score(path) == expected
 
 
 # ----- progress -------------------------------------------------------------------------------------------
@@ -241,14 +242,14 @@ def test_progress_states_of_derived_runs(runs: Path) -> None:
         finish = {**events[-1], "status": "stopped", "error": None}
         (stopped / EVENTS).write_text("".join(json.dumps(e) + "\n" for e in [*events[:-1], finish]))
         shutil.rmtree(run_dir(runs, "stage2-mrpc-tpv-top1-s0"))
-        plan = study.fill(spec(), study.Runs.read(runs))
+        plan = studyprogress.fill(spec(), study.Runs.read(runs))
         slots = {(s.task, s.method, s.seed): s for s in plan if s.stage == "stage2"}
     assert slots["rte", "tpv-top1", 0].state == "queued" and slots["rte", "tpv-top1", 0].run_id == queued.name
     assert slots["rte", "tpv-top1", 1].state == "running"
     assert slots["mrpc", "dtvg", 1].state == "failed"
     assert slots["mrpc", "dtvg", 0].state == "stopped"
     assert slots["mrpc", "tpv-top1", 0].state == "queued" and slots["mrpc", "tpv-top1", 0].run_id is None
-    counts = study.counts(plan)
+    counts = studyprogress.counts(plan)
     assert counts == {"done": 18, "running": 1, "queued": 2, "stopped": 1, "failed": 1}
 
 
@@ -282,18 +283,19 @@ def test_seconds_left_from_the_measured_rate() -> None:
     }
     runs = study.Runs(Path("."), {}, summaries.get)
     slots = [
-        study.Filled("stage2", "rte", "pt", 0, "a", "done"),
-        study.Filled("stage2", "rte", "pt", 1, "b", "done"),
-        study.Filled("stage2", "rte", "dtvg", 0, "c", "running"),
-        study.Filled("stage2", "rte", "dtvg", 1, None, "queued"),
-        study.Filled("stage2", "cb", "dtvg", 1, None, "queued"),
-        study.Filled("stage1", "rte", "pt", 0, None, "queued"),
-        study.Filled("stage2", "cb", "pt", 1, None, "failed"),
-        study.Filled("stage2", "rte", "dtvg", 1, None, "queued", shared=True),  # the run of another slot
+        studyprogress.Filled("stage2", "rte", "pt", 0, "a", "done"),
+        studyprogress.Filled("stage2", "rte", "pt", 1, "b", "done"),
+        studyprogress.Filled("stage2", "rte", "dtvg", 0, "c", "running"),
+        studyprogress.Filled("stage2", "rte", "dtvg", 1, None, "queued"),
+        studyprogress.Filled("stage2", "cb", "dtvg", 1, None, "queued"),
+        studyprogress.Filled("stage1", "rte", "pt", 0, None, "queued"),
+        studyprogress.Filled("stage2", "cb", "pt", 1, None, "failed"),
+        # the run of another slot:
+        studyprogress.Filled("stage2", "rte", "dtvg", 1, None, "queued", shared=True),
     ]
-    assert study.seconds_left(plan, slots, runs) == pytest.approx(5 + 10 + 10 + 4)
-    assert study.seconds_left(dataclasses.replace(plan, jobs=2), slots, runs) == pytest.approx(29 / 2)
-    assert study.seconds_left(plan, slots[3:], runs) is None  # nothing measured yet
+    assert studyprogress.seconds_left(plan, slots, runs) == pytest.approx(5 + 10 + 10 + 4)
+    assert studyprogress.seconds_left(dataclasses.replace(plan, jobs=2), slots, runs) == pytest.approx(29 / 2)
+    assert studyprogress.seconds_left(plan, slots[3:], runs) is None  # nothing measured yet
 
 
 # ----- finding studies and their pipelines ---------------------------------------------------------------

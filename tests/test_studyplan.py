@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from dtvg_engine.runs.runfolder import read_config
-from dtvg_engine.studies import study, studyplan, studyprocess
+from dtvg_engine.studies import study, studyplan, studyprocess, studyprogress
 from dtvg_engine.studies.report import report
 from dtvg_engine.studies.studyfile import StudySpec, load_experiment
 
@@ -53,8 +53,8 @@ def test_an_old_study_is_complete_and_its_pt_is_its_own_stage1_run() -> None:
     """Every slot of the old study is done; its pt runs (trained a second time by that version, the
     same prompt bit for bit) give way to the target's own stage-1 run, which the plan gives both."""
     spec, runs_dir = old_study("plan-v1")
-    filled = study.fill(spec, study.Runs.read(runs_dir))
-    assert study.counts(filled)["done"] == len(filled) == 2 + 2 + 4 * 2
+    filled = studyprogress.fill(spec, study.Runs.read(runs_dir))
+    assert studyprogress.counts(filled)["done"] == len(filled) == 2 + 2 + 4 * 2
     by_key = {(f.stage, f.task, f.method, f.seed): f for f in filled}
     for seed in (0, 1):
         own = by_key["stage1", "rte", "pt", seed]
@@ -131,7 +131,7 @@ def test_a_run_is_joined_by_the_slot_it_records(tmp_path: Path) -> None:
 
     (greedy / "config.json").write_text(json.dumps({**config, "slot": recorded}))
     runs = study.Runs.read(runs_dir)
-    filled = {(f.stage, f.task, f.method, f.seed): f for f in study.fill(spec, runs)}
+    filled = {(f.stage, f.task, f.method, f.seed): f for f in studyprogress.fill(spec, runs)}
     assert filled["stage2", "rte", "dtvg", 0].state == "queued"  # its record moved it...
     assert filled["stage2", "rte", "dtvg:prefix", 0].run_id != greedy.name  # ...where its grouping is wrong
 
@@ -141,7 +141,7 @@ def test_an_edited_study_no_longer_counts_the_runs_of_its_old_settings() -> None
     stage-2 runs (but pt, which is T_t's) are runs of another study."""
     spec, runs_dir = old_study("plan-v1")
     edited = dataclasses.replace(spec, stage2={**spec.stage2, "steps": 6})
-    filled = study.fill(edited, study.Runs.read(runs_dir))
+    filled = studyprogress.fill(edited, study.Runs.read(runs_dir))
     states = {(f.stage, f.method): f.state for f in filled}
     assert states["stage1", "pt"] == "done" and states["stage2", "dtvg"] == "queued"
     assert states["stage2", "pt"] == "queued" and states["stage2", "pt-fair"] == "queued"

@@ -16,7 +16,7 @@ from dtvg_engine.cli.runs import runs_app
 from dtvg_engine.cli.tasks import tasks_app
 from dtvg_engine.cli.tpv import tpv_app
 from dtvg_engine.errors import UserError, no_space
-from dtvg_engine.runs.runfolder import printable
+from dtvg_engine.runs.runmeta import printable
 
 app = typer.Typer(
     help="DTVG Studio: multi-task soft-prompt transfer, headless.",

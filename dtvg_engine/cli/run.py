@@ -15,16 +15,9 @@ from dtvg_engine.cli.runs import show_table
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank, method_registry
 from dtvg_engine.runs import launcher, slurm, workers
-from dtvg_engine.runs.runfolder import (
-    CONFIG,
-    check_action,
-    checkpoint_path,
-    create_run,
-    create_runs,
-    find_run,
-    read_config,
-    summarize,
-)
+from dtvg_engine.runs.runactions import check_action
+from dtvg_engine.runs.runfolder import CONFIG, checkpoint_path, create_run, create_runs, find_run, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.train import tasks as task_registry
 from dtvg_engine.train.modelcache import check_cache
 

@@ -20,24 +20,20 @@ from rich.text import Text
 from dtvg_engine.cli.common import JsonFlag, RunsDir, out, print_json, runs_root
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import launcher, slurm
+from dtvg_engine.runs.atomic import write_json_atomic, write_text_atomic
 from dtvg_engine.runs.history import History
+from dtvg_engine.runs.runactions import check_action
 from dtvg_engine.runs.runfolder import (
-    STATUSES,
-    check_action,
-    claim_run,
-    clean_text,
     find_link,
     find_run,
     missing_stage1_runs,
-    printable,
     read_config,
     stage1_dependents,
-    summarize,
     tail_log,
-    update_meta,
-    write_json_atomic,
-    write_text_atomic,
 )
+from dtvg_engine.runs.runmeta import clean_text, printable, update_meta
+from dtvg_engine.runs.runowner import claim_run
+from dtvg_engine.runs.runstatus import STATUSES, summarize
 
 runs_app = typer.Typer(
     help="The history of runs: list, show, compare, report, export, stop, rm, tag.", no_args_is_help=True
@@ -314,7 +310,7 @@ def runs_report(
     from dtvg_engine.studies.studyfile import load_experiment
 
     text, table = report(load_experiment(experiment), runs_root(runs_dir))
-    if json_out:  # the document the dashboard's study view exports too (dtvg_engine.studies.study.Results)
+    if json_out:  # the document the dashboard's study view exports too (studyresults.Results)
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_out, table.document())
     typer.echo(text)

@@ -156,7 +156,7 @@ def _newest_stage1(root: Path, name: str) -> str:
 def tpv_bank(as_json: JsonFlag = False) -> None:
     """The source vectors shipped for stage 2: init, task, steps, validation and test scores."""
     from dtvg_engine.method import bank
-    from dtvg_engine.studies.study import pct
+    from dtvg_engine.studies.studyresults import pct
 
     vectors = bank.entries()
     if as_json:

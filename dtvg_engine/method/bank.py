@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runs.runfolder import INITS_DIR, replacing
+from dtvg_engine.runs.atomic import replacing
+from dtvg_engine.runs.runfolder import INITS_DIR
 from dtvg_engine.runs.safefiles import make_dir, open_file, read_json
 
 BANK_ENV = "DTVG_BANK_DIR"

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.method.tpv_numpy import TPV_KEY, encode_metadata, load_tpv_numpy, read_tpv_file
-from dtvg_engine.runs.runfolder import replacing
+from dtvg_engine.runs.atomic import replacing
 
 __all__ = [
     "METADATA_KEYS",
@@ -52,7 +52,7 @@ def task_prompt_vector(tuned_prompt: Tensor, p_init: Tensor) -> Tensor:
 
 
 def save_tpv(path: str | Path, tpv: Tensor, metadata: dict[str, str | int | float | None]) -> None:
-    """Write ``tpv`` under key ``"tpv"`` with JSON-encoded metadata, atomically (`runfolder.replacing`)."""
+    """Write ``tpv`` under key ``"tpv"`` with JSON-encoded metadata, atomically (`atomic.replacing`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensor = tpv.detach().to("cpu").contiguous()

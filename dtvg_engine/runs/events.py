@@ -596,7 +596,7 @@ class RunState:
     Only lifecycle, step and eval events change it (every event moves `last_time`), so a reader that
     needs no curves may skip the other lines, as long as it keeps the last valid line before each
     `run_started` and at the end (`feed_lines` does). Whether a `running` worker is still alive
-    is no part of the stream: `runfolder.derive_status` adds it.
+    is no part of the stream: `runstatus.derive_status` adds it.
     """
 
     segments: int = 0

@@ -3,7 +3,7 @@
 The contract: docs/architecture.md, 'History index'.
 
 It is derived from the run folders and rebuilt from them whenever it is missing or corrupt. Every
-change takes `history.json.lock` (`runfolder.locked`) and replaces the file atomically, so the TUI and
+change takes `history.json.lock` (`runowner.locked`) and replaces the file atomically, so the TUI and
 headless commands can update it side by side. In a runs directory that cannot hold the lock
 (read-only), `all()` still reads: it summarizes the run folders and writes nothing. Imports only the
 standard library and tinydb: the TUI imports it.
@@ -23,8 +23,11 @@ from tinydb.storages import MemoryStorage, Storage
 
 from dtvg_engine.errors import UserError, no_space
 from dtvg_engine.runs import slurm
+from dtvg_engine.runs.atomic import write_json_atomic
 from dtvg_engine.runs.events import TERMINAL_STATUSES
-from dtvg_engine.runs.runfolder import RunSummary, list_run_dirs, locked, summarize, write_json_atomic
+from dtvg_engine.runs.runfolder import list_run_dirs
+from dtvg_engine.runs.runowner import locked
+from dtvg_engine.runs.runstatus import RunSummary, summarize
 from dtvg_engine.runs.safefiles import parse_json, read_bytes
 
 HISTORY = "history.json"

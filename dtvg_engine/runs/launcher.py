@@ -2,7 +2,7 @@
 
 A worker runs in its own session (so its process group holds it and every child it spawns, and
 closing the terminal or the TUI does not take it down), writes its output to worker.log and its pid
-to worker.pid. Before it starts, the launcher claims the run (`runfolder.claim_run`) and hands the claim
+to worker.pid. Before it starts, the launcher claims the run (`runowner.claim_run`) and hands the claim
 to the worker, so at most one worker owns a run folder whoever launches it: the CLI, the TUI or a
 pipeline. A run submitted to Slurm is stopped, killed and resumed through its job instead (`slurm`).
 Standard library only, because the terminal UI imports it.
@@ -20,23 +20,19 @@ from pathlib import Path
 from dtvg_engine.config import check_run_config
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import slurm
-from dtvg_engine.runs.runfolder import (
-    CONFIG,
-    LOG,
-    PIDFILE,
+from dtvg_engine.runs.atomic import write_text_atomic
+from dtvg_engine.runs.runactions import refusal
+from dtvg_engine.runs.runfolder import CONFIG, LOG, PIDFILE, checkpoint_path, read_config
+from dtvg_engine.runs.runowner import (
     WORKER_LOCK_FD,
-    checkpoint_path,
     claim_run,
     pid_alive,
-    read_config,
     record_exit,
     record_owner,
-    refusal,
     reserve_space,
     run_owner,
-    summarize,
-    write_text_atomic,
 )
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.runs.safefiles import open_file
 
 _POLL_S = 0.05
@@ -50,7 +46,7 @@ is reaped once it exits (no zombies, no warnings) and a run's worker's exit stat
 
 def reap() -> None:
     """Collect the exit status of every started process that has exited, and record in its run folder
-    how each run's worker ended (`runfolder.record_exit`): whoever waits for a worker is the only one
+    how each run's worker ended (`runowner.record_exit`): whoever waits for a worker is the only one
     who learns the signal that killed it. Call it before reading the status of runs this process
     started, so a worker that died shows its reason at once."""
     running = []
@@ -99,7 +95,7 @@ def launch_worker(
     """Start the worker for a run folder holding its config.json; return its pid without waiting.
 
     The run is claimed first and the claim handed to the worker. `UserError`, before anything starts,
-    when another worker owns the run, when it may not be (re)started (`runfolder.refusal`), when its
+    when another worker owns the run, when it may not be (re)started (`runactions.refusal`), when its
     config.json would not pass as a new run's or its checkpoint cannot be loaded safely. `command`
     replaces the worker command line; tests use it to launch a stand-in. `env`: the worker slot's
     environment (see `spawn_detached`).

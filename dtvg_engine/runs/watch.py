@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import launcher, workers
 from dtvg_engine.runs.events import EventReader, RunState
-from dtvg_engine.runs.runfolder import EVENTS, pid_alive, planned_steps, read_config, summarize
+from dtvg_engine.runs.runfolder import EVENTS, read_config
+from dtvg_engine.runs.runowner import pid_alive
+from dtvg_engine.runs.runstatus import planned_steps, summarize
 
 POLL_S = 0.3
 

@@ -5,8 +5,8 @@ bank holds for the study's init, unless `bank = false`; targets with the target 
 reusing any finished run with the same settings; then stage 2 for every
 target × method × seed, again reusing finished runs and resuming stopped or killed ones (a `pt` entry at
 the very settings of a target's own stage-1 run is that run). Each run it makes records its slot of the
-plan (`studyplan`). It ends with the study's results table (`study.Results`): test primary metric, mean
-± std over seeds per target and method, best method marked, the constant floor.
+plan (`studyplan`). It ends with the study's results table (`studyresults.Results`): test primary metric,
+mean ± std over seeds per target and method, best method marked, the constant floor.
 
 ```toml
 name = "fewshot"                 # results go to <runs_dir>/<name>-results.{md,json}
@@ -49,20 +49,15 @@ from dtvg_engine import config as configs
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import bank, method_registry
 from dtvg_engine.runs import slurm, workers
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    LIVE_STATUSES,
-    create_run,
-    list_run_dirs,
-    read_config,
-    read_pid,
-    summarize,
-    write_text_atomic,
-)
-from dtvg_engine.studies.study import Results, Runs, table_of
+from dtvg_engine.runs.atomic import write_text_atomic
+from dtvg_engine.runs.runfolder import EVENTS, create_run, list_run_dirs, read_config
+from dtvg_engine.runs.runowner import read_pid
+from dtvg_engine.runs.runstatus import LIVE_STATUSES, summarize
+from dtvg_engine.studies.study import Runs
 from dtvg_engine.studies.studyfile import StudySpec, load_experiment
 from dtvg_engine.studies.studyplan import SlotKey, banked_sources, plan, study_init_id
 from dtvg_engine.studies.studyprocess import claim_study, record_study
+from dtvg_engine.studies.studyresults import Results, table_of
 from dtvg_engine.train import tasks
 from dtvg_engine.train.modelcache import check_cache
 
@@ -275,8 +270,8 @@ def results_paths(runs_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def write_results(runs_dir: Path, outcome: Outcome, table: Results) -> None:
-    """The study's table as `dtvg runs report` and the dashboard write it (`study.Results`), and in the
-    JSON what the pass reported and which runs did not complete."""
+    """The study's table as `dtvg runs report` and the dashboard write it (`studyresults.Results`), and
+    in the JSON what the pass reported and which runs did not complete."""
     md, js = results_paths(runs_dir, outcome.name)
     write_text_atomic(md, table.markdown)
     document = table.document() | {"report": outcome.report, "unfinished": outcome.unfinished}

@@ -21,12 +21,11 @@ from dtvg_engine.method.methods import rank_sources
 from dtvg_engine.runs.events import read_state
 from dtvg_engine.runs.runfolder import EVENTS, INITS_DIR, TPV, read_config
 from dtvg_engine.runs.safefiles import regular_file
-from dtvg_engine.studies.study import (
+from dtvg_engine.studies.study import Runs, Study, find_study
+from dtvg_engine.studies.studyfile import StudySpec
+from dtvg_engine.studies.studyresults import (
     Results,
-    Runs,
-    Study,
     bank_row,
-    find_study,
     group_steps,
     markdown_table,
     pct,
@@ -37,7 +36,6 @@ from dtvg_engine.studies.study import (
     test_score,
     trajectory,
 )
-from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_engine.train import metrics, tasks
 
 

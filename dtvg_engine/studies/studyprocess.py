@@ -19,16 +19,12 @@ from typing import Any
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs import slurm
-from dtvg_engine.runs.runfolder import (
-    lock_owner,
-    pid_alive,
-    record_owner,
-    write_json_atomic,
-    write_text_atomic,
-)
+from dtvg_engine.runs.atomic import write_json_atomic, write_text_atomic
+from dtvg_engine.runs.runowner import lock_owner, pid_alive, record_owner
 from dtvg_engine.runs.safefiles import PID_LIMIT, make_dir, open_fd, read_bytes, read_json
-from dtvg_engine.studies.study import Runs, fill
+from dtvg_engine.studies.study import Runs
 from dtvg_engine.studies.studyfile import StudySpec, load_experiment
+from dtvg_engine.studies.studyprogress import fill
 
 PIPELINES_DIR = "_pipelines"
 """`<runs_dir>/_pipelines/`: what a runs directory's pipelines leave (their logs, studies and pids)."""

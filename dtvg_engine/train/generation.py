@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from dtvg_engine.config import TrainingSettings
-from dtvg_engine.runs.runfolder import PREDICTIONS, replacing
+from dtvg_engine.runs.atomic import replacing
+from dtvg_engine.runs.runfolder import PREDICTIONS
 from dtvg_engine.train import tasks
 from dtvg_engine.train.backbones import Backbone
 from dtvg_engine.train.data import REFERENCES

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from dtvg_engine.config import init_id
 from dtvg_engine.errors import UserError
 from dtvg_engine.method.bank import ensure_init, sha256_of
-from dtvg_engine.runs.runfolder import CONFIG, INITS_DIR, read_config, replacing, write_json_atomic
+from dtvg_engine.runs.atomic import replacing, write_json_atomic
+from dtvg_engine.runs.runfolder import CONFIG, INITS_DIR, read_config
 from dtvg_engine.runs.safefiles import make_dir, regular_file
 from dtvg_engine.train.backbones import Backbone
 

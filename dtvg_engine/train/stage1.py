@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 from dtvg_engine.config import TrainingSettings
 from dtvg_engine.errors import UserError
 from dtvg_engine.method import tpv
+from dtvg_engine.runs.atomic import replacing, write_json_atomic
 from dtvg_engine.runs.events import Artifact, EventWriter, Log
-from dtvg_engine.runs.runfolder import ADAPTER, PROMPT, TPV, read_config, replacing, write_json_atomic
-from dtvg_engine.studies.study import CONSTANT_KEY
+from dtvg_engine.runs.runfolder import ADAPTER, PROMPT, TPV, read_config
+from dtvg_engine.studies.studyresults import CONSTANT_KEY
 from dtvg_engine.train import metrics, tasks
 from dtvg_engine.train.backbones import load_backbone
 from dtvg_engine.train.data import default_data_dir, load_splits

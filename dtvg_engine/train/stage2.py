@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from dtvg_engine.config import Stage2Settings, describe_stage1_runs, stage1_settings
 from dtvg_engine.method import bank, tpv
 from dtvg_engine.method.methods import Transfer, build_tuner
+from dtvg_engine.runs.atomic import replacing
 from dtvg_engine.runs.events import Artifact, EventWriter, Log
-from dtvg_engine.runs.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV, replacing
+from dtvg_engine.runs.runfolder import ADAPTER, CHECKPOINT, PROMPT, TPV
 from dtvg_engine.runs.safefiles import make_dir, real_dir, regular_file
 from dtvg_engine.train import metrics, tasks
 from dtvg_engine.train.backbones import Backbone

@@ -23,14 +23,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dtvg_engine.config import Stage2Settings, TrainingSettings
+from dtvg_engine.runs.atomic import replacing
 from dtvg_engine.runs.events import Checkpoint, Eval, EventWriter, Group, Log, Step
-from dtvg_engine.runs.runfolder import (
-    CHECKPOINT,
-    CHECKPOINT_FILE,
-    CHECKPOINT_FORMAT,
-    checkpoint_path,
-    replacing,
-)
+from dtvg_engine.runs.runfolder import CHECKPOINT, CHECKPOINT_FILE, CHECKPOINT_FORMAT, checkpoint_path
 from dtvg_engine.runs.safefiles import make_dir, parse_json
 from dtvg_engine.train import metrics
 from dtvg_engine.train.data import Splits

@@ -13,7 +13,8 @@ from textual.widgets import DataTable, Footer, Header
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.events import iter_events
-from dtvg_engine.runs.runfolder import EVENTS, read_config, summarize
+from dtvg_engine.runs.runfolder import EVENTS, read_config
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_tui import keys
 from dtvg_tui.configdiff import config_diff
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_number

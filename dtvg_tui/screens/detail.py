@@ -21,16 +21,10 @@ from textual.worker import get_current_worker
 
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.events import Event, EventReader, parse_lines
-from dtvg_engine.runs.runfolder import (
-    EVENTS,
-    RunSummary,
-    planned_steps,
-    printable,
-    read_config,
-    run_owner,
-    summarize,
-    tail_log,
-)
+from dtvg_engine.runs.runfolder import EVENTS, read_config, tail_log
+from dtvg_engine.runs.runmeta import printable
+from dtvg_engine.runs.runowner import run_owner
+from dtvg_engine.runs.runstatus import RunSummary, planned_steps, summarize
 from dtvg_engine.runs.safefiles import open_file
 from dtvg_engine.train import tasks
 from dtvg_tui import keys

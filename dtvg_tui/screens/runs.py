@@ -12,15 +12,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Select, Static
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runs.runfolder import (
-    LIVE_STATUSES,
-    STATUSES,
-    RunSummary,
-    action_refusal,
-    printable,
-    tail_log,
-    update_meta,
-)
+from dtvg_engine.runs.runactions import action_refusal
+from dtvg_engine.runs.runfolder import tail_log
+from dtvg_engine.runs.runmeta import printable, update_meta
+from dtvg_engine.runs.runstatus import LIVE_STATUSES, STATUSES, RunSummary
 from dtvg_tui import keys, runtable
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration, fmt_metric, fmt_time
 from dtvg_tui.screens.dialogs import ConfirmScreen, PromptScreen

@@ -24,8 +24,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
 from dtvg_engine.errors import UserError
-from dtvg_engine.runs.runfolder import write_json_atomic, write_text_atomic
-from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.runs.atomic import write_json_atomic, write_text_atomic
+from dtvg_engine.studies import studyprocess, studyprogress, studyresults
 from dtvg_engine.studies.studyfile import StudySpec
 from dtvg_tui import keys
 from dtvg_tui.fmt import STATUS_STYLES, fmt_duration
@@ -54,7 +54,7 @@ def progress_text(snapshot: Snapshot, pipeline: str | None) -> Text:
     text.append("█" * done, style="green")
     text.append("░" * (BAR_WIDTH - done), style="dim")
     text.append(f" {counts['done']}/{total} done", style="bold")
-    for state in study.STATES[1:]:
+    for state in studyprogress.STATES[1:]:
         if counts[state] or state in ("running", "queued", "failed"):
             text.append(" · ")
             text.append(f"{counts[state]} {state}", style=STATE_STYLES[state] if counts[state] else "dim")
@@ -84,7 +84,8 @@ def _cell(row: dict[str, Any], seeds: int) -> Text:
     if row["mean"] is None:
         return Text(f"—  0/{seeds}", style="dim")
     text = Text(
-        f"{study.pct(row['mean'])} ± {study.pct(row['std'])}", style="bold green" if row.get("best") else ""
+        f"{studyresults.pct(row['mean'])} ± {studyresults.pct(row['std'])}",
+        style="bold green" if row.get("best") else "",
     )
     text.append(f"  {row['seeds']}/{seeds}", style="dim" if row["seeds"] == seeds else "yellow")
     if row.get("best"):
@@ -218,10 +219,12 @@ class StudyScreen(Screen[None]):
             table.update_cell(target, "target", label, update_width=True)
             for method in self.spec.methods:
                 table.update_cell(target, method, _cell(cells[target, method], seeds), update_width=True)
-            table.update_cell(target, "constant", study.pct(floor), update_width=True)
+            table.update_cell(target, "constant", studyresults.pct(floor), update_width=True)
         averages = results.averages()
         for key, value in zip([*self.spec.methods, "constant"], averages, strict=True):
-            table.update_cell("average", key, Text(study.pct(value), style="italic"), update_width=True)
+            table.update_cell(
+                "average", key, Text(studyresults.pct(value), style="italic"), update_width=True
+            )
         finished = len(results.study.runs)
         self.query_one("#study-note", Static).update(
             Text(
@@ -233,8 +236,8 @@ class StudyScreen(Screen[None]):
         )
 
     def _show_stage1(self, snapshot: Snapshot) -> None:
-        def cells(row: study.Stage1Row, state: Text) -> tuple[str | Text, ...]:
-            best, test = study.pct(row.best), study.pct(row.test)
+        def cells(row: studyresults.Stage1Row, state: Text) -> tuple[str | Text, ...]:
+            best, test = studyresults.pct(row.best), studyresults.pct(row.test)
             return (row.task, row.role, state, row.data, row.run_id, str(row.steps), best, test)
 
         rows: list[tuple[str | Text, ...]] = []
@@ -466,8 +469,8 @@ class StudyCellScreen(Screen[None]):
                 summary.run_id,
                 Text(summary.status, style=STATUS_STYLES.get(summary.status, "")),
                 f"{summary.step}/{summary.total_steps or '?'}",
-                study.pct(summary.best_metric),
-                study.pct(test),
+                studyresults.pct(summary.best_metric),
+                studyresults.pct(test),
                 fmt_duration(summary.duration),
             )
         if slots:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from live_worker import owning
 
-from dtvg_engine.runs.runfolder import EVENTS, create_run, summarize
+from dtvg_engine.runs.runfolder import EVENTS, create_run
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.screens.detail import RunDetailScreen

@@ -11,7 +11,8 @@ from live_worker import owning
 from dtvg_engine.errors import UserError
 from dtvg_engine.runs.events import EventReader, EventWriter, read_events
 from dtvg_engine.runs.history import History
-from dtvg_engine.runs.runfolder import EVENTS, summarize
+from dtvg_engine.runs.runfolder import EVENTS
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_tui import keys, runtable
 from dtvg_tui.configdiff import config_diff, flatten
 from dtvg_tui.fmt import fmt_duration

@@ -21,7 +21,8 @@ from dtvg_engine import config as configs
 from dtvg_engine.config import stage1_config
 from dtvg_engine.runs import launcher
 from dtvg_engine.runs.events import EventWriter
-from dtvg_engine.runs.runfolder import create_run, read_meta
+from dtvg_engine.runs.runfolder import create_run
+from dtvg_engine.runs.runmeta import read_meta
 from dtvg_tui import runtable
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runtable import COLUMN_KEYS

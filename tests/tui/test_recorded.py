@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dtvg_engine.runs.runfolder import summarize
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runindex import RunIndex
 from dtvg_tui.screens.compare import CompareScreen

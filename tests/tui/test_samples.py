@@ -15,7 +15,7 @@ from textual.widgets import Select, SelectionList
 
 from dtvg_engine.runs.events import EventWriter
 from dtvg_engine.runs.runfolder import CONFIG, PREDICTIONS
-from dtvg_engine.studies import study
+from dtvg_engine.studies import studyresults
 from dtvg_engine.train.tasks import GENERATION_METRICS
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.new_run import NewRunScreen
@@ -176,5 +176,5 @@ async def test_the_study_view_shows_a_generation_targets_scores(tmp_path: Path, 
         table = app.screen.query_one("#study-table")
         for row in rows:
             shown = table.get_cell("common_gen", row["method"]).plain
-            assert f"{study.pct(row['mean'])} ± {study.pct(row['std'])}" in shown
+            assert f"{studyresults.pct(row['mean'])} ± {studyresults.pct(row['std'])}" in shown
         assert str(table.get_cell("common_gen", "constant")) == "—"

@@ -15,7 +15,7 @@ import pytest
 from slurm_cluster import on_cluster, slurm_cluster, wait_for  # noqa: F401 - the fixture, used by on_cluster
 
 from dtvg_engine.runs import slurm
-from dtvg_engine.runs.runfolder import summarize
+from dtvg_engine.runs.runstatus import summarize
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.runindex import RunIndex
 

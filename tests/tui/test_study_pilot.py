@@ -17,8 +17,9 @@ from live_worker import stand_in_worker
 
 from dtvg_engine.method import tpv_plain
 from dtvg_engine.runs.events import EventWriter
-from dtvg_engine.runs.runfolder import TPV, read_config, summarize
-from dtvg_engine.studies import study, studyprocess
+from dtvg_engine.runs.runfolder import TPV, read_config
+from dtvg_engine.runs.runstatus import summarize
+from dtvg_engine.studies import study, studyprocess, studyresults
 from dtvg_tui.app import DtvgApp
 from dtvg_tui.screens.compare import CompareScreen
 from dtvg_tui.screens.detail import RunDetailScreen
@@ -35,12 +36,12 @@ def make_app(runs: Path, **kwargs) -> DtvgApp:  # noqa: ANN003
     return DtvgApp(runs, refresh_interval=0.3, follow_interval=0.1, study=STUDY_FILE, **kwargs)
 
 
-def expected(runs: Path) -> study.Results:
+def expected(runs: Path) -> studyresults.Results:
     """The table as the study module computes it from the folders (as `dtvg runs report` does)."""
     spec, runs_ = studyprocess.load_study(STUDY_FILE)[0], study.Runs.read(runs)
     found = study.find_study(spec, runs_)
-    return study.results(
-        found, runs_, study.test_score, lambda path: study.recorded_constant(read_config(path))
+    return studyresults.results(
+        found, runs_, studyresults.test_score, lambda path: studyresults.recorded_constant(read_config(path))
     )
 
 
@@ -58,9 +59,9 @@ async def test_the_table_is_the_studys(study_runs: Path):  # noqa: F811
         assert "23/23 done" in text and "complete" in text
         results = expected(study_runs)
         for row in results.rows:
-            assert f"{study.pct(row['mean'])} ± {study.pct(row['std'])}  2/2" in text
+            assert f"{studyresults.pct(row['mean'])} ± {studyresults.pct(row['std'])}  2/2" in text
         for floor in results.floors:
-            assert study.pct(floor) in text
+            assert studyresults.pct(floor) in text
         table = pilot.app.screen.query_one("#study-table")
         for row in results.rows:  # one best cell per target, starred
             assert ("★" in table.get_cell(row["target"], row["method"]).plain) == bool(row.get("best"))
@@ -128,7 +129,7 @@ async def test_stage1_similarity_and_groups_tabs(study_runs: Path):  # noqa: F81
         snapshot = pilot.app.screen.snapshot
         rows = [row for _, row in snapshot.stage1]
         assert all(row is not None and row.test is not None for row in rows)
-        assert all(f"{study.pct(row.test)}" in text for row in rows)
+        assert all(f"{studyresults.pct(row.test)}" in text for row in rows)
 
         await pilot.press("3")
         await pilot.pause(0.3)
@@ -148,7 +149,9 @@ async def test_stage1_similarity_and_groups_tabs(study_runs: Path):  # noqa: F81
         for (target, method), row in groups.items():
             runs = [s for s in snapshot.slot_runs(target, method)]
             shares = [
-                study.source_shares(study.group_steps(study_runs / s.run_id), ["mnli", "qnli", "sst2"])
+                studyresults.source_shares(
+                    studyresults.group_steps(study_runs / s.run_id), ["mnli", "qnli", "sst2"]
+                )
                 for s in runs
             ]
             assert row.seeds == 2

@@ -62,16 +62,22 @@ def read_pid(run_dir: str | os.PathLike[str]) -> int | None:
         return None
 
 
-@contextmanager
-def locked(path: Path, doing: str) -> Iterator[None]:
-    """Hold an exclusive `flock` on the lock file `path` (a regular file, created if needed); a
-    `UserError` saying what could not be done (`doing`) when it cannot be made."""
+def _open_for(path: Path, flags: int, doing: str) -> int:
+    """`open_fd` for a file the tool makes in a run folder; a `UserError` saying what could not be done
+    (`doing`) when the system refuses it (a refused link or device stays a `FileRefused`)."""
     try:
-        fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+        return open_fd(path, flags)
     except FileRefused:
         raise
     except OSError as e:
         raise UserError(f"cannot {doing}: {e.strerror} ({path})") from e
+
+
+@contextmanager
+def locked(path: Path, doing: str) -> Iterator[None]:
+    """Hold an exclusive `flock` on the lock file `path` (a regular file, created if needed); a
+    `UserError` saying what could not be done (`doing`) when it cannot be made."""
+    fd = _open_for(path, os.O_RDWR | os.O_CREAT, doing)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -159,12 +165,7 @@ def reserve_space(run_dir: str | os.PathLike[str]) -> None:
     """
     run_dir = Path(run_dir)
     path = run_dir / RESERVE
-    try:
-        fd = open_fd(path, os.O_WRONLY | os.O_CREAT)
-    except FileRefused:
-        raise
-    except OSError as e:
-        raise UserError(f"cannot start run {run_dir.name}: {e.strerror} ({path})") from e
+    fd = _open_for(path, os.O_WRONLY | os.O_CREAT, f"start run {run_dir.name}")
     try:
         os.posix_fallocate(fd, 0, RESERVE_BYTES)
     except OSError as e:

@@ -4,20 +4,22 @@ Both tuners are built the way `dtvg_engine.train.stage2.run` builds them, with `
 `dtvg` and for `pt` from the shared init P_init and the task prompt vectors (TPVs) of the
 sources and the target. One step is exactly what `training.fit` does per step: `tuner.step_prompt(step)`
 (for dtvg: rescale the vectors, rank the sources, choose the group, build P_mix and the `group` event's
-fields), `LabelScorer.loss`, the finite-loss check, zero_grad, backward, gradient clipping, AdamW, the
-LambdaLR schedule, then the `group` event (dtvg only) and the `step` event written to a real
-`EventWriter` on a temporary file.
+fields), `LabelScorer.loss` (`TextGenerator.loss` for a generation task), the finite-loss check,
+zero_grad, backward, gradient clipping, AdamW, the LambdaLR schedule, then the `group` event (dtvg
+only) and the `step` event written to a real `EventWriter` on a temporary file.
 
 The TPVs are not stage-1 results: they are P_init-sized seeded random tensors of realistic size (values
 of stage-1 AdamW at lr 0.3, std 0.5, sharing a common direction so that the token-sum cosines are about
 0.3 as between real TPVs, and most sources enter the group). The grouping cost does not depend on their
 values, only the group size does (P_mix sums the selected sources), and that size is printed.
 
-Both see the same real RTE training batches in the same order. Warmup steps are not timed; the timed
-steps run in interleaved blocks (pt/dtvg, then dtvg/pt, ...) so machine noise hits both alike, and the
-median over blocks is reported. The last line printed is a JSON object with the figures.
+Both see the same real training batches of the target (`--task`, default RTE) in the same order.
+Warmup steps are not timed; the timed steps run in interleaved blocks (pt/dtvg, then dtvg/pt, ...) so
+machine noise hits both alike, and the median over blocks is reported. The last line printed is a JSON
+object with the figures.
 
     python benchmarks/dtvg_overhead.py                       # smollm2-135m, 6 sources, batch 8, prompt 100
+    python benchmarks/dtvg_overhead.py --task web_nlg        # a generation target
     python benchmarks/dtvg_overhead.py --model tiny-llama    # fast smoke run
 """
 
@@ -41,16 +43,23 @@ from dtvg_engine.method.methods import Transfer, build_tuner
 from dtvg_engine.runs.events import EventWriter, Step
 from dtvg_engine.train.backbones import load_backbone
 from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.generation import GenerationBatch
 from dtvg_engine.train.prompts import shared_init
 from dtvg_engine.train.scoring import Batch, LabelScorer
 from dtvg_engine.train.tasks import get_task
 from dtvg_engine.train.training import Tuner, batch_indices, linear_schedule
 
-from common import COUNTS, default_data_dir, parse_timing_args, setup, sync, timing_parser
+from common import (
+    COUNTS,
+    default_data_dir,
+    inputs_note,
+    parse_timing_args,
+    setup,
+    sync,
+    task_scorer,
+    timing_parser,
+)
 
-MAX_INPUT_TOKENS = 64
-"""Inputs cut to this length, as docs/performance.md measured it (runs fit their length to the data)."""
-TARGET = "rte"
 SOURCES = ("mnli", "qnli", "qqp", "sst2", "snli", "cola")
 TPV_STD = 0.5
 """Element std of the synthetic TPVs (stage-1 AdamW at lr 0.3 moves every value by tenths to ones)."""
@@ -100,10 +109,10 @@ class Trainer:
         self.params = [p for g in groups for p in g["params"]]
         self.device = self.scorer.backbone.device
 
-    def train_step(self, batch: Batch, record: bool) -> None:
+    def train_step(self, batch: Batch | GenerationBatch, record: bool) -> None:
         """The body of `training.fit`'s loop for one step (batch already collated), phase by phase."""
         self.step += 1
-        step, batch_size = self.step, len(batch.golds)
+        step, batch_size = self.step, batch.input_ids.shape[0]
         t0 = time.perf_counter()
         started = t0
         prompt, group = self.tuner.step_prompt(step)
@@ -150,6 +159,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parse_timing_args(parser, argv, counts=("sources", *COUNTS))
     if args.sources > len(SOURCES):
         parser.error(f"--sources must be at most {len(SOURCES)} ({', '.join(SOURCES)})")
+    if args.task in SOURCES[: args.sources]:
+        parser.error(f"--task {args.task} is one of the sources; pick another target")
     return args
 
 
@@ -159,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backbone = load_backbone(args.model, args.device)
     device = backbone.device
-    task = get_task(TARGET)
-    scorer = LabelScorer(backbone, task, max_input_tokens=MAX_INPUT_TOKENS)
+    task = get_task(args.task)
+    scorer = task_scorer(backbone, task)
     data_dir = args.data_dir or default_data_dir()
     train_items = scorer.encode(load_splits(task.name, data_dir, seed=args.seed, k_shot=args.k_shot).train)
     blocks = -(-args.steps // args.block)
@@ -176,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="dtvg-overhead-") as tmp:
         p_init, _ = shared_init(Path(tmp) / "runs", backbone, args.prompt_length, 0)
-        tpvs = synthetic_tpvs(p_init, [*sources, TARGET], args.seed)
+        tpvs = synthetic_tpvs(p_init, [*sources, task.name], args.seed)
         settings = Stage2Settings(steps=total, batch_size=args.batch_size)
-        transfer, trainers = Transfer(TARGET, sources, tpvs), {}
+        transfer, trainers = Transfer(task.name, sources, tpvs), {}
         for method in ("pt", "dtvg"):
             tuner, note = build_tuner(replace(settings, method=method), transfer, p_init)
             events = EventWriter(Path(tmp) / f"{method}-events.jsonl")
@@ -188,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(
             f"{args.model} on {device}, {args.threads} threads | target {task.name} from {data_dir} "
             f"({len(train_items)} train rows) | batch {args.batch_size}, prompt {args.prompt_length}, "
-            f"inputs <= {MAX_INPUT_TOKENS} tokens (batch widths {min(widths)}-{max(widths)})"
+            f"{inputs_note(scorer)} (batch widths {min(widths)}-{max(widths)})"
         )
         say(
             f"dtvg: {len(sources)} sources ({', '.join(sources)}), grouping {settings.grouping}; TPVs are "
@@ -246,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result = {
         "model": args.model,
+        "task": task.name,
         "sources": len(sources),
         "batch_size": args.batch_size,
         "prompt_length": args.prompt_length,

@@ -7,12 +7,17 @@ same backbone, trained the standard way: the input is the example tokens followe
 word's first token, `labels` mark only that token, and the model computes its full-vocabulary loss over
 every position (HF shifts the labels itself).
 
+With a generation task (`--task web_nlg`) ours is `TextGenerator.loss` (teacher forcing, the LM head only
+where a target token is predicted) and the reference reads the same input-and-target sequences with
+`labels` marking the target tokens and end of sequence, peft's standard causal-LM fine-tuning form.
+
 Both see the same real task batches in the same order, with the same learning rate. Warmup steps are
 not timed; the timed steps run in interleaved blocks (ours/reference, then reference/ours, ...) so
 machine noise hits both alike, and the median over blocks is reported. The last line printed is a JSON
 object with the figures.
 
     python benchmarks/step_speed.py                       # smollm2-135m, batch 8, prompt 100, RTE
+    python benchmarks/step_speed.py --task web_nlg        # a generation task: teacher-forced targets
     python benchmarks/step_speed.py --model tiny-llama    # fast smoke run
 """
 
@@ -33,14 +38,14 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from dtvg_engine.config import TRAINING_DEFAULTS
 from dtvg_engine.train.backbones import Backbone, load_backbone
 from dtvg_engine.train.data import load_splits
+from dtvg_engine.train.generation import GenerationBatch
 from dtvg_engine.train.prompts import sample_init
-from dtvg_engine.train.scoring import Batch, LabelScorer
+from dtvg_engine.train.scoring import Batch
 from dtvg_engine.train.tasks import get_task
 from dtvg_engine.train.training import SoftPrompt, batch_indices
 
-from common import default_data_dir, parse_timing_args, setup, sync, timing_parser
+from common import default_data_dir, inputs_note, parse_timing_args, setup, sync, task_scorer, timing_parser
 
-MAX_INPUT_TOKENS = 64
 IGNORE = -100
 
 
@@ -53,8 +58,14 @@ class RefBatch:
     labels: torch.Tensor
 
 
-def reference_batch(items: Sequence[tuple[list[int], float]], batch: Batch, pad_id: int) -> RefBatch:
-    """The same examples as `batch`, each followed by its gold label token, which alone is labelled."""
+def reference_batch(items: Sequence, batch: Batch | GenerationBatch, pad_id: int) -> RefBatch:
+    """The same examples as `batch` in peft's form: a generation batch's sequences with each target
+    token labelled at its own position (HF shifts); a classification example followed by its gold label
+    token, which alone is labelled."""
+    if isinstance(batch, GenerationBatch):
+        labels = torch.full_like(batch.labels, IGNORE)
+        labels[:, 1:] = batch.labels[:, :-1]  # ours labels the position that predicts a token
+        return RefBatch(batch.input_ids, batch.attention_mask, labels)
     rows = [ids + [int(target)] for (ids, _), target in zip(items, batch.target_ids.tolist(), strict=True)]
     width = max(len(ids) for ids in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -107,9 +118,7 @@ def train_step(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = timing_parser(__doc__.split("\n\n")[0], steps=6, block=1)
-    parser.add_argument("--task", default="rte")
-    return parse_timing_args(parser, argv)
+    return parse_timing_args(timing_parser(__doc__.split("\n\n")[0], steps=6, block=1), argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref_bb = load_backbone(args.model, args.device)  # a second copy: peft's wrapping must not touch ours
     device = ours_bb.device
     task = get_task(args.task)
-    scorer = LabelScorer(ours_bb, task, max_input_tokens=MAX_INPUT_TOKENS)
+    scorer = task_scorer(ours_bb, task)
 
     data_dir = args.data_dir or default_data_dir()
     train_items = scorer.encode(load_splits(task.name, data_dir, seed=args.seed).train)
@@ -142,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     widths = [b.input_ids.shape[1] for b in ours_batches]
     say(
         f"{args.model} on {device}, {args.threads} threads | task {task.name} from {data_dir} | "
-        f"batch {args.batch_size}, prompt {args.prompt_length}, inputs <= {MAX_INPUT_TOKENS} tokens "
+        f"batch {args.batch_size}, prompt {args.prompt_length}, {inputs_note(scorer)} "
         f"(batch widths {min(widths)}-{max(widths)})"
     )
 
@@ -211,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result = {
         "model": args.model,
+        "task": task.name,
         "batch_size": args.batch_size,
         "prompt_length": args.prompt_length,
         "threads": args.threads,

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from dtvg_engine.runs.events import Eval, EventWriter, Group, read_events
 from dtvg_engine.runs.runfolder import create_run
 from dtvg_engine.runs.runstatus import summarize
 from dtvg_engine.train import metrics, tasks
+from dtvg_engine.train.backbones import load_backbone
 from dtvg_engine.train.data import REFERENCES, load_splits
 from dtvg_engine.train.generation import GENERATION_TOKENS_CAP, PREDICTIONS, TextGenerator, fitted_scorer
 from dtvg_engine.train.training import SoftPrompt, fit, predictions
@@ -231,6 +233,25 @@ def test_loss_is_the_cross_entropy_of_every_target_token_and_eos(model: str, web
     torch.testing.assert_close(ours, torch.stack(losses).sum() / count, atol=1e-5, rtol=1e-5)
 
 
+def generate_alone(backbone, prompt: torch.Tensor, ex, max_new_tokens: int) -> list[int]:
+    """The ids transformers' `generate` (greedy) writes for one row alone after the soft prompt (a
+    seq2seq model's start with its decoder start token)."""
+    embeds = torch.cat([prompt[None], backbone.embed(torch.tensor([ex.input_ids]))], 1)
+    eos = backbone.tokenizer.eos_token_id
+    with torch.no_grad():
+        out = backbone.model.generate(
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos,
+        )  # fmt: skip
+    return out[0].tolist()
+
+
+def generated_alone(backbone, prompt: torch.Tensor, ex, max_new_tokens: int) -> str:
+    """The text of `generate_alone`."""
+    ids = generate_alone(backbone, prompt, ex, max_new_tokens)
+    return backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
 def test_batched_greedy_decoding_matches_transformers_generate(model: str, web_nlg_rows, request) -> None:
     backbone = request.getfixturevalue("llama" if model == "tiny-llama" else "t5")
@@ -239,15 +260,45 @@ def test_batched_greedy_decoding_matches_transformers_generate(model: str, web_n
     assert len({len(ex.input_ids) for ex in examples}) > 1  # padding is exercised
     prompt = torch.randn(4, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 3
     ours = predictions(generator, prompt, examples, batch_size=3)
-    eos = backbone.tokenizer.eos_token_id
     for ex, text in zip(examples, ours, strict=True):
-        embeds = torch.cat([prompt[None], backbone.embed(torch.tensor([ex.input_ids]))], 1)
-        with torch.no_grad():
-            out = backbone.model.generate(
-                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-                max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=eos,
-            )  # fmt: skip
-        assert text == backbone.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        assert text == generated_alone(backbone, prompt, ex, 10)
+
+
+def count_decoder_rows(backbone) -> tuple[list[int], Callable[[], None]]:
+    """The number of rows each call of the backbone's decoder computes, and how to stop counting."""
+
+    def count(_module, _args, kwargs) -> None:
+        ids = kwargs.get("inputs_embeds")
+        rows.append((ids if ids is not None else kwargs["input_ids"]).shape[0])
+
+    rows: list[int] = []
+    return rows, backbone.model.get_decoder().register_forward_pre_hook(count, with_kwargs=True).remove
+
+
+def test_rows_that_end_leave_the_batch_and_each_still_decodes_as_generate(web_nlg_rows) -> None:
+    """A row that has written end of sequence costs no more decoding steps (the model computes fewer
+    rows after it), and every row's text is still transformers' `generate` for that row alone. (The
+    causal path is checked the same way on the default model, whose tuned prompt ends rows by itself.)"""
+    backbone = load_backbone("tiny-t5", "cpu")  # its own copy: its LM head is edited below
+    generator = TextGenerator(backbone, tasks.get_task("web_nlg"), max_target_tokens=12)
+    examples = generator.encode(web_nlg_rows.validation)
+    prompt = torch.randn(4, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 3
+    # A random model rarely ends. End of sequence and the token the first row writes first swap their
+    # LM-head rows: the rows that would start with that token end at once, the others write on.
+    first, eos = generate_alone(backbone, prompt, examples[0], 1)[-1], backbone.tokenizer.eos_token_id
+    head = backbone.model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())  # untied: the input embeddings stay
+    with torch.no_grad():
+        head.weight[[eos, first]] = head.weight[[first, eos]]
+    rows_computed, stop_counting = count_decoder_rows(backbone)
+    try:
+        ours = predictions(generator, prompt, examples, batch_size=len(examples))
+    finally:
+        stop_counting()
+    assert "" in ours and any(ours), f"some rows must end first for this test to mean anything: {ours}"
+    assert rows_computed[-1] < len(examples), rows_computed  # the last step computed only unfinished rows
+    for ex, text in zip(examples, ours, strict=True):
+        assert text == generated_alone(backbone, prompt, ex, 12)
 
 
 def test_a_training_run_keeps_its_latest_validation_generations(
@@ -371,7 +422,8 @@ def test_runs_compare_json_carries_the_generation_metrics(stage1_runs: Path) -> 
 @pytest.mark.slow
 def test_smollm2_learns_common_gen_and_decodes_as_transformers_does(data_dir: Path) -> None:
     """On the default model: a few teacher-forced steps lower the loss, and batched greedy decoding (left
-    padding, the shared prompt cache) writes what `generate` writes for each row alone."""
+    padding, the shared prompt cache, rows leaving the batch as they end) writes what `generate` writes
+    for each row alone."""
     from dtvg_engine.train.backbones import load_backbone
     from dtvg_engine.train.prompts import sample_init
 
@@ -390,7 +442,12 @@ def test_smollm2_learns_common_gen_and_decodes_as_transformers_does(data_dir: Pa
         losses.append(loss.item())
     assert sum(losses[-3:]) < sum(losses[:3])
     examples = generator.encode(splits.validation)
-    ours = predictions(generator, prompt.detach(), examples, batch_size=8)
+    rows_computed, stop_counting = count_decoder_rows(backbone)
+    try:
+        ours = predictions(generator, prompt.detach(), examples, batch_size=8)
+    finally:
+        stop_counting()
+    assert rows_computed[-1] < len(examples), rows_computed  # rows that had ended were not computed
     eos = backbone.tokenizer.eos_token_id
     same = 0
     for ex, text in zip(examples, ours, strict=True):

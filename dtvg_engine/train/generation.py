@@ -37,6 +37,11 @@ IGNORED = -100
 """Label of a position that is not a target token (cross-entropy skips it)."""
 
 
+Step = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
+"""One greedy decoding step: (the last tokens of the rows still writing, which new token this is, which
+rows of the previous call are still writing or None for all) → their next-token logits [rows, V]."""
+
+
 class Example(NamedTuple):
     """One encoded generation row (input ids first, as the shared evaluation batching expects)."""
 
@@ -182,21 +187,28 @@ class TextGenerator(LabelScorer):
         ids = ids[: ids.index(eos)] if eos in ids else ids
         return self.backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def _greedy(self, first: torch.Tensor, step: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """Tokens [B, ≤cap]: `first` [B, V] logits of the first new token; `step(tokens [B], n)` the logits
-        after feeding the n-th new token. Stops when every row has ended (rows that end early pad with
-        end of sequence)."""
+    def _greedy(self, first: torch.Tensor, step: Step) -> torch.Tensor:
+        """Tokens [B, ≤cap]: `first` [B, V] logits of the first new token; `step(tokens, n, keep)` the
+        logits after feeding the n-th new token of each row still writing. A row that has written end of
+        sequence leaves the batch (its tail is end of sequence), so the rest decode without computing for
+        it: `keep`, when not None, says which rows of `step`'s previous call are still writing."""
         eos = self.backbone.tokenizer.eos_token_id
         token = first.argmax(-1)
-        done = token == eos
-        out = [token]
+        out = token.new_full((token.shape[0], self.max_target_tokens), eos)
+        out[:, 0] = token
+        rows = torch.arange(token.shape[0], device=token.device)  # the batch row of each row still writing
+        length = 1
         for n in range(1, self.max_target_tokens):
-            if bool(done.all()):
+            writing = token != eos
+            if not bool(writing.any()):
                 break
-            token = step(token, n).argmax(-1).masked_fill(done, eos)
-            done |= token == eos
-            out.append(token)
-        return torch.stack(out, dim=1)
+            keep = None if bool(writing.all()) else writing.nonzero().squeeze(1)
+            if keep is not None:
+                rows, token = rows[keep], token[keep]
+            token = step(token, n, keep).argmax(-1)
+            out[rows, n] = token
+            length = n + 1
+        return out[:, :length]
 
     def _causal_greedy(
         self, prompt: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
@@ -204,9 +216,9 @@ class TextGenerator(LabelScorer):
         """Greedy decoding after left-padded inputs; the prompt's cache is computed once and shared."""
         decoder = self.backbone.model.get_decoder()
         head = self.backbone.model.get_output_embeddings()
-        size, r = input_ids.shape[0], prompt.shape[0]
+        r = prompt.shape[0]
         cache = decoder(inputs_embeds=prompt[None], use_cache=True).cache
-        cache.batch_repeat_interleave(size)
+        cache.batch_repeat_interleave(input_ids.shape[0])
         positions = r + (mask.cumsum(1) - 1).clamp(min=0)  # left padding: each row counts its own tokens
         full_mask = self._prompt_mask(prompt, mask)
         hidden = decoder(
@@ -218,9 +230,12 @@ class TextGenerator(LabelScorer):
         ).last_hidden_state
         last = positions[:, -1]
 
-        def step(token: torch.Tensor, n: int) -> torch.Tensor:
-            nonlocal full_mask
-            full_mask = torch.cat([full_mask, full_mask.new_ones(size, 1)], dim=1)
+        def step(token: torch.Tensor, n: int, keep: torch.Tensor | None) -> torch.Tensor:
+            nonlocal full_mask, last
+            if keep is not None:  # rows that have ended leave the cache, mask and positions
+                cache.batch_select_indices(keep)
+                full_mask, last = full_mask[keep], last[keep]
+            full_mask = torch.cat([full_mask, full_mask.new_ones(full_mask.shape[0], 1)], dim=1)
             out = decoder(
                 inputs_embeds=self.backbone.embed(token[:, None]),
                 attention_mask=full_mask,
@@ -244,8 +259,12 @@ class TextGenerator(LabelScorer):
         start = input_ids.new_full((input_ids.shape[0],), model.config.decoder_start_token_id)
         cache = None
 
-        def step(token: torch.Tensor, n: int = 0) -> torch.Tensor:
-            nonlocal cache
+        def step(token: torch.Tensor, n: int = 0, keep: torch.Tensor | None = None) -> torch.Tensor:
+            nonlocal cache, full_mask
+            if keep is not None:  # rows that have ended leave the encoder states, mask and cache
+                encoded.last_hidden_state = encoded.last_hidden_state[keep]
+                full_mask = full_mask[keep]
+                cache.batch_select_indices(keep)
             out = model(
                 encoder_outputs=encoded,
                 attention_mask=full_mask,

@@ -2,7 +2,8 @@
 
 Training is teacher-forced cross-entropy over every target token and the end-of-sequence token. Evaluation
 is batched greedy decoding from the soft prompt, with a key/value cache, until every row has written the
-end-of-sequence token or the cap. Both keep the classification path's speed tricks: batches padded to
+end-of-sequence token or the cap; a row that has ended leaves the batch, so a batch does not decode
+every row for as long as its longest one. Both keep the classification path's speed tricks: batches padded to
 their longest row, the LM head run only where a target token is predicted, and, for causal LMs, the
 prompt's key/value cache computed once per batch and shared by every row.
 

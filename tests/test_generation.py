@@ -528,3 +528,21 @@ def test_pipeline_and_report_carry_the_generation_metrics(
     assert ("stage1", "common_gen", 8) in lengths  # the target's own run writes as long as stage 2
     assert {length for _, task, length in lengths if task == "common_gen"} == {8}
     assert {length for _, task, length in lengths if task == "rte"} <= {None}
+
+
+def test_the_committed_nlg_results_cover_the_study_and_score_the_mean_of_bleu_and_rouge() -> None:
+    """benchmarks/results/nlg.json is the report of experiments/nlg.toml: every target × method on every
+    seed, and each seed's score the mean of its BLEU and ROUGE-1/2/L, as docs/results.md reads them."""
+    from dtvg_engine.studies.studyfile import load_experiment
+
+    root = Path(__file__).parents[1]
+    study = load_experiment(root / "experiments" / "nlg.toml")
+    rows = json.loads((root / "benchmarks/results/nlg.json").read_text())["rows"]
+    planned = {(target, method) for target in study.targets for method in study.methods}
+    assert {(row["target"], row["method"]) for row in rows} == planned
+    seeds = {str(seed) for seed in study.seeds}
+    for row in rows:
+        assert set(row["by_seed"]) == seeds and set(row["metrics"]) == {"bleu", "rouge1", "rouge2", "rougeL"}
+        for seed, score in row["by_seed"].items():
+            parts = [row["metrics"][name]["by_seed"][seed] for name in ("bleu", "rouge1", "rouge2", "rougeL")]
+            assert score == pytest.approx(sum(parts) / 4, abs=1e-12), (row["target"], row["method"], seed)

@@ -62,11 +62,12 @@ def forget_study(runs_dir: Path, name: str) -> None:
     """Remove what `record_study` left, for a pipeline that started nothing (sbatch refused it)."""
     record_path(runs_dir, name).unlink(missing_ok=True)
     _pidfile(runs_dir, name).unlink(missing_ok=True)
+    lock = _lockfile(runs_dir, name)
     with contextlib.suppress(OSError):  # its lock file too, unless a pipeline of the study holds it now
-        fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR)
+        fd = open_fd(lock, os.O_RDWR)
         try:
-            if _lock_current(fd, _lockfile(runs_dir, name)):
-                _lockfile(runs_dir, name).unlink()
+            if _lock_current(fd, lock):
+                lock.unlink()
         finally:
             os.close(fd)
     with contextlib.suppress(OSError):  # gone only when empty: other studies' records stay
@@ -131,19 +132,19 @@ def claim_study(runs_dir: Path, name: str, wait_s: float = 0.0) -> Iterator[None
     The lock dies with its process, however it ends. `UserError` naming the pipeline that holds it
     (after `wait_s` seconds: a Slurm pass may start while the pass that submitted it is exiting)."""
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
+    lock, deadline = _lockfile(runs_dir, name), time.monotonic() + wait_s
     while True:
         make_dir(Path(runs_dir) / PIPELINES_DIR)
-        fd = open_fd(_lockfile(runs_dir, name), os.O_RDWR | os.O_CREAT)
+        fd = open_fd(lock, os.O_RDWR | os.O_CREAT)
         try:
-            if _lock_current(fd, _lockfile(runs_dir, name)):
+            if _lock_current(fd, lock):
                 break
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
         if time.monotonic() >= deadline:
-            owner = lock_owner(_lockfile(runs_dir, name))
+            owner = lock_owner(lock)
             raise UserError(
                 f"study {name} is already running in {runs_dir}/ (pipeline pid {owner or '?'}); "
                 "wait for it to end, or stop it (the dashboard's study view, s) before running again"

@@ -3,9 +3,9 @@
 Training is teacher-forced cross-entropy over every target token and the end-of-sequence token. Evaluation
 is batched greedy decoding from the soft prompt, with a key/value cache, until every row has written the
 end-of-sequence token or the cap; a row that has ended leaves the batch, so a batch does not decode
-every row for as long as its longest one. Both keep the classification path's speed tricks: batches padded to
-their longest row, the LM head run only where a target token is predicted, and, for causal LMs, the
-prompt's key/value cache computed once per batch and shared by every row.
+every row for as long as its longest one. Both keep the classification path's speed tricks: batches
+padded to their longest row, the LM head run only where a target token is predicted, and, for causal
+LMs, the prompt's key/value cache computed once per batch and shared by every row.
 
 Inputs are cut the way classification inputs are (their longest text field loses tokens from its end);
 targets keep their beginning. Both are capped at 128 tokens, the papers' generation setting.
